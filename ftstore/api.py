@@ -1,0 +1,79 @@
+"""The library calls behind every CLI command; training code calls these directly."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .envelopes import Envelope
+from .errors import BadInputError, DamageError
+from .integrity import Health, RepairResult, check, repair
+from .storage.local import copy_hashing, disk_full, is_disk_full, replace_durably, tmp_path
+from .store import ArtifactPaths, Ref, Store
+
+
+@dataclass
+class LoadResult:
+    envelope: Envelope
+    paths: ArtifactPaths
+    out: Path
+    repair: RepairResult | None
+
+
+def verify(store: Store, refs: Sequence[str] = ()) -> list[Health]:
+    """Check the named artifacts (latest version for a bare name), or every version of every
+    artifact when none is named. Read-only."""
+    targets = [store.resolve(r) for r in refs] if refs else store.all_paths()
+    return [check(p) for p in targets]
+
+
+def heal(paths: ArtifactPaths, reason: str, jobs: int | None = None) -> tuple[Health, RepairResult | None]:
+    """Check one artifact and repair it if it is damaged; raise if it cannot be."""
+    h = check(paths)
+    if not (h.envelope_problem or h.sidecar_problem or h.payload_problem):
+        return h, None
+    return h, repair(paths, h, reason=reason, jobs=jobs)
+
+
+def load(
+    store: Store,
+    ref: str | Ref,
+    out: str | os.PathLike,
+    *,
+    self_heal: bool = True,
+    jobs: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> LoadResult:
+    """Write the artifact's payload to ``out``. The stored payload's BLAKE3 is verified (and a
+    damaged payload repaired in place) before anything is written; ``out`` appears atomically
+    and only after its own bytes hashed right."""
+    out = Path(out)
+    if out.is_dir():
+        raise BadInputError(f"{out} is a directory; give a file path")
+    if not out.parent.is_dir():
+        raise BadInputError(f"{out.parent}: no such directory")
+    paths = store.resolve(ref)
+    h = check(paths)
+    result = None
+    if h.envelope_problem or h.sidecar_problem or h.payload_problem:
+        if not self_heal or (h.payload_problem is None and h.essentials is None):
+            raise DamageError("; ".join(h.problems))
+        result = repair(paths, h, reason="load", jobs=jobs)
+        h = check(paths)
+    if h.payload_problem or h.envelope is None:
+        raise DamageError("; ".join(h.problems))
+    tmp = tmp_path(out)
+    try:
+        got, _ = copy_hashing(paths.payload, tmp, progress=progress)
+        if got != h.envelope.source_hash:
+            raise DamageError(f"{paths.ref}: payload changed while it was being read; {out} was not written")
+        replace_durably(tmp, out)
+    except OSError as e:
+        if is_disk_full(e):
+            raise disk_full(e, f"writing {out}") from None
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+    return LoadResult(h.envelope, paths, out, result)

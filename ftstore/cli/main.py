@@ -1,0 +1,228 @@
+"""The ``ftstore`` command: parse arguments, make one library call, print the result.
+
+Exit codes: 0 success, 1 damage found or unrecoverable, 2 bad usage or bad input.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+import msgspec
+
+from .. import api
+from ..codec.layout import DEFAULT_OVERHEAD
+from ..envelopes import ARTIFACT_TYPES
+from ..errors import BadInputError, FtstoreError
+from ..integrity import Health
+from ..store import Store
+from .output import emit_json, human_size, info, progress
+
+store_option = click.option(
+    "--store",
+    "store_path",
+    envvar="FTSTORE_STORE",
+    default=None,
+    metavar="DIR",
+    help="Store location (default ./ftstore-store, or $FTSTORE_STORE).",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+jobs_option = click.option("--jobs", type=click.IntRange(1, 256), default=None, help="Worker processes (default: CPUs).")
+
+
+def _paths_doc(paths) -> dict:
+    return {
+        "dir": str(paths.dir),
+        "payload": str(paths.payload),
+        "sidecar": str(paths.sidecar),
+        "envelope": str(paths.envelope),
+    }
+
+
+def _health_doc(h: Health) -> dict:
+    return {
+        "ref": h.paths.ref,
+        "status": "ok" if h.intact else "damaged",
+        "problems": h.problems,
+        "protection": "pending" if h.pending_protection else "protected",
+    }
+
+
+def _parse_meta(pairs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for p in pairs:
+        key, sep, value = p.partition("=")
+        if not sep or not key:
+            raise BadInputError(f"--meta {p!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ftstore")
+def cli() -> None:
+    """ftstore: save ML artifacts with BLAKE3 hashes and RaptorQ repair sidecars, verify
+    them, repair them, and load them back."""
+
+
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--name", required=True, help="Artifact name; saving a name again makes a new version.")
+@click.option("--type", "artifact_type", type=click.Choice(ARTIFACT_TYPES), default="file", show_default=True)
+@click.option("--meta", "meta", multiple=True, metavar="KEY=VALUE", help="User metadata (repeatable).")
+@click.option("--overhead", type=float, default=DEFAULT_OVERHEAD, show_default=True, help="Repair data as a fraction of the payload (0.01-1.0).")
+@store_option
+@jobs_option
+@json_option
+def save(path, name, artifact_type, meta, overhead, store_path, jobs, as_json):
+    """Store a copy of PATH as the next version of NAME."""
+    from ..bundles import validate_typed_payload
+
+    store = Store.open(store_path, create=True)
+    validate_typed_payload(path, artifact_type)
+    size = path.stat().st_size if path.is_file() else 0
+    with progress(size, "saving") as cb:
+        env = store.save(path, name, artifact_type, _parse_meta(meta), overhead, jobs=jobs, progress=cb)
+    paths = store.paths(env.name, env.version)
+    if as_json:
+        emit_json({"envelope": env, "paths": _paths_doc(paths)})
+        return
+    rq = env.raptorq
+    click.echo(
+        f"saved {env.name}@{env.version}  {human_size(env.size)}  {env.source_hash}\n"
+        f"  repair: {rq.repair_symbols} symbols of {rq.symbol_size} B over {rq.stripes} stripes "
+        f"({rq.overhead:.0%} overhead, sidecar {human_size(rq.sidecar_size)})"
+    )
+
+
+@cli.command(name="ls")
+@store_option
+@json_option
+def ls_cmd(store_path, as_json):
+    """List every artifact version in the store."""
+    from ..store import read_envelope
+    from ..errors import EnvelopeError
+
+    store = Store.open(store_path)
+    rows = []
+    for p in store.all_paths():
+        try:
+            e = read_envelope(p)
+            rows.append({"name": e.name, "version": e.version, "type": e.artifact_type, "size": e.size,
+                         "created_unix_ms": e.created_unix_ms, "scrub_status": e.scrub.status, "envelope": "ok"})
+        except EnvelopeError as err:
+            rows.append({"name": p.name, "version": p.version, "type": None, "size": None,
+                         "created_unix_ms": None, "scrub_status": None, "envelope": str(err)})
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        info(f"{store.root}: no artifacts")
+        return
+    click.echo(f"{'NAME':<32} {'VER':>4}  {'TYPE':<20} {'SIZE':>10}  STATUS")
+    for r in rows:
+        status = r["scrub_status"] if r["envelope"] == "ok" else "envelope damaged (run `ftstore scrub --repair`)"
+        size = human_size(r["size"]) if r["size"] is not None else "?"
+        click.echo(f"{r['name']:<32} {r['version']:>4}  {r['type'] or '?':<20} {size:>10}  {status}")
+
+
+@cli.command()
+@click.argument("ref")
+@store_option
+@json_option
+def show(ref, store_path, as_json):
+    """Print REF's envelope (NAME or NAME@VERSION) and where its files are."""
+    from ..store import read_envelope
+
+    store = Store.open(store_path)
+    paths = store.resolve(ref)
+    env = read_envelope(paths)
+    doc = {"envelope": msgspec.to_builtins(env), "paths": _paths_doc(paths)}
+    from ..bundles import describe_payload
+
+    extra = describe_payload(paths.payload, env.artifact_type)
+    if extra is not None:
+        doc["content"] = extra
+    if as_json:
+        emit_json(doc)
+        return
+    click.echo(msgspec.json.format(msgspec.json.encode(doc), indent=2).decode())
+
+
+@cli.command()
+@click.argument("refs", nargs=-1)
+@store_option
+@json_option
+def verify(refs, store_path, as_json):
+    """Check REFS (default: every artifact) against their hashes and proof chains.
+    Exits 1 if anything is damaged; repairs nothing (see `scrub --repair`, `load`)."""
+    store = Store.open(store_path)
+    results = api.verify(store, refs)
+    if as_json:
+        emit_json([_health_doc(h) for h in results])
+    else:
+        for h in results:
+            if h.intact:
+                click.echo(f"ok       {h.paths.ref}" + ("  (repair sidecar pending)" if h.pending_protection else ""))
+            else:
+                click.echo(f"DAMAGED  {h.paths.ref}")
+                for p in h.problems:
+                    click.echo(f"         - {p}")
+        damaged = sum(1 for h in results if not h.intact)
+        info(f"{len(results)} checked, {damaged} damaged")
+    if any(not h.intact for h in results):
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="File to write.")
+@click.option("--no-heal", is_flag=True, help="Refuse a damaged artifact instead of repairing it.")
+@store_option
+@jobs_option
+@json_option
+def load(ref, out, no_heal, store_path, jobs, as_json):
+    """Write REF's payload to OUTPUT after verifying it, repairing a damaged payload in place."""
+    store = Store.open(store_path)
+    res = api.load(store, ref, out, self_heal=not no_heal, jobs=jobs)
+    repaired = res.repair.repaired if res.repair else []
+    if as_json:
+        emit_json({"ref": res.paths.ref, "out": str(res.out), "source_hash": res.envelope.source_hash,
+                   "size": res.envelope.size, "repaired": repaired,
+                   "proofs": res.repair.proofs if res.repair else []})
+        return
+    if repaired:
+        info(f"repaired {', '.join(repaired)} of {res.paths.ref}"
+             + (f" ({res.repair.erased_source} damaged symbols rebuilt)" if res.repair.erased_source else ""))
+    click.echo(f"loaded {res.paths.ref} -> {res.out}  {human_size(res.envelope.size)}  {res.envelope.source_hash}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, turning every documented error into one line and an exit code."""
+    try:
+        rv = cli.main(args=argv, prog_name="ftstore", standalone_mode=False)
+        sys.exit(rv if isinstance(rv, int) else 0)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(2 if isinstance(e, click.UsageError) else e.exit_code)
+    except click.exceptions.Abort:
+        info("ftstore: aborted")
+        sys.exit(130)
+    except FtstoreError as e:
+        info(f"ftstore: error: {e}")
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        info("ftstore: interrupted")
+        sys.exit(130)
+    except OSError as e:
+        info(f"ftstore: error: {e.strerror or e}{': ' + str(e.filename) if e.filename else ''}")
+        sys.exit(2)
+    except Exception as e:  # a bug: still no traceback unless asked for
+        if os.environ.get("FTSTORE_DEBUG"):
+            raise
+        info(f"ftstore: internal error: {type(e).__name__}: {e} (set FTSTORE_DEBUG=1 for a traceback)")
+        sys.exit(3)

@@ -1,0 +1,32 @@
+"""The repair codec: BLAKE3 symbol hashes and RaptorQ (RFC 6330) repair symbols.
+
+- ``layout`` — how a payload is cut into symbols and striped over RaptorQ objects, and
+  the repair guarantee.
+- ``sidecar`` — the sidecar file format (two self-checked metadata copies, hash tables,
+  repair symbols).
+- ``encoder`` / ``decoder`` — process-parallel encoding; damage location and decoding.
+- ``protect`` — write a sidecar for a payload; write a repaired payload.
+"""
+
+from .decoder import StripeOutcome, check_and_decode
+from .layout import DEFAULT_OVERHEAD, MAX_OVERHEAD, MIN_OVERHEAD, Layout
+from .protect import SidecarInfo, write_repaired, write_sidecar
+from .rq import LIBRARY_VERSION
+from .sidecar import ArtifactEssentials, SidecarError, SidecarMeta, read_meta
+
+__all__ = [
+    "DEFAULT_OVERHEAD",
+    "LIBRARY_VERSION",
+    "MAX_OVERHEAD",
+    "MIN_OVERHEAD",
+    "ArtifactEssentials",
+    "Layout",
+    "SidecarError",
+    "SidecarInfo",
+    "SidecarMeta",
+    "StripeOutcome",
+    "check_and_decode",
+    "read_meta",
+    "write_repaired",
+    "write_sidecar",
+]

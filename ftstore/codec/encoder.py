@@ -1,0 +1,85 @@
+"""Building a sidecar: source-symbol hashes and repair symbols, stripe group by stripe group.
+
+Workers read their stripes straight from the payload file (one contiguous read per row of
+a stripe group) and write repair symbols straight into the sidecar file at their final
+offsets; only hashes travel back to the parent.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ..hashing import SYMBOL_HASH_BYTES, symbol_hash
+from .layout import Layout
+from .parallel import chunks, pmap
+from .rq import encode_repair
+
+STRIPES_PER_TASK = 4
+PARALLEL_MIN_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class EncodeTask:
+    payload: str
+    sidecar: str
+    layout: Layout
+    repair_base: int  # offset of the repair region in the sidecar
+    stripes: tuple[int, ...]  # contiguous
+
+
+def read_stripes(f, layout: Layout, stripes: tuple[int, ...]) -> dict[int, bytearray]:
+    """Objects for a contiguous run of stripes, each ``K_s * T`` bytes, zero-padded."""
+    t, S = layout.symbol_size, layout.stripes
+    a, b = stripes[0], stripes[-1] + 1
+    objs = {s: bytearray(layout.stripe_k(s) * t) for s in stripes}
+    rows = layout.stripe_k(a)
+    for r in range(rows):
+        start = (r * S + a) * t
+        if start >= layout.size:
+            break
+        f.seek(start)
+        row = f.read(min((b - a) * t, layout.size - start))
+        for s in stripes:
+            piece = row[(s - a) * t : (s - a + 1) * t]
+            if piece:
+                objs[s][r * t : r * t + len(piece)] = piece
+    return objs
+
+
+def _encode_group(task: EncodeTask) -> dict[int, tuple[bytes, bytes]]:
+    lay, t = task.layout, task.layout.symbol_size
+    out = {}
+    with open(task.payload, "rb") as pf, open(task.sidecar, "r+b") as sf:
+        objs = read_stripes(pf, lay, task.stripes)
+        for s in task.stripes:
+            obj = bytes(objs.pop(s))
+            k = lay.stripe_k(s)
+            src = b"".join(symbol_hash(memoryview(obj)[i * t : (i + 1) * t]) for i in range(k))
+            repair = encode_repair(obj, t, k, lay.repair_counts[s])
+            del obj
+            sf.seek(task.repair_base + lay.repair_starts[s] * t)
+            sf.write(b"".join(repair))
+            out[s] = (src, b"".join(symbol_hash(r) for r in repair))
+    return out
+
+
+def encode_sidecar_body(
+    payload: str | os.PathLike, sidecar: str | os.PathLike, layout: Layout, repair_base: int, jobs: int | None
+) -> tuple[bytes, bytes]:
+    """Write every repair symbol into ``sidecar`` and return (source hashes, repair hashes)
+    in file-symbol order and repair-region order."""
+    tasks = [
+        EncodeTask(os.fspath(payload), os.fspath(sidecar), layout, repair_base, tuple(g))
+        for g in chunks(range(layout.stripes), STRIPES_PER_TASK)
+    ]
+    src_table = bytearray(layout.source_symbols * SYMBOL_HASH_BYTES)
+    rep_parts: dict[int, bytes] = {}
+    h = SYMBOL_HASH_BYTES
+    for result in pmap(_encode_group, tasks, jobs, parallel=layout.size >= PARALLEL_MIN_BYTES):
+        for s, (src, rep) in result.items():
+            for i in range(layout.stripe_k(s)):
+                j = layout.global_index(s, i)
+                src_table[j * h : (j + 1) * h] = src[i * h : (i + 1) * h]
+            rep_parts[s] = rep
+    return bytes(src_table), b"".join(rep_parts[s] for s in range(layout.stripes))

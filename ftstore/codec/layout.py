@@ -1,0 +1,99 @@
+"""How a payload is cut into symbols and striped over RaptorQ objects.
+
+File symbol ``j`` (bytes ``[j*T, (j+1)*T)``, the last one zero-padded) belongs to stripe
+``j mod S`` at position ``j // S``. Each stripe is one RaptorQ object of ``K_s`` symbols
+(at most 1024 and at most 8 MiB), so a contiguous damaged range costs every stripe only a
+little, and each stripe encodes and decodes on its own, in parallel and in bounded memory.
+
+Stripe ``s`` carries ``R_s = ceil(K_s * r) + 2`` repair symbols. The guarantee: if at most
+``ceil(K_s * r)`` of the stripe's ``K_s + R_s`` symbols are erased, at least ``K_s + 2`` remain
+and RFC 6330 decoding fails with probability below 1e-6; with fewer than ``K_s`` left it is
+impossible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+MAX_STRIPE_BYTES = 8 * 1024 * 1024
+MAX_STRIPE_SYMBOLS = 1024
+MIN_SYMBOL = 256
+MAX_SYMBOL = 16384
+SAFETY_SYMBOLS = 2
+DEFAULT_OVERHEAD = 0.10
+MIN_OVERHEAD = 0.01
+MAX_OVERHEAD = 1.0
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def default_symbol_size(size: int) -> int:
+    """Smallest power of two (256 B .. 16 KiB) that keeps the payload within 1024 symbols,
+    so small payloads still get fine-grained symbols and large ones cheap bookkeeping."""
+    t = MIN_SYMBOL
+    while t < MAX_SYMBOL and ceil_div(size, t) > MAX_STRIPE_SYMBOLS:
+        t *= 2
+    return t
+
+
+def overhead_ppm(overhead: float) -> int:
+    return round(overhead * 1_000_000)
+
+
+def repair_count(k: int, overhead: float) -> int:
+    return ceil_div(k * overhead_ppm(overhead), 1_000_000) + SAFETY_SYMBOLS
+
+
+def stripe_count(size: int, symbol_size: int) -> int:
+    per_stripe = min(MAX_STRIPE_SYMBOLS, MAX_STRIPE_BYTES // symbol_size)
+    return ceil_div(ceil_div(size, symbol_size), per_stripe)
+
+
+@dataclass(frozen=True)
+class Layout:
+    size: int
+    symbol_size: int
+    stripes: int
+    repair_counts: tuple[int, ...]
+
+    @classmethod
+    def plan(cls, size: int, overhead: float = DEFAULT_OVERHEAD, symbol_size: int | None = None) -> Layout:
+        t = symbol_size or default_symbol_size(size)
+        s = stripe_count(size, t)
+        probe = cls(size, t, s, ())
+        return cls(size, t, s, tuple(repair_count(probe.stripe_k(i), overhead) for i in range(s)))
+
+    @cached_property
+    def source_symbols(self) -> int:
+        return ceil_div(self.size, self.symbol_size)
+
+    @cached_property
+    def total_repair(self) -> int:
+        return sum(self.repair_counts)
+
+    @cached_property
+    def repair_starts(self) -> tuple[int, ...]:
+        """Index of each stripe's first repair symbol in the sidecar's repair region."""
+        out, acc = [], 0
+        for r in self.repair_counts:
+            out.append(acc)
+            acc += r
+        return tuple(out)
+
+    def stripe_k(self, s: int) -> int:
+        return ceil_div(self.source_symbols - s, self.stripes)
+
+    def budget(self, s: int) -> int:
+        """Erasures stripe ``s`` is guaranteed to survive (see module docstring)."""
+        return self.repair_counts[s] - SAFETY_SYMBOLS
+
+    def global_index(self, s: int, i: int) -> int:
+        return i * self.stripes + s
+
+    def symbol_extent(self, j: int) -> tuple[int, int]:
+        """(offset, length) of file symbol ``j`` within the payload; the last one may be short."""
+        off = j * self.symbol_size
+        return off, min(self.symbol_size, self.size - off)

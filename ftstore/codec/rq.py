@@ -1,0 +1,55 @@
+"""The thin layer over the ``raptorq`` binding: packet ids, and panics turned into errors.
+
+Every stripe is encoded as one RaptorQ object, one source block (SBN 0); ESI ``i < K`` is
+source symbol ``i`` and ESI ``K + k`` is repair symbol ``k``. The binding's decoder trusts
+its input, so callers feed it only symbols whose hashes were checked.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+
+import raptorq
+
+LIBRARY_VERSION = version("raptorq")
+
+
+class CodecFailure(Exception):
+    """The binding panicked or returned a layout ftstore does not expect."""
+
+
+def packet(esi: int, symbol: bytes | bytearray | memoryview) -> bytes:
+    return bytes((0, (esi >> 16) & 0xFF, (esi >> 8) & 0xFF, esi & 0xFF)) + bytes(symbol)
+
+
+def encode_repair(obj: bytes, symbol_size: int, k: int, repair: int) -> list[bytes]:
+    """Repair symbols ``0..repair-1`` of an object of ``k`` symbols (``len(obj) == k * T``)."""
+    try:
+        packets = raptorq.Encoder.with_defaults(obj, symbol_size).get_encoded_packets(repair)
+    except BaseException as e:  # pyo3 PanicException derives from BaseException
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise CodecFailure(f"raptorq encoder failed: {e}") from None
+    if len(packets) != k + repair:
+        raise CodecFailure(f"raptorq returned {len(packets)} packets, expected {k + repair}")
+    out = []
+    for idx, p in enumerate(packets[k:]):
+        if p[0] != 0 or int.from_bytes(p[1:4], "big") != k + idx:
+            raise CodecFailure("raptorq split the object into several source blocks")
+        out.append(bytes(p[4:]))
+    return out
+
+
+def decode(length: int, symbol_size: int, packets: list[bytes]) -> tuple[bytes | None, int]:
+    """Feed packets until the object decodes. Returns (object or None, packets consumed)."""
+    try:
+        dec = raptorq.Decoder.with_defaults(length, symbol_size)
+        for n, p in enumerate(packets, 1):
+            out = dec.decode(p)
+            if out is not None:
+                return bytes(out), n
+    except BaseException as e:
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise CodecFailure(f"raptorq decoder failed: {e}") from None
+    return None, len(packets)

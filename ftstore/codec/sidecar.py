@@ -1,0 +1,232 @@
+"""The repair sidecar file: two self-checked copies of a small metadata block around the
+repair symbols.
+
+    [meta block A][repair symbols][meta block B][u64 LE len(meta block)]["FTSRQEND"]
+
+    meta block = "FTSRQSC1" | u32 LE header_len | header JSON | N x 16 B source-symbol hashes
+                 | sum(R) x 16 B repair-symbol hashes | 32 B BLAKE3 of everything before it
+
+Copy A is read first, copy B (found through the trailer) if A is damaged, so a damaged head
+or a truncated tail alone never loses the hash tables. The header repeats the envelope's
+essential fields so a lost envelope can be rebuilt. Everything is validated and bounded
+before any table is allocated.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from typing import Annotated, BinaryIO, Literal
+
+import blake3
+import msgspec
+from msgspec import Meta
+
+from ..envelopes.codec import canonical
+from ..envelopes.model import (
+    ArtifactId,
+    ArtifactName,
+    ArtifactType,
+    Blake3Hash,
+    MetaKey,
+    MetaValue,
+    NonNegInt,
+    Strict,
+)
+from ..errors import BadInputError
+from ..hashing import SYMBOL_HASH_BYTES
+from .layout import MAX_OVERHEAD, MAX_SYMBOL, MIN_SYMBOL, SAFETY_SYMBOLS, Layout, repair_count, stripe_count
+
+BLOCK_MAGIC = b"FTSRQSC1"
+TRAILER_MAGIC = b"FTSRQEND"
+TRAILER_LEN = 16
+MAX_HEADER_BYTES = 1024 * 1024
+MAX_PAYLOAD_BYTES = 1 << 50
+
+
+class SidecarError(BadInputError):
+    """A sidecar that cannot be used: both metadata copies damaged, or a header that lies."""
+
+
+class ArtifactEssentials(Strict):
+    """The envelope fields a lost envelope is rebuilt from (the version comes from the path)."""
+
+    artifact_id: ArtifactId
+    artifact_type: ArtifactType
+    name: ArtifactName
+    size: NonNegInt
+    source_hash: Blake3Hash
+    created_unix_ms: NonNegInt
+    metadata: dict[MetaKey, MetaValue]
+
+
+class SidecarHeader(Strict, kw_only=True):
+    format: Literal["ftstore-sidecar"] = "ftstore-sidecar"
+    sidecar_version: Literal[1] = 1
+    library: Literal["raptorq"] = "raptorq"
+    library_version: Annotated[str, Meta(max_length=64)]
+    symbol_hash: Literal["blake3-128"] = "blake3-128"
+    payload_size: Annotated[int, Meta(ge=0, le=MAX_PAYLOAD_BYTES)]
+    symbol_size: Annotated[int, Meta(ge=MIN_SYMBOL, le=MAX_SYMBOL, multiple_of=8)]
+    stripes: NonNegInt
+    source_symbols: NonNegInt
+    overhead: Annotated[float, Meta(ge=0.0, le=MAX_OVERHEAD)]
+    repair_symbols_per_stripe: list[NonNegInt]
+    artifact: ArtifactEssentials
+
+    def layout(self) -> Layout:
+        return Layout(self.payload_size, self.symbol_size, self.stripes, tuple(self.repair_symbols_per_stripe))
+
+
+@dataclass(frozen=True)
+class SidecarMeta:
+    header: SidecarHeader
+    source_hashes: bytes
+    repair_hashes: bytes
+    block_len: int
+    copies_ok: int
+
+    @property
+    def layout(self) -> Layout:
+        return self.header.layout()
+
+    def source_hash_of(self, j: int) -> bytes:
+        return self.source_hashes[j * SYMBOL_HASH_BYTES : (j + 1) * SYMBOL_HASH_BYTES]
+
+    def repair_hash_of(self, k: int) -> bytes:
+        return self.repair_hashes[k * SYMBOL_HASH_BYTES : (k + 1) * SYMBOL_HASH_BYTES]
+
+    def repair_offset(self, s: int, i: int) -> int:
+        lay = self.layout
+        return self.block_len + (lay.repair_starts[s] + i) * lay.symbol_size
+
+
+def block_length(header_json: bytes, layout: Layout) -> int:
+    return 8 + 4 + len(header_json) + (layout.source_symbols + layout.total_repair) * SYMBOL_HASH_BYTES + 32
+
+
+def sidecar_size(block_len: int, layout: Layout) -> int:
+    return 2 * block_len + layout.total_repair * layout.symbol_size + TRAILER_LEN
+
+
+def build_block(header_json: bytes, source_hashes: bytes, repair_hashes: bytes) -> bytes:
+    body = BLOCK_MAGIC + struct.pack("<I", len(header_json)) + header_json + source_hashes + repair_hashes
+    return body + blake3.blake3(body).digest()
+
+
+def write_meta(f: BinaryIO, block: bytes, layout: Layout) -> None:
+    """Write both metadata copies and the trailer around an already written repair region."""
+    f.seek(0)
+    f.write(block)
+    f.seek(len(block) + layout.total_repair * layout.symbol_size)
+    f.write(block)
+    f.write(struct.pack("<Q", len(block)) + TRAILER_MAGIC)
+
+
+def read_meta(path: str | os.PathLike) -> SidecarMeta:
+    """Read the first intact metadata copy; :class:`SidecarError` if neither is usable."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise SidecarError(f"{path}: sidecar is missing") from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        errors = []
+        found = []
+        try:
+            found.append(_parse_block(f, 0, size))
+        except SidecarError as e:
+            errors.append(f"copy A: {e}")
+        try:
+            start = _tail_block_start(f, size)
+            meta_b = _parse_block(f, start, size)
+            if found and found[0].block_len != meta_b.block_len:
+                raise SidecarError("copy B disagrees with copy A in length")
+            found.append(meta_b)
+        except SidecarError as e:
+            errors.append(f"copy B: {e}")
+    if not found:
+        raise SidecarError(f"{path}: no intact metadata copy ({'; '.join(errors)})")
+    m = found[0]
+    return SidecarMeta(m.header, m.source_hashes, m.repair_hashes, m.block_len, copies_ok=len(found))
+
+
+def _tail_block_start(f: BinaryIO, size: int) -> int:
+    if size < TRAILER_LEN:
+        raise SidecarError("file too short for a trailer")
+    f.seek(size - TRAILER_LEN)
+    trailer = f.read(TRAILER_LEN)
+    if trailer[8:] != TRAILER_MAGIC:
+        raise SidecarError("trailer magic missing")
+    (block_len,) = struct.unpack("<Q", trailer[:8])
+    if block_len > size - TRAILER_LEN:
+        raise SidecarError("trailer claims a block longer than the file")
+    return size - TRAILER_LEN - block_len
+
+
+def _parse_block(f: BinaryIO, start: int, file_size: int) -> SidecarMeta:
+    f.seek(start)
+    head = f.read(12)
+    if len(head) < 12 or head[:8] != BLOCK_MAGIC:
+        raise SidecarError("bad magic")
+    (hlen,) = struct.unpack("<I", head[8:])
+    if hlen > MAX_HEADER_BYTES or start + 12 + hlen > file_size:
+        raise SidecarError(f"header length {hlen} is out of bounds")
+    header_json = f.read(hlen)
+    try:
+        header = msgspec.json.decode(header_json, type=SidecarHeader)
+    except (msgspec.ValidationError, msgspec.DecodeError) as e:
+        raise SidecarError(f"invalid header: {e}") from None
+    layout = _checked_layout(header, file_size)
+    n_src = layout.source_symbols * SYMBOL_HASH_BYTES
+    n_rep = layout.total_repair * SYMBOL_HASH_BYTES
+    block_len = block_length(header_json, layout)
+    if start + block_len > file_size:
+        raise SidecarError("tables run past the end of the file")
+    rest = f.read(n_src + n_rep + 32)
+    if len(rest) != n_src + n_rep + 32:
+        raise SidecarError("tables are truncated")
+    body_hash = blake3.blake3(head)
+    body_hash.update(header_json)
+    body_hash.update(memoryview(rest)[: n_src + n_rep])
+    if body_hash.digest() != rest[n_src + n_rep :]:
+        raise SidecarError("block checksum mismatch")
+    return SidecarMeta(header, rest[:n_src], rest[n_src : n_src + n_rep], block_len, copies_ok=1)
+
+
+def _checked_layout(h: SidecarHeader, file_size: int) -> Layout:
+    """Refuse headers whose counts disagree with the layout rules or with the file's size,
+    before allocating anything in proportion to what they claim."""
+    if len(h.repair_symbols_per_stripe) != h.stripes:
+        raise SidecarError("`repair_symbols_per_stripe` does not have one entry per stripe")
+    if h.stripes != stripe_count(h.payload_size, h.symbol_size):
+        raise SidecarError(f"`stripes` {h.stripes} does not match the payload size")
+    if h.stripes * SAFETY_SYMBOLS * h.symbol_size > file_size:
+        raise SidecarError(f"`stripes` {h.stripes} claims more repair data than the file holds")
+    expected = Layout.plan(h.payload_size, h.overhead, h.symbol_size)
+    if h.source_symbols != expected.source_symbols:
+        raise SidecarError(f"`source_symbols` {h.source_symbols} does not match the payload size")
+    if tuple(h.repair_symbols_per_stripe) != expected.repair_counts:
+        raise SidecarError("`repair_symbols_per_stripe` does not match the overhead")
+    if h.artifact.size != h.payload_size:
+        raise SidecarError("`artifact.size` does not match `payload_size`")
+    return expected
+
+
+def header_bytes(header: SidecarHeader) -> bytes:
+    return canonical(header)
+
+
+__all__ = [
+    "ArtifactEssentials",
+    "SidecarError",
+    "SidecarHeader",
+    "SidecarMeta",
+    "block_length",
+    "build_block",
+    "read_meta",
+    "repair_count",
+    "sidecar_size",
+    "write_meta",
+]

@@ -1,0 +1,46 @@
+"""The errors ftstore raises on purpose.
+
+Every failure a user can cause or meet (bad input, damage, missing artifacts) is one of
+these; the CLI maps them to exit codes and one-line messages. Anything else escaping the
+library is a bug.
+"""
+
+from __future__ import annotations
+
+
+class FtstoreError(Exception):
+    """Base of ftstore's documented errors. ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 2
+
+
+class BadInputError(FtstoreError, ValueError):
+    """Input that cannot be used: a malformed document, an invalid name, a missing file."""
+
+    exit_code = 2
+
+
+class EnvelopeError(BadInputError):
+    """An envelope (or another typed document) that fails strict parsing."""
+
+
+class NotFoundError(FtstoreError, LookupError):
+    """An unknown store, artifact name or version."""
+
+    exit_code = 2
+
+
+class DamageError(FtstoreError):
+    """Stored bytes do not match their recorded hashes."""
+
+    exit_code = 1
+
+
+class UnrecoverableError(DamageError):
+    """Damage beyond what the repair symbols can undo. Never accompanied by wrong bytes."""
+
+
+class StorageFullError(FtstoreError, OSError):
+    """The filesystem ran out of space; the store was left as it was."""
+
+    exit_code = 1

@@ -1,0 +1,282 @@
+"""A local directory store: where artifacts live and how a save commits.
+
+    <root>/ftstore-store.json               marker: {"format": "ftstore-store", "version": 1}
+    <root>/artifacts/<name>/<version>/      one committed artifact version
+        payload                             the bytes the user gave, unchanged
+        sidecar.ftrq                        repair sidecar
+        envelope.json                       the envelope
+    <root>/staging/<uuid>/                  saves in progress (orphans if a save died)
+    <root>/reports/                         scrub reports
+
+Commit protocol: payload, sidecar and envelope are written and fsynced in a staging
+directory, and the directory is renamed to ``artifacts/<name>/<version>``. That rename is
+the commit point: it is atomic, it fails if another writer took the version (we then take
+the next), and nothing outside ``artifacts/`` is ever shown as an artifact.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from .codec import ArtifactEssentials, write_sidecar
+from .codec.layout import DEFAULT_OVERHEAD, MAX_OVERHEAD, MIN_OVERHEAD
+from .envelopes.model import MetaKey, MetaValue
+from .envelopes import ARTIFACT_TYPES, Envelope, RaptorQSection, decode_envelope, encode_envelope
+from .errors import BadInputError, EnvelopeError, FtstoreError, NotFoundError
+from .storage.local import copy_hashing, disk_full, fsync_dir, is_disk_full, remove_tree, write_atomic
+
+MARKER = "ftstore-store.json"
+DEFAULT_STORE = "./ftstore-store"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+PAYLOAD, SIDECAR, ENVELOPE = "payload", "sidecar.ftrq", "envelope.json"
+
+
+@dataclass(frozen=True)
+class Ref:
+    name: str
+    version: int | None = None
+
+    def __str__(self) -> str:
+        return self.name if self.version is None else f"{self.name}@{self.version}"
+
+
+def parse_ref(text: str) -> Ref:
+    name, sep, ver = text.partition("@")
+    if not NAME_RE.match(name):
+        raise BadInputError(f"invalid artifact name {name!r}: use letters, digits, '.', '_' and '-' (max 128)")
+    if not sep:
+        return Ref(name)
+    if not ver.isdigit() or int(ver) < 1:
+        raise BadInputError(f"invalid version {ver!r} in {text!r}: versions are positive integers")
+    return Ref(name, int(ver))
+
+
+@dataclass(frozen=True)
+class ArtifactPaths:
+    name: str
+    version: int
+    dir: Path
+
+    @property
+    def payload(self) -> Path:
+        return self.dir / PAYLOAD
+
+    @property
+    def sidecar(self) -> Path:
+        return self.dir / SIDECAR
+
+    @property
+    def envelope(self) -> Path:
+        return self.dir / ENVELOPE
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+def read_envelope(paths: ArtifactPaths) -> Envelope:
+    try:
+        data = paths.envelope.read_bytes()
+    except FileNotFoundError:
+        raise EnvelopeError(f"{paths.ref}: envelope is missing") from None
+    env = decode_envelope(data, source=f"{paths.ref}: {ENVELOPE}")
+    if env.name != paths.name or env.version != paths.version:
+        raise EnvelopeError(f"{paths.ref}: envelope names {env.name}@{env.version}, not its location")
+    return env
+
+
+def write_envelope(paths: ArtifactPaths, env: Envelope) -> None:
+    write_atomic(paths.envelope, encode_envelope(env))
+
+
+class Store:
+    def __init__(self, root: Path):
+        self.root = root
+
+    @classmethod
+    def open(cls, location: str | os.PathLike | None = None, create: bool = False) -> Store:
+        root = Path(location or os.environ.get("FTSTORE_STORE") or DEFAULT_STORE)
+        if str(root).startswith("s3://"):
+            raise BadInputError(f"{root}: object-storage stores are not supported by this version")
+        marker = root / MARKER
+        if not marker.exists():
+            if not create:
+                raise NotFoundError(f"no ftstore store at {root} (save something first, or pass --store)")
+            if root.exists() and any(root.iterdir()):
+                raise BadInputError(f"{root} exists, is not empty and is not an ftstore store")
+            root.mkdir(parents=True, exist_ok=True)
+            write_atomic(marker, json.dumps({"format": "ftstore-store", "version": 1}).encode() + b"\n")
+        else:
+            try:
+                doc = json.loads(marker.read_bytes())
+                ok = doc == {"format": "ftstore-store", "version": 1}
+            except (ValueError, OSError):
+                ok = False
+            if not ok:
+                raise BadInputError(f"{marker}: not a store marker this ftstore understands")
+        return cls(root)
+
+    # -- layout ---------------------------------------------------------------
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.root / "staging"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    def paths(self, name: str, version: int) -> ArtifactPaths:
+        return ArtifactPaths(name, version, self.artifacts_dir / name / str(version))
+
+    def names(self) -> list[str]:
+        if not self.artifacts_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.artifacts_dir.iterdir() if p.is_dir() and NAME_RE.match(p.name))
+
+    def versions(self, name: str) -> list[int]:
+        d = self.artifacts_dir / name
+        if not d.is_dir():
+            return []
+        return sorted(int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0)
+
+    def all_paths(self) -> list[ArtifactPaths]:
+        return [self.paths(n, v) for n in self.names() for v in self.versions(n)]
+
+    def resolve(self, ref: str | Ref) -> ArtifactPaths:
+        r = parse_ref(ref) if isinstance(ref, str) else ref
+        versions = self.versions(r.name)
+        if not versions:
+            raise NotFoundError(f"no artifact named {r.name!r} in {self.root}")
+        if r.version is None:
+            return self.paths(r.name, versions[-1])
+        if r.version not in versions:
+            raise NotFoundError(f"{r.name} has no version {r.version} (versions: {', '.join(map(str, versions))})")
+        return self.paths(r.name, r.version)
+
+    # -- save -----------------------------------------------------------------
+    def save(
+        self,
+        src: str | os.PathLike,
+        name: str,
+        artifact_type: str = "file",
+        metadata: dict[str, str] | None = None,
+        overhead: float = DEFAULT_OVERHEAD,
+        jobs: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> Envelope:
+        """Store a copy of ``src`` as the next version of ``name``: copy and hash, encode the
+        sidecar, write the envelope, then commit by renaming the staging directory."""
+        src = Path(src)
+        parse_ref(name)
+        if "@" in name:
+            raise BadInputError(f"invalid artifact name {name!r}: '@' separates a version")
+        if artifact_type not in ARTIFACT_TYPES:
+            raise BadInputError(f"unknown artifact type {artifact_type!r} (one of: {', '.join(ARTIFACT_TYPES)})")
+        if not (MIN_OVERHEAD <= overhead <= MAX_OVERHEAD):
+            raise BadInputError(f"overhead {overhead} is outside {MIN_OVERHEAD}..{MAX_OVERHEAD}")
+        if not src.is_file():
+            raise BadInputError(f"{src}: no such file")
+        try:
+            metadata = msgspec.convert(dict(metadata or {}), dict[MetaKey, MetaValue])
+        except msgspec.ValidationError as e:
+            raise BadInputError(f"invalid metadata: {e}") from None
+        stage = self.staging_dir / uuid.uuid4().hex
+        try:
+            stage.mkdir(parents=True)
+            digest, size = copy_hashing(src, stage / PAYLOAD, progress=progress)
+            essentials = ArtifactEssentials(
+                artifact_id=uuid.uuid4().hex,
+                artifact_type=artifact_type,  # type: ignore[arg-type]
+                name=name,
+                size=size,
+                source_hash=digest,
+                created_unix_ms=int(time.time() * 1000),
+                metadata=dict(metadata or {}),
+            )
+            info = write_sidecar(stage / PAYLOAD, stage / SIDECAR, essentials, overhead, jobs=jobs)
+            env = envelope_from(essentials, 1, raptorq_section(info))
+            return self._commit(stage, env)
+        except OSError as e:
+            remove_tree(stage)
+            if is_disk_full(e):
+                raise disk_full(e, f"saving {name}") from None
+            raise
+        except BaseException:
+            remove_tree(stage)
+            raise
+
+    def _commit(self, stage: Path, env: Envelope) -> Envelope:
+        name_dir = self.artifacts_dir / env.name
+        name_dir.mkdir(parents=True, exist_ok=True)
+        version = (self.versions(env.name) or [0])[-1] + 1
+        while True:
+            env = msgspec.structs.replace(env, version=version)
+            write_atomic(stage / ENVELOPE, encode_envelope(env))
+            fsync_dir(stage)
+            try:
+                os.rename(stage, name_dir / str(version))
+            except OSError as e:
+                if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    version += 1
+                    continue
+                raise
+            fsync_dir(name_dir)
+            return read_envelope(self.paths(env.name, version))
+
+
+def raptorq_section(info) -> RaptorQSection:
+    lay = info.layout
+    return RaptorQSection(
+        symbol_size=lay.symbol_size,
+        stripes=lay.stripes,
+        source_symbols=lay.source_symbols,
+        repair_symbols=lay.total_repair,
+        overhead=info.overhead,
+        library_version=info.library_version,
+        sidecar_size=info.size,
+        sidecar_hash=info.hash,
+    )
+
+
+def envelope_from(ess: ArtifactEssentials, version: int, rq: RaptorQSection | None, **extra) -> Envelope:
+    return Envelope(
+        artifact_id=ess.artifact_id,
+        artifact_type=ess.artifact_type,
+        name=ess.name,
+        version=version,
+        size=ess.size,
+        source_hash=ess.source_hash,
+        created_unix_ms=ess.created_unix_ms,
+        metadata=dict(ess.metadata),
+        raptorq=rq,
+        **extra,
+    )
+
+
+def essentials_of(env: Envelope) -> ArtifactEssentials:
+    return ArtifactEssentials(
+        artifact_id=env.artifact_id,
+        artifact_type=env.artifact_type,
+        name=env.name,
+        size=env.size,
+        source_hash=env.source_hash,
+        created_unix_ms=env.created_unix_ms,
+        metadata=dict(env.metadata),
+    )
+
+
+__all__ = ["ArtifactPaths", "FtstoreError", "Ref", "Store", "parse_ref", "read_envelope", "write_envelope"]
