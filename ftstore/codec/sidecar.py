@@ -36,7 +36,7 @@ from ..envelopes.model import (
 )
 from ..errors import BadInputError
 from ..hashing import SYMBOL_HASH_BYTES
-from .layout import MAX_OVERHEAD, MAX_SYMBOL, MIN_SYMBOL, SAFETY_SYMBOLS, Layout, repair_count, stripe_count
+from .layout import MAX_OVERHEAD, SAFETY_SYMBOLS, Layout, repair_count, stripe_count
 
 BLOCK_MAGIC = b"FTSRQSC1"
 TRAILER_MAGIC = b"FTSRQEND"
@@ -68,7 +68,7 @@ class SidecarHeader(Strict, kw_only=True):
     library_version: Annotated[str, Meta(max_length=64)]
     symbol_hash: Literal["blake3-128"] = "blake3-128"
     payload_size: Annotated[int, Meta(ge=0, le=MAX_PAYLOAD_BYTES)]
-    symbol_size: Annotated[int, Meta(ge=MIN_SYMBOL, le=MAX_SYMBOL, multiple_of=8)]
+    symbol_size: Annotated[int, Meta(ge=8, le=65528, multiple_of=8)]
     stripes: NonNegInt
     source_symbols: NonNegInt
     overhead: Annotated[float, Meta(ge=0.0, le=MAX_OVERHEAD)]
@@ -176,7 +176,7 @@ def _parse_block(f: BinaryIO, start: int, file_size: int) -> SidecarMeta:
     header_json = f.read(hlen)
     try:
         header = msgspec.json.decode(header_json, type=SidecarHeader)
-    except (msgspec.ValidationError, msgspec.DecodeError) as e:
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as e:
         raise SidecarError(f"invalid header: {e}") from None
     layout = _checked_layout(header, file_size)
     n_src = layout.source_symbols * SYMBOL_HASH_BYTES

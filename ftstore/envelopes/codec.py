@@ -44,7 +44,7 @@ def decode_envelope(data: bytes, source: str = "envelope") -> Envelope:
         env = msgspec.json.decode(data, type=Envelope)
     except msgspec.ValidationError as e:
         raise EnvelopeError(f"{source}: invalid envelope: {e}") from None
-    except msgspec.DecodeError as e:
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:
         raise EnvelopeError(f"{source}: malformed envelope JSON: {e}") from None
     if env.checksum != envelope_checksum(env):
         raise EnvelopeError(f"{source}: envelope checksum mismatch at `$.checksum`: the envelope was altered or damaged")
@@ -55,7 +55,7 @@ def _check_version(data: bytes, source: str) -> None:
     """Name an unknown schema_version before anything else, so a newer store gets a clear message."""
     try:
         raw = msgspec.json.decode(data)
-    except msgspec.DecodeError as e:
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:
         raise EnvelopeError(f"{source}: malformed envelope JSON: {e}") from None
     if isinstance(raw, dict) and "schema_version" in raw and raw["schema_version"] != ENVELOPE_SCHEMA_VERSION:
         raise EnvelopeError(

@@ -1,0 +1,77 @@
+"""The scrub report document (``schemas/scrub-report.schema.json``)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Optional
+
+import msgspec
+from msgspec import Meta
+
+from ..envelopes.model import NonNegInt, Strict
+
+ArtifactStatus = Literal["ok", "recovered", "failed"]
+
+
+class DeepCheck(Strict):
+    """Result of erasing sampled source symbols in memory and decoding them back."""
+
+    stripes_probed: NonNegInt
+    symbols_erased: NonNegInt
+    recovered: bool
+
+
+class ArtifactScrub(Strict, kw_only=True):
+    ref: str
+    status: ArtifactStatus
+    damage: list[str] = []
+    repaired: list[Literal["payload", "sidecar", "envelope"]] = []
+    erased_source_symbols: NonNegInt = 0
+    proofs: list[str] = []  # proof_hash of every decode proof recorded by this scrub
+    error: Optional[str] = None
+    deep: Optional[DeepCheck] = None
+    bytes_read: NonNegInt = 0
+
+
+class Orphan(Strict):
+    path: str
+    reason: str
+    removed: bool
+
+
+class Totals(Strict):
+    artifacts: NonNegInt
+    ok: NonNegInt
+    recovered: NonNegInt
+    failed: NonNegInt
+    orphans: NonNegInt
+    bytes_read: NonNegInt
+
+
+class ScrubOptions(Strict):
+    repair: bool
+    deep: bool
+    subset: Optional[Annotated[str, Meta(pattern=r"^[0-9]+/[0-9]+$")]]
+    max_rate_mb_s: Optional[float]
+    remove_orphans: bool
+
+
+class ScrubReport(Strict, kw_only=True):
+    format: Literal["ftstore-scrub-report"] = "ftstore-scrub-report"
+    schema_version: Literal[1] = 1
+    store: str
+    started_unix_ms: NonNegInt
+    finished_unix_ms: NonNegInt
+    options: ScrubOptions
+    artifacts: list[ArtifactScrub]
+    orphans: list[Orphan]
+    totals: Totals
+    health: Literal["healthy", "damaged"]
+
+
+def decode_report(data: bytes) -> ScrubReport:
+    from ..errors import EnvelopeError
+
+    try:
+        return msgspec.json.decode(data, type=ScrubReport)
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as e:
+        raise EnvelopeError(f"invalid scrub report: {e}") from None

@@ -1,0 +1,193 @@
+"""Scrubbing a whole store: check every artifact, repair what can be repaired, record it.
+
+Artifacts are scrubbed in parallel worker processes (each artifact single-process) when
+there are enough of them, so memory stays bounded by a few stripes per worker; a store of
+few large artifacts is scrubbed one artifact at a time with process-parallel stripes.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from ..codec import read_meta
+from ..codec.deep import prove_recoverable
+from ..codec.parallel import default_jobs, pmap
+from ..envelopes import ScrubSection
+from ..envelopes.codec import canonical
+from ..errors import FtstoreError, UnrecoverableError
+from ..integrity import check, repair
+from ..storage.local import TMP_MARK, remove_tree, write_atomic
+from ..store import ENVELOPE, NAME_RE, PAYLOAD, SIDECAR, ArtifactPaths, Store, read_envelope, write_envelope
+from .report import ArtifactScrub, DeepCheck, Orphan, ScrubOptions, ScrubReport, Totals
+
+
+@dataclass(frozen=True)
+class ScrubTask:
+    paths: ArtifactPaths
+    repair: bool
+    deep: bool
+    jobs: int
+    seed: int
+
+
+def parse_subset(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    from ..errors import BadInputError
+
+    k, sep, n = text.partition("/")
+    if not sep or not k.isdigit() or not n.isdigit() or not (1 <= int(k) <= int(n)):
+        raise BadInputError(f"--subset {text!r}: expected K/N with 1 <= K <= N")
+    return int(k), int(n)
+
+
+def in_subset(ref: str, subset: tuple[int, int] | None) -> bool:
+    """Deterministic slice: the same artifact always falls in the same K of N."""
+    if subset is None:
+        return True
+    k, n = subset
+    return zlib.crc32(ref.encode()) % n == k - 1
+
+
+def scrub_artifact(task: ScrubTask) -> ArtifactScrub:
+    paths = task.paths
+    h = check(paths)
+    bytes_read = sum(p.stat().st_size for p in (paths.payload, paths.sidecar) if p.exists())
+    result = ArtifactScrub(ref=paths.ref, status="ok", damage=h.problems, bytes_read=bytes_read)
+    now = int(time.time() * 1000)
+    if h.problems:
+        if not task.repair or not (h.envelope_problem or h.sidecar_problem or h.payload_problem):
+            return msgspec.structs.replace(result, status="failed")
+        try:
+            res = repair(paths, h, reason="scrub", jobs=task.jobs)
+        except (FtstoreError, OSError) as e:
+            _mark(paths, "failed", now)
+            return msgspec.structs.replace(result, status="failed", error=str(e))
+        after = check(paths)
+        status = "recovered" if after.intact else "failed"
+        result = msgspec.structs.replace(
+            result,
+            status=status,
+            repaired=res.repaired,
+            erased_source_symbols=res.erased_source,
+            proofs=[p.proof_hash for p in res.proofs],
+            error=None if after.intact else "; ".join(after.problems),
+        )
+    if task.deep and result.status != "failed" and paths.sidecar.exists():
+        try:
+            probed, erased, ok = prove_recoverable(paths.payload, paths.sidecar, read_meta(paths.sidecar), task.seed)
+        except FtstoreError as e:
+            probed, erased, ok = 0, 0, False
+            result = msgspec.structs.replace(result, error=str(e))
+        result = msgspec.structs.replace(result, deep=DeepCheck(stripes_probed=probed, symbols_erased=erased, recovered=ok))
+        if not ok:
+            result = msgspec.structs.replace(result, status="failed")
+    if task.repair:
+        _mark(paths, result.status, now)
+    return result
+
+
+def _mark(paths: ArtifactPaths, status: str, now: int) -> None:
+    """Record the scrub outcome in the envelope, when there is a readable one."""
+    try:
+        env = read_envelope(paths)
+    except FtstoreError:
+        return
+    last_ok = now if status != "failed" else env.scrub.last_ok_unix_ms
+    write_envelope(
+        paths,
+        msgspec.structs.replace(env, scrub=ScrubSection(status=status, last_ok_unix_ms=last_ok, last_scrub_unix_ms=now)),
+    )
+
+
+def find_orphans(store: Store) -> list[tuple[Path, str]]:
+    """Files and folders that belong to no committed artifact."""
+    out = []
+    if store.staging_dir.is_dir():
+        out += [(p, "interrupted save (staging)") for p in sorted(store.staging_dir.iterdir())]
+    if store.artifacts_dir.is_dir():
+        for name_dir in sorted(store.artifacts_dir.iterdir()):
+            if not name_dir.is_dir() or not NAME_RE.match(name_dir.name):
+                out.append((name_dir, "not an artifact name"))
+                continue
+            for vdir in sorted(name_dir.iterdir()):
+                if not (vdir.is_dir() and vdir.name.isdigit() and int(vdir.name) > 0):
+                    reason = "interrupted write" if TMP_MARK in vdir.name else "not a version directory"
+                    out.append((vdir, reason))
+                    continue
+                for f in sorted(vdir.iterdir()):
+                    if f.name not in (PAYLOAD, SIDECAR, ENVELOPE):
+                        reason = "interrupted write" if TMP_MARK in f.name else "stray file"
+                        out.append((f, reason))
+    return out
+
+
+def scrub(
+    store: Store,
+    *,
+    repair: bool = False,
+    deep: bool = False,
+    subset: str | None = None,
+    max_rate_mb_s: float | None = None,
+    remove_orphans: bool = False,
+    jobs: int | None = None,
+    seed: int = 0,
+    write_report: bool = True,
+) -> ScrubReport:
+    started = int(time.time() * 1000)
+    part = parse_subset(subset)
+    jobs = jobs or default_jobs()
+    targets = [p for p in store.all_paths() if in_subset(p.ref, part)]
+    by_artifact = len(targets) >= 2 * jobs
+    tasks = [ScrubTask(p, repair, deep, 1 if by_artifact else jobs, seed) for p in targets]
+    results = []
+    clock = time.monotonic()
+    for r in pmap(scrub_artifact, tasks, jobs if by_artifact else 1):
+        results.append(r)
+        if max_rate_mb_s:
+            clock = _throttle(clock, r.bytes_read, max_rate_mb_s)
+    orphans = [
+        Orphan(path=str(p.relative_to(store.root)), reason=why, removed=_remove(p) if remove_orphans else False)
+        for p, why in find_orphans(store)
+    ]
+    count = {s: sum(1 for r in results if r.status == s) for s in ("ok", "recovered", "failed")}
+    report = ScrubReport(
+        store=str(store.root),
+        started_unix_ms=started,
+        finished_unix_ms=int(time.time() * 1000),
+        options=ScrubOptions(repair=repair, deep=deep, subset=subset, max_rate_mb_s=max_rate_mb_s, remove_orphans=remove_orphans),
+        artifacts=results,
+        orphans=orphans,
+        totals=Totals(artifacts=len(results), orphans=len(orphans), bytes_read=sum(r.bytes_read for r in results), **count),
+        health="healthy" if count["failed"] == 0 else "damaged",
+    )
+    if write_report:
+        store.reports_dir.mkdir(exist_ok=True)
+        write_atomic(store.reports_dir / f"scrub-{report.finished_unix_ms}.json", canonical(report) + b"\n")
+    return report
+
+
+def _throttle(clock: float, nbytes: int, rate_mb_s: float) -> float:
+    """Sleep so that reads average at most ``rate_mb_s``; returns the new reference time."""
+    due = clock + nbytes / (rate_mb_s * 1e6)
+    now = time.monotonic()
+    if due > now:
+        time.sleep(due - now)
+        return due
+    return now
+
+
+def _remove(p: Path) -> bool:
+    if p.is_dir():
+        remove_tree(p)
+    else:
+        p.unlink(missing_ok=True)
+    return not p.exists()
+
+
+__all__ = ["UnrecoverableError", "find_orphans", "scrub", "scrub_artifact"]

@@ -1,0 +1,132 @@
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ftstore import Store, verify
+from ftstore.hashing import hash_file
+from ftstore.scrub import scrub
+from ftstore.scrub.drill import FAULTS, drill, inject
+from ftstore.scrub.report import decode_report
+from ftstore.store import read_envelope
+
+from .conftest import run_cli
+
+
+def test_sigkill_during_save_never_leaves_a_partial_artifact(store, make_file):
+    keep = make_file(300_000, seed=1)
+    store.save(keep, "keep")
+    keep_hash = hash_file(keep)[0]
+    big = make_file(24 * 1024 * 1024, seed=2)
+    env = dict(os.environ, FTSTORE_STORE=str(store.root))
+    rng = random.Random(7)
+    for attempt in range(12):
+        proc = subprocess.Popen([sys.executable, "-m", "ftstore.cli", "save", str(big), "--name", "big"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.05, 1.2))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        for h in verify(store):
+            assert h.intact, h.problems  # every listed artifact is complete and verifies
+        assert read_envelope(store.resolve("keep")).source_hash == keep_hash
+        assert hash_file(store.resolve("keep").payload)[0] == keep_hash
+    report = scrub(store, repair=True, remove_orphans=True)
+    assert report.totals.failed == 0
+    assert not any(store.staging_dir.iterdir())
+
+
+@pytest.mark.parametrize("fault", [f for f in FAULTS if f != "beyond_budget"])
+def test_scrub_repair_heals_each_fault_kind(store, make_file, fault):
+    src = make_file(3_000_000, seed=3)
+    store.save(src, "a")
+    store.save(make_file(1000, seed=4), "b")
+    paths = store.resolve("a")
+    inject(paths, fault, random.Random(0))
+    res = run_cli("scrub", store=store, check_rc=1)  # read-only scrub only reports
+    assert "failed" in res.stdout
+    res = run_cli("scrub", "--repair", "--json", store=store, check_rc=0)
+    report = decode_report(res.stdout.encode())
+    by_ref = {a.ref: a for a in report.artifacts}
+    assert by_ref["a@1"].status == "recovered" and by_ref["a@1"].proofs
+    assert by_ref["b@1"].status == "ok"
+    assert paths.payload.read_bytes() == src.read_bytes()
+    env = read_envelope(paths)
+    assert env.scrub.status == "recovered" and env.scrub.last_ok_unix_ms
+    assert env.decode_proofs[-1].proof_hash == by_ref["a@1"].proofs[-1]
+    run_cli("verify", store=store, check_rc=0)
+    reports = sorted(store.reports_dir.glob("scrub-*.json"))
+    assert reports and decode_report(reports[-1].read_bytes()).health == "healthy"
+
+
+def test_unrepairable_artifact_is_failed_and_others_still_scrubbed(store, make_file):
+    store.save(make_file(200_000, seed=1), "bad")
+    store.save(make_file(200_000, seed=2), "good")
+    inject(store.resolve("bad"), "beyond_budget", random.Random(0))
+    store.save(make_file(10, seed=3), "badenv")
+    p = store.resolve("badenv")
+    p.envelope.write_text("{not json")
+    p.sidecar.unlink()
+    res = run_cli("scrub", "--repair", "--json", store=store, check_rc=1)
+    status = {a["ref"]: a["status"] for a in json.loads(res.stdout)["artifacts"]}
+    assert status == {"bad@1": "failed", "badenv@1": "failed", "good@1": "ok"}
+
+
+def test_deep_scrub_proves_recoverability(store, make_file):
+    store.save(make_file(5_000_000), "a")
+    report = scrub(store, deep=True)
+    deep = report.artifacts[0].deep
+    assert deep.recovered and deep.symbols_erased > 0 and report.totals.ok == 1
+
+
+def test_subset_slices_partition_the_store(store, make_file):
+    for i in range(6):
+        store.save(make_file(100, seed=i), f"n{i}")
+    seen = []
+    for k in (1, 2, 3):
+        seen += [a.ref for a in scrub(store, subset=f"{k}/3", write_report=False).artifacts]
+    assert sorted(seen) == sorted(p.ref for p in store.all_paths())
+    run_cli("scrub", "--subset", "4/3", store=store, check_rc=2)
+
+
+def test_orphans_are_reported_and_removed_only_on_request(store, make_file):
+    store.save(make_file(100), "a")
+    (store.staging_dir / "deadbeef").mkdir(parents=True)
+    (store.paths("a", 1).dir / "payload.tmp-123").write_bytes(b"x")
+    report = scrub(store)
+    assert len(report.orphans) == 2 and not any(o.removed for o in report.orphans)
+    assert (store.staging_dir / "deadbeef").exists()
+    report = scrub(store, remove_orphans=True)
+    assert all(o.removed for o in report.orphans)
+    assert scrub(store).orphans == []
+
+
+def test_max_rate_limits_scrub_speed(store, make_file):
+    store.save(make_file(3_000_000), "a")
+    store.save(make_file(3_000_000, seed=1), "b")
+    t = time.monotonic()
+    scrub(store, max_rate_mb_s=10, jobs=1, write_report=False)
+    assert time.monotonic() - t >= 0.5  # ~6.6 MB at 10 MB/s
+
+
+def test_drill_repairs_every_fault_and_is_deterministic(tmp_path):
+    a = drill(seed=11, rounds=1)
+    b = drill(seed=11, rounds=1)
+    assert a.passed
+    assert {i.fault for i in a.injections} == set(FAULTS)
+    strip = lambda r: [(i.ref, i.fault, i.detail) for i in r.injections]
+    assert strip(a) == strip(b)
+    assert any(i.expected == "failed" and i.status == "failed" for i in a.injections)
+
+
+def test_drill_on_a_copy_leaves_the_store_untouched(store, make_file):
+    src = make_file(400_000)
+    store.save(src, "a")
+    before = {p: p.read_bytes() for p in store.paths("a", 1).dir.iterdir()}
+    res = run_cli("drill", "--from-store", "--seed", "2", "--json", store=store, check_rc=0)
+    assert json.loads(res.stdout)["passed"]
+    assert {p: p.read_bytes() for p in store.paths("a", 1).dir.iterdir()} == before

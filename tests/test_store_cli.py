@@ -1,0 +1,116 @@
+import json
+import os
+
+import pytest
+
+from ftstore import DamageError, NotFoundError, Store, load, verify
+from ftstore.hashing import hash_file
+
+from .conftest import run_cli
+
+
+@pytest.mark.parametrize("size", [0, 1, 255, 100_003, 9 * 1024 * 1024 + 5])
+def test_save_verify_load_round_trip_is_byte_identical(store, make_file, tmp_path, size):
+    src = make_file(size)
+    env = store.save(src, "model", metadata={"epoch": "3"})
+    assert env.size == size and env.version == 1 and env.metadata == {"epoch": "3"}
+    assert all(h.intact for h in verify(store))
+    out = tmp_path / "out.bin"
+    load(store, "model", out)
+    assert out.read_bytes() == src.read_bytes()
+    assert (store.paths("model", 1).payload).read_bytes() == src.read_bytes()
+
+
+def test_saving_a_name_again_makes_a_new_version(store, make_file):
+    a, b = make_file(10, seed=1), make_file(20, seed=2)
+    assert store.save(a, "x").version == 1
+    assert store.save(b, "x").version == 2
+    assert store.resolve("x").version == 2
+    assert store.resolve("x@1").version == 1
+    with pytest.raises(NotFoundError):
+        store.resolve("x@3")
+
+
+def test_cli_tour_with_json_output(store, make_file, tmp_path):
+    src = make_file(5000)
+    res = run_cli("save", str(src), "--name", "m", "--meta", "k=v", "--json", store=store, check_rc=0)
+    doc = json.loads(res.stdout)
+    assert doc["envelope"]["metadata"] == {"k": "v"}
+    ls = json.loads(run_cli("ls", "--json", store=store, check_rc=0).stdout)
+    assert [(r["name"], r["version"]) for r in ls] == [("m", 1)]
+    show = json.loads(run_cli("show", "m@1", "--json", store=store, check_rc=0).stdout)
+    for key in ("payload", "sidecar", "envelope"):
+        assert os.path.exists(show["paths"][key])
+    v = json.loads(run_cli("verify", "--json", store=store, check_rc=0).stdout)
+    assert v[0]["status"] == "ok"
+    out = tmp_path / "o.bin"
+    run_cli("load", "m", "-o", str(out), store=store, check_rc=0)
+    assert out.read_bytes() == src.read_bytes()
+
+
+def test_flipped_byte_makes_verify_exit_1_and_no_heal_load_refuse(store, make_file, tmp_path):
+    src = make_file(70_000)
+    store.save(src, "m")
+    payload = store.paths("m", 1).payload
+    data = bytearray(payload.read_bytes())
+    data[12345] ^= 0x01
+    payload.write_bytes(data)
+    res = run_cli("verify", "m", store=store, check_rc=1)
+    assert "DAMAGED" in res.stdout
+    out = tmp_path / "o.bin"
+    res = run_cli("load", "m", "-o", str(out), "--no-heal", store=store, check_rc=1)
+    assert not out.exists()
+    with pytest.raises(DamageError):
+        load(store, "m", out, self_heal=False)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args, msg",
+    [
+        (["save", "/nonexistent/file", "--name", "x"], "no such file"),
+        (["load", "nope", "-o", "x"], "no artifact named"),
+        (["show", "bad name"], "invalid artifact name"),
+        (["save", "FILE", "--name", "x", "--overhead", "5"], "overhead"),
+        (["save", "FILE", "--name", "x", "--meta", "novalue"], "KEY=VALUE"),
+        (["save", "FILE", "--name", "x", "--type", "weights"], "Invalid value"),
+        (["verify", "x@0"], "invalid version"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_no_traceback(store, make_file, args, msg):
+    src = make_file(10)
+    args = [str(src) if a == "FILE" else a for a in args]
+    res = run_cli(*args, store=store, check_rc=2)
+    assert msg in res.stderr
+
+
+def test_malformed_envelope_exits_2_on_show_and_1_on_verify(store, make_file):
+    store.save(make_file(100), "m")
+    store.paths("m", 1).envelope.write_text('{"format": "ftstore-envelope", "schema_version": 1, "bogus": true}')
+    res = run_cli("show", "m", store=store, check_rc=2)
+    assert "envelope" in res.stderr
+    run_cli("verify", store=store, check_rc=1)
+
+
+def test_missing_store_is_a_clear_error(tmp_path):
+    res = run_cli("ls", "--store", str(tmp_path / "none"), check_rc=2)
+    assert "no ftstore store" in res.stderr
+
+
+def test_load_refuses_a_directory_as_output(store, make_file, tmp_path):
+    store.save(make_file(10), "m")
+    run_cli("load", "m", "-o", str(tmp_path), store=store, check_rc=2)
+
+
+@pytest.mark.slow
+def test_two_gib_round_trip(store, tmp_path):
+    src = tmp_path / "big.bin"
+    block = os.urandom(1 << 20)
+    with open(src, "wb") as f:
+        for i in range(2048 + 3):
+            f.write(block[i % 7 :] + block[: i % 7])
+    env = store.save(src, "big")
+    assert env.size == src.stat().st_size
+    out = tmp_path / "big.out"
+    load(store, "big", out)
+    assert hash_file(out)[0] == hash_file(src)[0] == env.source_hash
