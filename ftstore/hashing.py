@@ -41,8 +41,10 @@ def hash_stream(
     f: BinaryIO,
     limit: int | None = None,
     progress: Callable[[int], None] | None = None,
+    sink: Callable[[memoryview], object] | None = None,
 ) -> tuple[str, int]:
-    """Hash up to ``limit`` bytes (all, if None) of an open file. Returns (hash, bytes read)."""
+    """Hash up to ``limit`` bytes (all, if None) of an open file, passing each chunk to
+    ``sink`` too (a copy that hashes what it writes). Returns (hash, bytes read)."""
     h = new_hasher()
     buf = bytearray(CHUNK)
     view = memoryview(buf)
@@ -53,6 +55,8 @@ def hash_stream(
         if not n:
             break
         h.update(view[:n])
+        if sink:
+            sink(view[:n])
         total += n
         if progress:
             progress(n)

@@ -18,7 +18,7 @@ import msgspec
 from .codec import SidecarError, SidecarMeta, check_and_decode, read_meta, write_repaired, write_sidecar
 from .codec.decoder import StripeOutcome
 from .codec.sidecar import ArtifactEssentials
-from .envelopes import DecodeProof, Envelope, chain_problems, make_proof
+from .envelopes import DecodeProof, Envelope, RaptorQSection, chain_problems, make_proof
 from .errors import EnvelopeError, UnrecoverableError
 from .hashing import hash_file
 from .storage.local import replace_durably, tmp_path
@@ -166,9 +166,7 @@ def repair(paths: ArtifactPaths, health: Health, reason: str, jobs: int | None =
     return res
 
 
-def _section_from_meta(meta: SidecarMeta, digest: str, size: int):
-    from .envelopes import RaptorQSection
-
+def _section_from_meta(meta: SidecarMeta, digest: str, size: int) -> RaptorQSection:
     h = meta.header
     return RaptorQSection(
         symbol_size=h.symbol_size,

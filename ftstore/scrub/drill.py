@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import msgspec
-
 from ..codec import read_meta
 from ..codec.layout import Layout
 from ..envelopes.model import NonNegInt, Strict
@@ -193,4 +191,4 @@ def drill(
     return DrillReport(seed=seed, rounds=rounds, injections=injections, passed=all(i.passed for i in injections))
 
 
-__all__ = ["FAULTS", "DrillReport", "build_sample_store", "drill", "inject", "msgspec"]
+__all__ = ["FAULTS", "DrillReport", "build_sample_store", "drill", "inject"]

@@ -19,7 +19,7 @@ from ..codec.deep import prove_recoverable
 from ..codec.parallel import default_jobs, pmap
 from ..envelopes import ScrubSection
 from ..envelopes.codec import canonical
-from ..errors import FtstoreError, UnrecoverableError
+from ..errors import FtstoreError
 from ..integrity import check, repair
 from ..storage.local import TMP_MARK, remove_tree, write_atomic
 from ..store import ENVELOPE, NAME_RE, PAYLOAD, SIDECAR, ArtifactPaths, Store, read_envelope, write_envelope
@@ -190,4 +190,4 @@ def _remove(p: Path) -> bool:
     return not p.exists()
 
 
-__all__ = ["UnrecoverableError", "find_orphans", "scrub", "scrub_artifact"]
+__all__ = ["find_orphans", "scrub", "scrub_artifact"]

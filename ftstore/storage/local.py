@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import StorageFullError
-from ..hashing import CHUNK, new_hasher, format_hash
+from ..hashing import hash_stream
 
 TMP_MARK = ".tmp-"
 
@@ -58,23 +58,11 @@ def copy_hashing(
     src: Path, dst: Path, limit: int | None = None, progress: Callable[[int], None] | None = None
 ) -> tuple[str, int]:
     """Copy ``src`` to a new file ``dst`` (fsynced) and return (BLAKE3, bytes) of what was written."""
-    h = new_hasher()
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    total = 0
-    with open(src, "rb", buffering=0) as fi, open(dst, "xb", buffering=0) as fo:
-        while limit is None or total < limit:
-            want = CHUNK if limit is None else min(CHUNK, limit - total)
-            n = fi.readinto(view[:want])
-            if not n:
-                break
-            h.update(view[:n])
-            fo.write(view[:n])
-            total += n
-            if progress:
-                progress(n)
+    with open(src, "rb", buffering=0) as fi, open(dst, "xb") as fo:
+        result = hash_stream(fi, limit, progress, sink=fo.write)  # buffered: write() never stops short
+        fo.flush()
         os.fsync(fo.fileno())
-    return format_hash(h.digest()), total
+    return result
 
 
 def remove_tree(path: Path) -> None:
