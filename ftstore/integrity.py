@@ -1,10 +1,11 @@
 """Checking one artifact and repairing it.
 
 ``check`` is read-only: it finds out which of envelope, sidecar and payload are intact.
-``repair`` rebuilds what ``check`` found damaged, in this order: the payload (decoded from
-good source and repair symbols, then checked against its BLAKE3), the sidecar (re-encoded
-from the intact payload), the envelope (rebuilt from the sidecar's copy of its essentials).
-Each rebuilt file replaces the damaged one atomically and gets a decode proof.
+``repair`` rebuilds what ``check`` found damaged, in this order: the payload (damaged
+symbols decoded from good source and repair symbols, each checked against its symbol hash,
+written over the bad ones, then the whole BLAKE3 checked), the sidecar (re-encoded from the
+intact payload), the envelope (rebuilt from the sidecar's copy of its essentials). Sidecar
+and envelope replace the damaged files atomically. Each repair gets a decode proof.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import msgspec
 
-from .codec import SidecarError, SidecarMeta, check_and_decode, read_meta, write_repaired, write_sidecar
+from .codec import SidecarError, SidecarMeta, check_and_decode, patch_in_place, read_meta, write_sidecar
 from .codec.decoder import StripeOutcome
 from .codec.sidecar import ArtifactEssentials
 from .envelopes import DecodeProof, Envelope, RaptorQSection, chain_problems, make_proof
@@ -187,15 +188,10 @@ def _recover_payload(
     failed = [o for o in outcomes if o.failed]
     if failed:
         raise UnrecoverableError(unrecoverable_message(paths.ref, meta, outcomes, failed))
-    tmp = tmp_path(paths.payload)
-    try:
-        write_repaired(paths.payload, tmp, meta.layout, outcomes)
-        got, _ = hash_file(tmp)
-        if got != ess.source_hash:
-            raise UnrecoverableError(f"{paths.ref}: decoded payload does not match its BLAKE3; left untouched")
-        replace_durably(tmp, paths.payload)
-    finally:
-        tmp.unlink(missing_ok=True)
+    patch_in_place(paths.payload, meta, outcomes)
+    got, _ = hash_file(paths.payload)
+    if got != ess.source_hash:
+        raise UnrecoverableError(f"{paths.ref}: payload still does not match its BLAKE3 after decoding")
     return outcomes
 
 

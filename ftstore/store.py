@@ -23,12 +23,13 @@ import re
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
 
-from .codec import ArtifactEssentials, write_sidecar
+from .codec import ArtifactEssentials, SidecarBuild, SymbolHasher
 from .codec.layout import DEFAULT_OVERHEAD, MAX_OVERHEAD, MIN_OVERHEAD
 from .envelopes.model import MetaKey, MetaValue
 from .envelopes import ARTIFACT_TYPES, Envelope, RaptorQSection, decode_envelope, encode_envelope
@@ -39,6 +40,7 @@ MARKER = "ftstore-store.json"
 DEFAULT_STORE = "./ftstore-store"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 PAYLOAD, SIDECAR, ENVELOPE = "payload", "sidecar.ftrq", "envelope.json"
+PLACEHOLDER_HASH = "blake3:" + "0" * 64
 
 
 @dataclass(frozen=True)
@@ -178,8 +180,8 @@ class Store:
         jobs: int | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> Envelope:
-        """Store a copy of ``src`` as the next version of ``name``: copy and hash, encode the
-        sidecar, write the envelope, then commit by renaming the staging directory."""
+        """Store a copy of ``src`` as the next version of ``name``: copy and hash while encoding
+        the sidecar, write the envelope, then commit by renaming the staging directory."""
         src = Path(src)
         parse_ref(name)
         if "@" in name:
@@ -197,19 +199,17 @@ class Store:
         stage = self.staging_dir / uuid.uuid4().hex
         try:
             stage.mkdir(parents=True)
-            digest, size = copy_hashing(src, stage / PAYLOAD, progress=progress)
-            essentials = ArtifactEssentials(
+            template = ArtifactEssentials(
                 artifact_id=uuid.uuid4().hex,
                 artifact_type=artifact_type,  # type: ignore[arg-type]
                 name=name,
-                size=size,
-                source_hash=digest,
+                size=src.stat().st_size,
+                source_hash=PLACEHOLDER_HASH,
                 created_unix_ms=int(time.time() * 1000),
-                metadata=dict(metadata or {}),
+                metadata=metadata,
             )
-            info = write_sidecar(stage / PAYLOAD, stage / SIDECAR, essentials, overhead, jobs=jobs)
-            env = envelope_from(essentials, 1, raptorq_section(info))
-            return self._commit(stage, env)
+            info = self._copy_and_protect(src, stage, template, overhead, jobs, progress)
+            return self._commit(stage, envelope_from(info[0], 1, raptorq_section(info[1])))
         except OSError as e:
             remove_tree(stage)
             if is_disk_full(e):
@@ -218,6 +218,22 @@ class Store:
         except BaseException:
             remove_tree(stage)
             raise
+
+    @staticmethod
+    def _copy_and_protect(src, stage, template, overhead, jobs, progress):
+        """Copy the payload (hashing it whole and symbol by symbol) in a thread while encoder
+        processes read the source; the copy's symbol table must equal the encoder's, which
+        proves the stored copy is exactly what was encoded."""
+        build = SidecarBuild(stage / SIDECAR, template, overhead)
+        symbols = SymbolHasher(build.layout.symbol_size)
+        with ThreadPoolExecutor(1) as ex:
+            copy = ex.submit(copy_hashing, src, stage / PAYLOAD, None, progress, symbols)
+            encoded = build.encode(src, jobs)
+            digest, size = copy.result()
+        if size != template.size or symbols.table() != encoded:
+            raise BadInputError(f"{src} changed while it was being saved; nothing was stored")
+        essentials = msgspec.structs.replace(template, source_hash=digest)
+        return essentials, build.finish(essentials)
 
     def _commit(self, stage: Path, env: Envelope) -> Envelope:
         name_dir = self.artifacts_dir / env.name

@@ -5,12 +5,12 @@
 - ``sidecar`` — the sidecar file format (two self-checked metadata copies, hash tables,
   repair symbols).
 - ``encoder`` / ``decoder`` — process-parallel encoding; damage location and decoding.
-- ``protect`` — write a sidecar for a payload; write a repaired payload.
+- ``protect`` — write a sidecar for a payload; patch a damaged payload.
 """
 
 from .decoder import StripeOutcome, check_and_decode
 from .layout import DEFAULT_OVERHEAD, MAX_OVERHEAD, MIN_OVERHEAD, Layout
-from .protect import SidecarInfo, write_repaired, write_sidecar
+from .protect import SidecarBuild, SidecarInfo, SymbolHasher, patch_in_place, write_sidecar
 from .rq import LIBRARY_VERSION
 from .sidecar import ArtifactEssentials, SidecarError, SidecarMeta, read_meta
 
@@ -22,11 +22,13 @@ __all__ = [
     "ArtifactEssentials",
     "Layout",
     "SidecarError",
+    "SidecarBuild",
     "SidecarInfo",
+    "SymbolHasher",
     "SidecarMeta",
     "StripeOutcome",
     "check_and_decode",
     "read_meta",
-    "write_repaired",
+    "patch_in_place",
     "write_sidecar",
 ]

@@ -55,11 +55,22 @@ def write_atomic(final: Path, data: bytes) -> None:
 
 
 def copy_hashing(
-    src: Path, dst: Path, limit: int | None = None, progress: Callable[[int], None] | None = None
+    src: Path,
+    dst: Path,
+    limit: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    also: Callable[[memoryview], object] | None = None,
 ) -> tuple[str, int]:
-    """Copy ``src`` to a new file ``dst`` (fsynced) and return (BLAKE3, bytes) of what was written."""
+    """Copy ``src`` to a new file ``dst`` (fsynced) and return (BLAKE3, bytes) of what was
+    written; ``also`` sees every chunk too."""
     with open(src, "rb", buffering=0) as fi, open(dst, "xb") as fo:
-        result = hash_stream(fi, limit, progress, sink=fo.write)  # buffered: write() never stops short
+
+        def sink(chunk: memoryview) -> None:
+            fo.write(chunk)  # buffered: write() never stops short
+            if also:
+                also(chunk)
+
+        result = hash_stream(fi, limit, progress, sink=sink)
         fo.flush()
         os.fsync(fo.fileno())
     return result
