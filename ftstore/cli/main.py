@@ -70,7 +70,8 @@ def cli() -> None:
 @cli.command()
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--name", required=True, help="Artifact name; saving a name again makes a new version.")
-@click.option("--type", "artifact_type", type=click.Choice(ARTIFACT_TYPES), default="file", show_default=True)
+@click.option("--type", "artifact_type", type=click.Choice(ARTIFACT_TYPES), default=None,
+              help="Artifact type (default: model_bundle for an ftstore bundle zip, else file).")
 @click.option("--meta", "meta", multiple=True, metavar="KEY=VALUE", help="User metadata (repeatable).")
 @click.option("--overhead", type=float, default=DEFAULT_OVERHEAD, show_default=True, help="Repair data as a fraction of the payload (0.01-1.0).")
 @store_option
@@ -78,10 +79,13 @@ def cli() -> None:
 @json_option
 def save(path, name, artifact_type, meta, overhead, store_path, jobs, as_json):
     """Store a copy of PATH as the next version of NAME."""
-    from ..bundles import validate_typed_payload
+    from ..typed import detect_type, validate_typed_payload
 
-    store = Store.open(store_path, create=True)
+    if not path.is_file():
+        raise BadInputError(f"{path}: no such file")
+    artifact_type = artifact_type or detect_type(path)
     validate_typed_payload(path, artifact_type)
+    store = Store.open(store_path, create=True)
     size = path.stat().st_size if path.is_file() else 0
     with progress(size, "saving") as cb:
         env = store.save(path, name, artifact_type, _parse_meta(meta), overhead, jobs=jobs, progress=cb)
@@ -140,7 +144,7 @@ def show(ref, store_path, as_json):
     paths = store.resolve(ref)
     env = read_envelope(paths)
     doc = {"envelope": msgspec.to_builtins(env), "paths": _paths_doc(paths)}
-    from ..bundles import describe_payload
+    from ..typed import describe_payload
 
     extra = describe_payload(paths.payload, env.artifact_type)
     if extra is not None:
@@ -226,6 +230,26 @@ def main(argv: list[str] | None = None) -> None:
             raise
         info(f"ftstore: internal error: {type(e).__name__}: {e} (set FTSTORE_DEBUG=1 for a traceback)")
         sys.exit(3)
+
+
+@cli.command(name="import-legacy")
+@click.argument("archive", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--name", required=True, help="Artifact name for the imported bundle.")
+@store_option
+@json_option
+def import_legacy_cmd(archive, name, store_path, as_json):
+    """Import a PtychoPINN wts.h5.zip archive as a model bundle, without running its code."""
+    from ..backends.legacy import import_legacy
+
+    if not archive.is_file():
+        raise BadInputError(f"{archive}: no such file")
+    store = Store.open(store_path, create=True)
+    env = import_legacy(store, archive, name)
+    if as_json:
+        emit_json({"envelope": env, "paths": _paths_doc(store.paths(env.name, env.version))})
+        return
+    click.echo(f"imported {archive} as {env.name}@{env.version} ({env.metadata.get('backend')} bundle: "
+               f"{env.metadata.get('models')})")
 
 
 @cli.command(name="scrub")

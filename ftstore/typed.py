@@ -1,0 +1,64 @@
+"""Typed payloads: what ``save --type`` validates and what ``show`` describes.
+
+Plain files pass through untouched; typed artifact types are parsed strictly before they
+are stored, so a malformed bundle or snapshot never becomes an artifact.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import BadInputError
+
+
+def detect_type(path: Path) -> str:
+    """``model_bundle`` for an ftstore bundle zip, else ``file``."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            if b'"ftstore-bundle"' in zf.read("manifest.json")[:4096]:
+                return "model_bundle"
+    except (OSError, zipfile.BadZipFile, KeyError, ValueError):
+        pass
+    return "file"
+
+
+def validate_typed_payload(path: Path, artifact_type: str) -> None:
+    """Raise :class:`BadInputError` if a typed payload is malformed."""
+    if artifact_type == "model_bundle":
+        from .backends.bundle import read_bundle
+
+        _, _, z = read_bundle(path)
+        z.__exit__(None, None, None)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (np.ndarray, np.generic)):
+        a = np.asarray(v)
+        return {"array": {"dtype": a.dtype.str, "shape": list(a.shape)}} if a.ndim else a.item()
+    if isinstance(v, complex):
+        return {"complex": [v.real, v.imag]}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    return v
+
+
+def describe_payload(path: Path, artifact_type: str) -> Any:
+    """A JSON-able summary of a typed payload's content (None for plain files)."""
+    if artifact_type != "model_bundle":
+        return None
+    from .backends.bundle import read_bundle
+
+    try:
+        manifest, params, z = read_bundle(path)
+    except (BadInputError, OSError) as e:
+        return {"error": str(e)}
+    z.__exit__(None, None, None)
+    import msgspec
+
+    return {"manifest": msgspec.to_builtins(manifest), "params": _jsonable(params)}

@@ -1,0 +1,223 @@
+"""Model bundles on CPU: round trips, load order, every documented error, legacy import."""
+
+import io
+import json
+import os
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+from ftstore import Store, params
+from ftstore.backends import BackendMismatchError, load_bundle, save_bundle
+from ftstore.backends.legacy import import_legacy
+from ftstore.errors import BadInputError
+from ftstore.integrity import check
+from ftstore.restricted_pickle import UnsafePickleError
+from ftstore.store import read_envelope
+
+from .conftest import run_cli
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(autouse=True)
+def clean_cfg():
+    saved = dict(params.cfg)
+    params.cfg.clear()
+    yield
+    params.cfg.clear()
+    params.cfg.update(saved)
+
+
+def torch_model(cfg):
+    g = cfg["gridsize"] ** 2
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(g, int(4 * cfg.get("n_filters_scale", 1)), 3, padding=1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(int(4 * cfg.get("n_filters_scale", 1)) * cfg["N"] ** 2, 8),
+    )
+
+
+TORCH_BUILDERS = {"autoencoder": torch_model, "diffraction_to_obj": torch_model}
+TRAIN_CFG = {"N": 8, "gridsize": 2, "n_filters_scale": 2, "object.big": True, "probe.big": False,
+             "intensity_scale": np.float32(1.5), "probe": (np.arange(64) * 1j).reshape(8, 8).astype(np.complex64),
+             "nphotons": 1e9, "label": "run-7", "offset": None}
+
+
+def _torch_bundle(store, name="tb"):
+    params.cfg.update(TRAIN_CFG)
+    models = {k: b(params.cfg) for k, b in TORCH_BUILDERS.items()}
+    save_bundle(store, name, models, "pytorch")
+    return models
+
+
+def _same_params(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], np.ndarray):
+            assert np.array_equal(a[k], b[k]) and a[k].dtype == b[k].dtype
+        else:
+            assert a[k] == b[k] and type(a[k]) is type(b[k]), k
+
+
+def test_pytorch_round_trip_restores_params_before_building(store):
+    models = _torch_bundle(store)
+    params.cfg.clear()
+    params.cfg.update(N=64, gridsize=1, n_filters_scale=1, extra="kept")  # conflicting values
+    res = load_bundle(store, "tb", "pytorch", builders=TORCH_BUILDERS)
+    assert res.backend == "pytorch"
+    _same_params({k: params.cfg[k] for k in TRAIN_CFG}, TRAIN_CFG)
+    x = torch.rand(2, 4, 8, 8)
+    for name, m in models.items():
+        assert torch.equal(res.models[name](x), m(x))
+
+
+def test_caller_supplied_target_dict(store):
+    _torch_bundle(store)
+    mine = {"N": 3}
+    params.cfg.clear()
+    load_bundle(store, "tb", "pytorch", builders=TORCH_BUILDERS, target=mine)
+    assert mine["N"] == 8 and params.cfg == {}
+
+
+def test_shape_mismatch_is_an_error_and_params_roll_back(store):
+    _torch_bundle(store)
+    params.cfg.clear()
+    params.cfg.update(N=64, gridsize=1)
+    before = dict(params.cfg)
+
+    def wrong(cfg):
+        return torch_model({**cfg, "n_filters_scale": 3})
+
+    with pytest.raises(ValueError, match="do not fit"):
+        load_bundle(store, "tb", "pytorch", builders={"autoencoder": wrong, "diffraction_to_obj": wrong})
+    assert params.cfg == before
+
+
+def test_documented_errors(store, monkeypatch):
+    _torch_bundle(store)
+    params.cfg.clear()
+    with pytest.raises(ValueError, match="allowed values are 'tensorflow', 'pytorch'"):
+        load_bundle(store, "tb", "jax")
+    with pytest.raises(BackendMismatchError, match="'pytorch' bundle.*backend 'tensorflow'"):
+        load_bundle(store, "tb", "tensorflow")
+    with pytest.raises(KeyError, match="autoencoder"):
+        load_bundle(store, "tb", "pytorch", builders=TORCH_BUILDERS, models=["decoder"])
+    with pytest.raises(ValueError, match="architecture cannot be reconstructed"):
+        save_bundle(store, "x", {"m": torch_model(TRAIN_CFG)}, "pytorch", params={"N": 8})
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(RuntimeError, match=r"backend 'pytorch' was selected.*pip install"):
+        load_bundle(store, "tb", "pytorch", builders=TORCH_BUILDERS)
+    assert params.cfg == {}
+
+
+def test_bundle_missing_architecture_params_is_refused_on_load(store, tmp_path):
+    from ftstore.backends.bundle import write_bundle
+    from ftstore.backends.documents import ModelEntry
+
+    w = tmp_path / "w"
+    w.write_bytes(b"")
+    path = tmp_path / "b.zip"
+    write_bundle(path, "pytorch", [(ModelEntry(name="m", weights="weights/m.safetensors", weights_format="safetensors", tensors=[]), w)], {"N": 8})
+    store.save(path, "nogrid", "model_bundle")
+    with pytest.raises(ValueError, match="gridsize.*cannot be reconstructed"):
+        load_bundle(store, "nogrid", "pytorch", builders={"m": torch_model})
+
+
+def test_damaged_bundle_is_repaired_on_load(store):
+    models = _torch_bundle(store)
+    paths = store.resolve("tb")
+    data = bytearray(paths.payload.read_bytes())
+    for pos in range(100, len(data), len(data) // 5):
+        data[pos] ^= 0xFF
+    paths.payload.write_bytes(bytes(data))
+    res = load_bundle(store, "tb", "pytorch", builders=TORCH_BUILDERS)
+    x = torch.rand(1, 4, 8, 8)
+    assert torch.equal(res.models["autoencoder"](x), models["autoencoder"](x))
+    assert check(paths).intact and read_envelope(paths).decode_proofs[-1].target == "payload"
+
+
+def test_cli_recognises_bundles_and_shows_manifest_and_params(store, tmp_path):
+    _torch_bundle(store)
+    out = tmp_path / "b.zip"
+    run_cli("load", "tb", "-o", str(out), store=store, check_rc=0)
+    res = run_cli("save", str(out), "--name", "again", "--json", store=store, check_rc=0)
+    assert json.loads(res.stdout)["envelope"]["artifact_type"] == "model_bundle"
+    show = json.loads(run_cli("show", "again", "--json", store=store, check_rc=0).stdout)
+    assert show["content"]["manifest"]["backend"] == "pytorch"
+    assert show["content"]["params"]["N"] == 8
+    assert show["content"]["params"]["probe"] == {"array": {"dtype": "<c8", "shape": [8, 8]}}
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr("manifest.json", '{"format": "ftstore-bundle", "format_version": 9}')
+    res = run_cli("save", str(bad), "--name", "bad", "--type", "model_bundle", store=store, check_rc=2)
+    assert "format_version" in res.stderr
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/ftstore-pwned",))
+
+
+def _legacy_archive(path, version, files):
+    dill = pytest.importorskip("dill")
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("manifest.dill", dill.dumps({"models": ["autoencoder", "diffraction_to_obj"], "version": version}))
+        for name, data in files.items():
+            zf.writestr(name, data)
+
+
+def _legacy_params():
+    dill = pytest.importorskip("dill")
+    return dill.dumps({**TRAIN_CFG, "_version": "1.0"})
+
+
+def test_import_legacy_pytorch_archive(store, tmp_path):
+    models = {k: b(TRAIN_CFG) for k, b in TORCH_BUILDERS.items()}
+    files = {"custom_objects.dill": pytest.importorskip("dill").dumps(Evil())}
+    for name, m in models.items():
+        buf = io.BytesIO()
+        torch.save(m.state_dict(), buf)
+        files[f"{name}/model.pth"] = buf.getvalue()
+        files[f"{name}/params.dill"] = _legacy_params()
+    arch = tmp_path / "wts.h5.zip"
+    _legacy_archive(arch, "2.0-pytorch", files)
+    if os.path.exists("/tmp/ftstore-pwned"):
+        os.unlink("/tmp/ftstore-pwned")
+    res = run_cli("import-legacy", str(arch), "--name", "legacy", store=store, check_rc=0)
+    assert "pytorch bundle" in res.stdout
+    assert not os.path.exists("/tmp/ftstore-pwned"), "custom_objects.dill must never be unpickled"
+    out = load_bundle(store, "legacy", "pytorch", builders=TORCH_BUILDERS)
+    x = torch.rand(1, 4, 8, 8)
+    assert torch.equal(out.models["diffraction_to_obj"](x), models["diffraction_to_obj"](x))
+    assert params.cfg["N"] == 8 and "_version" not in params.cfg
+
+
+def test_import_legacy_refuses_a_hostile_params_pickle(store, tmp_path):
+    dill = pytest.importorskip("dill")
+    arch = tmp_path / "wts.h5.zip"
+    _legacy_archive(arch, "2.0-pytorch", {"autoencoder/params.dill": dill.dumps({"N": Evil()}),
+                                           "autoencoder/model.pth": b""})
+    with pytest.raises(UnsafePickleError, match="posix.system|os.system|nt.system"):
+        import_legacy(store, arch, "x")
+    assert store.all_paths() == [] and not os.path.exists("/tmp/ftstore-pwned")
+    res = run_cli("import-legacy", str(arch), "--name", "x", store=store, check_rc=2)
+    assert "refusing to unpickle" in res.stderr
+
+
+def test_import_legacy_refuses_a_pickled_module_in_model_pth(store, tmp_path):
+    buf = io.BytesIO()
+    torch.save(torch_model(TRAIN_CFG), buf)  # a whole pickled module, not a state_dict
+    arch = tmp_path / "wts.h5.zip"
+    _legacy_archive(arch, "2.0-pytorch", {"autoencoder/params.dill": _legacy_params(), "autoencoder/model.pth": buf.getvalue()})
+    with pytest.raises(BadInputError, match="not a plain state_dict"):
+        import_legacy(store, arch, "x")
+
+
+def test_import_legacy_rejects_unknown_versions(store, tmp_path):
+    arch = tmp_path / "wts.h5.zip"
+    _legacy_archive(arch, "3.0", {})
+    with pytest.raises(BadInputError, match="unknown archive version '3.0'"):
+        import_legacy(store, arch, "x")

@@ -1,0 +1,87 @@
+"""TensorFlow/Keras bundles on CPU."""
+
+import io
+import os
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+from ftstore import params
+from ftstore.backends import load_bundle, save_bundle
+from ftstore.backends.legacy import import_legacy
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+keras = pytest.importorskip("keras")
+
+
+@pytest.fixture(autouse=True)
+def clean_cfg():
+    saved = dict(params.cfg)
+    params.cfg.clear()
+    yield
+    params.cfg.clear()
+    params.cfg.update(saved)
+
+
+def keras_model(cfg):
+    inp = keras.Input((cfg["N"], cfg["N"], cfg["gridsize"] ** 2))
+    x = keras.layers.Conv2D(int(4 * cfg.get("n_filters_scale", 1)), 3, padding="same")(inp)
+    return keras.Model(inp, keras.layers.Dense(2)(x))
+
+
+BUILDERS = {"autoencoder": keras_model, "diffraction_to_obj": keras_model}
+CFG = {"N": 8, "gridsize": 2, "n_filters_scale": 2, "intensity_scale": 2.5, "probe": np.ones((8, 8), np.complex64)}
+
+
+def test_tensorflow_round_trip_restores_params_before_building(store):
+    params.cfg.update(CFG)
+    models = {k: b(params.cfg) for k, b in BUILDERS.items()}
+    save_bundle(store, "kb", models, "tensorflow")
+    params.cfg.clear()
+    params.cfg.update(N=32, gridsize=1)
+    res = load_bundle(store, "kb", "tensorflow", builders=BUILDERS)
+    assert res.backend == "tensorflow" and params.cfg["N"] == 8 and params.cfg["gridsize"] == 2
+    x = np.random.default_rng(0).random((1, 8, 8, 4)).astype("float32")
+    for name, m in models.items():
+        assert np.array_equal(np.asarray(res.models[name](x)), np.asarray(m(x)))
+
+
+def test_tensorflow_shape_mismatch_rolls_back(store):
+    params.cfg.update(CFG)
+    save_bundle(store, "kb", {k: b(params.cfg) for k, b in BUILDERS.items()}, "tensorflow")
+    params.cfg.clear()
+    params.cfg.update(N=16, gridsize=1)
+    before = dict(params.cfg)
+    wrong = lambda cfg: keras_model({**cfg, "n_filters_scale": 1})
+    with pytest.raises(ValueError, match="in the built model"):
+        load_bundle(store, "kb", "tensorflow", builders={"autoencoder": wrong, "diffraction_to_obj": wrong})
+    assert params.cfg == before
+
+
+def test_tensorflow_not_installed_is_a_clear_error(store, monkeypatch):
+    params.cfg.update(CFG)
+    save_bundle(store, "kb", {k: b(params.cfg) for k, b in BUILDERS.items()}, "tensorflow")
+    monkeypatch.setitem(sys.modules, "keras", None)
+    with pytest.raises(RuntimeError, match=r"backend 'tensorflow' was selected.*pip install"):
+        load_bundle(store, "kb", "tensorflow", builders=BUILDERS)
+
+
+def test_import_legacy_keras_archive(store, tmp_path):
+    dill = pytest.importorskip("dill")
+    models = {k: b(CFG) for k, b in BUILDERS.items()}
+    arch = tmp_path / "wts.h5.zip"
+    with zipfile.ZipFile(arch, "w") as zf:
+        zf.writestr("manifest.dill", dill.dumps({"models": list(models), "version": "1.0"}))
+        zf.writestr("custom_objects.dill", b"\x80\x04never-unpickled")
+        for name, m in models.items():
+            p = tmp_path / f"{name}.keras"
+            m.save(p)
+            zf.write(p, f"{name}/model.keras")
+            zf.writestr(f"{name}/params.dill", dill.dumps({**CFG, "_version": "1.0"}))
+    env = import_legacy(store, arch, "legacy-tf")
+    assert env.metadata["backend"] == "tensorflow"
+    res = load_bundle(store, "legacy-tf", "tensorflow", builders=BUILDERS)
+    x = np.random.default_rng(1).random((1, 8, 8, 4)).astype("float32")
+    assert np.array_equal(np.asarray(res.models["autoencoder"](x)), np.asarray(models["autoencoder"](x)))
