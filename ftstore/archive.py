@@ -9,6 +9,7 @@ lies about a size is caught, never trusted.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -120,7 +121,7 @@ class SafeZip:
         try:
             with self._zf.open(info) as f:
                 data = f.read(info.file_size + 1)
-        except _ZIP_ERRORS as e:
+        except (OSError, *_ZIP_ERRORS) as e:  # a corrupt offset makes zipfile seek before the file start
             raise ArchiveError(f"{self.path}: member {name!r} is damaged or lies about its size ({e})") from None
         if len(data) != info.file_size:
             raise ArchiveError(f"{self.path}: member {name!r} does not hold the {info.file_size} bytes its header claims")
@@ -134,8 +135,10 @@ class SafeZip:
                 shutil.copyfileobj(src, out, 1 << 20)
                 if out.tell() != info.file_size:
                     raise ArchiveError(f"{self.path}: member {name!r} does not hold the bytes its header claims")
-        except _ZIP_ERRORS as e:
+        except (OSError, *_ZIP_ERRORS) as e:
             dest.unlink(missing_ok=True)
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise
             raise ArchiveError(f"{self.path}: member {name!r} is damaged or lies about its size ({e})") from None
 
     def _info(self, name: str) -> zipfile.ZipInfo:
