@@ -8,6 +8,7 @@ sidecar format), ``storage`` (crash-safe file primitives), ``scrub`` (scrubber, 
 """
 
 from .api import LoadResult, heal, load, verify
+from .checkpoints import BundleSpec, Checkpoint, CheckpointManager
 from .errors import (
     BadInputError,
     DamageError,
@@ -23,6 +24,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BadInputError",
+    "BundleSpec",
+    "Checkpoint",
+    "CheckpointManager",
     "DamageError",
     "EnvelopeError",
     "FtstoreError",

@@ -167,6 +167,26 @@ def repair(paths: ArtifactPaths, health: Health, reason: str, jobs: int | None =
     return res
 
 
+def protect_pending(paths: ArtifactPaths, jobs: int | None = None, overhead: float = 0.10) -> Envelope:
+    """Build the sidecar of an artifact committed with protection pending, after checking
+    its payload; a no-op for one already protected."""
+    env = read_envelope(paths)
+    if env.raptorq is not None:
+        return env
+    h = check(paths)
+    if h.payload_problem:
+        raise UnrecoverableError(f"{paths.ref}: payload damaged before its repair sidecar was built: {h.payload_problem}")
+    tmp = tmp_path(paths.sidecar)
+    try:
+        info = write_sidecar(paths.payload, tmp, essentials_of(env), overhead, None, jobs)
+        replace_durably(tmp, paths.sidecar)
+    finally:
+        tmp.unlink(missing_ok=True)
+    env = read_envelope(paths)  # re-read: a scrub may have written meanwhile
+    write_envelope(paths, msgspec.structs.replace(env, raptorq=raptorq_section(info)))
+    return read_envelope(paths)
+
+
 def _section_from_meta(meta: SidecarMeta, digest: str, size: int) -> RaptorQSection:
     h = meta.header
     return RaptorQSection(

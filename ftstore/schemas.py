@@ -13,7 +13,9 @@ from pathlib import Path
 import msgspec
 
 from .codec.sidecar import SidecarHeader
+from .backends.documents import BundleManifest, ParamsSnapshot
 from .envelopes import Envelope
+from .reports import BenchmarkBaseline, ConformanceSnapshot
 from .scrub.drill import DrillReport
 from .scrub.report import ScrubReport
 
@@ -22,6 +24,10 @@ DOCUMENTS = {
     "sidecar-header.schema.json": SidecarHeader,
     "scrub-report.schema.json": ScrubReport,
     "drill-report.schema.json": DrillReport,
+    "bundle-manifest.schema.json": BundleManifest,
+    "params-snapshot.schema.json": ParamsSnapshot,
+    "conformance-snapshot.schema.json": ConformanceSnapshot,
+    "benchmark-baseline.schema.json": BenchmarkBaseline,
 }
 
 

@@ -6,6 +6,7 @@
         sidecar.ftrq                        repair sidecar
         envelope.json                       the envelope
     <root>/staging/<uuid>/                  saves in progress (orphans if a save died)
+    <root>/trash/<uuid>/                    versions being deleted (orphans if a delete died)
     <root>/reports/                         scrub reports
 
 Commit protocol: payload, sidecar and envelope are written and fsynced in a staging
@@ -179,9 +180,12 @@ class Store:
         overhead: float = DEFAULT_OVERHEAD,
         jobs: int | None = None,
         progress: Callable[[int], None] | None = None,
+        protect: bool = True,
     ) -> Envelope:
         """Store a copy of ``src`` as the next version of ``name``: copy and hash while encoding
-        the sidecar, write the envelope, then commit by renaming the staging directory."""
+        the sidecar, write the envelope, then commit by renaming the staging directory.
+        ``protect=False`` commits without a sidecar (``raptorq: null``, protection pending);
+        :func:`ftstore.integrity.protect_pending` or ``scrub --repair`` adds it later."""
         src = Path(src)
         parse_ref(name)
         if "@" in name:
@@ -208,8 +212,12 @@ class Store:
                 created_unix_ms=int(time.time() * 1000),
                 metadata=metadata,
             )
-            info = self._copy_and_protect(src, stage, template, overhead, jobs, progress)
-            return self._commit(stage, envelope_from(info[0], 1, raptorq_section(info[1])))
+            if not protect:
+                digest, size = copy_hashing(src, stage / PAYLOAD, None, progress)
+                essentials = msgspec.structs.replace(template, size=size, source_hash=digest)
+                return self._commit(stage, envelope_from(essentials, 1, None))
+            essentials, info = self._copy_and_protect(src, stage, template, overhead, jobs, progress)
+            return self._commit(stage, envelope_from(essentials, 1, raptorq_section(info)))
         except OSError as e:
             remove_tree(stage)
             if is_disk_full(e):
@@ -252,6 +260,17 @@ class Store:
                 raise
             fsync_dir(name_dir)
             return read_envelope(self.paths(env.name, version))
+
+
+    def delete(self, name: str, version: int) -> None:
+        """Remove one artifact version atomically: its folder is renamed out of
+        ``artifacts/`` (the moment it stops existing as an artifact), then erased."""
+        paths = self.resolve(Ref(name, version))
+        trash = self.root / "trash" / uuid.uuid4().hex
+        trash.parent.mkdir(exist_ok=True)
+        os.rename(paths.dir, trash)
+        fsync_dir(paths.dir.parent)
+        remove_tree(trash)
 
 
 def raptorq_section(info) -> RaptorQSection:

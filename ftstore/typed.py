@@ -33,6 +33,18 @@ def validate_typed_payload(path: Path, artifact_type: str) -> None:
 
         _, _, z = read_bundle(path)
         z.__exit__(None, None, None)
+    elif artifact_type in ("conformance_snapshot", "benchmark_baseline"):
+        from .reports import parse_typed
+
+        parse_typed(_read_capped(path), artifact_type, str(path))
+
+
+def _read_capped(path: Path, limit: int = 16 * 1024 * 1024) -> bytes:
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise BadInputError(f"{path}: over the {limit} byte limit for a typed document")
+    return data
 
 
 def _jsonable(v: Any) -> Any:
@@ -50,6 +62,15 @@ def _jsonable(v: Any) -> Any:
 
 def describe_payload(path: Path, artifact_type: str) -> Any:
     """A JSON-able summary of a typed payload's content (None for plain files)."""
+    if artifact_type in ("conformance_snapshot", "benchmark_baseline"):
+        import msgspec
+
+        from .reports import parse_typed
+
+        try:
+            return msgspec.to_builtins(parse_typed(_read_capped(path), artifact_type, str(path)))
+        except (BadInputError, OSError) as e:
+            return {"error": str(e)}
     if artifact_type != "model_bundle":
         return None
     from .backends.bundle import read_bundle

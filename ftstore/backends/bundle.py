@@ -87,24 +87,30 @@ def save_bundle(
 ) -> Envelope:
     """Store ``models`` and the params they were built from (default ``ftstore.params.cfg``)
     as a ``model_bundle`` artifact."""
+    with tempfile.TemporaryDirectory(prefix="ftstore-bundle-") as tmp:
+        path = _bundle_file(models, backend, params, Path(tmp))
+        meta = {"backend": backend, "models": ",".join(models), **(metadata or {})}
+        return store.save(path, name, "model_bundle", meta, overhead)
+
+
+def _bundle_file(models: dict[str, Any], backend: str, params: dict[str, Any] | None, tmp: Path) -> Path:
+    """Write a bundle zip for ``models`` into ``tmp`` and return its path."""
     mod = backend_module(backend)
     mod.require()
     p = params_module.cfg if params is None else params
     _check_architecture_params(p, "save_bundle")
     if not models:
         raise ValueError("save_bundle: no models given")
-    with tempfile.TemporaryDirectory(prefix="ftstore-bundle-") as tmp:
-        weights = []
-        for i, (model_name, model) in enumerate(models.items()):
-            wfile = Path(tmp) / f"w{i}"
-            mod.write_weights(model, wfile)
-            entry = ModelEntry(name=model_name, weights=f"weights/{model_name}{mod.SUFFIX}",
-                               weights_format=mod.WEIGHTS_FORMAT, tensors=mod.tensor_index(model))
-            weights.append((entry, wfile))
-        path = Path(tmp) / "bundle.zip"
-        write_bundle(path, backend, weights, dict(p))
-        meta = {"backend": backend, "models": ",".join(models), **(metadata or {})}
-        return store.save(path, name, "model_bundle", meta, overhead)
+    weights = []
+    for i, (model_name, model) in enumerate(models.items()):
+        wfile = tmp / f"w{i}"
+        mod.write_weights(model, wfile)
+        entry = ModelEntry(name=model_name, weights=f"weights/{model_name}{mod.SUFFIX}",
+                           weights_format=mod.WEIGHTS_FORMAT, tensors=mod.tensor_index(model))
+        weights.append((entry, wfile))
+    path = tmp / "bundle.zip"
+    write_bundle(path, backend, weights, dict(p))
+    return path
 
 
 def write_bundle(

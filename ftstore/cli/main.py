@@ -232,6 +232,51 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(3)
 
 
+@cli.group(name="bench")
+def bench_group() -> None:
+    """Benchmark baselines."""
+
+
+@bench_group.command(name="compare")
+@click.argument("baseline_ref")
+@click.argument("new", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--threshold", default="5%", show_default=True, help="Allowed slowdown of p50, e.g. 5% or 0.05.")
+@store_option
+@json_option
+def bench_compare(baseline_ref, new, threshold, store_path, as_json):
+    """Compare NEW.json against the stored BASELINE_REF; exit 1 on any regression (CI gate)."""
+    import tempfile
+
+    from ..reports import compare, parse_typed
+    from ..typed import _read_capped
+
+    try:
+        limit = float(threshold[:-1]) / 100 if threshold.endswith("%") else float(threshold)
+    except ValueError:
+        raise BadInputError(f"--threshold {threshold!r}: expected a percentage like 5% or a fraction like 0.05") from None
+    if not new.is_file():
+        raise BadInputError(f"{new}: no such file")
+    store = Store.open(store_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        res = api.load(store, baseline_ref, Path(tmp) / "baseline.json")
+        if res.envelope.artifact_type != "benchmark_baseline":
+            raise BadInputError(f"{res.paths.ref} is a {res.envelope.artifact_type}, not a benchmark_baseline")
+        base = parse_typed((Path(tmp) / "baseline.json").read_bytes(), "benchmark_baseline", res.paths.ref)
+    current = parse_typed(_read_capped(new), "benchmark_baseline", str(new))
+    rows = compare(base, current, limit)
+    failed = [r for r in rows if r.verdict in ("regression", "missing", "unit_changed")]
+    if as_json:
+        emit_json({"baseline": res.paths.ref, "threshold": limit, "metrics": [r.__dict__ for r in rows],
+                   "passed": not failed})
+    else:
+        for r in rows:
+            change = f"{r.change:+.1%}" if r.change is not None else "n/a"
+            click.echo(f"{r.verdict.upper():<13} {r.metric:<32} p50 {r.baseline_p50} -> {r.new_p50}  ({change} worse)")
+        info(f"{len(failed)} of {len(rows)} metrics fail the {limit:.1%} gate against {res.paths.ref}")
+    if failed:
+        sys.exit(1)
+
+
 @cli.command(name="import-legacy")
 @click.argument("archive", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--name", required=True, help="Artifact name for the imported bundle.")

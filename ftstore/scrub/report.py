@@ -30,6 +30,7 @@ class ArtifactScrub(Strict, kw_only=True):
     error: Optional[str] = None
     deep: Optional[DeepCheck] = None
     bytes_read: NonNegInt = 0
+    protected: bool = False  # a pending repair sidecar was built by this scrub
 
 
 class Orphan(Strict):

@@ -20,7 +20,7 @@ from ..codec.parallel import default_jobs, pmap
 from ..envelopes import ScrubSection
 from ..envelopes.codec import canonical
 from ..errors import FtstoreError
-from ..integrity import check, repair
+from ..integrity import check, protect_pending, repair
 from ..storage.local import TMP_MARK, remove_tree, write_atomic
 from ..store import ENVELOPE, NAME_RE, PAYLOAD, SIDECAR, ArtifactPaths, Store, read_envelope, write_envelope
 from .report import ArtifactScrub, DeepCheck, Orphan, ScrubOptions, ScrubReport, Totals
@@ -78,6 +78,12 @@ def scrub_artifact(task: ScrubTask) -> ArtifactScrub:
             proofs=[p.proof_hash for p in res.proofs],
             error=None if after.intact else "; ".join(after.problems),
         )
+    if task.repair and h.pending_protection and not h.problems:
+        try:
+            protect_pending(paths, jobs=task.jobs)
+            result = msgspec.structs.replace(result, protected=True)
+        except (FtstoreError, OSError) as e:
+            result = msgspec.structs.replace(result, error=f"could not build the pending repair sidecar: {e}")
     if task.deep and result.status != "failed" and paths.sidecar.exists():
         try:
             probed, erased, ok = prove_recoverable(paths.payload, paths.sidecar, read_meta(paths.sidecar), task.seed)
@@ -110,6 +116,9 @@ def find_orphans(store: Store) -> list[tuple[Path, str]]:
     out = []
     if store.staging_dir.is_dir():
         out += [(p, "interrupted save (staging)") for p in sorted(store.staging_dir.iterdir())]
+    trash = store.root / "trash"
+    if trash.is_dir():
+        out += [(p, "interrupted delete (trash)") for p in sorted(trash.iterdir())]
     if store.artifacts_dir.is_dir():
         for name_dir in sorted(store.artifacts_dir.iterdir()):
             if not name_dir.is_dir() or not NAME_RE.match(name_dir.name):

@@ -1,0 +1,143 @@
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from ftstore import CheckpointManager, DamageError, NotFoundError
+from ftstore.integrity import check
+from ftstore.scrub import scrub
+from ftstore.store import read_envelope
+
+
+def _ckpt(make_file, step):
+    return make_file(20_000 + step, seed=step)
+
+
+def test_keep_last_n(store, make_file):
+    m = CheckpointManager(store, "run", keep_last=2)
+    for step in range(0, 50, 10):
+        m.save(step, _ckpt(make_file, step))
+    assert m.steps() == [30, 40]
+    assert m.latest().step == 40
+
+
+def test_keep_every_k_plus_last(store, make_file):
+    m = CheckpointManager(store, "run", keep_last=1, keep_every=20)
+    for step in range(0, 70, 10):
+        m.save(step, _ckpt(make_file, step))
+    assert m.steps() == [0, 20, 40, 60]
+
+
+@pytest.mark.parametrize("mode, best", [("min", [10, 30]), ("max", [20, 40])])
+def test_keep_best_by_metric(store, make_file, mode, best):
+    m = CheckpointManager(store, "run", keep_best=2, best_metric="loss", best_mode=mode)
+    losses = {10: 0.1, 20: 0.9, 30: 0.2, 40: 0.8}
+    for step, loss in losses.items():
+        m.save(step, _ckpt(make_file, step), metrics={"loss": loss})
+    assert m.steps() == sorted(set(best) | {40})  # the newest valid one always stays
+    assert m.checkpoints()[0].metrics["loss"] == losses[m.steps()[0]]
+
+
+def test_retention_never_deletes_the_newest_valid_checkpoint(store, make_file):
+    m = CheckpointManager(store, "run", keep_best=1, best_metric="loss")
+    m.save(1, _ckpt(make_file, 1), metrics={"loss": 0.1})
+    m.save(2, _ckpt(make_file, 2), metrics={"loss": 5.0})
+    assert m.steps() == [1, 2]  # 2 is not among the best, but it is the newest valid
+    m.save(3, _ckpt(make_file, 3), metrics={"loss": 9.0})
+    assert m.steps() == [1, 3]
+
+
+def test_a_damaged_newest_checkpoint_does_not_count_as_valid(store, make_file):
+    m = CheckpointManager(store, "run", keep_last=1)
+    m.save(1, _ckpt(make_file, 1))
+    m.keep_last = None
+    m.policy.keep_last = None
+    m.save(2, _ckpt(make_file, 2))
+    p = store.paths("run", 2).payload
+    p.write_bytes(bytes(p.stat().st_size))  # beyond repair
+    m.policy.keep_last = 1
+    m._apply_retention()
+    assert m.steps() == [1, 2]  # keep_last keeps 2; 1 is the newest *valid* one, so it stays
+
+
+def test_restore_skips_a_damaged_newest_checkpoint(store, make_file, tmp_path):
+    m = CheckpointManager(store, "run")
+    files = {s: _ckpt(make_file, s) for s in (1, 2, 3)}
+    for s, f in files.items():
+        m.save(s, f)
+    newest = store.paths("run", 3)
+    newest.payload.write_bytes(b"\0" * newest.payload.stat().st_size)  # beyond repair
+    out = tmp_path / "restored"
+    with pytest.warns(UserWarning, match="skipping damaged checkpoint run@3"):
+        cp = m.restore(out)
+    assert cp.step == 2 and out.read_bytes() == files[2].read_bytes()
+    with pytest.raises(DamageError):
+        m.restore(out, step=3)
+    with pytest.raises(NotFoundError):
+        m.restore(out, step=99)
+
+
+def test_restore_repairs_a_repairable_newest_checkpoint(store, make_file, tmp_path):
+    m = CheckpointManager(store, "run")
+    f = _ckpt(make_file, 7)
+    m.save(7, f)
+    p = store.paths("run", 1).payload
+    data = bytearray(p.read_bytes())
+    data[100] ^= 1
+    p.write_bytes(bytes(data))
+    assert m.restore(tmp_path / "o").step == 7
+    assert (tmp_path / "o").read_bytes() == f.read_bytes()
+
+
+def test_background_protection_finishes(store, make_file):
+    m = CheckpointManager(store, "run", background=True)
+    m.save(1, make_file(3_000_000))
+    env = read_envelope(store.paths("run", 1))
+    assert check(store.paths("run", 1)).intact  # valid and verifiable even while pending
+    m.wait_until_finished()
+    env = read_envelope(store.paths("run", 1))
+    assert env.raptorq is not None and store.paths("run", 1).sidecar.exists()
+    assert check(store.paths("run", 1)).intact
+
+
+def test_background_protection_survives_a_killed_parent(store, make_file):
+    src = make_file(8_000_000)
+    code = textwrap.dedent(f"""
+        import os, signal
+        from ftstore import Store, CheckpointManager
+        m = CheckpointManager(Store.open({str(store.root)!r}), "run", background=True)
+        m.save(5, {str(src)!r})
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code])
+    assert proc.returncode == -signal.SIGKILL
+    paths = store.paths("run", 1)
+    deadline = time.monotonic() + 60
+    while read_envelope(paths).raptorq is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert read_envelope(paths).raptorq is not None
+    assert check(paths).intact
+
+
+def test_scrub_repair_protects_an_artifact_left_pending(store, make_file):
+    store.save(make_file(100_000), "run", protect=False)
+    paths = store.paths("run", 1)
+    assert read_envelope(paths).raptorq is None and not paths.sidecar.exists()
+    assert scrub(store).artifacts[0].status == "ok" and read_envelope(paths).raptorq is None  # report-only
+    report = scrub(store, repair=True)
+    assert report.artifacts[0].protected and read_envelope(paths).raptorq is not None
+
+
+def test_steps_must_be_new_and_non_negative(store, make_file):
+    m = CheckpointManager(store, "run")
+    m.save(1, _ckpt(make_file, 1))
+    with pytest.raises(ValueError, match="already has a checkpoint for step 1"):
+        m.save(1, _ckpt(make_file, 1))
+    with pytest.raises(ValueError, match="non-negative"):
+        m.save(-1, _ckpt(make_file, 1))
+    with pytest.raises(ValueError):
+        CheckpointManager(store, "run", keep_best=1)
