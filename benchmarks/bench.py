@@ -145,17 +145,54 @@ def bench_scrub(total_mib: int, artifacts: int, work: Path) -> None:
         f.unlink()
 
 
+def bench_s3(mib: int, work: Path) -> None:
+    """ftstore save/load to SeaweedFS next to a plain boto3 upload/download of the same
+    bytes, against one real local SeaweedFS server started here."""
+    import boto3
+
+    from tests.seaweed import Seaweed
+
+    from ftstore import load
+
+    server = Seaweed(work / "weed")
+    server.start()
+    try:
+        os.environ.update(server.env())
+        src = work / "s3src.bin"
+        make_file(src, mib << 20)
+        hash_file(src)
+        size = src.stat().st_size
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="plain")
+        t_up = timed(lambda: s3.upload_file(str(src), "plain", "obj"))
+        t_down = timed(lambda: s3.download_file("plain", "obj", str(work / "plain.out")))
+        store = Store.open("s3://bench/store", create=True)
+        t_save = timed(lambda: store.save(src, "bench"))
+        t_load = timed(lambda: load(store, "bench", work / "ft.out"))
+        assert hash_file(work / "ft.out")[0] == hash_file(src)[0]
+        print(f"\n== SeaweedFS (local server), {mib} MiB ==")
+        print(f"plain boto3 upload     {size / t_up / MB:8.0f} MB/s")
+        print(f"ftstore save (s3)      {size / t_save / MB:8.0f} MB/s   ({t_up / t_save:.2f}x of plain upload; "
+              "includes hashing, encoding and uploading the 10% sidecar)")
+        print(f"plain boto3 download   {size / t_down / MB:8.0f} MB/s")
+        print(f"ftstore load (s3)      {size / t_load / MB:8.0f} MB/s   ({t_down / t_load:.2f}x of plain download; "
+              "includes streaming verification of payload and sidecar)")
+    finally:
+        server.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="256,1024", help="payload sizes in MiB")
     ap.add_argument("--memory-gib", type=float, default=0, help="also measure peak RSS of save+load of this size")
     ap.add_argument("--scrub-mib", type=int, default=2048, help="size of the scrub benchmark store (0: skip)")
     ap.add_argument("--scrub-artifacts", type=int, default=32)
+    ap.add_argument("--s3-mib", type=int, default=0, help="also benchmark a SeaweedFS store with this payload size")
     ap.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
     args = ap.parse_args()
     work_root = Path(tempfile.mkdtemp(prefix="ftstore-bench-", dir=args.dir))
     try:
-        for mib in [int(x) for x in args.sizes.split(",")]:
+        for mib in [int(x) for x in args.sizes.split(",") if x]:
             work = work_root / f"{mib}"
             work.mkdir()
             src = work / "src.bin"
@@ -184,6 +221,9 @@ def main() -> None:
         if args.scrub_mib:
             (work_root / "scrub").mkdir()
             bench_scrub(args.scrub_mib, args.scrub_artifacts, work_root / "scrub")
+        if args.s3_mib:
+            (work_root / "s3").mkdir()
+            bench_s3(args.s3_mib, work_root / "s3")
         if args.memory_gib:
             peak = peak_memory_of_save(int(args.memory_gib * (1 << 30)), work_root)
             print(f"\npeak RSS of save+load of a {args.memory_gib} GiB payload: {peak:.0f} MiB (target < 512)")

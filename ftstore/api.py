@@ -10,7 +10,7 @@ from pathlib import Path
 from .envelopes import Envelope
 from .errors import BadInputError, DamageError
 from .integrity import Health, RepairResult, check, repair
-from .storage.local import copy_hashing, disk_full, is_disk_full, replace_durably, tmp_path
+from .storage.local import disk_full, is_disk_full, replace_durably, tmp_path
 from .store import ArtifactPaths, Ref, Store
 
 
@@ -26,15 +26,17 @@ def verify(store: Store, refs: Sequence[str] = ()) -> list[Health]:
     """Check the named artifacts (latest version for a bare name), or every version of every
     artifact when none is named. Read-only."""
     targets = [store.resolve(r) for r in refs] if refs else store.all_paths()
-    return [check(p) for p in targets]
+    return [store.check(p) for p in targets]
 
 
-def heal(paths: ArtifactPaths, reason: str, jobs: int | None = None) -> tuple[Health, RepairResult | None]:
+def heal(store: Store, ref: str | Ref, reason: str = "heal", jobs: int | None = None) -> tuple[Health, RepairResult | None]:
     """Check one artifact and repair it if it is damaged; raise if it cannot be."""
-    h = check(paths)
-    if not (h.envelope_problem or h.sidecar_problem or h.payload_problem):
+    paths = store.resolve(ref)
+    h = store.check(paths)
+    if not h.files_damaged:
         return h, None
-    return h, repair(paths, h, reason=reason, jobs=jobs)
+    with store.checkout(paths) as local:
+        return h, repair(local, check(local), reason=reason, jobs=jobs)
 
 
 def load(
@@ -55,18 +57,18 @@ def load(
     if not out.parent.is_dir():
         raise BadInputError(f"{out.parent}: no such directory")
     paths = store.resolve(ref)
-    h = check(paths)
+    h = store.check(paths)
     result = None
-    if h.envelope_problem or h.sidecar_problem or h.payload_problem:
-        if not self_heal or (h.payload_problem is None and h.essentials is None):
+    if h.files_damaged:
+        if not self_heal:
             raise DamageError("; ".join(h.problems))
-        result = repair(paths, h, reason="load", jobs=jobs)
-        h = check(paths)
+        _, result = heal(store, ref, reason="load", jobs=jobs)
+        h = store.check(paths)
     if h.payload_problem or h.envelope is None:
         raise DamageError("; ".join(h.problems))
     tmp = tmp_path(out)
     try:
-        got, _ = copy_hashing(paths.payload, tmp, progress=progress)
+        got, _ = store.fetch_payload(paths, tmp, progress=progress)
         if got != h.envelope.source_hash:
             raise DamageError(f"{paths.ref}: payload changed while it was being read; {out} was not written")
         replace_durably(tmp, out)

@@ -22,8 +22,7 @@ from typing import Any, Literal
 
 from .api import load as load_artifact
 from .errors import BadInputError, DamageError, FtstoreError, NotFoundError
-from .integrity import check
-from .store import Store, parse_ref, read_envelope
+from .store import Store, parse_ref
 from .typed import detect_type
 
 STEP_KEY = "ftstore.step"
@@ -109,7 +108,7 @@ class CheckpointManager:
         for v in self.store.versions(self.name):
             paths = self.store.paths(self.name, v)
             try:
-                env = read_envelope(paths)
+                env = self.store.read_envelope(paths)
                 step = int(env.metadata[STEP_KEY])
             except (FtstoreError, KeyError, ValueError):
                 continue
@@ -147,7 +146,7 @@ class CheckpointManager:
             env = self.store.save(path, self.name, detect_type(path), meta, self.overhead, protect=protect)
         if not protect:
             self._pending.append(subprocess.Popen(
-                [sys.executable, "-m", "ftstore.protect", str(self.store.root), env.name, str(env.version)],
+                [sys.executable, "-m", "ftstore.protect", self.store.url, env.name, str(env.version)],
                 start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             ))
         cp = Checkpoint(step, env.version, f"{env.name}@{env.version}", {k: float(v) for k, v in (metrics or {}).items()})
@@ -182,7 +181,7 @@ class CheckpointManager:
 
     def _newest_valid(self, cps: list[Checkpoint]) -> Checkpoint | None:
         for c in reversed(cps):
-            h = check(self.store.paths(self.name, c.version))
+            h = self.store.check(self.store.paths(self.name, c.version))
             if not (h.payload_problem or h.envelope_problem):
                 return c
         return None

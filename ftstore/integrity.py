@@ -45,6 +45,11 @@ class Health:
     def intact(self) -> bool:
         return not self.problems
 
+    @property
+    def files_damaged(self) -> bool:
+        """Damage that repair can act on (a broken proof chain is reported, not repaired)."""
+        return bool(self.envelope_problem or self.sidecar_problem or self.payload_problem)
+
 
 @dataclass
 class RepairResult:

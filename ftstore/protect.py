@@ -1,4 +1,4 @@
-"""``python -m ftstore.protect STORE NAME VERSION``: build a pending repair sidecar.
+"""``python -m ftstore.protect STORE_URL NAME VERSION``: build a pending repair sidecar.
 
 Started by ``CheckpointManager.save(background=True)`` in its own session, so it finishes
 even if the training process that started it is killed.
@@ -17,7 +17,8 @@ def main(argv: list[str]) -> int:
     root, name, version = argv
     try:
         store = Store.open(root)
-        protect_pending(store.resolve(Ref(name, int(version))), jobs=1)
+        with store.checkout(store.resolve(Ref(name, int(version)))) as local:
+            protect_pending(local, jobs=1)
     except FtstoreError as e:
         print(f"ftstore protect: {e}", file=sys.stderr)
         return 1

@@ -17,13 +17,14 @@ the next), and nothing outside ``artifacts/`` is ever shown as an artifact.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from .codec.layout import DEFAULT_OVERHEAD, MAX_OVERHEAD, MIN_OVERHEAD
 from .envelopes.model import MetaKey, MetaValue
 from .envelopes import ARTIFACT_TYPES, Envelope, RaptorQSection, decode_envelope, encode_envelope
 from .errors import BadInputError, EnvelopeError, FtstoreError, NotFoundError
-from .storage.local import copy_hashing, disk_full, fsync_dir, is_disk_full, remove_tree, write_atomic
+from .storage.local import TMP_MARK, copy_hashing, disk_full, fsync_dir, is_disk_full, remove_tree, write_atomic
 
 MARKER = "ftstore-store.json"
 DEFAULT_STORE = "./ftstore-store"
@@ -108,9 +109,12 @@ class Store:
 
     @classmethod
     def open(cls, location: str | os.PathLike | None = None, create: bool = False) -> Store:
-        root = Path(location or os.environ.get("FTSTORE_STORE") or DEFAULT_STORE)
-        if str(root).startswith("s3://"):
-            raise BadInputError(f"{root}: object-storage stores are not supported by this version")
+        text = str(location or os.environ.get("FTSTORE_STORE") or DEFAULT_STORE)
+        if text.startswith("s3://"):
+            from .storage.s3 import S3Store
+
+            return S3Store.open_url(text, create=create)
+        root = Path(text)
         marker = root / MARKER
         if not marker.exists():
             if not create:
@@ -200,7 +204,7 @@ class Store:
             metadata = msgspec.convert(dict(metadata or {}), dict[MetaKey, MetaValue])
         except msgspec.ValidationError as e:
             raise BadInputError(f"invalid metadata: {e}") from None
-        stage = self.staging_dir / uuid.uuid4().hex
+        stage = self._staging_parent() / uuid.uuid4().hex
         try:
             stage.mkdir(parents=True)
             template = ArtifactEssentials(
@@ -243,6 +247,32 @@ class Store:
         essentials = msgspec.structs.replace(template, source_hash=digest)
         return essentials, build.finish(essentials)
 
+    def _staging_parent(self) -> Path:
+        return self.staging_dir
+
+    def import_files(self, local: ArtifactPaths) -> bool:
+        """Commit existing artifact files as ``local.name@local.version`` (see ftstore copy);
+        False if that version exists."""
+        stage = self._staging_parent() / uuid.uuid4().hex
+        stage.mkdir(parents=True)
+        try:
+            for f in (local.payload, local.sidecar, local.envelope):
+                if f.exists():
+                    copy_hashing(f, stage / f.name)
+            fsync_dir(stage)
+            name_dir = self.artifacts_dir / local.name
+            name_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(stage, name_dir / str(local.version))
+            except OSError as e:
+                if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    return False
+                raise
+            fsync_dir(name_dir)
+            return True
+        finally:
+            remove_tree(stage)
+
     def _commit(self, stage: Path, env: Envelope) -> Envelope:
         name_dir = self.artifacts_dir / env.name
         name_dir.mkdir(parents=True, exist_ok=True)
@@ -261,6 +291,70 @@ class Store:
             fsync_dir(name_dir)
             return read_envelope(self.paths(env.name, version))
 
+
+    # -- what callers use instead of touching files, so that remote stores fit ------------
+    @property
+    def url(self) -> str:
+        return str(self.root)
+
+    def read_envelope(self, paths: ArtifactPaths) -> Envelope:
+        return read_envelope(paths)
+
+    def check(self, paths: ArtifactPaths):
+        """Read-only health of one artifact (see :func:`ftstore.integrity.check`)."""
+        from .integrity import check
+
+        return check(paths)
+
+    @contextlib.contextmanager
+    def checkout(self, paths: ArtifactPaths, upload: bool = True) -> Iterator[ArtifactPaths]:
+        """Local files of one artifact to check and repair in place; a remote store
+        downloads them and (with ``upload``) uploads what changed on exit. Here they are
+        the files themselves."""
+        yield paths
+
+    def fetch_payload(self, paths: ArtifactPaths, dest: Path, progress: Callable[[int], None] | None = None) -> tuple[str, int]:
+        """Copy the payload to a new file ``dest``; returns (BLAKE3, size) of what was written."""
+        return copy_hashing(paths.payload, dest, progress=progress)
+
+    def stored_bytes(self, paths: ArtifactPaths) -> int:
+        return sum(p.stat().st_size for p in (paths.payload, paths.sidecar) if p.exists())
+
+    def location(self, paths: ArtifactPaths) -> dict[str, str]:
+        return {"dir": str(paths.dir), "payload": str(paths.payload), "sidecar": str(paths.sidecar),
+                "envelope": str(paths.envelope)}
+
+    def orphans(self) -> list[tuple[str, str]]:
+        """(path relative to the store, reason) of everything that belongs to no artifact."""
+        out: list[tuple[Path, str]] = []
+        for folder, why in ((self.staging_dir, "interrupted save (staging)"), (self.root / "trash", "interrupted delete (trash)")):
+            if folder.is_dir():
+                out += [(p, why) for p in sorted(folder.iterdir())]
+        if self.artifacts_dir.is_dir():
+            for name_dir in sorted(self.artifacts_dir.iterdir()):
+                if not name_dir.is_dir() or not NAME_RE.match(name_dir.name):
+                    out.append((name_dir, "not an artifact name"))
+                    continue
+                for vdir in sorted(name_dir.iterdir()):
+                    if not (vdir.is_dir() and vdir.name.isdigit() and int(vdir.name) > 0):
+                        out.append((vdir, "interrupted write" if TMP_MARK in vdir.name else "not a version directory"))
+                        continue
+                    for f in sorted(vdir.iterdir()):
+                        if f.name not in (PAYLOAD, SIDECAR, ENVELOPE):
+                            out.append((f, "interrupted write" if TMP_MARK in f.name else "stray file"))
+        return [(str(p.relative_to(self.root)), why) for p, why in out]
+
+    def remove_orphan(self, relative: str) -> bool:
+        p = self.root / relative
+        if p.is_dir():
+            remove_tree(p)
+        else:
+            p.unlink(missing_ok=True)
+        return not p.exists()
+
+    def write_report(self, name: str, data: bytes) -> None:
+        self.reports_dir.mkdir(exist_ok=True)
+        write_atomic(self.reports_dir / name, data)
 
     def delete(self, name: str, version: int) -> None:
         """Remove one artifact version atomically: its folder is renamed out of

@@ -32,15 +32,6 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Machine-read
 jobs_option = click.option("--jobs", type=click.IntRange(1, 256), default=None, help="Worker processes (default: CPUs).")
 
 
-def _paths_doc(paths) -> dict:
-    return {
-        "dir": str(paths.dir),
-        "payload": str(paths.payload),
-        "sidecar": str(paths.sidecar),
-        "envelope": str(paths.envelope),
-    }
-
-
 def _health_doc(h: Health) -> dict:
     return {
         "ref": h.paths.ref,
@@ -91,7 +82,7 @@ def save(path, name, artifact_type, meta, overhead, store_path, jobs, as_json):
         env = store.save(path, name, artifact_type, _parse_meta(meta), overhead, jobs=jobs, progress=cb)
     paths = store.paths(env.name, env.version)
     if as_json:
-        emit_json({"envelope": env, "paths": _paths_doc(paths)})
+        emit_json({"envelope": env, "paths": store.location(paths)})
         return
     rq = env.raptorq
     click.echo(
@@ -106,14 +97,13 @@ def save(path, name, artifact_type, meta, overhead, store_path, jobs, as_json):
 @json_option
 def ls_cmd(store_path, as_json):
     """List every artifact version in the store."""
-    from ..store import read_envelope
     from ..errors import EnvelopeError
 
     store = Store.open(store_path)
     rows = []
     for p in store.all_paths():
         try:
-            e = read_envelope(p)
+            e = store.read_envelope(p)
             rows.append({"name": e.name, "version": e.version, "type": e.artifact_type, "size": e.size,
                          "created_unix_ms": e.created_unix_ms, "scrub_status": e.scrub.status, "envelope": "ok"})
         except EnvelopeError as err:
@@ -123,7 +113,7 @@ def ls_cmd(store_path, as_json):
         emit_json(rows)
         return
     if not rows:
-        info(f"{store.root}: no artifacts")
+        info(f"{store.url}: no artifacts")
         return
     click.echo(f"{'NAME':<32} {'VER':>4}  {'TYPE':<20} {'SIZE':>10}  STATUS")
     for r in rows:
@@ -138,17 +128,21 @@ def ls_cmd(store_path, as_json):
 @json_option
 def show(ref, store_path, as_json):
     """Print REF's envelope (NAME or NAME@VERSION) and where its files are."""
-    from ..store import read_envelope
+    import tempfile
+
+    from ..typed import describe_payload
 
     store = Store.open(store_path)
     paths = store.resolve(ref)
-    env = read_envelope(paths)
-    doc = {"envelope": msgspec.to_builtins(env), "paths": _paths_doc(paths)}
-    from ..typed import describe_payload
-
-    extra = describe_payload(paths.payload, env.artifact_type)
-    if extra is not None:
-        doc["content"] = extra
+    env = store.read_envelope(paths)
+    doc = {"envelope": msgspec.to_builtins(env), "paths": store.location(paths)}
+    if env.artifact_type not in ("file", "ledger", "manifest"):
+        with tempfile.TemporaryDirectory(prefix="ftstore-show-") as tmp:
+            local = Path(tmp) / "payload"
+            store.fetch_payload(paths, local)
+            extra = describe_payload(local, env.artifact_type)
+        if extra is not None:
+            doc["content"] = extra
     if as_json:
         emit_json(doc)
         return
@@ -277,6 +271,29 @@ def bench_compare(baseline_ref, new, threshold, store_path, as_json):
         sys.exit(1)
 
 
+@cli.command(name="copy")
+@click.argument("src")
+@click.argument("dst")
+@click.argument("refs", nargs=-1)
+@jobs_option
+@json_option
+def copy_cmd(src, dst, refs, jobs, as_json):
+    """Copy artifacts (REFS, default all) from store SRC to store DST, e.g. a local
+    directory and s3://bucket/prefix. Verifies on the way, repairs at the destination."""
+    from ..transfer import copy_store
+
+    results = copy_store(Store.open(src), Store.open(dst, create=True), refs, jobs=jobs)
+    bad = [r for r in results if r.status in ("conflict", "failed")]
+    if as_json:
+        emit_json([r.__dict__ for r in results])
+    else:
+        for r in results:
+            click.echo(f"{r.status:<9} {r.ref}" + (f"  ({r.detail})" if r.detail else ""))
+        info(f"{len(results)} artifacts: {len(results) - len(bad)} at the destination, {len(bad)} not copied")
+    if bad:
+        sys.exit(1)
+
+
 @cli.command(name="import-legacy")
 @click.argument("archive", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--name", required=True, help="Artifact name for the imported bundle.")
@@ -291,7 +308,7 @@ def import_legacy_cmd(archive, name, store_path, as_json):
     store = Store.open(store_path, create=True)
     env = import_legacy(store, archive, name)
     if as_json:
-        emit_json({"envelope": env, "paths": _paths_doc(store.paths(env.name, env.version))})
+        emit_json({"envelope": env, "paths": store.location(store.paths(env.name, env.version))})
         return
     click.echo(f"imported {archive} as {env.name}@{env.version} ({env.metadata.get('backend')} bundle: "
                f"{env.metadata.get('models')})")

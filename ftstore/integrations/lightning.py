@@ -43,7 +43,7 @@ class FtstoreCheckpointIO(CheckpointIO):
     def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         name = self.artifact_name(path)
         if not self.store.versions(name):
-            raise FileNotFoundError(f"no checkpoint {path} in {self.store.root} (artifact {name})")
+            raise FileNotFoundError(f"no checkpoint {path} in {self.store.url} (artifact {name})")
         with tempfile.TemporaryDirectory(prefix="ftstore-lightning-") as tmp:
             f = Path(tmp) / "checkpoint.pt"
             load_artifact(self.store, name, f)

@@ -161,8 +161,12 @@ def drill(
         pristine = base / "pristine"
         if source is None:
             build_sample_store(pristine, seed)
-        else:
-            shutil.copytree(source.root, pristine, ignore=shutil.ignore_patterns("reports", "staging"))
+        elif source.url == str(source.root):
+            shutil.copytree(source.root, pristine, ignore=shutil.ignore_patterns("reports", "staging", "trash"))
+        else:  # a remote store: pull a scratch copy
+            from ..transfer import copy_store
+
+            copy_store(source, Store.open(pristine, create=True), jobs=jobs)
         for rnd in range(rounds):
             work = base / f"round-{rnd}"
             shutil.copytree(pristine, work)

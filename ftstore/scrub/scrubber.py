@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import msgspec
 
@@ -21,13 +20,13 @@ from ..envelopes import ScrubSection
 from ..envelopes.codec import canonical
 from ..errors import FtstoreError
 from ..integrity import check, protect_pending, repair
-from ..storage.local import TMP_MARK, remove_tree, write_atomic
-from ..store import ENVELOPE, NAME_RE, PAYLOAD, SIDECAR, ArtifactPaths, Store, read_envelope, write_envelope
+from ..store import ArtifactPaths, Store, read_envelope, write_envelope
 from .report import ArtifactScrub, DeepCheck, Orphan, ScrubOptions, ScrubReport, Totals
 
 
 @dataclass(frozen=True)
 class ScrubTask:
+    store_url: str
     paths: ArtifactPaths
     repair: bool
     deep: bool
@@ -55,30 +54,37 @@ def in_subset(ref: str, subset: tuple[int, int] | None) -> bool:
 
 
 def scrub_artifact(task: ScrubTask) -> ArtifactScrub:
-    paths = task.paths
-    h = check(paths)
-    bytes_read = sum(p.stat().st_size for p in (paths.payload, paths.sidecar) if p.exists())
-    result = ArtifactScrub(ref=paths.ref, status="ok", damage=h.problems, bytes_read=bytes_read)
+    """Check one artifact (streaming, read-only); only when there is work to do (repair,
+    protection, a deep probe) are its files checked out locally and worked on."""
+    store = Store.open(task.store_url)
+    h = store.check(task.paths)
+    result = ArtifactScrub(ref=task.paths.ref, status="ok", damage=h.problems, bytes_read=store.stored_bytes(task.paths))
+    if h.problems and not (task.repair and h.files_damaged):
+        return msgspec.structs.replace(result, status="failed")
+    if not (task.repair or task.deep):
+        return result
+    with store.checkout(task.paths) as local:
+        return _work_on(local, h, result, task)
+
+
+def _work_on(paths: ArtifactPaths, h, result: ArtifactScrub, task: ScrubTask) -> ArtifactScrub:
     now = int(time.time() * 1000)
-    if h.problems:
-        if not task.repair or not (h.envelope_problem or h.sidecar_problem or h.payload_problem):
-            return msgspec.structs.replace(result, status="failed")
+    if h.files_damaged:
         try:
-            res = repair(paths, h, reason="scrub", jobs=task.jobs)
+            res = repair(paths, check(paths), reason="scrub", jobs=task.jobs)
         except (FtstoreError, OSError) as e:
             _mark(paths, "failed", now)
             return msgspec.structs.replace(result, status="failed", error=str(e))
         after = check(paths)
-        status = "recovered" if after.intact else "failed"
         result = msgspec.structs.replace(
             result,
-            status=status,
+            status="recovered" if after.intact else "failed",
             repaired=res.repaired,
             erased_source_symbols=res.erased_source,
             proofs=[p.proof_hash for p in res.proofs],
             error=None if after.intact else "; ".join(after.problems),
         )
-    if task.repair and h.pending_protection and not h.problems:
+    elif task.repair and h.pending_protection:
         try:
             protect_pending(paths, jobs=task.jobs)
             result = msgspec.structs.replace(result, protected=True)
@@ -111,31 +117,6 @@ def _mark(paths: ArtifactPaths, status: str, now: int) -> None:
     )
 
 
-def find_orphans(store: Store) -> list[tuple[Path, str]]:
-    """Files and folders that belong to no committed artifact."""
-    out = []
-    if store.staging_dir.is_dir():
-        out += [(p, "interrupted save (staging)") for p in sorted(store.staging_dir.iterdir())]
-    trash = store.root / "trash"
-    if trash.is_dir():
-        out += [(p, "interrupted delete (trash)") for p in sorted(trash.iterdir())]
-    if store.artifacts_dir.is_dir():
-        for name_dir in sorted(store.artifacts_dir.iterdir()):
-            if not name_dir.is_dir() or not NAME_RE.match(name_dir.name):
-                out.append((name_dir, "not an artifact name"))
-                continue
-            for vdir in sorted(name_dir.iterdir()):
-                if not (vdir.is_dir() and vdir.name.isdigit() and int(vdir.name) > 0):
-                    reason = "interrupted write" if TMP_MARK in vdir.name else "not a version directory"
-                    out.append((vdir, reason))
-                    continue
-                for f in sorted(vdir.iterdir()):
-                    if f.name not in (PAYLOAD, SIDECAR, ENVELOPE):
-                        reason = "interrupted write" if TMP_MARK in f.name else "stray file"
-                        out.append((f, reason))
-    return out
-
-
 def scrub(
     store: Store,
     *,
@@ -153,7 +134,7 @@ def scrub(
     jobs = jobs or default_jobs()
     targets = [p for p in store.all_paths() if in_subset(p.ref, part)]
     by_artifact = len(targets) >= 2 * jobs
-    tasks = [ScrubTask(p, repair, deep, 1 if by_artifact else jobs, seed) for p in targets]
+    tasks = [ScrubTask(store.url, p, repair, deep, 1 if by_artifact else jobs, seed) for p in targets]
     results = []
     clock = time.monotonic()
     for r in pmap(scrub_artifact, tasks, jobs if by_artifact else 1):
@@ -161,12 +142,12 @@ def scrub(
         if max_rate_mb_s:
             clock = _throttle(clock, r.bytes_read, max_rate_mb_s)
     orphans = [
-        Orphan(path=str(p.relative_to(store.root)), reason=why, removed=_remove(p) if remove_orphans else False)
-        for p, why in find_orphans(store)
+        Orphan(path=rel, reason=why, removed=store.remove_orphan(rel) if remove_orphans else False)
+        for rel, why in store.orphans()
     ]
     count = {s: sum(1 for r in results if r.status == s) for s in ("ok", "recovered", "failed")}
     report = ScrubReport(
-        store=str(store.root),
+        store=store.url,
         started_unix_ms=started,
         finished_unix_ms=int(time.time() * 1000),
         options=ScrubOptions(repair=repair, deep=deep, subset=subset, max_rate_mb_s=max_rate_mb_s, remove_orphans=remove_orphans),
@@ -176,8 +157,7 @@ def scrub(
         health="healthy" if count["failed"] == 0 else "damaged",
     )
     if write_report:
-        store.reports_dir.mkdir(exist_ok=True)
-        write_atomic(store.reports_dir / f"scrub-{report.finished_unix_ms}.json", canonical(report) + b"\n")
+        store.write_report(f"scrub-{report.finished_unix_ms}.json", canonical(report) + b"\n")
     return report
 
 
@@ -191,12 +171,4 @@ def _throttle(clock: float, nbytes: int, rate_mb_s: float) -> float:
     return now
 
 
-def _remove(p: Path) -> bool:
-    if p.is_dir():
-        remove_tree(p)
-    else:
-        p.unlink(missing_ok=True)
-    return not p.exists()
-
-
-__all__ = ["find_orphans", "scrub", "scrub_artifact"]
+__all__ = ["scrub", "scrub_artifact"]
