@@ -57,6 +57,10 @@ def load(
     if not out.parent.is_dir():
         raise BadInputError(f"{out.parent}: no such directory")
     paths = store.resolve(ref)
+    if store.remote:
+        fast = _load_single_pass(store, paths, out, progress)
+        if fast is not None:
+            return fast
     h = store.check(paths)
     result = None
     if h.files_damaged:
@@ -79,3 +83,25 @@ def load(
     finally:
         tmp.unlink(missing_ok=True)
     return LoadResult(h.envelope, paths, out, result)
+
+
+def _load_single_pass(store: Store, paths: ArtifactPaths, out: Path, progress) -> LoadResult | None:
+    """For remote stores: one download, hashed on the way into a temporary file beside
+    ``out``, renamed only if it matches the envelope. None: take the checking path."""
+    from .errors import FtstoreError
+
+    try:
+        env = store.read_envelope(paths)
+    except FtstoreError:
+        return None
+    tmp = tmp_path(out)
+    try:
+        got = store.fetch_payload(paths, tmp, progress=progress)
+        if got != (env.source_hash, env.size):
+            return None
+        replace_durably(tmp, out)
+        return LoadResult(env, paths, out, None)
+    except FtstoreError:
+        return None
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -104,6 +104,8 @@ def write_envelope(paths: ArtifactPaths, env: Envelope) -> None:
 
 
 class Store:
+    remote = False  # True where every read is a transfer (see api.load)
+
     def __init__(self, root: Path):
         self.root = root
 
@@ -204,44 +206,49 @@ class Store:
             metadata = msgspec.convert(dict(metadata or {}), dict[MetaKey, MetaValue])
         except msgspec.ValidationError as e:
             raise BadInputError(f"invalid metadata: {e}") from None
+        template = ArtifactEssentials(
+            artifact_id=uuid.uuid4().hex,
+            artifact_type=artifact_type,  # type: ignore[arg-type]
+            name=name,
+            size=src.stat().st_size,
+            source_hash=PLACEHOLDER_HASH,
+            created_unix_ms=int(time.time() * 1000),
+            metadata=metadata,
+        )
+        return self._store_new(src, template, overhead, jobs, progress, protect)
+
+    def _store_new(self, src, template, overhead, jobs, progress, protect) -> Envelope:
+        """Stage payload, sidecar and envelope, then commit by renaming the staging folder."""
         stage = self._staging_parent() / uuid.uuid4().hex
         try:
             stage.mkdir(parents=True)
-            template = ArtifactEssentials(
-                artifact_id=uuid.uuid4().hex,
-                artifact_type=artifact_type,  # type: ignore[arg-type]
-                name=name,
-                size=src.stat().st_size,
-                source_hash=PLACEHOLDER_HASH,
-                created_unix_ms=int(time.time() * 1000),
-                metadata=metadata,
-            )
-            if not protect:
-                digest, size = copy_hashing(src, stage / PAYLOAD, None, progress)
-                essentials = msgspec.structs.replace(template, size=size, source_hash=digest)
-                return self._commit(stage, envelope_from(essentials, 1, None))
-            essentials, info = self._copy_and_protect(src, stage, template, overhead, jobs, progress)
-            return self._commit(stage, envelope_from(essentials, 1, raptorq_section(info)))
+            copy = lambda also: copy_hashing(src, stage / PAYLOAD, None, progress, also)  # noqa: E731
+            essentials, info = self._copy_and_protect(src, stage, template, overhead, jobs, copy, protect)
+            return self._commit(stage, envelope_from(essentials, 1, raptorq_section(info) if info else None))
         except OSError as e:
             remove_tree(stage)
             if is_disk_full(e):
-                raise disk_full(e, f"saving {name}") from None
+                raise disk_full(e, f"saving {template.name}") from None
             raise
         except BaseException:
             remove_tree(stage)
             raise
 
     @staticmethod
-    def _copy_and_protect(src, stage, template, overhead, jobs, progress):
-        """Copy the payload (hashing it whole and symbol by symbol) in a thread while encoder
-        processes read the source; the copy's symbol table must equal the encoder's, which
-        proves the stored copy is exactly what was encoded."""
+    def _copy_and_protect(src, stage, template, overhead, jobs, copy, protect=True):
+        """Run ``copy`` (which hashes the payload whole and passes every chunk to a symbol
+        hasher) in a thread while encoder processes read the source; the copy's symbol table
+        must equal the encoder's, which proves the stored copy is exactly what was encoded.
+        Returns (essentials, sidecar info or None when not protecting)."""
+        if not protect:
+            digest, size = copy(None)
+            return msgspec.structs.replace(template, size=size, source_hash=digest), None
         build = SidecarBuild(stage / SIDECAR, template, overhead)
         symbols = SymbolHasher(build.layout.symbol_size)
         with ThreadPoolExecutor(1) as ex:
-            copy = ex.submit(copy_hashing, src, stage / PAYLOAD, None, progress, symbols)
+            copied = ex.submit(copy, symbols)
             encoded = build.encode(src, jobs)
-            digest, size = copy.result()
+            digest, size = copied.result()
         if size != template.size or symbols.table() != encoded:
             raise BadInputError(f"{src} changed while it was being saved; nothing was stored")
         essentials = msgspec.structs.replace(template, source_hash=digest)

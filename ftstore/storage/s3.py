@@ -48,6 +48,8 @@ def _client():
 
 
 class S3Store(Store):
+    remote = True
+
     def __init__(self, url: str, bucket: str, prefix: str, client: Any):
         super().__init__(Path(tempfile.gettempdir()))
         self._url, self.bucket, self.prefix, self.s3 = url, bucket, prefix, client
@@ -300,26 +302,44 @@ class S3Store(Store):
                 self._upload(key, f)
 
     # -- writing ------------------------------------------------------------------------
-    def _staging_parent(self) -> Path:
-        return Path(tempfile.gettempdir()) / "ftstore-s3-staging"
+    def _claim(self, name: str) -> int:
+        """The next free version, taken with a conditional PUT: two writers never share one."""
+        version = (self.versions(name) or [0])[-1] + 1
+        while not self._put_if_absent(self._vkey(name, version, CLAIM), uuid.uuid4().hex.encode()):
+            version += 1
+        return version
 
-    def _commit(self, stage: Path, env: Envelope) -> Envelope:
-        import msgspec
+    def _store_new(self, src, template, overhead, jobs, progress, protect) -> Envelope:
+        """Claim a version, stream the payload from the source to the bucket (hashing it on
+        the way) while the sidecar is encoded locally, upload the sidecar, then commit with
+        the envelope. A failure at any point leaves only a claimed, uncommitted version."""
+        from ..store import envelope_from, raptorq_section
 
+        version = self._claim(template.name)
+        stage = Path(tempfile.mkdtemp(prefix="ftstore-s3-stage-"))
+        key = lambda leaf: self._vkey(template.name, version, leaf)  # noqa: E731
         try:
-            version = (self.versions(env.name) or [0])[-1] + 1
-            claim = uuid.uuid4().hex.encode()
-            while not self._put_if_absent(self._vkey(env.name, version, CLAIM), claim):
-                version += 1
-            env = msgspec.structs.replace(env, version=version)
-            for leaf in (PAYLOAD, SIDECAR):
-                if (stage / leaf).exists():
-                    self._upload(self._vkey(env.name, version, leaf), stage / leaf)
-            self._put(self._vkey(env.name, version, ENVELOPE), encode_envelope(env))
-            self._put(self._vkey(env.name, version, COMMITTED), b"")
+            copy = lambda also: self._upload_hashing(src, key(PAYLOAD), progress, also)  # noqa: E731
+            essentials, info = self._copy_and_protect(src, stage, template, overhead, jobs, copy, protect)
+            if info is not None:
+                self._upload(key(SIDECAR), stage / SIDECAR)
+            env = envelope_from(essentials, version, raptorq_section(info) if info else None)
+            self._put(key(ENVELOPE), encode_envelope(env))
+            self._put(key(COMMITTED), b"")
         finally:
             remove_tree(stage)
-        return self.read_envelope(self.paths(env.name, version))
+        return self.read_envelope(self.paths(template.name, version))
+
+    def _upload_hashing(self, src: Path, key_rel: str, progress, also) -> tuple[str, int]:
+        """Multipart upload read straight from ``src``; returns the BLAKE3 and size of exactly
+        the bytes that were sent."""
+        from boto3.s3.transfer import TransferConfig
+
+        reader = _HashingReader(open(src, "rb"), progress, also)
+        with reader:
+            self.s3.upload_fileobj(reader, self.bucket, self._key(key_rel),
+                                   Config=TransferConfig(multipart_chunksize=16 << 20, max_concurrency=4))
+        return format_hash(reader.hasher.digest()), reader.total
 
     def import_files(self, local: ArtifactPaths) -> bool:
         """Commit existing artifact files as ``local.name@local.version`` (see ftstore copy)."""
@@ -371,6 +391,31 @@ class S3Store(Store):
             return super().save(*args, **kwargs)
         except (ClientError, BotoCoreError) as e:
             raise StorageFullError(f"object storage error while saving; nothing was committed ({e})") from None
+
+
+class _HashingReader:
+    """A read-only file object that hashes what the uploader reads, in order."""
+
+    def __init__(self, f, progress, also):
+        self.f, self.progress, self.also = f, progress, also
+        self.hasher, self.total = new_hasher(), 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        if data:
+            self.hasher.update(data)
+            if self.also:
+                self.also(memoryview(data))
+            self.total += len(data)
+            if self.progress:
+                self.progress(len(data))
+        return data
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.f.close()
 
 
 def _code(e: Exception) -> str:
