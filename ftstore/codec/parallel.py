@@ -28,6 +28,7 @@ def pmap(fn: Callable[[T], R], tasks: list[T], jobs: int | None, *, parallel: bo
         yield from map(fn, tasks)
         return
     ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["ftstore.codec.encoder", "ftstore.codec.decoder"])  # workers start warm
     with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=ctx) as pool:
         yield from pool.map(fn, tasks)
 
