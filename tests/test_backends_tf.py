@@ -85,3 +85,20 @@ def test_import_legacy_keras_archive(store, tmp_path):
     res = load_bundle(store, "legacy-tf", "tensorflow", builders=BUILDERS)
     x = np.random.default_rng(1).random((1, 8, 8, 4)).astype("float32")
     assert np.array_equal(np.asarray(res.models["autoencoder"](x)), np.asarray(models["autoencoder"](x)))
+
+
+def test_import_legacy_keras_h5_archive(store, tmp_path):
+    dill = pytest.importorskip("dill")
+    models = {k: b(CFG) for k, b in BUILDERS.items()}
+    arch = tmp_path / "wts.h5.zip"
+    with zipfile.ZipFile(arch, "w") as zf:
+        zf.writestr("wts/manifest.dill", dill.dumps({"models": list(models), "version": "1.0"}))
+        for name, m in models.items():
+            p = tmp_path / f"{name}.h5"
+            m.save(p)  # the legacy HDF5 full-model format
+            zf.write(p, f"wts/{name}/model.h5")
+            zf.writestr(f"wts/{name}/params.dill", dill.dumps(CFG))
+    import_legacy(store, arch, "legacy-h5")
+    res = load_bundle(store, "legacy-h5", "tensorflow", builders=BUILDERS)
+    x = np.random.default_rng(2).random((1, 8, 8, 4)).astype("float32")
+    assert np.array_equal(np.asarray(res.models["diffraction_to_obj"](x)), np.asarray(models["diffraction_to_obj"](x)))

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ftstore import Store, StorageFullError, load
+from ftstore import Store, StorageFullError, load, verify
 from ftstore.codec import SidecarError, read_meta
 from ftstore.codec.sidecar import BLOCK_MAGIC, TRAILER_MAGIC, build_block
 from ftstore.errors import FtstoreError
@@ -179,3 +179,34 @@ def test_sigkill_during_repair_never_loses_the_artifact(store, make_file, tmp_pa
     assert hash_file(paths.payload)[0] == want
     load(store, "a", tmp_path / "final.bin")
     assert hash_file(tmp_path / "final.bin")[0] == want
+
+
+def test_sigkill_during_retention_deletes_never_loses_the_newest_checkpoint(store, make_file, tmp_path):
+    from ftstore import CheckpointManager
+
+    srcs = [make_file(400_000 + i, seed=i) for i in range(4)]
+    code = (
+        "import sys, itertools\n"
+        "from ftstore import Store, CheckpointManager\n"
+        "m = CheckpointManager(Store.open(sys.argv[1]), 'run', keep_last=1)\n"
+        "start = (m.latest().step + 1) if m.latest() else 0\n"
+        "for step in itertools.count(start):\n"
+        "    m.save(step, sys.argv[2 + step % 4])\n"
+    )
+    rng = random.Random(11)
+    for attempt in range(10):
+        proc = subprocess.Popen([sys.executable, "-c", code, str(store.root), *map(str, srcs)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.3, 1.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        m = CheckpointManager(store, "run")
+        assert m.steps(), "every checkpoint was lost"
+        for h in verify(store):
+            assert h.intact, h.problems
+        newest = m.latest()
+        m.restore(tmp_path / "r")
+        assert (tmp_path / "r").read_bytes() == srcs[newest.step % 4].read_bytes()
+    report = scrub(store, repair=True, remove_orphans=True)
+    assert report.totals.failed == 0
+    assert scrub(store).orphans == []
