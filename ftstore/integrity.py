@@ -18,7 +18,7 @@ import msgspec
 
 from .codec import SidecarError, SidecarMeta, check_and_decode, patch_in_place, read_meta, write_sidecar
 from .codec.decoder import StripeOutcome
-from .codec.sidecar import ArtifactEssentials
+from .codec.sidecar import ArtifactEssentials, damaged_repair_symbols
 from .envelopes import DecodeProof, Envelope, RaptorQSection, chain_problems, make_proof
 from .errors import EnvelopeError, UnrecoverableError
 from .hashing import hash_file
@@ -87,8 +87,11 @@ def check(paths: ArtifactPaths) -> Health:
             h.sidecar_problem = f"{paths.ref}: {problem}"
         else:
             h.essentials = meta.header.artifact
-            if meta.copies_ok < 2:
-                h.sidecar_problem = f"{paths.ref}: one sidecar metadata copy is damaged"
+            bad = damaged_repair_symbols(paths.sidecar, meta)
+            if meta.copies_ok < 2 or bad:
+                h.sidecar_problem = (
+                    f"{paths.ref}: sidecar damaged ({2 - meta.copies_ok} of 2 metadata copies, {bad} repair symbols)"
+                )
     if h.essentials is not None:
         h.payload_problem = _file_problem(
             paths.payload, h.essentials.size, h.essentials.source_hash, "payload", paths.ref

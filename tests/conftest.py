@@ -27,6 +27,18 @@ def store(tmp_path) -> Store:
     return Store.open(tmp_path / "store", create=True)
 
 
+@pytest.fixture
+def clean_params_cfg():
+    """Empty ``ftstore.params.cfg`` for the test; the previous contents come back after."""
+    from ftstore import params
+
+    saved = dict(params.cfg)
+    params.cfg.clear()
+    yield params.cfg
+    params.cfg.clear()
+    params.cfg.update(saved)
+
+
 @pytest.fixture(scope="session")
 def seaweed(tmp_path_factory):
     """One real SeaweedFS server for the session, its S3 endpoint in the AWS environment

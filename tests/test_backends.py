@@ -9,7 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from ftstore import Store, params
+from ftstore import params
 from ftstore.backends import BackendMismatchError, load_bundle, save_bundle
 from ftstore.backends.legacy import import_legacy
 from ftstore.errors import BadInputError
@@ -23,12 +23,8 @@ torch = pytest.importorskip("torch")
 
 
 @pytest.fixture(autouse=True)
-def clean_cfg():
-    saved = dict(params.cfg)
-    params.cfg.clear()
-    yield
-    params.cfg.clear()
-    params.cfg.update(saved)
+def _isolated_params(clean_params_cfg):
+    """Every test here starts with an empty ftstore.params.cfg."""
 
 
 def torch_model(cfg):

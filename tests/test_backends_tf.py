@@ -1,6 +1,5 @@
 """TensorFlow/Keras bundles on CPU."""
 
-import io
 import os
 import sys
 import zipfile
@@ -17,12 +16,8 @@ keras = pytest.importorskip("keras")
 
 
 @pytest.fixture(autouse=True)
-def clean_cfg():
-    saved = dict(params.cfg)
-    params.cfg.clear()
-    yield
-    params.cfg.clear()
-    params.cfg.update(saved)
+def _isolated_params(clean_params_cfg):
+    """Every test here starts with an empty ftstore.params.cfg."""
 
 
 def keras_model(cfg):

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from ftstore import Store, verify
+from ftstore import verify
 from ftstore.hashing import hash_file
 from ftstore.scrub import scrub
 from ftstore.scrub.drill import FAULTS, drill, inject

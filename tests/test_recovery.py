@@ -205,3 +205,19 @@ def test_verify_reports_a_tampered_proof_chain(store, make_file):
     write_envelope(paths, msgspec.structs.replace(env, decode_proofs=[forged]))
     res = run_cli("verify", "a", store=store, check_rc=1)
     assert "proof_hash" in res.stdout
+
+
+def test_lost_envelope_and_damaged_repair_symbols_rebuild_both(store, make_file, tmp_path):
+    orig, paths, lay = _save(store, make_file, 600_000)
+    good_sidecar = paths.sidecar.read_bytes()
+    meta = read_meta(paths.sidecar)
+    sc = bytearray(good_sidecar)
+    sc[meta.repair_offset(0, 2)] ^= 0xFF  # metadata intact, one repair symbol bad
+    paths.sidecar.write_bytes(bytes(sc))
+    paths.envelope.unlink()
+    h = check(paths)
+    assert h.envelope_problem and "1 repair symbols" in h.sidecar_problem
+    res = repair(paths, h, reason="test")
+    assert sorted(res.repaired) == ["envelope", "sidecar"]
+    assert paths.sidecar.read_bytes() == good_sidecar
+    assert check(paths).intact

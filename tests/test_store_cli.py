@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from ftstore import DamageError, NotFoundError, Store, load, verify
+from ftstore import DamageError, NotFoundError, load, verify
 from ftstore.hashing import hash_file
 
 from .conftest import run_cli

@@ -102,6 +102,20 @@ class SidecarMeta:
         return self.block_len + (lay.repair_starts[s] + i) * lay.symbol_size
 
 
+def damaged_repair_symbols(path: str | os.PathLike, meta: SidecarMeta) -> int:
+    """How many repair symbols fail their hash (or are missing). Needed when no envelope
+    vouches for the sidecar's whole-file hash."""
+    lay, t = meta.layout, meta.layout.symbol_size
+    bad = 0
+    with open(path, "rb") as f:
+        f.seek(meta.block_len)
+        for k in range(lay.total_repair):
+            sym = f.read(t)
+            if len(sym) != t or blake3.blake3(sym).digest(length=SYMBOL_HASH_BYTES) != meta.repair_hash_of(k):
+                bad += 1
+    return bad
+
+
 def block_length(header_json: bytes, layout: Layout) -> int:
     return 8 + 4 + len(header_json) + (layout.source_symbols + layout.total_repair) * SYMBOL_HASH_BYTES + 32
 
@@ -225,6 +239,7 @@ __all__ = [
     "SidecarMeta",
     "block_length",
     "build_block",
+    "damaged_repair_symbols",
     "read_meta",
     "repair_count",
     "sidecar_size",

@@ -138,16 +138,22 @@ class S3Store(Store):
         self.s3.upload_file(str(src), self.bucket, self._key(rel),
                             Config=TransferConfig(multipart_chunksize=16 << 20, max_concurrency=4))
 
-    def _download(self, rel: str, dest: Path, progress: Callable[[int], None] | None = None) -> tuple[str, int] | None:
-        """Stream an object into a new file ``dest`` while hashing it; None if absent."""
+    def _body(self, rel: str):
+        """The streaming body of an object, or None if it does not exist."""
         from botocore.exceptions import ClientError
 
         try:
-            body = self.s3.get_object(Bucket=self.bucket, Key=self._key(rel))["Body"]
+            return self.s3.get_object(Bucket=self.bucket, Key=self._key(rel))["Body"]
         except ClientError as e:
             if _code(e) in ("NoSuchKey", "404", "NotFound"):
                 return None
             raise
+
+    def _download(self, rel: str, dest: Path, progress: Callable[[int], None] | None = None) -> tuple[str, int] | None:
+        """Stream an object into a new file ``dest`` while hashing it; None if absent."""
+        body = self._body(rel)
+        if body is None:
+            return None
         h, total = new_hasher(), 0
         with open(dest, "xb") as f:
             for chunk in body.iter_chunks(CHUNK):
@@ -162,14 +168,9 @@ class S3Store(Store):
 
     def _hash_object(self, rel: str) -> tuple[str, int] | None:
         """BLAKE3 and size of an object, streamed: no temporary copy."""
-        from botocore.exceptions import ClientError
-
-        try:
-            body = self.s3.get_object(Bucket=self.bucket, Key=self._key(rel))["Body"]
-        except ClientError as e:
-            if _code(e) in ("NoSuchKey", "404", "NotFound"):
-                return None
-            raise
+        body = self._body(rel)
+        if body is None:
+            return None
         h, total = new_hasher(), 0
         for chunk in body.iter_chunks(CHUNK):
             h.update(chunk)
@@ -240,7 +241,7 @@ class S3Store(Store):
         h = Health(paths)
         try:
             h.envelope = self.read_envelope(paths)
-        except EnvelopeError as e:
+        except EnvelopeError:
             with self.checkout(paths, upload=False) as local:
                 return check(local)
         h.essentials = essentials_of(h.envelope)
