@@ -41,7 +41,11 @@ def _dill_create_array(f: Any, args: Any, state: Any, npdict: Any = None) -> np.
     return array
 
 
-class _Restricted(pickle.Unpickler):
+class _Restricted(pickle._Unpickler):  # type: ignore[name-defined]
+    """The pure-Python unpickler: its memo is a dict, so a memo index in the stream cannot
+    make it allocate (the C unpickler sizes an array by the largest index: a 222-byte
+    stream asked it for gigabytes; found by fuzz/fuzz_parsers.py)."""
+
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) == ("dill._dill", "_create_array"):
             return _dill_create_array
@@ -61,6 +65,8 @@ def loads_plain(data: bytes, source: str) -> Any:
         obj = _Restricted(io.BytesIO(data)).load()
     except UnsafePickleError as e:
         raise UnsafePickleError(f"{source}: {e}") from None
+    except MemoryError:
+        raise  # never mistake resource exhaustion for a bad file: that would be a bug here
     except Exception as e:  # a malformed stream raises anything from the pickle machinery
         raise BadInputError(f"{source}: not a readable pickle ({type(e).__name__}: {e})") from None
     _check_plain(obj, source)

@@ -210,3 +210,22 @@ def test_sigkill_during_retention_deletes_never_loses_the_newest_checkpoint(stor
     report = scrub(store, repair=True, remove_orphans=True)
     assert report.totals.failed == 0
     assert scrub(store).orphans == []
+
+
+def test_a_pickle_memo_index_bomb_is_refused_without_allocating():
+    """Found by the fuzz script: a 222-byte stream whose memo index made the C unpickler
+    allocate gigabytes. Run under a 1 GiB address-space limit."""
+    code = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
+        "from ftstore.restricted_pickle import loads_plain\n"
+        "from ftstore.errors import BadInputError\n"
+        "try:\n"
+        "    loads_plain(open(sys.argv[1], 'rb').read(), 'bomb')\n"
+        "except BadInputError as e:\n"
+        "    print(e)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code, str(FIXTURES / "pickle-memo-index-bomb")],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "not a readable pickle" in res.stdout and "MemoryError" not in res.stdout
