@@ -96,18 +96,59 @@ def test_scrub_report_parser_raises_only_documented_errors(data):
 
 
 def test_fuzz_regression_fixtures_raise_only_documented_errors():
-    """Inputs found by fuzz/fuzz_parsers.py stay fixed: named <parser>-<what>."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fuzz"))
-    from targets import PARSERS
+    """Inputs found by fuzz/fuzz_parsers.py stay fixed: named <parser>-<what>. They run in a
+    subprocess because one of them used to crash the interpreter (a crafted numpy dtype
+    state): a regression must fail this test, not kill the test run."""
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "sys.path.insert(0, sys.argv[2])\n"
+        "from targets import PARSERS\n"
+        "from ftstore.errors import FtstoreError\n"
+        "for f in sorted(Path(sys.argv[1]).glob('*')):\n"
+        "    try:\n"
+        "        PARSERS[f.name.split('-')[0]](f.read_bytes())\n"
+        "    except FtstoreError:\n"
+        "        pass\n"
+        "    print('ok', f.name)\n"
+    )
+    fuzz_dir = Path(__file__).resolve().parent.parent / "fuzz"
+    res = subprocess.run([sys.executable, "-c", code, str(FIXTURES), str(fuzz_dir)], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.count("ok ") == len(list(FIXTURES.glob("*"))) >= 5
 
-    files = sorted(FIXTURES.glob("*"))
-    assert files, "fixtures missing"
-    for f in files:
-        parser = PARSERS[f.name.split("-")[0]]
-        try:
-            parser(f.read_bytes())
-        except FtstoreError:
-            pass
+
+def test_restricted_unpickler_reads_plain_data_of_every_protocol():
+    dill = pytest.importorskip("dill")
+    import pickle
+
+    import numpy as np
+
+    from ftstore.restricted_pickle import UnsafePickleError, loads_plain
+
+    arrays = {"f4": np.arange(6, dtype="<f4").reshape(2, 3), "c8": (np.arange(4) * 1j).astype(np.complex64),
+              "be": np.arange(3, dtype=">i8"), "S": np.array([b"ab", b"c"]), "U": np.array(["xy", "z"]),
+              "b": np.array([True, False]), "zero_d": np.array(3.5), "F": np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+              "empty": np.zeros((0, 4), np.float32), "scalar": np.float32(2.5), "i64": np.int64(-3)}
+    doc = {"N": 64, "gridsize": 2, "t": (1, 2.5), "s": {1, 2}, "raw": b"\x00\xff", "e": b"", **arrays}
+    for mod in (pickle, dill):
+        for proto in (2, 4, 5):
+            got = loads_plain(mod.dumps(doc, protocol=proto), "t")
+            for k, v in arrays.items():
+                assert type(got[k]) is type(v) and np.asarray(got[k]).dtype == np.asarray(v).dtype
+                assert np.array_equal(got[k], v), (mod.__name__, proto, k)
+            assert (got["t"], got["s"], got["raw"], got["e"]) == ((1, 2.5), {1, 2}, b"\x00\xff", b"")
+    for bad in (np.array(["2020-01-01"], dtype="M8[D]"), np.array([object()], dtype=object), np.zeros(2, dtype=[("a", "f4")])):
+        with pytest.raises(UnsafePickleError, match="not a plain dtype"):
+            loads_plain(pickle.dumps({"x": bad}), "b")
+
+    class BytesBomb:
+        def __reduce__(self):
+            return (bytes, (10**12,))
+
+    with pytest.raises(UnsafePickleError):
+        loads_plain(pickle.dumps(BytesBomb()), "bomb")
 
 
 def _tmpfs(path: Path, size: str) -> bool:
