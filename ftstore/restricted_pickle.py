@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import pickle
 import re
+import struct
 from typing import Any
 
 import numpy as np
@@ -163,6 +164,24 @@ class _Restricted(pickle._Unpickler):  # type: ignore[name-defined]
     make it allocate (the C unpickler sizes an array by the largest index: a 222-byte
     stream asked it for gigabytes; found by fuzz/fuzz_parsers.py)."""
 
+    def __init__(self, data: bytes):
+        super().__init__(io.BytesIO(data))
+        self._size = len(data)
+
+    def _load_bytearray8(self) -> None:
+        """BYTEARRAY8 allocates its declared length before reading: bound it by the input
+        (another fuzzer find: 9 bytes asked for exabytes)."""
+        (length,) = struct.unpack("<Q", self.read(8))
+        if length > self._size:
+            raise pickle.UnpicklingError("BYTEARRAY8 longer than the whole stream")
+        buf = bytearray(length)
+        if self.readinto(buf) != length:
+            raise pickle.UnpicklingError("pickle data was truncated")
+        self.append(buf)
+
+    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+    dispatch[pickle.BYTEARRAY8[0]] = _load_bytearray8
+
     def find_class(self, module: str, name: str) -> Any:
         try:
             return _GLOBALS[(module, name)]
@@ -176,7 +195,7 @@ class _Restricted(pickle._Unpickler):  # type: ignore[name-defined]
 def loads_plain(data: bytes, source: str) -> Any:
     """Unpickle ``data`` admitting plain data only; the result is checked again after."""
     try:
-        obj = _Restricted(io.BytesIO(data)).load()
+        obj = _Restricted(data).load()
         return _finish(obj, source)
     except UnsafePickleError as e:
         raise UnsafePickleError(f"{source}: {e}") from None
