@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .envelopes import Envelope
-from .errors import BadInputError, DamageError
-from .integrity import Health, RepairResult, check, repair
+from .errors import BadInputError, DamageError, FtstoreError
+from .integrity import Health, RepairResult, repair
 from .storage.local import disk_full, is_disk_full, replace_durably, tmp_path
 from .store import ArtifactPaths, Ref, Store
 
@@ -35,8 +35,12 @@ def heal(store: Store, ref: str | Ref, reason: str = "heal", jobs: int | None = 
     h = store.check(paths)
     if not h.files_damaged:
         return h, None
-    with store.checkout(paths) as local:
-        return h, repair(local, check(local), reason=reason, jobs=jobs)
+    return h, _repair(store, paths, h, reason, jobs)
+
+
+def _repair(store: Store, paths: ArtifactPaths, health: Health, reason: str, jobs: int | None) -> RepairResult:
+    with store.checkout_checked(paths, health) as (local, local_health):
+        return repair(local, local_health, reason=reason, jobs=jobs)
 
 
 def load(
@@ -62,18 +66,16 @@ def load(
         if fast is not None:
             return fast
     h = store.check(paths)
-    result = None
+    env, result = h.envelope, None
     if h.files_damaged:
         if not self_heal:
             raise DamageError("; ".join(h.problems))
-        _, result = heal(store, ref, reason="load", jobs=jobs)
-        h = store.check(paths)
-    if h.payload_problem or h.envelope is None:
-        raise DamageError("; ".join(h.problems))
+        result = _repair(store, paths, h, "load", jobs)  # raises unless the payload verifies again
+        env = result.envelope
     tmp = tmp_path(out)
     try:
         got, _ = store.fetch_payload(paths, tmp, progress=progress)
-        if got != h.envelope.source_hash:
+        if got != env.source_hash:
             raise DamageError(f"{paths.ref}: payload changed while it was being read; {out} was not written")
         replace_durably(tmp, out)
     except OSError as e:
@@ -82,14 +84,12 @@ def load(
         raise
     finally:
         tmp.unlink(missing_ok=True)
-    return LoadResult(h.envelope, paths, out, result)
+    return LoadResult(env, paths, out, result)
 
 
 def _load_single_pass(store: Store, paths: ArtifactPaths, out: Path, progress) -> LoadResult | None:
     """For remote stores: one download, hashed on the way into a temporary file beside
     ``out``, renamed only if it matches the envelope. None: take the checking path."""
-    from .errors import FtstoreError
-
     try:
         env = store.read_envelope(paths)
     except FtstoreError:

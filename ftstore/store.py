@@ -298,7 +298,6 @@ class Store:
             fsync_dir(name_dir)
             return read_envelope(self.paths(env.name, version))
 
-
     # -- what callers use instead of touching files, so that remote stores fit ------------
     @property
     def url(self) -> str:
@@ -319,6 +318,16 @@ class Store:
         downloads them and (with ``upload``) uploads what changed on exit. Here they are
         the files themselves."""
         yield paths
+
+    @contextlib.contextmanager
+    def checkout_checked(self, paths: ArtifactPaths, health) -> Iterator[tuple[ArtifactPaths, object]]:
+        """:meth:`checkout` plus the health of the checked-out files: ``health`` (already
+        computed by :meth:`check`) when they are the very files it describes, a fresh check of
+        a downloaded copy otherwise. Saves re-hashing a local artifact before repairing it."""
+        from .integrity import check
+
+        with self.checkout(paths) as local:
+            yield local, (health if local == paths else check(local))
 
     def fetch_payload(self, paths: ArtifactPaths, dest: Path, progress: Callable[[int], None] | None = None) -> tuple[str, int]:
         """Copy the payload to a new file ``dest``; returns (BLAKE3, size) of what was written."""

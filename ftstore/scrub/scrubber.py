@@ -63,15 +63,15 @@ def scrub_artifact(task: ScrubTask) -> ArtifactScrub:
         return msgspec.structs.replace(result, status="failed")
     if not (task.repair or task.deep):
         return result
-    with store.checkout(task.paths) as local:
-        return _work_on(local, h, result, task)
+    with store.checkout_checked(task.paths, h) as (local, local_health):
+        return _work_on(local, local_health, result, task)
 
 
 def _work_on(paths: ArtifactPaths, h, result: ArtifactScrub, task: ScrubTask) -> ArtifactScrub:
     now = int(time.time() * 1000)
     if h.files_damaged:
         try:
-            res = repair(paths, check(paths), reason="scrub", jobs=task.jobs)
+            res = repair(paths, h, reason="scrub", jobs=task.jobs)
         except (FtstoreError, OSError) as e:
             _mark(paths, "failed", now)
             return msgspec.structs.replace(result, status="failed", error=str(e))
