@@ -63,18 +63,27 @@ def test_tensorflow_not_installed_is_a_clear_error(store, monkeypatch):
         load_bundle(store, "kb", "tensorflow", builders=BUILDERS)
 
 
-def test_import_legacy_keras_archive(store, tmp_path):
+def _legacy_archive(tmp_path, models, model_file, root="", params=None, extra=None):
+    """A PtychoPINN-style wts.h5.zip: manifest.dill, and per model its Keras file
+    (``model.keras`` or the legacy full-model ``model.h5``) and params.dill."""
     dill = pytest.importorskip("dill")
-    models = {k: b(CFG) for k, b in BUILDERS.items()}
     arch = tmp_path / "wts.h5.zip"
     with zipfile.ZipFile(arch, "w") as zf:
-        zf.writestr("manifest.dill", dill.dumps({"models": list(models), "version": "1.0"}))
-        zf.writestr("custom_objects.dill", b"\x80\x04never-unpickled")
+        zf.writestr(f"{root}manifest.dill", dill.dumps({"models": list(models), "version": "1.0"}))
+        for member, data in (extra or {}).items():
+            zf.writestr(f"{root}{member}", data)
         for name, m in models.items():
-            p = tmp_path / f"{name}.keras"
+            p = tmp_path / f"{name}-{model_file}"
             m.save(p)
-            zf.write(p, f"{name}/model.keras")
-            zf.writestr(f"{name}/params.dill", dill.dumps({**CFG, "_version": "1.0"}))
+            zf.write(p, f"{root}{name}/{model_file}")
+            zf.writestr(f"{root}{name}/params.dill", dill.dumps(params or CFG))
+    return arch
+
+
+def test_import_legacy_keras_archive(store, tmp_path):
+    models = {k: b(CFG) for k, b in BUILDERS.items()}
+    arch = _legacy_archive(tmp_path, models, "model.keras", params={**CFG, "_version": "1.0"},
+                           extra={"custom_objects.dill": b"\x80\x04never-unpickled"})
     env = import_legacy(store, arch, "legacy-tf")
     assert env.metadata["backend"] == "tensorflow"
     res = load_bundle(store, "legacy-tf", "tensorflow", builders=BUILDERS)
@@ -83,16 +92,8 @@ def test_import_legacy_keras_archive(store, tmp_path):
 
 
 def test_import_legacy_keras_h5_archive(store, tmp_path):
-    dill = pytest.importorskip("dill")
     models = {k: b(CFG) for k, b in BUILDERS.items()}
-    arch = tmp_path / "wts.h5.zip"
-    with zipfile.ZipFile(arch, "w") as zf:
-        zf.writestr("wts/manifest.dill", dill.dumps({"models": list(models), "version": "1.0"}))
-        for name, m in models.items():
-            p = tmp_path / f"{name}.h5"
-            m.save(p)  # the legacy HDF5 full-model format
-            zf.write(p, f"wts/{name}/model.h5")
-            zf.writestr(f"wts/{name}/params.dill", dill.dumps(CFG))
+    arch = _legacy_archive(tmp_path, models, "model.h5", root="wts/")  # the legacy HDF5 full-model format
     import_legacy(store, arch, "legacy-h5")
     res = load_bundle(store, "legacy-h5", "tensorflow", builders=BUILDERS)
     x = np.random.default_rng(2).random((1, 8, 8, 4)).astype("float32")
