@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -135,10 +134,10 @@ class CheckpointManager:
             from .backends.bundle import _bundle_file
 
             spec = bundle_or_path
-            with tempfile.TemporaryDirectory(prefix="ftstore-ckpt-") as tmp:
-                path = _bundle_file(spec.models, spec.backend, spec.params, Path(tmp))
+            with self.store.scratch() as tmp:  # built beside the store, so taken over, not copied
+                path = _bundle_file(spec.models, spec.backend, spec.params, tmp)
                 env = self.store.save(path, self.name, "model_bundle", {"backend": spec.backend, **meta},
-                                      self.overhead, protect=protect)
+                                      self.overhead, protect=protect, move=True)
         else:
             path = Path(bundle_or_path)
             if not path.is_file():

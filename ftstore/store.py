@@ -32,11 +32,23 @@ from pathlib import Path
 import msgspec
 
 from .codec import ArtifactEssentials, SidecarBuild, SymbolHasher
+from .codec.encoder import PARALLEL_MIN_BYTES
 from .codec.layout import DEFAULT_OVERHEAD, MAX_OVERHEAD, MIN_OVERHEAD
+from .codec.parallel import warm as warm_workers
 from .envelopes.model import MetaKey, MetaValue
 from .envelopes import ARTIFACT_TYPES, Envelope, RaptorQSection, decode_envelope, encode_envelope
 from .errors import BadInputError, EnvelopeError, FtstoreError, NotFoundError
-from .storage.local import TMP_MARK, copy_hashing, disk_full, fsync_dir, is_disk_full, remove_tree, write_atomic
+from .storage.local import (
+    TMP_MARK,
+    copy_hashing,
+    disk_full,
+    fsync_dir,
+    hash_durably,
+    is_disk_full,
+    remove_tree,
+    try_link,
+    write_atomic,
+)
 
 MARKER = "ftstore-store.json"
 DEFAULT_STORE = "./ftstore-store"
@@ -187,11 +199,16 @@ class Store:
         jobs: int | None = None,
         progress: Callable[[int], None] | None = None,
         protect: bool = True,
+        move: bool = False,
     ) -> Envelope:
         """Store a copy of ``src`` as the next version of ``name``: copy and hash while encoding
         the sidecar, write the envelope, then commit by renaming the staging directory.
         ``protect=False`` commits without a sidecar (``raptorq: null``, protection pending);
-        :func:`ftstore.integrity.protect_pending` or ``scrub --repair`` adds it later."""
+        :func:`ftstore.integrity.protect_pending` or ``scrub --repair`` adds it later.
+
+        ``move=True`` takes ``src`` over: on the store's filesystem it is hard-linked in
+        instead of copied (no payload bytes written), and it is removed once the commit is
+        durable. Until then it stays where it was, so a failed save loses nothing."""
         src = Path(src)
         parse_ref(name)
         if "@" in name:
@@ -215,15 +232,26 @@ class Store:
             created_unix_ms=int(time.time() * 1000),
             metadata=metadata,
         )
-        return self._store_new(src, template, overhead, jobs, progress, protect)
+        if protect and template.size >= PARALLEL_MIN_BYTES:
+            warm_workers(jobs)  # started while the files are opened and the copy begins
+        env = self._store_new(src, template, overhead, jobs, progress, protect, move)
+        if move:
+            src.unlink(missing_ok=True)
+        return env
 
-    def _store_new(self, src, template, overhead, jobs, progress, protect) -> Envelope:
+    def _store_new(self, src, template, overhead, jobs, progress, protect, move) -> Envelope:
         """Stage payload, sidecar and envelope, then commit by renaming the staging folder."""
         stage = self._staging_parent() / uuid.uuid4().hex
         try:
             stage.mkdir(parents=True)
-            copy = lambda also: copy_hashing(src, stage / PAYLOAD, None, progress, also)  # noqa: E731
-            essentials, info = self._copy_and_protect(src, stage, template, overhead, jobs, copy, protect)
+            staged = stage / PAYLOAD
+            if move and try_link(src, staged):
+                source = staged
+                copy = lambda also: hash_durably(staged, progress, also, single_thread=protect)  # noqa: E731
+            else:
+                source = src
+                copy = lambda also: copy_hashing(src, staged, None, progress, also, single_thread=protect)  # noqa: E731
+            essentials, info = self._copy_and_protect(source, stage, template, overhead, jobs, copy, protect)
             return self._commit(stage, envelope_from(essentials, 1, raptorq_section(info) if info else None))
         except OSError as e:
             remove_tree(stage)
@@ -256,6 +284,18 @@ class Store:
 
     def _staging_parent(self) -> Path:
         return self.staging_dir
+
+    @contextlib.contextmanager
+    def scratch(self) -> Iterator[Path]:
+        """A private folder to build a file in that ``save(..., move=True)`` then takes over
+        without copying (it is on the store's filesystem); removed afterwards, and reported
+        as an orphan if a crash leaves it."""
+        folder = self._staging_parent() / f"scratch-{uuid.uuid4().hex}"
+        folder.mkdir(parents=True)
+        try:
+            yield folder
+        finally:
+            remove_tree(folder)
 
     def import_files(self, local: ArtifactPaths) -> bool:
         """Commit existing artifact files as ``local.name@local.version`` (see ftstore copy);

@@ -79,6 +79,19 @@ def test_sidecars_claiming_absurd_sizes_are_refused_without_allocating(sidecar_b
         read_meta(p)
 
 
+@pytest.mark.parametrize("stripes", [0, 80])  # the payload has 79 symbols
+def test_sidecars_with_a_stripe_count_outside_the_limits_are_refused(sidecar_bytes, tmp_path, stripes):
+    """Zero stripes for a non-empty payload, or more stripes than symbols (empty stripes)."""
+    hlen = struct.unpack("<I", sidecar_bytes[8:12])[0]
+    header = msgspec.json.decode(sidecar_bytes[12 : 12 + hlen])
+    header.update(stripes=stripes, repair_symbols_per_stripe=[3] * stripes)
+    block = build_block(msgspec.json.encode(header), b"", b"")
+    p = tmp_path / "sc"
+    p.write_bytes(block + struct.pack("<Q", len(block)) + TRAILER_MAGIC)
+    with pytest.raises(SidecarError, match="stripes"):
+        read_meta(p)
+
+
 def test_sidecar_header_length_past_the_file_is_refused(tmp_path):
     p = tmp_path / "sc"
     p.write_bytes(BLOCK_MAGIC + struct.pack("<I", 0xFFFFFFFF) + b"{}")

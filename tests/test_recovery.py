@@ -63,6 +63,26 @@ def test_zeroed_range_across_many_stripes_is_repaired(store, make_file, tmp_path
     assert _load_bytes(store, tmp_path) == orig
 
 
+def test_sidecars_written_with_8_mib_stripes_are_still_read_and_repaired(store, make_file, tmp_path, monkeypatch):
+    """The first writers cut stripes of up to 8 MiB; readers take the recorded count."""
+    from ftstore.codec import protect
+    from ftstore.codec.layout import MAX_STRIPE_BYTES, Layout, default_symbol_size, stripe_count
+
+    real_plan = Layout.plan
+
+    def old_plan(size, overhead=0.1, symbol_size=None, stripes=None):
+        t = symbol_size or default_symbol_size(size)
+        return real_plan(size, overhead, t, stripe_count(size, t, MAX_STRIPE_BYTES))
+
+    with monkeypatch.context() as m:
+        m.setattr(protect.Layout, "plan", staticmethod(old_plan))
+        orig, paths, lay = _save(store, make_file, 40 * 1024 * 1024)
+    assert lay.stripes == 5 and lay.stripes < Layout.plan(len(orig)).stripes
+    _flip_symbols(paths, lay, [(s, i) for s in range(lay.stripes) for i in range(0, lay.budget(s), 3)])
+    assert _load_bytes(store, tmp_path) == orig
+    assert read_meta(paths.sidecar).layout.stripes == 5
+
+
 def test_truncated_payload_is_repaired(store, make_file, tmp_path):
     orig, paths, lay = _save(store, make_file, 5_000_000)
     os.truncate(paths.payload, len(orig) - 200_000)

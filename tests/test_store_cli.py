@@ -131,12 +131,12 @@ def test_a_source_that_changes_during_save_is_refused(store, make_file, monkeypa
         finally:
             encoded.set()
 
-    def copy_after_change(s, d, *a):
+    def copy_after_change(s, d, *a, **kw):
         encoded.wait(30)
         with open(s, "r+b") as f:  # the writer of the source changes it mid-save
             f.seek(1000)
             f.write(b"changed")
-        return real_copy(s, d, *a)
+        return real_copy(s, d, *a, **kw)
 
     monkeypatch.setattr(store_mod.SidecarBuild, "encode", encode_then_signal)
     monkeypatch.setattr(store_mod, "copy_hashing", copy_after_change)

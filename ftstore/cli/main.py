@@ -65,11 +65,14 @@ def cli() -> None:
               help="Artifact type (default: model_bundle for an ftstore bundle zip, else file).")
 @click.option("--meta", "meta", multiple=True, metavar="KEY=VALUE", help="User metadata (repeatable).")
 @click.option("--overhead", type=float, default=DEFAULT_OVERHEAD, show_default=True, help="Repair data as a fraction of the payload (0.01-1.0).")
+@click.option("--move", is_flag=True,
+              help="Take PATH over instead of copying it: hard-linked into the store when on the same "
+                   "filesystem (no payload bytes written), and removed once the save is committed.")
 @store_option
 @jobs_option
 @json_option
-def save(path, name, artifact_type, meta, overhead, store_path, jobs, as_json):
-    """Store a copy of PATH as the next version of NAME."""
+def save(path, name, artifact_type, meta, overhead, move, store_path, jobs, as_json):
+    """Store a copy of PATH as the next version of NAME (with --move: store PATH itself)."""
     from ..typed import detect_type, validate_typed_payload
 
     if not path.is_file():
@@ -79,7 +82,7 @@ def save(path, name, artifact_type, meta, overhead, store_path, jobs, as_json):
     store = Store.open(store_path, create=True)
     size = path.stat().st_size if path.is_file() else 0
     with progress(size, "saving") as cb:
-        env = store.save(path, name, artifact_type, _parse_meta(meta), overhead, jobs=jobs, progress=cb)
+        env = store.save(path, name, artifact_type, _parse_meta(meta), overhead, jobs=jobs, progress=cb, move=move)
     paths = store.paths(env.name, env.version)
     if as_json:
         emit_json({"envelope": env, "paths": store.location(paths)})

@@ -54,7 +54,7 @@ def _check_group(task: DecodeTask) -> list[StripeOutcome]:
         with open(task.payload, "rb") as pf:
             objs = read_stripes(pf, lay, task.stripes)
     except FileNotFoundError:
-        objs = {s: bytearray(lay.stripe_k(s) * t) for s in task.stripes}
+        objs = {s: bytes(lay.stripe_k(s) * t) for s in task.stripes}
         missing = True
     else:
         missing = False

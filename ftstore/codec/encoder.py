@@ -2,7 +2,7 @@
 
 Workers read their stripes straight from the payload file (one contiguous read per row of
 a stripe group) and write repair symbols straight into the sidecar file at their final
-offsets; only hashes travel back to the parent.
+offsets, starting their writeback at once; only hashes travel back to the parent.
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ import os
 from dataclasses import dataclass
 
 from ..hashing import SYMBOL_HASH_BYTES, symbol_hash
+from ..storage.local import start_writeback
 from .layout import Layout
 from .parallel import chunks, pmap
 from .rq import encode_repair
 
-STRIPES_PER_TASK = 4
+STRIPES_PER_TASK = 2
 PARALLEL_MIN_BYTES = 16 * 1024 * 1024
 
 
@@ -28,39 +29,56 @@ class EncodeTask:
     stripes: tuple[int, ...]  # contiguous
 
 
-def read_stripes(f, layout: Layout, stripes: tuple[int, ...]) -> dict[int, bytearray]:
-    """Objects for a contiguous run of stripes, each ``K_s * T`` bytes, zero-padded."""
-    t, S = layout.symbol_size, layout.stripes
+def read_stripes(f, layout: Layout, stripes: tuple[int, ...]) -> dict[int, bytes]:
+    """Objects for a contiguous run of stripes, each ``K_s * T`` bytes, zero-padded.
+
+    One ``pread`` per row of the run, and each object joined once from views of the rows:
+    the binding takes only ``bytes``, so every copy saved here is saved per byte stored.
+    A file shorter than the layout (truncated) reads as zeros from where it ends."""
+    t, S, fd = layout.symbol_size, layout.stripes, f.fileno()
     a, b = stripes[0], stripes[-1] + 1
-    objs = {s: bytearray(layout.stripe_k(s) * t) for s in stripes}
-    rows = layout.stripe_k(a)
-    for r in range(rows):
+    pieces: dict[int, list[memoryview]] = {s: [] for s in stripes}
+    for r in range(layout.stripe_k(a)):
         start = (r * S + a) * t
-        if start >= layout.size:
+        want = min((b - a) * t, layout.size - start)
+        if want <= 0:
             break
-        f.seek(start)
-        row = f.read(min((b - a) * t, layout.size - start))
+        row = memoryview(os.pread(fd, want, start))
         for s in stripes:
             piece = row[(s - a) * t : (s - a + 1) * t]
             if piece:
-                objs[s][r * t : r * t + len(piece)] = piece
-    return objs
+                pieces[s].append(piece)
+        if len(row) < want:
+            break  # end of a short file: everything after it is missing too
+    out = {}
+    for s in stripes:
+        obj = b"".join(pieces.pop(s))
+        pad = layout.stripe_k(s) * t - len(obj)
+        out[s] = obj + bytes(pad) if pad else obj
+    return out
 
 
 def _encode_group(task: EncodeTask) -> dict[int, tuple[bytes, bytes]]:
     lay, t = task.layout, task.layout.symbol_size
     out = {}
-    with open(task.payload, "rb") as pf, open(task.sidecar, "r+b") as sf:
+    with open(task.payload, "rb") as pf:
         objs = read_stripes(pf, lay, task.stripes)
+    fd = os.open(task.sidecar, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
         for s in task.stripes:
-            obj = bytes(objs.pop(s))
+            obj = objs.pop(s)
             k = lay.stripe_k(s)
             src = b"".join(symbol_hash(memoryview(obj)[i * t : (i + 1) * t]) for i in range(k))
             repair = encode_repair(obj, t, k, lay.repair_counts[s])
             del obj
-            sf.seek(task.repair_base + lay.repair_starts[s] * t)
-            sf.write(b"".join(repair))
+            block = b"".join(repair)
+            offset = task.repair_base + lay.repair_starts[s] * t
+            if os.pwrite(fd, block, offset) != len(block):
+                raise OSError(f"short write to {task.sidecar}")
+            start_writeback(fd, offset, len(block))
             out[s] = (src, b"".join(symbol_hash(r) for r in repair))
+    finally:
+        os.close(fd)
     return out
 
 

@@ -19,10 +19,10 @@ class CodecFailure(Exception):
 
 
 def packet(esi: int, symbol: bytes | bytearray | memoryview) -> bytes:
-    return bytes((0, (esi >> 16) & 0xFF, (esi >> 8) & 0xFF, esi & 0xFF)) + bytes(symbol)
+    return b"".join((bytes((0, (esi >> 16) & 0xFF, (esi >> 8) & 0xFF, esi & 0xFF)), symbol))
 
 
-def encode_repair(obj: bytes, symbol_size: int, k: int, repair: int) -> list[bytes]:
+def encode_repair(obj: bytes, symbol_size: int, k: int, repair: int) -> list[memoryview]:
     """Repair symbols ``0..repair-1`` of an object of ``k`` symbols (``len(obj) == k * T``)."""
     try:
         packets = raptorq.Encoder.with_defaults(obj, symbol_size).get_encoded_packets(repair)
@@ -36,7 +36,7 @@ def encode_repair(obj: bytes, symbol_size: int, k: int, repair: int) -> list[byt
     for idx, p in enumerate(packets[k:]):
         if p[0] != 0 or int.from_bytes(p[1:4], "big") != k + idx:
             raise CodecFailure("raptorq split the object into several source blocks")
-        out.append(bytes(p[4:]))
+        out.append(memoryview(p)[4:])
     return out
 
 

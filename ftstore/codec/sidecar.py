@@ -36,7 +36,7 @@ from ..envelopes.model import (
 )
 from ..errors import BadInputError
 from ..hashing import SYMBOL_HASH_BYTES
-from .layout import MAX_OVERHEAD, SAFETY_SYMBOLS, Layout, repair_count, stripe_count
+from .layout import MAX_OVERHEAD, SAFETY_SYMBOLS, Layout, repair_count, stripes_allowed
 
 BLOCK_MAGIC = b"FTSRQSC1"
 TRAILER_MAGIC = b"FTSRQEND"
@@ -214,11 +214,11 @@ def _checked_layout(h: SidecarHeader, file_size: int) -> Layout:
     before allocating anything in proportion to what they claim."""
     if len(h.repair_symbols_per_stripe) != h.stripes:
         raise SidecarError("`repair_symbols_per_stripe` does not have one entry per stripe")
-    if h.stripes != stripe_count(h.payload_size, h.symbol_size):
-        raise SidecarError(f"`stripes` {h.stripes} does not match the payload size")
+    if not stripes_allowed(h.payload_size, h.symbol_size, h.stripes):
+        raise SidecarError(f"`stripes` {h.stripes} does not fit the payload size")
     if h.stripes * SAFETY_SYMBOLS * h.symbol_size > file_size:
         raise SidecarError(f"`stripes` {h.stripes} claims more repair data than the file holds")
-    expected = Layout.plan(h.payload_size, h.overhead, h.symbol_size)
+    expected = Layout.plan(h.payload_size, h.overhead, h.symbol_size, h.stripes)
     if h.source_symbols != expected.source_symbols:
         raise SidecarError(f"`source_symbols` {h.source_symbols} does not match the payload size")
     if tuple(h.repair_symbols_per_stripe) != expected.repair_counts:

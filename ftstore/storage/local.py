@@ -60,19 +60,62 @@ def copy_hashing(
     limit: int | None = None,
     progress: Callable[[int], None] | None = None,
     also: Callable[[memoryview], object] | None = None,
+    single_thread: bool = False,
 ) -> tuple[str, int]:
     """Copy ``src`` to a new file ``dst`` (fsynced) and return (BLAKE3, bytes) of what was
     written; ``also`` sees every chunk too."""
     with open(src, "rb", buffering=0) as fi, open(dst, "xb") as fo:
+        written = 0
 
         def sink(chunk: memoryview) -> None:
+            nonlocal written
             fo.write(chunk)  # buffered: write() never stops short
+            fo.flush()
+            start_writeback(fo.fileno(), written, len(chunk))
+            written += len(chunk)
             if also:
                 also(chunk)
 
-        result = hash_stream(fi, limit, progress, sink=sink)
+        result = hash_stream(fi, limit, progress, sink=sink, single_thread=single_thread)
         fo.flush()
         os.fsync(fo.fileno())
+    return result
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Have the kernel start writing these bytes to disk now rather than at the fsync, so
+    the disk works while the caller computes (Linux: DONTNEED on dirty pages starts their
+    writeback; it drops only pages already clean)."""
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+
+
+def try_link(src: Path, dst: Path) -> bool:
+    """Hard-link the regular file ``src`` as ``dst``; False (and nothing left behind) where
+    that cannot be done: another filesystem, links not permitted, ``src`` a symlink.
+
+    Taking a file over by a link rather than a rename keeps it at the user's path until the
+    caller has committed and unlinks it, so a crash before the commit loses nothing."""
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError:
+        return False
+    if dst.is_symlink() or not dst.is_file():
+        dst.unlink()
+        return False
+    return True
+
+
+def hash_durably(
+    path: Path,
+    progress: Callable[[int], None] | None = None,
+    also: Callable[[memoryview], object] | None = None,
+    single_thread: bool = False,
+) -> tuple[str, int]:
+    """(BLAKE3, bytes) of a file taken over in place, fsynced; ``also`` sees every chunk."""
+    with open(path, "rb", buffering=0) as f:
+        result = hash_stream(f, None, progress, sink=also, single_thread=single_thread)
+        os.fsync(f.fileno())
     return result
 
 

@@ -310,10 +310,17 @@ class S3Store(Store):
             version += 1
         return version
 
-    def _store_new(self, src, template, overhead, jobs, progress, protect) -> Envelope:
+    @contextlib.contextmanager
+    def scratch(self) -> Iterator[Path]:
+        """A local temporary folder: files built here are uploaded, never linked."""
+        with tempfile.TemporaryDirectory(prefix="ftstore-s3-scratch-") as folder:
+            yield Path(folder)
+
+    def _store_new(self, src, template, overhead, jobs, progress, protect, move) -> Envelope:
         """Claim a version, stream the payload from the source to the bucket (hashing it on
         the way) while the sidecar is encoded locally, upload the sidecar, then commit with
-        the envelope. A failure at any point leaves only a claimed, uncommitted version."""
+        the envelope. A failure at any point leaves only a claimed, uncommitted version.
+        (``move`` changes nothing here: the caller removes ``src`` after the commit.)"""
         from ..store import envelope_from, raptorq_section
 
         version = self._claim(template.name)

@@ -1,0 +1,54 @@
+"""Streaming hashes read ahead in a helper thread; they must equal BLAKE3 of the bytes and
+surface read errors to the caller."""
+
+import io
+import subprocess
+import sys
+
+import blake3
+import pytest
+
+from ftstore.hashing import READ_CHUNK, format_hash, hash_file, hash_stream
+
+
+@pytest.mark.parametrize("size", [0, 1, READ_CHUNK - 1, READ_CHUNK, 3 * READ_CHUNK + 5])
+def test_hash_file_equals_blake3_of_the_bytes(tmp_path, size):
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    p = tmp_path / "f"
+    p.write_bytes(data)
+    assert hash_file(p) == (format_hash(blake3.blake3(data).digest()), size)
+    with open(p, "rb", buffering=0) as f:
+        seen = []
+        digest = hash_stream(f, limit=size // 2, sink=lambda v: seen.append(bytes(v)))
+    assert digest == (format_hash(blake3.blake3(data[: size // 2]).digest()), size // 2)
+    assert b"".join(seen) == data[: size // 2]
+
+
+def test_a_read_error_reaches_the_caller():
+    class FailingDisk(io.RawIOBase):
+        calls = 0
+
+        def readable(self):
+            return True
+
+        def readinto(self, b):
+            self.calls += 1
+            if self.calls > 2:
+                raise OSError(5, "Input/output error")
+            b[:10] = b"0123456789"
+            return 10
+
+    with pytest.raises(OSError, match="Input/output error"):
+        hash_stream(FailingDisk())
+
+
+def test_importing_the_codec_does_not_import_the_rest_of_the_package():
+    """Codec workers import ftstore.codec; the package's public names load on first use."""
+    code = (
+        "import sys, ftstore.codec.encoder, ftstore.codec.decoder;"
+        "heavy = [m for m in ('numpy', 'ftstore.api', 'ftstore.checkpoints', 'ftstore.store') if m in sys.modules];"
+        "assert not heavy, heavy;"
+        "import ftstore; assert all(getattr(ftstore, n) for n in ftstore.__all__);"
+        "assert set(ftstore.__all__) <= set(dir(ftstore))"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,96 @@
+"""Saving by taking a file over (``move=True`` / ``ftstore save --move``)."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+import ftstore.store as store_mod
+from ftstore import load, verify
+
+from .conftest import run_cli
+
+
+def test_move_links_the_file_in_and_removes_it_after_the_commit(store, make_file, tmp_path):
+    src = make_file(20_000_000)
+    orig, ino = src.read_bytes(), src.stat().st_ino
+    env = store.save(src, "m", move=True)
+    paths = store.paths("m", env.version)
+    assert not src.exists()
+    assert paths.payload.stat().st_ino == ino  # taken over, not copied
+    assert paths.payload.stat().st_nlink == 1
+    assert all(h.intact for h in verify(store))
+    load(store, "m", tmp_path / "out.bin")
+    assert (tmp_path / "out.bin").read_bytes() == orig
+
+
+def test_move_from_another_filesystem_copies_then_removes(store, make_file, tmp_path):
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs /dev/shm on a filesystem of its own")
+    data = os.urandom(3_000_000)
+    src = shm / f"ftstore-test-{os.getpid()}.bin"
+    src.write_bytes(data)
+    try:
+        env = store.save(src, "m", move=True)
+        assert not src.exists()
+        assert store.paths("m", env.version).payload.read_bytes() == data
+    finally:
+        src.unlink(missing_ok=True)
+
+
+def test_a_failed_move_leaves_the_file_where_it_was(store, make_file, monkeypatch):
+    src = make_file(20_000_000)
+    orig = src.read_bytes()
+
+    def fail(self, essentials):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(store_mod.SidecarBuild, "finish", fail)
+    with pytest.raises(OSError):
+        store.save(src, "m", move=True)
+    assert src.read_bytes() == orig and src.stat().st_nlink == 1
+    assert store.all_paths() == [] and not any(store.staging_dir.iterdir())
+
+
+def test_a_moved_file_written_to_during_the_save_is_refused(store, make_file, monkeypatch):
+    """Taking a file over compares what the encoder read with what was hashed, as a copy does."""
+    import threading
+
+    src = make_file(20_000_000)
+    encoded = threading.Event()
+    real_encode, real_hash = store_mod.SidecarBuild.encode, store_mod.hash_durably
+
+    def encode_then_signal(self, source, jobs):
+        try:
+            return real_encode(self, source, jobs)
+        finally:
+            encoded.set()
+
+    def hash_after_change(path, *a, **kw):
+        encoded.wait(30)
+        with open(src, "r+b") as f:  # the writer still has the file and changes it
+            f.write(b"changed")
+        return real_hash(path, *a, **kw)
+
+    monkeypatch.setattr(store_mod.SidecarBuild, "encode", encode_then_signal)
+    monkeypatch.setattr(store_mod, "hash_durably", hash_after_change)
+    with pytest.raises(store_mod.BadInputError, match="changed while it was being saved"):
+        store.save(src, "m", move=True)
+    assert src.exists() and store.all_paths() == []
+
+
+def test_cli_save_move(store, make_file, tmp_path):
+    src = make_file(1_000_000)
+    orig = src.read_bytes()
+    run_cli("save", str(src), "--name", "m", "--move", store=store, check_rc=0)
+    assert not src.exists()
+    run_cli("load", "m", "-o", str(tmp_path / "out.bin"), store=store, check_rc=0)
+    assert (tmp_path / "out.bin").read_bytes() == orig
+
+
+def test_scratch_folder_is_on_the_store_and_removed(store):
+    with store.scratch() as d:
+        assert os.stat(d).st_dev == os.stat(store.root).st_dev
+        (d / "f").write_bytes(b"x")
+    assert not d.exists()
