@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import resource
 import shutil
 import subprocess
 import sys
@@ -120,19 +119,37 @@ def bench_ftstore(src: Path, work: Path) -> dict[str, float]:
     return out
 
 
+PEAK_RSS_PROBE = """
+import resource, sys
+from ftstore import Store, load
+from ftstore.codec import parallel
+
+def hwm_kib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+s = Store.open(sys.argv[2], create=True)
+s.save(sys.argv[1], "m")
+load(s, "m", sys.argv[3])
+workers = list(parallel._pool._processes) if parallel._pool else []
+print(max([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss] + [hwm_kib(p) for p in workers]))
+"""
+
+
 def peak_memory_of_save(size: int, work: Path) -> float:
+    """Peak RSS (MiB) of the largest process, codec workers included, over a save and a
+    load in a fresh interpreter."""
     src = work / "mem.bin"
     make_file(src, size)
-    code = (
-        "import sys; from ftstore import Store, load; s=Store.open(sys.argv[2], create=True);"
-        "s.save(sys.argv[1], 'm'); load(s, 'm', sys.argv[3])"
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS_PROBE, str(src), str(work / "memstore"), str(work / "mem.out")],
+        check=True, capture_output=True, text=True,
     )
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    subprocess.run([sys.executable, "-c", code, str(src), str(work / "memstore"), str(work / "mem.out")], check=True)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     for p in ("mem.bin", "mem.out", "memstore"):
         (shutil.rmtree if (work / p).is_dir() else os.unlink)(work / p)
-    return max(peak, before) / 1024  # MiB (ru_maxrss is KiB on Linux; largest process, workers included)
+    return int(out.stdout.split()[-1]) / 1024
 
 
 def bench_scrub(total_mib: int, artifacts: int, work: Path) -> None:

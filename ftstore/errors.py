@@ -44,3 +44,9 @@ class StorageFullError(FtstoreError, OSError):
     """The filesystem ran out of space; the store was left as it was."""
 
     exit_code = 1
+
+
+class WorkerError(FtstoreError):
+    """A codec worker process died (killed, out of memory); the operation changed nothing."""
+
+    exit_code = 1

@@ -21,6 +21,8 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
 
+from ..errors import WorkerError
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -96,8 +98,8 @@ def pmap(fn: Callable[[T], R], tasks: list[T], jobs: int | None, *, parallel: bo
     try:
         yield from pool.map(fn, tasks)
     except BrokenProcessPool:
-        _discard(pool)  # a worker died (killed, out of memory): the next call starts afresh
-        raise
+        _discard(pool)  # the next call starts afresh
+        raise WorkerError("a codec worker process died (killed, or out of memory?); nothing was changed") from None
 
 
 def chunks(items: Iterable[T], size: int) -> list[list[T]]:
