@@ -40,6 +40,7 @@ from .envelopes import ARTIFACT_TYPES, Envelope, RaptorQSection, decode_envelope
 from .errors import BadInputError, EnvelopeError, FtstoreError, NotFoundError
 from .storage.local import (
     TMP_MARK,
+    FileState,
     copy_hashing,
     disk_full,
     fsync_dir,
@@ -47,6 +48,7 @@ from .storage.local import (
     is_disk_full,
     remove_tree,
     try_link,
+    watch,
     write_atomic,
 )
 
@@ -245,13 +247,16 @@ class Store:
         try:
             stage.mkdir(parents=True)
             staged = stage / PAYLOAD
+            unchanged = None
             if move and try_link(src, staged):
                 source = staged
                 copy = lambda also: hash_durably(staged, progress, also, single_thread=protect)  # noqa: E731
+                if (state := watch(staged)) is not None:
+                    unchanged = lambda: FileState.of(staged) == state  # noqa: E731
             else:
                 source = src
                 copy = lambda also: copy_hashing(src, staged, None, progress, also, single_thread=protect)  # noqa: E731
-            essentials, info = self._copy_and_protect(source, stage, template, overhead, jobs, copy, protect)
+            essentials, info = self._copy_and_protect(source, stage, template, overhead, jobs, copy, protect, unchanged)
             return self._commit(stage, envelope_from(essentials, 1, raptorq_section(info) if info else None))
         except OSError as e:
             remove_tree(stage)
@@ -263,21 +268,26 @@ class Store:
             raise
 
     @staticmethod
-    def _copy_and_protect(src, stage, template, overhead, jobs, copy, protect=True):
+    def _copy_and_protect(src, stage, template, overhead, jobs, copy, protect=True, unchanged=None):
         """Run ``copy`` (which hashes the payload whole and passes every chunk to a symbol
         hasher) in a thread while encoder processes read the source; the copy's symbol table
         must equal the encoder's, which proves the stored copy is exactly what was encoded.
+
+        ``unchanged`` replaces that proof for a file taken over rather than copied (there the
+        stored file *is* the source): it says whether the file was written to since before
+        the first read, and saves hashing every symbol twice (a tenth of a save's CPU).
         Returns (essentials, sidecar info or None when not protecting)."""
         if not protect:
             digest, size = copy(None)
             return msgspec.structs.replace(template, size=size, source_hash=digest), None
         build = SidecarBuild(stage / SIDECAR, template, overhead)
-        symbols = SymbolHasher(build.layout.symbol_size)
+        symbols = None if unchanged else SymbolHasher(build.layout.symbol_size)
         with ThreadPoolExecutor(1) as ex:
             copied = ex.submit(copy, symbols)
             encoded = build.encode(src, jobs)
             digest, size = copied.result()
-        if size != template.size or symbols.table() != encoded:
+        same = unchanged() if unchanged else symbols.table() == encoded
+        if size != template.size or not same:
             raise BadInputError(f"{src} changed while it was being saved; nothing was stored")
         essentials = msgspec.structs.replace(template, source_hash=digest)
         return essentials, build.finish(essentials)

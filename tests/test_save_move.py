@@ -53,11 +53,18 @@ def test_a_failed_move_leaves_the_file_where_it_was(store, make_file, monkeypatc
     assert store.all_paths() == [] and not any(store.staging_dir.iterdir())
 
 
-def test_a_moved_file_written_to_during_the_save_is_refused(store, make_file, monkeypatch):
-    """Taking a file over compares what the encoder read with what was hashed, as a copy does."""
+@pytest.mark.parametrize("mtime", ["now", "future", "whole_seconds"])
+def test_a_moved_file_written_to_during_the_save_is_refused(store, make_file, monkeypatch, mtime):
+    """A file taken over is watched through stat (it was written just now: the save waits
+    out the racy tick); one whose mtime is in the future cannot be, and is checked as a copy
+    is, by comparing what the encoder read with what was hashed."""
     import threading
 
     src = make_file(20_000_000)
+    if mtime == "future":
+        os.utime(src, ns=(src.stat().st_atime_ns, src.stat().st_mtime_ns + 10**12))
+    if mtime == "whole_seconds":  # ctime, set by the kernel, keeps its nanoseconds: still watchable
+        os.utime(src, ns=(src.stat().st_atime_ns, src.stat().st_mtime_ns // 10**9 * 10**9))
     encoded = threading.Event()
     real_encode, real_hash = store_mod.SidecarBuild.encode, store_mod.hash_durably
 
@@ -94,3 +101,17 @@ def test_scratch_folder_is_on_the_store_and_removed(store):
         assert os.stat(d).st_dev == os.stat(store.root).st_dev
         (d / "f").write_bytes(b"x")
     assert not d.exists()
+
+
+def test_watch_tells_a_write_from_stat_or_says_it_cannot(tmp_path):
+    from ftstore.storage.local import FileState, watch
+
+    p = tmp_path / "f"
+    p.write_bytes(b"a" * 1000)
+    state = watch(p)  # written just now: waits out the racy window first
+    assert state is not None and FileState.of(p) == state
+    with open(p, "r+b") as f:
+        f.write(b"b")
+    assert FileState.of(p) != state
+    os.utime(p, ns=(0, 4 * 10**18))  # an mtime in the future says nothing
+    assert watch(p) is None

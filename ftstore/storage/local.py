@@ -9,8 +9,10 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import StorageFullError
@@ -117,6 +119,46 @@ def hash_durably(
         result = hash_stream(f, None, progress, sink=also, single_thread=single_thread)
         os.fsync(f.fileno())
     return result
+
+
+RACY_NS = 20_000_000  # two ticks of the coarsest kernel clock that stamps files (HZ=100)
+
+
+@dataclass(frozen=True)
+class FileState:
+    """What ``stat`` says about a file's contents; any write changes it (see ``watch``)."""
+
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, path: Path) -> FileState:
+        st = os.stat(path, follow_symlinks=False)
+        return cls(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def watch(path: Path) -> FileState | None:
+    """The state to compare ``path`` against later to learn whether it was written to, or
+    None where that cannot be told from ``stat``.
+
+    Kernels stamp a write with a coarse clock, so a second write in the same tick as the
+    last one leaves mtime as it was ("racy git"): the file is watchable only once its mtime
+    is older than two ticks, which this waits for (at most 20 ms, and only for a file written
+    just now). An mtime in the future (a skewed clock, a ``touch -d``) tells nothing, nor
+    do whole-second stamps: the filesystem (or whoever set them) may not keep finer ones."""
+    for _ in range(2):
+        state = FileState.of(path)
+        if state.mtime_ns % 1_000_000_000 == 0 and state.ctime_ns % 1_000_000_000 == 0:
+            return None
+        age = time.time_ns() - state.mtime_ns
+        if age >= RACY_NS:
+            return state
+        if age < 0:
+            return None
+        time.sleep((RACY_NS - age) / 1e9)
+    return None
 
 
 def remove_tree(path: Path) -> None:
