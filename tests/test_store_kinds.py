@@ -40,6 +40,21 @@ def test_round_trip(any_store, make_file, tmp_path, size):
     assert (tmp_path / "out").read_bytes() == orig
 
 
+def test_save_move_takes_the_file_over(any_store, make_file, tmp_path):
+    src = make_file(20_000_000)
+    orig = src.read_bytes()
+    with any_store.scratch() as scratch:
+        built = scratch / "built.bin"  # where the checkpoint manager builds bundles
+        built.write_bytes(orig[:1000])
+        any_store.save(built, "b", move=True)
+        assert not built.exists()
+    any_store.save(src, "a", move=True)
+    assert not src.exists()
+    assert all(h.intact for h in verify(any_store))
+    load(any_store, "a", tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == orig
+
+
 def test_versions_and_listing(any_store, make_file):
     for i in range(3):
         any_store.save(make_file(100 + i, seed=i), "m")
