@@ -30,6 +30,7 @@ _PRELOAD = ["ftstore.codec.encoder", "ftstore.codec.decoder"]
 _lock = threading.Lock()
 _pool: ProcessPoolExecutor | None = None
 _pool_jobs = 0
+_in_forked_child = False
 
 
 def default_jobs() -> int:
@@ -45,7 +46,6 @@ def _keep_freed_memory() -> None:
     if mallopt is not None:
         mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD
         mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
-    os.nice(5)
 
 
 def _shared_pool(jobs: int) -> ProcessPoolExecutor:
@@ -69,11 +69,24 @@ def _discard(pool: ProcessPoolExecutor) -> None:
     pool.shutdown(wait=False, cancel_futures=True)
 
 
+def _forget_pool_in_child() -> None:
+    """A process forked from one that has used the pool (a data-loader worker, say) holds
+    only copies of the parent's pool and forkserver handles, whose threads and processes are
+    not its own, and multiprocessing cannot start a new forkserver there: such a child does
+    its codec work in-process."""
+    global _pool, _lock, _in_forked_child
+    _pool, _lock, _in_forked_child = None, threading.Lock(), True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
 def warm(jobs: int | None = None) -> None:
     """Start the worker processes in the background, so that a ``pmap`` soon after finds
     them running. Never raises: a failure here shows up, with its cause, in ``pmap``."""
     jobs = jobs or default_jobs()
-    if jobs <= 1:
+    if jobs <= 1 or _in_forked_child:
         return
 
     def start() -> None:
@@ -91,7 +104,7 @@ def pmap(fn: Callable[[T], R], tasks: list[T], jobs: int | None, *, parallel: bo
     """Yield ``fn(task)`` for every task, in order. Closing the iterator early cancels the
     tasks not yet started."""
     jobs = jobs or default_jobs()
-    if jobs <= 1 or len(tasks) <= 1 or not parallel:
+    if jobs <= 1 or len(tasks) <= 1 or not parallel or _in_forked_child:
         yield from map(fn, tasks)
         return
     pool = _shared_pool(jobs)
