@@ -123,3 +123,31 @@ def run_cli(*args: str, store: Store | None = None, check_rc: int | None = None,
     if check_rc is not None:
         assert res.returncode == check_rc, (res.returncode, res.stdout, res.stderr)
     return res
+
+
+def change_source_once_encoded(monkeypatch, reader_name: str, source: Path) -> None:
+    """Make a save's whole-file reader (``ftstore.store.<reader_name>``) wait until the
+    encoder has read the source, then write to the source before reading it itself: the
+    writer of a file changing it in the middle of a save."""
+    import threading
+
+    import ftstore.store as store_mod
+
+    encoded = threading.Event()
+    real_encode, real_reader = store_mod.SidecarBuild.encode, getattr(store_mod, reader_name)
+
+    def encode_then_signal(self, *a, **kw):
+        try:
+            return real_encode(self, *a, **kw)
+        finally:
+            encoded.set()
+
+    def read_after_change(*a, **kw):
+        encoded.wait(30)
+        with open(source, "r+b") as f:
+            f.seek(1000)
+            f.write(b"changed")
+        return real_reader(*a, **kw)
+
+    monkeypatch.setattr(store_mod.SidecarBuild, "encode", encode_then_signal)
+    monkeypatch.setattr(store_mod, reader_name, read_after_change)

@@ -8,7 +8,7 @@ import pytest
 import ftstore.store as store_mod
 from ftstore import load, verify
 
-from .conftest import run_cli
+from .conftest import change_source_once_encoded, run_cli
 
 
 def test_move_links_the_file_in_and_removes_it_after_the_commit(store, make_file, tmp_path):
@@ -58,30 +58,12 @@ def test_a_moved_file_written_to_during_the_save_is_refused(store, make_file, mo
     """A file taken over is watched through stat (it was written just now: the save waits
     out the racy tick); one whose mtime is in the future cannot be, and is checked as a copy
     is, by comparing what the encoder read with what was hashed."""
-    import threading
-
     src = make_file(20_000_000)
     if mtime == "future":
         os.utime(src, ns=(src.stat().st_atime_ns, src.stat().st_mtime_ns + 10**12))
     if mtime == "whole_seconds":  # ctime, set by the kernel, keeps its nanoseconds: still watchable
         os.utime(src, ns=(src.stat().st_atime_ns, src.stat().st_mtime_ns // 10**9 * 10**9))
-    encoded = threading.Event()
-    real_encode, real_hash = store_mod.SidecarBuild.encode, store_mod.hash_durably
-
-    def encode_then_signal(self, source, jobs):
-        try:
-            return real_encode(self, source, jobs)
-        finally:
-            encoded.set()
-
-    def hash_after_change(path, *a, **kw):
-        encoded.wait(30)
-        with open(src, "r+b") as f:  # the writer still has the file and changes it
-            f.write(b"changed")
-        return real_hash(path, *a, **kw)
-
-    monkeypatch.setattr(store_mod.SidecarBuild, "encode", encode_then_signal)
-    monkeypatch.setattr(store_mod, "hash_durably", hash_after_change)
+    change_source_once_encoded(monkeypatch, "hash_durably", src)
     with pytest.raises(store_mod.BadInputError, match="changed while it was being saved"):
         store.save(src, "m", move=True)
     assert src.exists() and store.all_paths() == []

@@ -6,7 +6,7 @@ import pytest
 from ftstore import DamageError, NotFoundError, load, verify
 from ftstore.hashing import hash_file
 
-from .conftest import run_cli
+from .conftest import change_source_once_encoded, run_cli
 
 
 @pytest.mark.parametrize("size", [0, 1, 255, 100_003, 9 * 1024 * 1024 + 5])
@@ -117,29 +117,10 @@ def test_two_gib_round_trip(store, tmp_path):
 
 
 def test_a_source_that_changes_during_save_is_refused(store, make_file, monkeypatch):
-    import threading
-
     import ftstore.store as store_mod
 
     src = make_file(3_000_000)
-    encoded = threading.Event()
-    real_encode, real_copy = store_mod.SidecarBuild.encode, store_mod.copy_hashing
-
-    def encode_then_signal(self, source, jobs):
-        try:
-            return real_encode(self, source, jobs)
-        finally:
-            encoded.set()
-
-    def copy_after_change(s, d, *a, **kw):
-        encoded.wait(30)
-        with open(s, "r+b") as f:  # the writer of the source changes it mid-save
-            f.seek(1000)
-            f.write(b"changed")
-        return real_copy(s, d, *a, **kw)
-
-    monkeypatch.setattr(store_mod.SidecarBuild, "encode", encode_then_signal)
-    monkeypatch.setattr(store_mod, "copy_hashing", copy_after_change)
+    change_source_once_encoded(monkeypatch, "copy_hashing", src)
     with pytest.raises(store_mod.BadInputError, match="changed while it was being saved"):
         store.save(src, "m")
     assert store.all_paths() == [] and not any(store.staging_dir.iterdir())
