@@ -63,24 +63,28 @@ def copy_hashing(
     progress: Callable[[int], None] | None = None,
     also: Callable[[memoryview], object] | None = None,
     single_thread: bool = False,
+    durable: bool = True,
 ) -> tuple[str, int]:
-    """Copy ``src`` to a new file ``dst`` (fsynced) and return (BLAKE3, bytes) of what was
-    written; ``also`` sees every chunk too."""
+    """Copy ``src`` to a new file ``dst`` and return (BLAKE3, bytes) of what was written;
+    ``also`` sees every chunk too. ``durable``: start writeback as it goes and fsync at the
+    end; without, the caller fsyncs (and may read the copy back from the page cache)."""
     with open(src, "rb", buffering=0) as fi, open(dst, "xb") as fo:
         written = 0
 
         def sink(chunk: memoryview) -> None:
             nonlocal written
             fo.write(chunk)  # buffered: write() never stops short
-            fo.flush()
-            start_writeback(fo.fileno(), written, len(chunk))
+            if durable:
+                fo.flush()
+                start_writeback(fo.fileno(), written, len(chunk))
             written += len(chunk)
             if also:
                 also(chunk)
 
         result = hash_stream(fi, limit, progress, sink=sink, single_thread=single_thread)
         fo.flush()
-        os.fsync(fo.fileno())
+        if durable:
+            os.fsync(fo.fileno())
     return result
 
 
