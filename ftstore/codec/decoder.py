@@ -129,7 +129,7 @@ def check_and_decode(
     tasks = []
     for group in chunks(range(lay.stripes), STRIPES_PER_TASK):
         src = {
-            s: b"".join(meta.source_hash_of(lay.global_index(s, i)) for i in range(lay.stripe_k(s))) for s in group
+            s: lay.stripe_entries(meta.source_hashes, s, h) for s in group
         }
         rep = {
             s: meta.repair_hashes[lay.repair_starts[s] * h : (lay.repair_starts[s] + lay.repair_counts[s]) * h]

@@ -96,8 +96,6 @@ def encode_sidecar_body(
     h = SYMBOL_HASH_BYTES
     for result in pmap(_encode_group, tasks, jobs, parallel=layout.size >= PARALLEL_MIN_BYTES):
         for s, (src, rep) in result.items():
-            for i in range(layout.stripe_k(s)):
-                j = layout.global_index(s, i)
-                src_table[j * h : (j + 1) * h] = src[i * h : (i + 1) * h]
+            layout.put_stripe_entries(src_table, s, h, src)
             rep_parts[s] = rep
     return bytes(src_table), b"".join(rep_parts[s] for s in range(layout.stripes))

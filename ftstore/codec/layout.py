@@ -108,6 +108,22 @@ class Layout:
     def global_index(self, s: int, i: int) -> int:
         return i * self.stripes + s
 
+    def stripe_entries(self, table: bytes | bytearray, s: int, width: int) -> bytes:
+        """Stripe ``s``'s entries, in stripe order, of a table with one ``width``-byte entry
+        per file symbol (file order): every ``S``-th entry from ``s``, gathered with one
+        strided slice per byte column rather than a Python step per symbol."""
+        out = bytearray(self.stripe_k(s) * width)
+        step = self.stripes * width
+        for b in range(width):
+            out[b::width] = table[s * width + b :: step]
+        return bytes(out)
+
+    def put_stripe_entries(self, table: bytearray, s: int, width: int, entries: bytes) -> None:
+        """The inverse of :meth:`stripe_entries`: write stripe ``s``'s entries into ``table``."""
+        step = self.stripes * width
+        for b in range(width):
+            table[s * width + b :: step] = entries[b::width]
+
     def symbol_extent(self, j: int) -> tuple[int, int]:
         """(offset, length) of file symbol ``j`` within the payload; the last one may be short."""
         off = j * self.symbol_size
