@@ -86,8 +86,8 @@ def warm(jobs: int | None = None) -> None:
     """Start the worker processes in the background, so that a ``pmap`` soon after finds
     them running. Never raises: a failure here shows up, with its cause, in ``pmap``."""
     jobs = jobs or default_jobs()
-    if jobs <= 1 or _in_forked_child:
-        return
+    if jobs <= 1 or _in_forked_child or (_pool is not None and _pool_jobs == jobs):
+        return  # nothing to start: the pool for these jobs is up or coming up
 
     def start() -> None:
         try:

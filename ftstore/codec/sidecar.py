@@ -91,9 +91,6 @@ class SidecarMeta:
     def layout(self) -> Layout:
         return self.header.layout()
 
-    def source_hash_of(self, j: int) -> bytes:
-        return self.source_hashes[j * SYMBOL_HASH_BYTES : (j + 1) * SYMBOL_HASH_BYTES]
-
     def repair_hash_of(self, k: int) -> bytes:
         return self.repair_hashes[k * SYMBOL_HASH_BYTES : (k + 1) * SYMBOL_HASH_BYTES]
 
