@@ -1,10 +1,17 @@
 """ftstore keeps ML artifacts alive: typed envelopes, BLAKE3 hashes and RaptorQ repair
 sidecars that rebuild damaged payloads, a scrubber, and drills that prove recovery.
 
-Subpackages: ``envelopes`` (typed documents), ``codec`` (symbol hashes, RaptorQ repair,
-sidecar format), ``storage`` (crash-safe file primitives), ``scrub`` (scrubber, drills),
-``cli`` (the ``ftstore`` command). ``store`` holds the store layout and commit protocol,
-``integrity`` checking and repairing one artifact, ``api`` the calls the CLI makes.
+Layers, each importing only the ones below it (an import-linter contract checks this):
+
+    cli, integrations     the ``ftstore`` command; Lightning and Keras plug-ins
+    training              the checkpoint manager
+    api, schemas          the public calls; the published JSON Schemas
+    bundles               TensorFlow / PyTorch model bundles, legacy import
+    scrub                 scrubber, drills, reports
+    engine                save, check/repair, load, copy over any store; ``Store``
+    stores, codec, payloads  store backends; RaptorQ sidecars; typed payload formats
+    documents             envelopes, proofs, names
+    errors, hashing, durable, params
 
 The public names below are imported on first use: codec worker processes import
 ``ftstore.codec`` and must not pay for numpy, the checkpoint manager and the API every
@@ -19,51 +26,37 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "ArtifactKey": "documents",
     "LoadResult": "api",
+    "Store": "api",
     "heal": "api",
     "load": "api",
+    "open_store": "api",
+    "parse_ref": "documents",
+    "Ref": "documents",
+    "save": "api",
     "verify": "api",
-    "BundleSpec": "checkpoints",
-    "Checkpoint": "checkpoints",
-    "CheckpointManager": "checkpoints",
+    "BundleSpec": "training.checkpoints",
+    "Checkpoint": "training.checkpoints",
+    "CheckpointManager": "training.checkpoints",
     "BadInputError": "errors",
     "DamageError": "errors",
     "EnvelopeError": "errors",
     "FtstoreError": "errors",
     "NotFoundError": "errors",
+    "StorageError": "errors",
     "StorageFullError": "errors",
     "UnrecoverableError": "errors",
-    "Ref": "store",
-    "Store": "store",
-    "parse_ref": "store",
 }
 
-__all__ = [
-    "BadInputError",
-    "BundleSpec",
-    "Checkpoint",
-    "CheckpointManager",
-    "DamageError",
-    "EnvelopeError",
-    "FtstoreError",
-    "LoadResult",
-    "NotFoundError",
-    "Ref",
-    "StorageFullError",
-    "Store",
-    "UnrecoverableError",
-    "heal",
-    "load",
-    "parse_ref",
-    "verify",
-]
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'ftstore' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    value = getattr(importlib.import_module(f"ftstore.{module}"), name)
     globals()[name] = value
     return value
 
@@ -73,15 +66,16 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from .api import LoadResult, heal, load, verify
-    from .checkpoints import BundleSpec, Checkpoint, CheckpointManager
-    from .errors import (
+    from ftstore.api import LoadResult, Store, heal, load, open_store, save, verify
+    from ftstore.documents import ArtifactKey, Ref, parse_ref
+    from ftstore.errors import (
         BadInputError,
         DamageError,
         EnvelopeError,
         FtstoreError,
         NotFoundError,
+        StorageError,
         StorageFullError,
         UnrecoverableError,
     )
-    from .store import Ref, Store, parse_ref
+    from ftstore.training.checkpoints import BundleSpec, Checkpoint, CheckpointManager

@@ -1,107 +1,185 @@
-"""The library calls behind every CLI command; training code calls these directly."""
+"""ftstore's public API: every CLI command is one call here, and training code calls the
+same functions, so the same input gets the same validation whichever door it comes in by.
+
+    open_store        a directory or s3://bucket/prefix, as a :class:`Store`
+    save / load       store a file as the next version; write a version's verified bytes
+    verify / heal     check versions; repair one
+    list_artifacts    one row per version (a damaged envelope is a row too)
+    show              a version's envelope, where its leaves are, and its typed content
+    delete            remove one version
+    copy              between stores, committing only intact versions
+    scrub / drill     whole-store check and repair; fault-injection drills
+    import_legacy     a PtychoPINN archive as a model bundle
+    compare_baseline  a benchmark run against a stored baseline (a CI gate)
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from .envelopes import Envelope
-from .errors import BadInputError, DamageError, FtstoreError
-from .integrity import Health, RepairResult, repair
-from .storage.local import disk_full, is_disk_full, replace_durably, tmp_path
-from .store import ArtifactPaths, Ref, Store
+import msgspec
+
+from ftstore.bundles.bundle import load_bundle, save_bundle
+from ftstore.bundles.legacy import import_legacy
+from ftstore.codec import DEFAULT_OVERHEAD
+from ftstore.documents import ARTIFACT_TYPES, Envelope
+from ftstore.engine.copy import CopyResult, copy_store
+from ftstore.engine.integrity import Health, RepairResult
+from ftstore.engine.load import LoadResult
+from ftstore.engine.store import Store
+from ftstore.errors import BadInputError, DamageError, EnvelopeError, FtstoreError
+from ftstore.payloads.reports import BenchmarkBaseline, MetricComparison, compare, parse_typed
+from ftstore.payloads.typed import TYPED_DOC_LIMIT, describe_payload, read_capped
+from ftstore.scrub.drill import DrillReport, drill
+from ftstore.scrub.report import ScrubReport
+from ftstore.scrub.scrubber import scrub as scrub_store
 
 
-@dataclass
-class LoadResult:
-    envelope: Envelope
-    paths: ArtifactPaths
-    out: Path
-    repair: RepairResult | None
+def open_store(location: str | os.PathLike | None = None, create: bool = False) -> Store:
+    return Store.open(location, create=create)
+
+
+def save(store: Store, src: str | os.PathLike, name: str, artifact_type: str | None = None,
+         metadata: dict[str, str] | None = None, **kw: Any) -> Envelope:
+    return store.save(src, name, artifact_type, metadata, **kw)
+
+
+def load(store: Store, ref: str, out: str | os.PathLike, *, self_heal: bool = True, jobs: int | None = None,
+         progress: Any = None) -> LoadResult:
+    """Write ``ref``'s payload to ``out``; raises :class:`UnrecoverableError`, never returns
+    wrong bytes."""
+    return store.load(ref, out, self_heal=self_heal, jobs=jobs, progress=progress)
 
 
 def verify(store: Store, refs: Sequence[str] = ()) -> list[Health]:
-    """Check the named artifacts (latest version for a bare name), or every version of every
-    artifact when none is named. Read-only."""
-    targets = [store.resolve(r) for r in refs] if refs else store.all_paths()
-    return [store.check(p) for p in targets]
+    return store.verify(refs)
 
 
-def heal(store: Store, ref: str | Ref, reason: str = "heal", jobs: int | None = None) -> tuple[Health, RepairResult | None]:
-    """Check one artifact and repair it if it is damaged; raise if it cannot be."""
-    paths = store.resolve(ref)
-    h = store.check(paths)
-    if not h.files_damaged:
-        return h, None
-    return h, _repair(store, paths, h, reason, jobs)
+def heal(store: Store, ref: str, reason: str = "heal", jobs: int | None = None) -> tuple[Health, RepairResult | None]:
+    return store.heal(ref, reason, jobs)
 
 
-def _repair(store: Store, paths: ArtifactPaths, health: Health, reason: str, jobs: int | None) -> RepairResult:
-    with store.checkout_checked(paths, health) as (local, local_health):
-        return repair(local, local_health, reason=reason, jobs=jobs)
+def delete(store: Store, ref: str) -> None:
+    store.delete(ref)
 
 
-def load(
-    store: Store,
-    ref: str | Ref,
-    out: str | os.PathLike,
-    *,
-    self_heal: bool = True,
-    jobs: int | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> LoadResult:
-    """Write the artifact's payload to ``out``. The stored payload's BLAKE3 is verified (and a
-    damaged payload repaired in place) before anything is written; ``out`` appears atomically
-    and only after its own bytes hashed right."""
-    out = Path(out)
-    if out.is_dir():
-        raise BadInputError(f"{out} is a directory; give a file path")
-    if not out.parent.is_dir():
-        raise BadInputError(f"{out.parent}: no such directory")
-    paths = store.resolve(ref)
-    if store.remote:
-        fast = _load_single_pass(store, paths, out, progress)
-        if fast is not None:
-            return fast
-    h = store.check(paths)
-    env, result = h.envelope, None
-    if h.files_damaged:
-        if not self_heal:
-            raise DamageError("; ".join(h.problems))
-        result = _repair(store, paths, h, "load", jobs)  # raises unless the payload verifies again
-        env = result.envelope
-    tmp = tmp_path(out)
+@dataclass(frozen=True)
+class ArtifactRow:
+    name: str
+    version: int
+    type: str | None
+    size: int | None
+    created_unix_ms: int | None
+    scrub_status: str | None
+    envelope: str  # "ok", or why it cannot be read
+
+
+def list_artifacts(store: Store) -> list[ArtifactRow]:
+    rows = []
+    for key in store.keys():
+        try:
+            e = store.read_envelope(key)
+            rows.append(ArtifactRow(e.name, e.version, e.artifact_type, e.size, e.created_unix_ms, e.scrub.status, "ok"))
+        except EnvelopeError as err:
+            rows.append(ArtifactRow(key.name, key.version, None, None, None, None, str(err)))
+    return rows
+
+
+def show(store: Store, ref: str) -> dict[str, Any]:
+    """A version's envelope, where its leaves are, and (for typed payloads) what it holds."""
+    key = store.resolve(ref)
+    env = store.read_envelope(key)
+    doc: dict[str, Any] = {"envelope": msgspec.to_builtins(env), "paths": store.describe(key)}
+    if env.artifact_type not in ("file", "ledger", "manifest"):
+        with tempfile.TemporaryDirectory(prefix="ftstore-show-") as tmp:
+            local = Path(tmp) / "payload"
+            try:
+                store.load(key, local, self_heal=False)  # show never writes to the store
+                extra = describe_payload(local, env.artifact_type)
+            except DamageError as e:
+                extra = {"error": str(e)}
+        if extra is not None:
+            doc["content"] = extra
+    return doc
+
+
+def copy(src: Store, dst: Store, refs: Sequence[str] = (), jobs: int | None = None) -> list[CopyResult]:
+    return copy_store(src.backend, dst.backend, [src.resolve(r) for r in refs], jobs=jobs)
+
+
+def scrub(store: Store, **kw: Any) -> ScrubReport:
+    """See :func:`ftstore.scrub.scrubber.scrub` for the options."""
+    return scrub_store(store.backend, **kw)
+
+
+def run_drill(source: Store | None = None, **kw: Any) -> DrillReport:
+    """See :func:`ftstore.scrub.drill.drill` for the options."""
+    return drill(source.backend if source is not None else None, **kw)
+
+
+def parse_threshold(text: str) -> float:
     try:
-        got, _ = store.fetch_payload(paths, tmp, progress=progress)
-        if got != env.source_hash:
-            raise DamageError(f"{paths.ref}: payload changed while it was being read; {out} was not written")
-        replace_durably(tmp, out)
-    except OSError as e:
-        if is_disk_full(e):
-            raise disk_full(e, f"writing {out}") from None
-        raise
-    finally:
-        tmp.unlink(missing_ok=True)
-    return LoadResult(env, paths, out, result)
+        return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise BadInputError(f"threshold {text!r}: expected a percentage like 5% or a fraction like 0.05") from None
 
 
-def _load_single_pass(store: Store, paths: ArtifactPaths, out: Path, progress) -> LoadResult | None:
-    """For remote stores: one download, hashed on the way into a temporary file beside
-    ``out``, renamed only if it matches the envelope. None: take the checking path."""
-    try:
-        env = store.read_envelope(paths)
-    except FtstoreError:
-        return None
-    tmp = tmp_path(out)
-    try:
-        got = store.fetch_payload(paths, tmp, progress=progress)
-        if got != (env.source_hash, env.size):
-            return None
-        replace_durably(tmp, out)
-        return LoadResult(env, paths, out, None)
-    except FtstoreError:
-        return None
-    finally:
-        tmp.unlink(missing_ok=True)
+@dataclass(frozen=True)
+class BaselineComparison:
+    baseline: str
+    threshold: float
+    metrics: list[MetricComparison]
+
+    @property
+    def failed(self) -> list[MetricComparison]:
+        return [r for r in self.metrics if r.verdict in ("regression", "missing", "unit_changed")]
+
+
+def compare_baseline(store: Store, baseline_ref: str, new: str | os.PathLike, threshold: float) -> BaselineComparison:
+    """Compare a benchmark run (a JSON file) against a stored ``benchmark_baseline``."""
+    new = Path(new)
+    if not new.is_file():
+        raise BadInputError(f"{new}: no such file")
+    with tempfile.TemporaryDirectory() as tmp:
+        res = store.load(baseline_ref, Path(tmp) / "baseline.json")
+        if res.envelope.artifact_type != "benchmark_baseline":
+            raise BadInputError(f"{res.ref} is a {res.envelope.artifact_type}, not a benchmark_baseline")
+        base: BenchmarkBaseline = parse_typed(read_capped(Path(tmp) / "baseline.json", TYPED_DOC_LIMIT),
+                                              "benchmark_baseline", res.ref)
+    current = parse_typed(read_capped(new, TYPED_DOC_LIMIT), "benchmark_baseline", str(new))
+    return BaselineComparison(res.ref, threshold, compare(base, current, threshold))
+
+
+__all__ = [
+    "ARTIFACT_TYPES",
+    "DEFAULT_OVERHEAD",
+    "ArtifactRow",
+    "BaselineComparison",
+    "CopyResult",
+    "FtstoreError",
+    "Health",
+    "LoadResult",
+    "RepairResult",
+    "Store",
+    "compare_baseline",
+    "copy",
+    "delete",
+    "heal",
+    "import_legacy",
+    "list_artifacts",
+    "load",
+    "load_bundle",
+    "open_store",
+    "parse_threshold",
+    "run_drill",
+    "save",
+    "save_bundle",
+    "scrub",
+    "show",
+    "verify",
+]

@@ -46,6 +46,13 @@ class StorageFullError(FtstoreError, OSError):
     exit_code = 1
 
 
+class StorageError(FtstoreError):
+    """The store could not be used: a server refused (permissions, credentials, a missing
+    bucket), could not be reached, or broke off mid-transfer. Nothing was committed."""
+
+    exit_code = 2
+
+
 class WorkerError(FtstoreError):
     """A codec worker process died (killed, out of memory); the operation changed nothing."""
 

@@ -21,12 +21,12 @@ from typing import Any
 
 import msgspec
 
-from .codec.sidecar import SidecarHeader
-from .backends.documents import BundleManifest, ParamsSnapshot
-from .envelopes import Envelope
-from .reports import BenchmarkBaseline, ConformanceSnapshot
-from .scrub.drill import DrillReport
-from .scrub.report import ScrubReport
+from ftstore.codec.sidecar import SidecarHeader
+from ftstore.payloads.bundle_format import BundleManifest, ParamsSnapshot
+from ftstore.documents import Envelope
+from ftstore.payloads.reports import BenchmarkBaseline, ConformanceSnapshot
+from ftstore.scrub.drill import DrillReport
+from ftstore.scrub.report import ScrubReport
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 

@@ -24,7 +24,7 @@ with atheris.instrument_imports():
     import msgspec
     import numpy as np
 
-    from ftstore.backends.documents import BundleManifest
+    from ftstore.payloads.bundle_format import BundleManifest
     from ftstore.errors import FtstoreError
     from targets import PARSERS
 

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ftstore.archive import SafeZip
-from ftstore.backends.bundle import read_bundle
-from ftstore.backends.documents import BundleManifest, ParamsSnapshot, decode_doc, from_snapshot
+from ftstore.payloads.archive import SafeZip
+from ftstore.payloads.bundle_format import BundleManifest, ParamsSnapshot, decode_doc, from_snapshot, read_bundle
 from ftstore.codec.sidecar import read_meta
-from ftstore.envelopes import decode_envelope
-from ftstore.restricted_pickle import loads_plain
+from ftstore.documents import decode_envelope
+from ftstore.bundles.restricted_pickle import loads_plain
 from ftstore.scrub.report import decode_report
 
 _TMP = Path(tempfile.mkdtemp(prefix="ftstore-fuzz-"))

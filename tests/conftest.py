@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from ftstore import Store
+from ftstore.documents import ArtifactKey
+from ftstore.engine.leaves import FolderLeaves
 
 
 def pytest_addoption(parser):
@@ -70,34 +72,29 @@ def any_store(request, tmp_path) -> Store:
 
 
 class ArtifactFiles:
-    """Read, overwrite and delete one artifact's stored files, wherever the store is: the
-    tests damage real stored bytes on disk or in the bucket."""
+    """Read, overwrite and delete one artifact's stored files through its store's backend,
+    wherever the store is: the tests damage real stored bytes on disk or in the bucket."""
 
-    def __init__(self, store: Store, paths):
-        self.store, self.paths = store, paths
-
-    def _remote_key(self, leaf):
-        return self.store._vkey(self.paths.name, self.paths.version, leaf)
+    def __init__(self, store: Store, key: ArtifactKey):
+        self.store, self.key = store, key
 
     def read(self, leaf: str) -> bytes:
-        if hasattr(self.store, "_vkey"):
-            data = self.store._get(self._remote_key(leaf), limit=1 << 40)
-            if data is None:
-                raise FileNotFoundError(leaf)
-            return data
-        return (self.paths.dir / leaf).read_bytes()
+        data = self.store.backend.read_leaf(self.key, leaf, 1 << 40)
+        if data is None:
+            raise FileNotFoundError(leaf)
+        return data
 
     def write(self, leaf: str, data: bytes) -> None:
-        if hasattr(self.store, "_vkey"):
-            self.store._put(self._remote_key(leaf), data)
-        else:
-            (self.paths.dir / leaf).write_bytes(data)
+        self.store.backend.write_leaf(self.key, leaf, data)
 
     def delete(self, leaf: str) -> None:
-        if hasattr(self.store, "_vkey"):
-            self.store._delete(self._remote_key(leaf))
-        else:
-            (self.paths.dir / leaf).unlink()
+        self.store.backend.delete_leaf(self.key, leaf)
+
+
+def files(store: Store, ref: str) -> FolderLeaves:
+    """The stored files of one version of a local store, to read or damage directly."""
+    key = store.resolve(ref)
+    return FolderLeaves(store.backend.version_dir(key), key)
 
 
 @pytest.fixture
@@ -126,12 +123,12 @@ def run_cli(*args: str, store: Store | None = None, check_rc: int | None = None,
 
 
 def change_source_once_encoded(monkeypatch, reader_name: str, source: Path) -> None:
-    """Make a save's whole-file reader (``ftstore.store.<reader_name>``) wait until the
+    """Make a save's whole-file reader (``ftstore.engine.save.<reader_name>``) wait until the
     encoder has read the source, then write to the source before reading it itself: the
     writer of a file changing it in the middle of a save."""
     import threading
 
-    import ftstore.store as store_mod
+    import ftstore.engine.save as store_mod
 
     encoded = threading.Event()
     real_encode, real_reader = store_mod.SidecarBuild.encode, getattr(store_mod, reader_name)

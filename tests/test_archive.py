@@ -5,8 +5,8 @@ import zipfile
 
 import pytest
 
-from ftstore.archive import ArchiveError, ArchiveLimits, SafeZip
-from ftstore.backends.bundle import read_bundle
+from ftstore.payloads.archive import ArchiveError, ArchiveLimits, SafeZip
+from ftstore.payloads.bundle_format import read_bundle
 from ftstore.errors import BadInputError
 
 from .conftest import run_cli
@@ -85,4 +85,4 @@ def test_cli_refuses_hostile_bundle_without_storing_it(store, tmp_path):
     p = _zip(tmp_path / "b.zip", [("manifest.json", b'{"format": "ftstore-bundle"}'), ("../x", b"")])
     res = run_cli("save", str(p), "--name", "b", "--type", "model_bundle", store=store, check_rc=2)
     assert "unsafe member name" in res.stderr
-    assert store.all_paths() == []
+    assert store.keys() == []

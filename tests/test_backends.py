@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from ftstore import params
-from ftstore.backends import BackendMismatchError, load_bundle, save_bundle
-from ftstore.backends.legacy import import_legacy
+from ftstore.bundles import BackendMismatchError, load_bundle, save_bundle
+from ftstore.bundles.legacy import import_legacy
 from ftstore.errors import BadInputError
-from ftstore.integrity import check
-from ftstore.restricted_pickle import UnsafePickleError
-from ftstore.store import read_envelope
+from ftstore.engine.integrity import check
+from ftstore.bundles.restricted_pickle import UnsafePickleError
+from ftstore.engine.leaves import read_envelope
 
-from .conftest import run_cli
+from .conftest import run_cli, files
 
 torch = pytest.importorskip("torch")
 
@@ -110,8 +110,8 @@ def test_documented_errors(store, monkeypatch):
 
 
 def test_bundle_missing_architecture_params_is_refused_on_load(store, tmp_path):
-    from ftstore.backends.bundle import write_bundle
-    from ftstore.backends.documents import ModelEntry
+    from ftstore.payloads.bundle_format import write_bundle
+    from ftstore.payloads.bundle_format import ModelEntry
 
     w = tmp_path / "w"
     w.write_bytes(b"")
@@ -124,7 +124,7 @@ def test_bundle_missing_architecture_params_is_refused_on_load(store, tmp_path):
 
 def test_damaged_bundle_is_repaired_on_load(store):
     models = _torch_bundle(store)
-    paths = store.resolve("tb")
+    paths = files(store, "tb")
     data = bytearray(paths.payload.read_bytes())
     for pos in range(100, len(data), len(data) // 5):
         data[pos] ^= 0xFF
@@ -198,7 +198,7 @@ def test_import_legacy_refuses_a_hostile_params_pickle(store, tmp_path):
                                            "autoencoder/model.pth": b""})
     with pytest.raises(UnsafePickleError, match="posix.system|os.system|nt.system"):
         import_legacy(store, arch, "x")
-    assert store.all_paths() == [] and not os.path.exists("/tmp/ftstore-pwned")
+    assert store.keys() == [] and not os.path.exists("/tmp/ftstore-pwned")
     res = run_cli("import-legacy", str(arch), "--name", "x", store=store, check_rc=2)
     assert "refusing to unpickle" in res.stderr
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from ftstore import params
-from ftstore.backends import load_bundle, save_bundle
-from ftstore.backends.legacy import import_legacy
+from ftstore.bundles import load_bundle, save_bundle
+from ftstore.bundles.legacy import import_legacy
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 keras = pytest.importorskip("keras")

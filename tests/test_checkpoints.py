@@ -6,10 +6,11 @@ import time
 
 import pytest
 
+from .conftest import files
 from ftstore import CheckpointManager, DamageError, NotFoundError
-from ftstore.integrity import check
-from ftstore.scrub import scrub
-from ftstore.store import read_envelope
+from ftstore.engine.integrity import check
+from ftstore.api import scrub
+from ftstore.engine.leaves import read_envelope
 
 
 def _ckpt(make_file, step):
@@ -56,7 +57,7 @@ def test_a_damaged_newest_checkpoint_does_not_count_as_valid(store, make_file):
     m.keep_last = None
     m.policy.keep_last = None
     m.save(2, _ckpt(make_file, 2))
-    p = store.paths("run", 2).payload
+    p = files(store, "run@2").payload
     p.write_bytes(bytes(p.stat().st_size))  # beyond repair
     m.policy.keep_last = 1
     m._apply_retention()
@@ -65,15 +66,15 @@ def test_a_damaged_newest_checkpoint_does_not_count_as_valid(store, make_file):
 
 def test_restore_skips_a_damaged_newest_checkpoint(store, make_file, tmp_path):
     m = CheckpointManager(store, "run")
-    files = {s: _ckpt(make_file, s) for s in (1, 2, 3)}
-    for s, f in files.items():
+    ckpts = {s: _ckpt(make_file, s) for s in (1, 2, 3)}
+    for s, f in ckpts.items():
         m.save(s, f)
-    newest = store.paths("run", 3)
+    newest = files(store, "run@3")
     newest.payload.write_bytes(b"\0" * newest.payload.stat().st_size)  # beyond repair
     out = tmp_path / "restored"
     with pytest.warns(UserWarning, match="skipping damaged checkpoint run@3"):
         cp = m.restore(out)
-    assert cp.step == 2 and out.read_bytes() == files[2].read_bytes()
+    assert cp.step == 2 and out.read_bytes() == ckpts[2].read_bytes()
     with pytest.raises(DamageError):
         m.restore(out, step=3)
     with pytest.raises(NotFoundError):
@@ -84,7 +85,7 @@ def test_restore_repairs_a_repairable_newest_checkpoint(store, make_file, tmp_pa
     m = CheckpointManager(store, "run")
     f = _ckpt(make_file, 7)
     m.save(7, f)
-    p = store.paths("run", 1).payload
+    p = files(store, "run@1").payload
     data = bytearray(p.read_bytes())
     data[100] ^= 1
     p.write_bytes(bytes(data))
@@ -95,12 +96,12 @@ def test_restore_repairs_a_repairable_newest_checkpoint(store, make_file, tmp_pa
 def test_background_protection_finishes(store, make_file):
     m = CheckpointManager(store, "run", background=True)
     m.save(1, make_file(3_000_000))
-    env = read_envelope(store.paths("run", 1))
-    assert check(store.paths("run", 1)).intact  # valid and verifiable even while pending
+    env = read_envelope(files(store, "run@1"))
+    assert check(files(store, "run@1")).intact  # valid and verifiable even while pending
     m.wait_until_finished()
-    env = read_envelope(store.paths("run", 1))
-    assert env.raptorq is not None and store.paths("run", 1).sidecar.exists()
-    assert check(store.paths("run", 1)).intact
+    env = read_envelope(files(store, "run@1"))
+    assert env.raptorq is not None and files(store, "run@1").sidecar.exists()
+    assert check(files(store, "run@1")).intact
 
 
 def test_background_protection_survives_a_killed_parent(store, make_file):
@@ -108,13 +109,13 @@ def test_background_protection_survives_a_killed_parent(store, make_file):
     code = textwrap.dedent(f"""
         import os, signal
         from ftstore import Store, CheckpointManager
-        m = CheckpointManager(Store.open({str(store.root)!r}), "run", background=True)
+        m = CheckpointManager(Store.open({store.url!r}), "run", background=True)
         m.save(5, {str(src)!r})
         os.kill(os.getpid(), signal.SIGKILL)
     """)
     proc = subprocess.run([sys.executable, "-c", code])
     assert proc.returncode == -signal.SIGKILL
-    paths = store.paths("run", 1)
+    paths = files(store, "run@1")
     deadline = time.monotonic() + 60
     while read_envelope(paths).raptorq is None and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -124,7 +125,7 @@ def test_background_protection_survives_a_killed_parent(store, make_file):
 
 def test_scrub_repair_protects_an_artifact_left_pending(store, make_file):
     store.save(make_file(100_000), "run", protect=False)
-    paths = store.paths("run", 1)
+    paths = files(store, "run@1")
     assert read_envelope(paths).raptorq is None and not paths.sidecar.exists()
     assert scrub(store).artifacts[0].status == "ok" and read_envelope(paths).raptorq is None  # report-only
     report = scrub(store, repair=True)

@@ -10,12 +10,12 @@ import pytest
 
 from ftstore import verify
 from ftstore.hashing import hash_file
-from ftstore.scrub import scrub
+from ftstore.api import scrub
 from ftstore.scrub.drill import FAULTS, drill, inject
 from ftstore.scrub.report import decode_report
-from ftstore.store import read_envelope
+from ftstore.engine.leaves import read_envelope
 
-from .conftest import run_cli
+from .conftest import run_cli, files
 
 
 def test_sigkill_during_save_never_leaves_a_partial_artifact(store, make_file):
@@ -23,7 +23,7 @@ def test_sigkill_during_save_never_leaves_a_partial_artifact(store, make_file):
     store.save(keep, "keep")
     keep_hash = hash_file(keep)[0]
     big = make_file(24 * 1024 * 1024, seed=2)
-    env = dict(os.environ, FTSTORE_STORE=str(store.root))
+    env = dict(os.environ, FTSTORE_STORE=store.url)
     rng = random.Random(7)
     for attempt in range(12):
         proc = subprocess.Popen([sys.executable, "-m", "ftstore.cli", "save", str(big), "--name", "big"], env=env,
@@ -33,11 +33,11 @@ def test_sigkill_during_save_never_leaves_a_partial_artifact(store, make_file):
         proc.wait()
         for h in verify(store):
             assert h.intact, h.problems  # every listed artifact is complete and verifies
-        assert read_envelope(store.resolve("keep")).source_hash == keep_hash
-        assert hash_file(store.resolve("keep").payload)[0] == keep_hash
+        assert store.read_envelope("keep").source_hash == keep_hash
+        assert hash_file(files(store, "keep").payload)[0] == keep_hash
     report = scrub(store, repair=True, remove_orphans=True)
     assert report.totals.failed == 0
-    assert not any(store.staging_dir.iterdir())
+    assert not any(store.backend.staging_dir.iterdir())
 
 
 @pytest.mark.parametrize("fault", [f for f in FAULTS if f != "beyond_budget"])
@@ -45,7 +45,7 @@ def test_scrub_repair_heals_each_fault_kind(store, make_file, fault):
     src = make_file(3_000_000, seed=3)
     store.save(src, "a")
     store.save(make_file(1000, seed=4), "b")
-    paths = store.resolve("a")
+    paths = files(store, "a")
     inject(paths, fault, random.Random(0))
     res = run_cli("scrub", store=store, check_rc=1)  # read-only scrub only reports
     assert "failed" in res.stdout
@@ -59,16 +59,16 @@ def test_scrub_repair_heals_each_fault_kind(store, make_file, fault):
     assert env.scrub.status == "recovered" and env.scrub.last_ok_unix_ms
     assert env.decode_proofs[-1].proof_hash == by_ref["a@1"].proofs[-1]
     run_cli("verify", store=store, check_rc=0)
-    reports = sorted(store.reports_dir.glob("scrub-*.json"))
+    reports = sorted((store.backend.root / "reports").glob("scrub-*.json"))
     assert reports and decode_report(reports[-1].read_bytes()).health == "healthy"
 
 
 def test_unrepairable_artifact_is_failed_and_others_still_scrubbed(store, make_file):
     store.save(make_file(200_000, seed=1), "bad")
     store.save(make_file(200_000, seed=2), "good")
-    inject(store.resolve("bad"), "beyond_budget", random.Random(0))
+    inject(files(store, "bad"), "beyond_budget", random.Random(0))
     store.save(make_file(10, seed=3), "badenv")
-    p = store.resolve("badenv")
+    p = files(store, "badenv")
     p.envelope.write_text("{not json")
     p.sidecar.unlink()
     res = run_cli("scrub", "--repair", "--json", store=store, check_rc=1)
@@ -89,17 +89,17 @@ def test_subset_slices_partition_the_store(store, make_file):
     seen = []
     for k in (1, 2, 3):
         seen += [a.ref for a in scrub(store, subset=f"{k}/3", write_report=False).artifacts]
-    assert sorted(seen) == sorted(p.ref for p in store.all_paths())
+    assert sorted(seen) == sorted(p.ref for p in store.keys())
     run_cli("scrub", "--subset", "4/3", store=store, check_rc=2)
 
 
 def test_orphans_are_reported_and_removed_only_on_request(store, make_file):
     store.save(make_file(100), "a")
-    (store.staging_dir / "deadbeef").mkdir(parents=True)
-    (store.paths("a", 1).dir / "payload.tmp-123").write_bytes(b"x")
+    (store.backend.staging_dir / "deadbeef").mkdir(parents=True)
+    (files(store, "a@1").folder / "payload.tmp-123").write_bytes(b"x")
     report = scrub(store)
     assert len(report.orphans) == 2 and not any(o.removed for o in report.orphans)
-    assert (store.staging_dir / "deadbeef").exists()
+    assert (store.backend.staging_dir / "deadbeef").exists()
     report = scrub(store, remove_orphans=True)
     assert all(o.removed for o in report.orphans)
     assert scrub(store).orphans == []
@@ -126,7 +126,7 @@ def test_drill_repairs_every_fault_and_is_deterministic(tmp_path):
 def test_drill_on_a_copy_leaves_the_store_untouched(store, make_file):
     src = make_file(400_000)
     store.save(src, "a")
-    before = {p: p.read_bytes() for p in store.paths("a", 1).dir.iterdir()}
+    before = {p: p.read_bytes() for p in files(store, "a@1").folder.iterdir()}
     res = run_cli("drill", "--from-store", "--seed", "2", "--json", store=store, check_rc=0)
     assert json.loads(res.stdout)["passed"]
-    assert {p: p.read_bytes() for p in store.paths("a", 1).dir.iterdir()} == before
+    assert {p: p.read_bytes() for p in files(store, "a@1").folder.iterdir()} == before

@@ -3,8 +3,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ftstore.envelopes import ARTIFACT_TYPES, Envelope, decode_envelope, encode_envelope, make_proof, seal
-from ftstore.envelopes.model import RaptorQSection
+from ftstore.documents import ARTIFACT_TYPES, Envelope, decode_envelope, encode_envelope, make_proof, seal
+from ftstore.documents.envelope import RaptorQSection
 from ftstore.errors import EnvelopeError
 
 hexes = st.text("0123456789abcdef", min_size=64, max_size=64).map(lambda h: "blake3:" + h)
@@ -95,7 +95,7 @@ def test_checksum_catches_damage_that_still_parses(sample):
 
 
 def test_proof_chain_detects_tampering():
-    from ftstore.envelopes import chain_problems
+    from ftstore.documents import chain_problems
 
     p1 = make_proof([], reason="t", target="payload", recovered_hash="blake3:" + "1" * 64, erased_source=[1, 2, 3, 9])
     p2 = make_proof([p1], reason="t", target="sidecar", recovered_hash="blake3:" + "2" * 64)

@@ -46,7 +46,7 @@ def test_importing_the_codec_does_not_import_the_rest_of_the_package():
     """Codec workers import ftstore.codec; the package's public names load on first use."""
     code = (
         "import sys, ftstore.codec.encoder, ftstore.codec.decoder;"
-        "heavy = [m for m in ('numpy', 'ftstore.api', 'ftstore.checkpoints', 'ftstore.store') if m in sys.modules];"
+        "heavy = [m for m in ('numpy', 'ftstore.api', 'ftstore.training.checkpoints', 'ftstore.engine', 'ftstore.stores') if m in sys.modules];"
         "assert not heavy, heavy;"
         "import ftstore; assert all(getattr(ftstore, n) for n in ftstore.__all__);"
         "assert set(ftstore.__all__) <= set(dir(ftstore))"

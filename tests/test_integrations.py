@@ -5,8 +5,9 @@ import os
 import numpy as np
 import pytest
 
+from .conftest import files
 from ftstore import CheckpointManager
-from ftstore.store import read_envelope
+from ftstore.engine.leaves import read_envelope
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -47,7 +48,7 @@ def test_lightning_resumes_from_a_repaired_ftstore_checkpoint(store, tmp_path):
     names = store.names()
     assert any("epoch_1" in n for n in names), names
     last = ckpt_cb.best_model_path or str(tmp_path / "ckpts" / "epoch=1-step=8.ckpt")
-    paths = store.resolve(io.artifact_name(last))
+    paths = files(store, io.artifact_name(last))
     _damage(paths)  # the stored checkpoint rots; loading must repair it
     restored = io.load_checkpoint(last)
     assert restored["epoch"] == 1
@@ -76,7 +77,7 @@ def test_keras_callback_checkpoints_and_training_resumes(store):
     model.fit(x, y, epochs=3, verbose=0, callbacks=[FtstoreCheckpoint(manager)])
     assert manager.steps() == [1, 2]
     assert "loss" in manager.latest().metrics
-    _damage(store.resolve("keras-run"))
+    _damage(files(store, "keras-run"))
     fresh = build()
     cp = restore_weights(manager, fresh)
     assert cp.step == 2

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ftstore.backends.documents import BundleManifest, ModelEntry, TensorInfo, to_snapshot
+from ftstore.payloads.bundle_format import BundleManifest, ModelEntry, TensorInfo, to_snapshot
 from ftstore.errors import FtstoreError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fuzz"))

@@ -10,16 +10,16 @@ from hypothesis import strategies as st
 
 from ftstore import UnrecoverableError, load, verify
 from ftstore.codec import read_meta
-from ftstore.integrity import check, repair
-from ftstore.store import read_envelope, write_envelope
+from ftstore.engine.integrity import check, repair
+from ftstore.engine.leaves import read_envelope
 
-from .conftest import run_cli
+from .conftest import run_cli, files
 
 
 def _save(store, make_file, size, seed=0, **kw):
     src = make_file(size, seed)
     env = store.save(src, "a", **kw)
-    paths = store.paths("a", env.version)
+    paths = files(store, f"a@{env.version}")
     return src.read_bytes(), paths, read_meta(paths.sidecar).layout
 
 
@@ -65,7 +65,7 @@ def test_zeroed_range_across_many_stripes_is_repaired(store, make_file, tmp_path
 
 def test_sidecars_written_with_8_mib_stripes_are_still_read_and_repaired(store, make_file, tmp_path, monkeypatch):
     """The first writers cut stripes of up to 8 MiB; readers take the recorded count."""
-    from ftstore.codec import protect
+    from ftstore.codec import build
     from ftstore.codec.layout import MAX_STRIPE_BYTES, Layout, default_symbol_size, stripe_count
 
     real_plan = Layout.plan
@@ -75,7 +75,7 @@ def test_sidecars_written_with_8_mib_stripes_are_still_read_and_repaired(store, 
         return real_plan(size, overhead, t, stripe_count(size, t, MAX_STRIPE_BYTES))
 
     with monkeypatch.context() as m:
-        m.setattr(protect.Layout, "plan", staticmethod(old_plan))
+        m.setattr(build.Layout, "plan", staticmethod(old_plan))
         orig, paths, lay = _save(store, make_file, 40 * 1024 * 1024)
     assert lay.stripes == 5 and lay.stripes < Layout.plan(len(orig)).stripes
     _flip_symbols(paths, lay, [(s, i) for s in range(lay.stripes) for i in range(0, lay.budget(s), 3)])
@@ -178,7 +178,7 @@ def test_repair_capacity_guarantee_over_overheads(store, make_file, tmp_path):
     for n, overhead in enumerate([0.05, 0.25, 1.0]):
         src = make_file(700_000, seed=n)
         env = store.save(src, f"o{n}", overhead=overhead)
-        paths = store.paths(env.name, 1)
+        paths = files(store, f"{env.name}@{1}")
         lay = read_meta(paths.sidecar).layout
         k = lay.stripe_k(0)
         assert lay.budget(0) >= int(0.9 * overhead * k)
@@ -213,7 +213,7 @@ def test_hypothesis_damage_patterns_within_budget_come_back_byte_identical(store
             for pos in data.draw(st.lists(st.integers(0, size - 1), max_size=min(lay.budget(0), lay.stripe_k(0)), unique_by=lambda p: p // lay.symbol_size)):
                 buf[pos] ^= 0x80
             paths.payload.write_bytes(bytes(buf))
-    assert _load_bytes(store, tmp_path, paths.ref) == orig
+    assert _load_bytes(store, tmp_path, paths.key.ref) == orig
 
 
 def test_verify_reports_a_tampered_proof_chain(store, make_file):
@@ -222,7 +222,7 @@ def test_verify_reports_a_tampered_proof_chain(store, make_file):
     repair(paths, check(paths), reason="test")
     env = read_envelope(paths)
     forged = msgspec.structs.replace(env.decode_proofs[0], reason="nothing happened")
-    write_envelope(paths, msgspec.structs.replace(env, decode_proofs=[forged]))
+    paths.write_envelope(msgspec.structs.replace(env, decode_proofs=[forged]))
     res = run_cli("verify", "a", store=store, check_rc=1)
     assert "proof_hash" in res.stdout
 

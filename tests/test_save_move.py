@@ -5,17 +5,17 @@ from pathlib import Path
 
 import pytest
 
-import ftstore.store as store_mod
+import ftstore.engine.save as store_mod
 from ftstore import load, verify
 
-from .conftest import change_source_once_encoded, run_cli
+from .conftest import change_source_once_encoded, run_cli, files
 
 
 def test_move_links_the_file_in_and_removes_it_after_the_commit(store, make_file, tmp_path):
     src = make_file(20_000_000)
     orig, ino = src.read_bytes(), src.stat().st_ino
     env = store.save(src, "m", move=True)
-    paths = store.paths("m", env.version)
+    paths = files(store, f"m@{env.version}")
     assert not src.exists()
     assert paths.payload.stat().st_ino == ino  # taken over, not copied
     assert paths.payload.stat().st_nlink == 1
@@ -34,7 +34,7 @@ def test_move_from_another_filesystem_copies_then_removes(store, make_file, tmp_
     try:
         env = store.save(src, "m", move=True)
         assert not src.exists()
-        assert store.paths("m", env.version).payload.read_bytes() == data
+        assert files(store, f"m@{env.version}").payload.read_bytes() == data
     finally:
         src.unlink(missing_ok=True)
 
@@ -50,7 +50,7 @@ def test_a_failed_move_leaves_the_file_where_it_was(store, make_file, monkeypatc
     with pytest.raises(OSError):
         store.save(src, "m", move=True)
     assert src.read_bytes() == orig and src.stat().st_nlink == 1
-    assert store.all_paths() == [] and not any(store.staging_dir.iterdir())
+    assert store.keys() == [] and not any(store.backend.staging_dir.iterdir())
 
 
 @pytest.mark.parametrize("mtime", ["now", "future", "whole_seconds"])
@@ -66,7 +66,7 @@ def test_a_moved_file_written_to_during_the_save_is_refused(store, make_file, mo
     change_source_once_encoded(monkeypatch, "hash_durably", src)
     with pytest.raises(store_mod.BadInputError, match="changed while it was being saved"):
         store.save(src, "m", move=True)
-    assert src.exists() and store.all_paths() == []
+    assert src.exists() and store.keys() == []
 
 
 def test_cli_save_move(store, make_file, tmp_path):
@@ -80,13 +80,13 @@ def test_cli_save_move(store, make_file, tmp_path):
 
 def test_scratch_folder_is_on_the_store_and_removed(store):
     with store.scratch() as d:
-        assert os.stat(d).st_dev == os.stat(store.root).st_dev
+        assert os.stat(d).st_dev == os.stat(store.backend.root).st_dev
         (d / "f").write_bytes(b"x")
     assert not d.exists()
 
 
 def test_watch_tells_a_write_from_stat_or_says_it_cannot(tmp_path):
-    from ftstore.storage.local import FileState, watch
+    from ftstore.durable import FileState, watch
 
     p = tmp_path / "f"
     p.write_bytes(b"a" * 1000)

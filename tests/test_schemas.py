@@ -11,8 +11,8 @@ import msgspec
 import pytest
 from msgspec import Meta
 
-from ftstore.envelopes import Envelope
-from ftstore.envelopes.model import Strict
+from ftstore.documents import Envelope
+from ftstore.documents.envelope import Strict
 from ftstore.schemas import DOCUMENTS, render, stale
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"

@@ -57,7 +57,7 @@ def test_malformed_baselines_are_rejected_naming_the_field(store, tmp_path, muta
     path.write_text(json.dumps(doc))
     res = run_cli("save", str(path), "--name", "b", "--type", "benchmark_baseline", store=store, check_rc=2)
     assert field in res.stderr
-    assert store.all_paths() == []
+    assert store.keys() == []
 
 
 def test_conformance_snapshots_are_validated_and_shown(store, tmp_path):

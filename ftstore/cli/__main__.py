@@ -1,3 +1,3 @@
-from .main import main
+from ftstore.cli.main import main
 
 main()

@@ -12,13 +12,10 @@ from pathlib import Path
 import click
 import msgspec
 
-from .. import api
-from ..codec.layout import DEFAULT_OVERHEAD
-from ..envelopes import ARTIFACT_TYPES
-from ..errors import BadInputError, FtstoreError
-from ..integrity import Health
-from ..store import Store
-from .output import emit_json, human_size, info, progress
+from ftstore import api
+from ftstore.cli.output import emit_json, human_size, info, progress
+from ftstore.api import ARTIFACT_TYPES, DEFAULT_OVERHEAD
+from ftstore.errors import BadInputError, FtstoreError
 
 store_option = click.option(
     "--store",
@@ -32,9 +29,9 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Machine-read
 jobs_option = click.option("--jobs", type=click.IntRange(1, 256), default=None, help="Worker processes (default: CPUs).")
 
 
-def _health_doc(h: Health) -> dict:
+def _health_doc(h: api.Health) -> dict:
     return {
-        "ref": h.paths.ref,
+        "ref": h.ref,
         "status": "ok" if h.intact else "damaged",
         "problems": h.problems,
         "protection": "pending" if h.pending_protection else "protected",
@@ -73,19 +70,14 @@ def cli() -> None:
 @json_option
 def save(path, name, artifact_type, meta, overhead, move, store_path, jobs, as_json):
     """Store a copy of PATH as the next version of NAME (with --move: store PATH itself)."""
-    from ..typed import detect_type, validate_typed_payload
-
     if not path.is_file():
         raise BadInputError(f"{path}: no such file")
-    artifact_type = artifact_type or detect_type(path)
-    validate_typed_payload(path, artifact_type)
-    store = Store.open(store_path, create=True)
-    size = path.stat().st_size if path.is_file() else 0
-    with progress(size, "saving") as cb:
-        env = store.save(path, name, artifact_type, _parse_meta(meta), overhead, jobs=jobs, progress=cb, move=move)
-    paths = store.paths(env.name, env.version)
+    metadata = _parse_meta(meta)
+    store = api.open_store(store_path, create=True)
+    with progress(path.stat().st_size, "saving") as cb:
+        env = api.save(store, path, name, artifact_type, metadata, overhead=overhead, jobs=jobs, progress=cb, move=move)
     if as_json:
-        emit_json({"envelope": env, "paths": store.location(paths)})
+        emit_json({"envelope": env, "paths": store.describe(f"{env.name}@{env.version}")})
         return
     rq = env.raptorq
     click.echo(
@@ -100,18 +92,8 @@ def save(path, name, artifact_type, meta, overhead, move, store_path, jobs, as_j
 @json_option
 def ls_cmd(store_path, as_json):
     """List every artifact version in the store."""
-    from ..errors import EnvelopeError
-
-    store = Store.open(store_path)
-    rows = []
-    for p in store.all_paths():
-        try:
-            e = store.read_envelope(p)
-            rows.append({"name": e.name, "version": e.version, "type": e.artifact_type, "size": e.size,
-                         "created_unix_ms": e.created_unix_ms, "scrub_status": e.scrub.status, "envelope": "ok"})
-        except EnvelopeError as err:
-            rows.append({"name": p.name, "version": p.version, "type": None, "size": None,
-                         "created_unix_ms": None, "scrub_status": None, "envelope": str(err)})
+    store = api.open_store(store_path)
+    rows = [r.__dict__ for r in api.list_artifacts(store)]
     if as_json:
         emit_json(rows)
         return
@@ -131,21 +113,7 @@ def ls_cmd(store_path, as_json):
 @json_option
 def show(ref, store_path, as_json):
     """Print REF's envelope (NAME or NAME@VERSION) and where its files are."""
-    import tempfile
-
-    from ..typed import describe_payload
-
-    store = Store.open(store_path)
-    paths = store.resolve(ref)
-    env = store.read_envelope(paths)
-    doc = {"envelope": msgspec.to_builtins(env), "paths": store.location(paths)}
-    if env.artifact_type not in ("file", "ledger", "manifest"):
-        with tempfile.TemporaryDirectory(prefix="ftstore-show-") as tmp:
-            local = Path(tmp) / "payload"
-            store.fetch_payload(paths, local)
-            extra = describe_payload(local, env.artifact_type)
-        if extra is not None:
-            doc["content"] = extra
+    doc = api.show(api.open_store(store_path), ref)
     if as_json:
         emit_json(doc)
         return
@@ -159,16 +127,15 @@ def show(ref, store_path, as_json):
 def verify(refs, store_path, as_json):
     """Check REFS (default: every artifact) against their hashes and proof chains.
     Exits 1 if anything is damaged; repairs nothing (see `scrub --repair`, `load`)."""
-    store = Store.open(store_path)
-    results = api.verify(store, refs)
+    results = api.verify(api.open_store(store_path), refs)
     if as_json:
         emit_json([_health_doc(h) for h in results])
     else:
         for h in results:
             if h.intact:
-                click.echo(f"ok       {h.paths.ref}" + ("  (repair sidecar pending)" if h.pending_protection else ""))
+                click.echo(f"ok       {h.ref}" + ("  (repair sidecar pending)" if h.pending_protection else ""))
             else:
-                click.echo(f"DAMAGED  {h.paths.ref}")
+                click.echo(f"DAMAGED  {h.ref}")
                 for p in h.problems:
                     click.echo(f"         - {p}")
         damaged = sum(1 for h in results if not h.intact)
@@ -186,18 +153,17 @@ def verify(refs, store_path, as_json):
 @json_option
 def load(ref, out, no_heal, store_path, jobs, as_json):
     """Write REF's payload to OUTPUT after verifying it, repairing a damaged payload in place."""
-    store = Store.open(store_path)
-    res = api.load(store, ref, out, self_heal=not no_heal, jobs=jobs)
+    res = api.load(api.open_store(store_path), ref, out, self_heal=not no_heal, jobs=jobs)
     repaired = res.repair.repaired if res.repair else []
     if as_json:
-        emit_json({"ref": res.paths.ref, "out": str(res.out), "source_hash": res.envelope.source_hash,
+        emit_json({"ref": res.ref, "out": str(res.out), "source_hash": res.envelope.source_hash,
                    "size": res.envelope.size, "repaired": repaired,
                    "proofs": res.repair.proofs if res.repair else []})
         return
     if repaired:
-        info(f"repaired {', '.join(repaired)} of {res.paths.ref}"
+        info(f"repaired {', '.join(repaired)} of {res.ref}"
              + (f" ({res.repair.erased_source} damaged symbols rebuilt)" if res.repair.erased_source else ""))
-    click.echo(f"loaded {res.paths.ref} -> {res.out}  {human_size(res.envelope.size)}  {res.envelope.source_hash}")
+    click.echo(f"loaded {res.ref} -> {res.out}  {human_size(res.envelope.size)}  {res.envelope.source_hash}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -242,34 +208,17 @@ def bench_group() -> None:
 @json_option
 def bench_compare(baseline_ref, new, threshold, store_path, as_json):
     """Compare NEW.json against the stored BASELINE_REF; exit 1 on any regression (CI gate)."""
-    import tempfile
-
-    from ..reports import compare, parse_typed
-    from ..typed import _read_capped
-
-    try:
-        limit = float(threshold[:-1]) / 100 if threshold.endswith("%") else float(threshold)
-    except ValueError:
-        raise BadInputError(f"--threshold {threshold!r}: expected a percentage like 5% or a fraction like 0.05") from None
-    if not new.is_file():
-        raise BadInputError(f"{new}: no such file")
-    store = Store.open(store_path)
-    with tempfile.TemporaryDirectory() as tmp:
-        res = api.load(store, baseline_ref, Path(tmp) / "baseline.json")
-        if res.envelope.artifact_type != "benchmark_baseline":
-            raise BadInputError(f"{res.paths.ref} is a {res.envelope.artifact_type}, not a benchmark_baseline")
-        base = parse_typed((Path(tmp) / "baseline.json").read_bytes(), "benchmark_baseline", res.paths.ref)
-    current = parse_typed(_read_capped(new), "benchmark_baseline", str(new))
-    rows = compare(base, current, limit)
-    failed = [r for r in rows if r.verdict in ("regression", "missing", "unit_changed")]
+    limit = api.parse_threshold(threshold)
+    result = api.compare_baseline(api.open_store(store_path), baseline_ref, new, limit)
+    rows, failed = result.metrics, result.failed
     if as_json:
-        emit_json({"baseline": res.paths.ref, "threshold": limit, "metrics": [r.__dict__ for r in rows],
+        emit_json({"baseline": result.baseline, "threshold": limit, "metrics": [r.__dict__ for r in rows],
                    "passed": not failed})
     else:
         for r in rows:
             change = f"{r.change:+.1%}" if r.change is not None else "n/a"
             click.echo(f"{r.verdict.upper():<13} {r.metric:<32} p50 {r.baseline_p50} -> {r.new_p50}  ({change} worse)")
-        info(f"{len(failed)} of {len(rows)} metrics fail the {limit:.1%} gate against {res.paths.ref}")
+        info(f"{len(failed)} of {len(rows)} metrics fail the {limit:.1%} gate against {result.baseline}")
     if failed:
         sys.exit(1)
 
@@ -283,9 +232,7 @@ def bench_compare(baseline_ref, new, threshold, store_path, as_json):
 def copy_cmd(src, dst, refs, jobs, as_json):
     """Copy artifacts (REFS, default all) from store SRC to store DST, e.g. a local
     directory and s3://bucket/prefix. Verifies on the way, repairs at the destination."""
-    from ..transfer import copy_store
-
-    results = copy_store(Store.open(src), Store.open(dst, create=True), refs, jobs=jobs)
+    results = api.copy(api.open_store(src), api.open_store(dst, create=True), refs, jobs=jobs)
     bad = [r for r in results if r.status in ("conflict", "failed")]
     if as_json:
         emit_json([r.__dict__ for r in results])
@@ -304,14 +251,12 @@ def copy_cmd(src, dst, refs, jobs, as_json):
 @json_option
 def import_legacy_cmd(archive, name, store_path, as_json):
     """Import a PtychoPINN wts.h5.zip archive as a model bundle, without running its code."""
-    from ..backends.legacy import import_legacy
-
     if not archive.is_file():
         raise BadInputError(f"{archive}: no such file")
-    store = Store.open(store_path, create=True)
-    env = import_legacy(store, archive, name)
+    store = api.open_store(store_path, create=True)
+    env = api.import_legacy(store, archive, name)
     if as_json:
-        emit_json({"envelope": env, "paths": store.location(store.paths(env.name, env.version))})
+        emit_json({"envelope": env, "paths": store.describe(f"{env.name}@{env.version}")})
         return
     click.echo(f"imported {archive} as {env.name}@{env.version} ({env.metadata.get('backend')} bundle: "
                f"{env.metadata.get('models')})")
@@ -329,10 +274,7 @@ def import_legacy_cmd(archive, name, store_path, as_json):
 def scrub_cmd(repair, deep, subset, max_rate, remove_orphans, store_path, jobs, as_json):
     """Verify every artifact in the store; with --repair, heal what can be healed.
     Exits 0 when every artifact is intact at the end (repaired counts as intact), 1 otherwise."""
-    from ..scrub import scrub
-
-    store = Store.open(store_path)
-    report = scrub(store, repair=repair, deep=deep, subset=subset, max_rate_mb_s=max_rate,
+    report = api.scrub(api.open_store(store_path), repair=repair, deep=deep, subset=subset, max_rate_mb_s=max_rate,
                    remove_orphans=remove_orphans, jobs=jobs)
     if as_json:
         emit_json(report)
@@ -370,10 +312,8 @@ def scrub_cmd(repair, deep, subset, max_rate, remove_orphans, store_path, jobs, 
 def drill_cmd(seed, rounds, from_store, store_path, jobs, as_json):
     """Inject faults into a scratch store, scrub it with repair, and check every outcome.
     Exits 0 when every repairable fault came back byte-identical and every other was reported failed."""
-    from ..scrub.drill import drill
-
-    source = Store.open(store_path) if from_store else None
-    report = drill(source, seed=seed, rounds=rounds, jobs=jobs)
+    source = api.open_store(store_path) if from_store else None
+    report = api.run_drill(source, seed=seed, rounds=rounds, jobs=jobs)
     if as_json:
         emit_json(report)
     else:

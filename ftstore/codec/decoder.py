@@ -12,12 +12,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from ..hashing import SYMBOL_HASH_BYTES, symbol_hash
-from .encoder import PARALLEL_MIN_BYTES, STRIPES_PER_TASK, read_stripes
-from .layout import Layout
-from .parallel import chunks, pmap
-from .rq import CodecFailure, decode, packet
-from .sidecar import SidecarMeta
+from ftstore.hashing import SYMBOL_HASH_BYTES, symbol_hash
+from ftstore.codec.encoder import PARALLEL_MIN_BYTES, STRIPES_PER_TASK, read_stripes
+from ftstore.codec.layout import Layout
+from ftstore.codec.parallel import chunks, pmap
+from ftstore.codec.rq import CodecFailure, decode, packet
+from ftstore.codec.sidecar import SidecarMeta
 
 
 @dataclass

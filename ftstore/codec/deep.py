@@ -6,10 +6,10 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from ..hashing import symbol_hash
-from .encoder import read_stripes
-from .rq import CodecFailure, decode, packet
-from .sidecar import SidecarMeta
+from ftstore.hashing import symbol_hash
+from ftstore.codec.encoder import read_stripes
+from ftstore.codec.rq import CodecFailure, decode, packet
+from ftstore.codec.sidecar import SidecarMeta
 
 MAX_PROBED_STRIPES = 8
 

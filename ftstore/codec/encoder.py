@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ..hashing import SYMBOL_HASH_BYTES, symbol_hash
-from ..storage.local import start_writeback
-from .layout import Layout
-from .parallel import chunks, pmap
-from .rq import encode_repair
+from ftstore.hashing import SYMBOL_HASH_BYTES, symbol_hash
+from ftstore.durable import start_writeback
+from ftstore.codec.layout import Layout
+from ftstore.codec.parallel import chunks, pmap
+from ftstore.codec.rq import encode_repair
 
 STRIPES_PER_TASK = 2
 PARALLEL_MIN_BYTES = 16 * 1024 * 1024

@@ -21,7 +21,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
 
-from ..errors import WorkerError
+from ftstore.errors import WorkerError
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -23,20 +23,11 @@ import blake3
 import msgspec
 from msgspec import Meta
 
-from ..envelopes.codec import canonical
-from ..envelopes.model import (
-    ArtifactId,
-    ArtifactName,
-    ArtifactType,
-    Blake3Hash,
-    MetaKey,
-    MetaValue,
-    NonNegInt,
-    Strict,
-)
-from ..errors import BadInputError
-from ..hashing import SYMBOL_HASH_BYTES
-from .layout import MAX_OVERHEAD, SAFETY_SYMBOLS, Layout, repair_count, stripes_allowed
+from ftstore.documents.envelope_json import canonical
+from ftstore.documents.envelope import ArtifactEssentials, NonNegInt, Strict
+from ftstore.errors import BadInputError
+from ftstore.hashing import SYMBOL_HASH_BYTES
+from ftstore.codec.layout import MAX_OVERHEAD, SAFETY_SYMBOLS, Layout, repair_count, stripes_allowed
 
 BLOCK_MAGIC = b"FTSRQSC1"
 TRAILER_MAGIC = b"FTSRQEND"
@@ -47,18 +38,6 @@ MAX_PAYLOAD_BYTES = 1 << 50
 
 class SidecarError(BadInputError):
     """A sidecar that cannot be used: both metadata copies damaged, or a header that lies."""
-
-
-class ArtifactEssentials(Strict):
-    """The envelope fields a lost envelope is rebuilt from (the version comes from the path)."""
-
-    artifact_id: ArtifactId
-    artifact_type: ArtifactType
-    name: ArtifactName
-    size: NonNegInt
-    source_hash: Blake3Hash
-    created_unix_ms: NonNegInt
-    metadata: dict[MetaKey, MetaValue]
 
 
 class SidecarHeader(Strict, kw_only=True):
@@ -230,7 +209,6 @@ def header_bytes(header: SidecarHeader) -> bytes:
 
 
 __all__ = [
-    "ArtifactEssentials",
     "SidecarError",
     "SidecarHeader",
     "SidecarMeta",

@@ -19,7 +19,7 @@ from typing import Any
 
 import keras
 
-from ..checkpoints import Checkpoint, CheckpointManager
+from ftstore.training.checkpoints import Checkpoint, CheckpointManager
 
 
 class FtstoreCheckpoint(keras.callbacks.Callback):

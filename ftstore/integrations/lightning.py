@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import CheckpointIO
 
-from ..api import load as load_artifact
-from ..errors import NotFoundError
-from ..store import Store
+from ftstore.api import Store
+from ftstore.documents import ArtifactKey
+from ftstore.errors import NotFoundError
 
 _BAD = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -46,13 +46,13 @@ class FtstoreCheckpointIO(CheckpointIO):
             raise FileNotFoundError(f"no checkpoint {path} in {self.store.url} (artifact {name})")
         with tempfile.TemporaryDirectory(prefix="ftstore-lightning-") as tmp:
             f = Path(tmp) / "checkpoint.pt"
-            load_artifact(self.store, name, f)
+            self.store.load(name, f)
             return torch.load(f, map_location=map_location, weights_only=True if weights_only is None else weights_only)
 
     def remove_checkpoint(self, path: str | Path) -> None:
         name = self.artifact_name(path)
         for v in self.store.versions(name):
             try:
-                self.store.delete(name, v)
+                self.store.delete(ArtifactKey(name, v))
             except NotFoundError:
                 pass

@@ -7,7 +7,7 @@
 - ``report`` — the scrub report document.
 """
 
-from .report import ScrubReport
-from .scrubber import scrub
+from ftstore.scrub.report import ScrubReport
+from ftstore.scrub.scrubber import scrub
 
 __all__ = ["ScrubReport", "scrub"]

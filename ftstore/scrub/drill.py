@@ -16,12 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..codec import read_meta
-from ..codec.layout import Layout
-from ..envelopes.model import NonNegInt, Strict
-from ..hashing import hash_file
-from ..store import ArtifactPaths, Store
-from .scrubber import scrub
+from ftstore.codec import read_meta
+from ftstore.codec.layout import Layout
+from ftstore.documents.envelope import NonNegInt, Strict
+from ftstore.engine.copy import copy_store
+from ftstore.engine.leaves import FolderLeaves
+from ftstore.engine.save import save
+from ftstore.hashing import hash_file
+from ftstore.scrub.scrubber import scrub
+from ftstore.stores import LocalStore, StoreBackend
 
 FAULTS = (
     "bit_flips",
@@ -57,14 +60,14 @@ class DrillReport(Strict):
     passed: bool = True
 
 
-def build_sample_store(root: Path, seed: int) -> Store:
-    store = Store.open(root, create=True)
+def build_sample_store(root: Path, seed: int) -> LocalStore:
+    store = LocalStore.open(str(root), create=True)
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory() as tmp:
         for i, size in enumerate(SAMPLE_SIZES):
             src = Path(tmp) / f"sample{i}"
             src.write_bytes(rng.randbytes(size))
-            store.save(src, f"sample-{i}", metadata={"drill": "sample"})
+            save(store, src, f"sample-{i}", metadata={"drill": "sample"})
     return store
 
 
@@ -89,7 +92,7 @@ def _zero(path: Path, start: int, length: int) -> None:
         f.write(b"\0" * length)
 
 
-def inject(paths: ArtifactPaths, fault: str, rng: random.Random) -> _Fault:
+def inject(paths: FolderLeaves, fault: str, rng: random.Random) -> _Fault:
     """Damage the files of one artifact on disk as ``fault`` says."""
     meta = read_meta(paths.sidecar)
     lay: Layout = meta.layout
@@ -145,7 +148,7 @@ def inject(paths: ArtifactPaths, fault: str, rng: random.Random) -> _Fault:
 
 
 def drill(
-    source: Store | None = None,
+    source: StoreBackend | None = None,
     *,
     seed: int = 0,
     rounds: int = 1,
@@ -161,17 +164,14 @@ def drill(
         pristine = base / "pristine"
         if source is None:
             build_sample_store(pristine, seed)
-        elif source.url == str(source.root):
-            shutil.copytree(source.root, pristine, ignore=shutil.ignore_patterns("reports", "staging", "trash"))
-        else:  # a remote store: pull a scratch copy
-            from ..transfer import copy_store
-
-            copy_store(source, Store.open(pristine, create=True), jobs=jobs)
+        else:  # a scratch copy of every version that is intact or repairable
+            copy_store(source, LocalStore.open(str(pristine), create=True), jobs=jobs)
         for rnd in range(rounds):
             work = base / f"round-{rnd}"
             shutil.copytree(pristine, work)
-            store = Store.open(work)
-            targets = [p for p in store.all_paths() if p.sidecar.exists() and p.envelope.exists()]
+            store = LocalStore.open(str(work))
+            targets = [f for k in store.keys()
+                       if (f := FolderLeaves(store.version_dir(k), k)).sidecar.exists() and f.envelope.exists()]
             planned = []
             shift = rng.randrange(len(FAULTS))
             for idx, paths in enumerate(targets):
@@ -181,11 +181,11 @@ def drill(
             report = scrub(store, repair=True, jobs=jobs, write_report=False)
             status = {a.ref: a.status for a in report.artifacts}
             for paths, fault, digest, f in planned:
-                st = status.get(paths.ref, "missing")
+                st = status.get(paths.key.ref, "missing")
                 same = paths.payload.exists() and hash_file(paths.payload)[0] == digest
                 ok = (st == "recovered" and same) if f.expected == "recovered" else st == "failed"
                 injections.append(
-                    Injection(round=rnd, ref=paths.ref, fault=fault, detail=f.detail, expected=f.expected,
+                    Injection(round=rnd, ref=paths.key.ref, fault=fault, detail=f.detail, expected=f.expected,
                               status=st, byte_identical=same, passed=ok)
                 )
             shutil.rmtree(work, ignore_errors=True)

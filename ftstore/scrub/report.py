@@ -7,7 +7,8 @@ from typing import Annotated, Literal, Optional
 import msgspec
 from msgspec import Meta
 
-from ..envelopes.model import NonNegInt, Strict
+from ftstore.documents.envelope import NonNegInt, Strict
+from ftstore.errors import EnvelopeError
 
 ArtifactStatus = Literal["ok", "recovered", "failed"]
 
@@ -70,8 +71,6 @@ class ScrubReport(Strict, kw_only=True):
 
 
 def decode_report(data: bytes) -> ScrubReport:
-    from ..errors import EnvelopeError
-
     try:
         return msgspec.json.decode(data, type=ScrubReport)
     except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as e:

@@ -13,21 +13,21 @@ from dataclasses import dataclass
 
 import msgspec
 
-from ..codec import read_meta
-from ..codec.deep import prove_recoverable
-from ..codec.parallel import default_jobs, pmap
-from ..envelopes import ScrubSection
-from ..envelopes.codec import canonical
-from ..errors import FtstoreError
-from ..integrity import check, protect_pending, repair
-from ..store import ArtifactPaths, Store, read_envelope, write_envelope
-from .report import ArtifactScrub, DeepCheck, Orphan, ScrubOptions, ScrubReport, Totals
+from ftstore.codec import read_meta
+from ftstore.codec.deep import prove_recoverable
+from ftstore.codec.parallel import default_jobs, pmap
+from ftstore.documents import ArtifactKey, ScrubSection, canonical
+from ftstore.engine.integrity import Health, check, protect_pending, repair
+from ftstore.engine.leaves import FolderLeaves, StoredLeaves, read_envelope
+from ftstore.errors import BadInputError, FtstoreError
+from ftstore.scrub.report import ArtifactScrub, DeepCheck, Orphan, ScrubOptions, ScrubReport, Totals
+from ftstore.stores import StoreBackend, open_store
 
 
 @dataclass(frozen=True)
 class ScrubTask:
     store_url: str
-    paths: ArtifactPaths
+    key: ArtifactKey
     repair: bool
     deep: bool
     jobs: int
@@ -37,8 +37,6 @@ class ScrubTask:
 def parse_subset(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
-    from ..errors import BadInputError
-
     k, sep, n = text.partition("/")
     if not sep or not k.isdigit() or not n.isdigit() or not (1 <= int(k) <= int(n)):
         raise BadInputError(f"--subset {text!r}: expected K/N with 1 <= K <= N")
@@ -56,26 +54,34 @@ def in_subset(ref: str, subset: tuple[int, int] | None) -> bool:
 def scrub_artifact(task: ScrubTask) -> ArtifactScrub:
     """Check one artifact (streaming, read-only); only when there is work to do (repair,
     protection, a deep probe) are its files checked out locally and worked on."""
-    store = Store.open(task.store_url)
-    h = store.check(task.paths)
-    result = ArtifactScrub(ref=task.paths.ref, status="ok", damage=h.problems, bytes_read=store.stored_bytes(task.paths))
+    store = open_store(task.store_url)
+    try:
+        h = check(StoredLeaves(store, task.key))
+    except (FtstoreError, OSError) as e:  # one unreadable entry is reported; the scrub goes on
+        return ArtifactScrub(ref=task.key.ref, status="failed", damage=[str(e)], error=str(e))
+    sizes = store.leaf_sizes(task.key)
+    result = ArtifactScrub(ref=task.key.ref, status="ok", damage=h.problems, bytes_read=sum(sizes.values()))
     if h.problems and not (task.repair and h.files_damaged):
         return msgspec.structs.replace(result, status="failed")
     if not (task.repair or task.deep):
         return result
-    with store.checkout_checked(task.paths, h) as (local, local_health):
-        return _work_on(local, local_health, result, task)
+    try:
+        with store.working_copy(task.key, writeback=task.repair) as folder:
+            files = FolderLeaves(folder, task.key)
+            return _work_on(files, h if store.capabilities.local_files else check(files), result, task)
+    except (FtstoreError, OSError) as e:
+        return msgspec.structs.replace(result, status="failed", error=str(e))
 
 
-def _work_on(paths: ArtifactPaths, h, result: ArtifactScrub, task: ScrubTask) -> ArtifactScrub:
+def _work_on(files: FolderLeaves, h: Health, result: ArtifactScrub, task: ScrubTask) -> ArtifactScrub:
     now = int(time.time() * 1000)
     if h.files_damaged:
         try:
-            res = repair(paths, h, reason="scrub", jobs=task.jobs)
+            res = repair(files, h, reason="scrub", jobs=task.jobs)
         except (FtstoreError, OSError) as e:
-            _mark(paths, "failed", now)
+            _mark(files, "failed", now)
             return msgspec.structs.replace(result, status="failed", error=str(e))
-        after = check(paths)
+        after = check(files)
         result = msgspec.structs.replace(
             result,
             status="recovered" if after.intact else "failed",
@@ -86,13 +92,13 @@ def _work_on(paths: ArtifactPaths, h, result: ArtifactScrub, task: ScrubTask) ->
         )
     elif task.repair and h.pending_protection:
         try:
-            protect_pending(paths, jobs=task.jobs)
+            protect_pending(files, jobs=task.jobs)
             result = msgspec.structs.replace(result, protected=True)
         except (FtstoreError, OSError) as e:
             result = msgspec.structs.replace(result, error=f"could not build the pending repair sidecar: {e}")
-    if task.deep and result.status != "failed" and paths.sidecar.exists():
+    if task.deep and result.status != "failed" and files.sidecar.exists():
         try:
-            probed, erased, ok = prove_recoverable(paths.payload, paths.sidecar, read_meta(paths.sidecar), task.seed)
+            probed, erased, ok = prove_recoverable(files.payload, files.sidecar, read_meta(files.sidecar), task.seed)
         except FtstoreError as e:
             probed, erased, ok = 0, 0, False
             result = msgspec.structs.replace(result, error=str(e))
@@ -100,25 +106,24 @@ def _work_on(paths: ArtifactPaths, h, result: ArtifactScrub, task: ScrubTask) ->
         if not ok:
             result = msgspec.structs.replace(result, status="failed")
     if task.repair:
-        _mark(paths, result.status, now)
+        _mark(files, result.status, now)
     return result
 
 
-def _mark(paths: ArtifactPaths, status: str, now: int) -> None:
+def _mark(files: FolderLeaves, status: str, now: int) -> None:
     """Record the scrub outcome in the envelope, when there is a readable one."""
     try:
-        env = read_envelope(paths)
+        env = read_envelope(files)
     except FtstoreError:
         return
     last_ok = now if status != "failed" else env.scrub.last_ok_unix_ms
-    write_envelope(
-        paths,
+    files.write_envelope(
         msgspec.structs.replace(env, scrub=ScrubSection(status=status, last_ok_unix_ms=last_ok, last_scrub_unix_ms=now)),
     )
 
 
 def scrub(
-    store: Store,
+    store: StoreBackend,
     *,
     repair: bool = False,
     deep: bool = False,
@@ -132,7 +137,7 @@ def scrub(
     started = int(time.time() * 1000)
     part = parse_subset(subset)
     jobs = jobs or default_jobs()
-    targets = [p for p in store.all_paths() if in_subset(p.ref, part)]
+    targets = [k for k in store.keys() if in_subset(k.ref, part)]
     by_artifact = len(targets) >= 2 * jobs
     tasks = [ScrubTask(store.url, p, repair, deep, 1 if by_artifact else jobs, seed) for p in targets]
     results = []
@@ -142,8 +147,8 @@ def scrub(
         if max_rate_mb_s:
             clock = _throttle(clock, r.bytes_read, max_rate_mb_s)
     orphans = [
-        Orphan(path=rel, reason=why, removed=store.remove_orphan(rel) if remove_orphans else False)
-        for rel, why in store.orphans()
+        Orphan(path=o.path, reason=o.reason, removed=store.remove_orphan(o.path) if remove_orphans else False)
+        for o in store.orphans()
     ]
     count = {s: sum(1 for r in results if r.status == s) for s in ("ok", "recovered", "failed")}
     report = ScrubReport(

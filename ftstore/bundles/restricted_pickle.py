@@ -1,0 +1,228 @@
+"""Reading legacy ``.dill`` / pickle files that may be hostile.
+
+Unpickling can run arbitrary code, so only plain data is admitted: dict, list, tuple,
+set, str, bytes, numbers, bool, None, and numpy arrays and scalars of plain dtypes
+(bool, integers, floats, complex, fixed-length bytes and str). Any other global the stream
+asks for is refused with an error that names it, before it is imported or called.
+
+numpy's own reconstructors are never handed the stream's data: fed a crafted state,
+``dtype.__setstate__`` crashes the interpreter (found by fuzz/fuzz_parsers.py). Instead the
+names numpy pickles refer to map to small builders here, which validate the dtype, shape
+and byte count and then make the array with ``np.frombuffer``.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import re
+import struct
+from typing import Any
+
+import numpy as np
+
+from ftstore.errors import BadInputError
+
+_PLAIN_DTYPE = re.compile(r"^[<>|=]?(\?|b1|[iu][1248]|f[248]|c(8|16)|[SU]\d{1,7})$")
+_MAX_ELEMENTS = 1 << 34
+
+
+class UnsafePickleError(BadInputError):
+    """A pickle stream that asks for something other than plain data."""
+
+
+class _DType:
+    """Stands in for ``numpy.dtype(spec, align, copy)`` and takes its ``__setstate__``."""
+
+    def __init__(self, spec: Any, align: Any = False, copy: Any = True):
+        if not isinstance(spec, str) or not _PLAIN_DTYPE.match(spec):
+            raise UnsafePickleError(f"numpy dtype {spec!r} is not a plain dtype")
+        self.spec, self.byteorder = spec, None
+
+    def __setstate__(self, state: Any) -> None:
+        if not (isinstance(state, tuple) and len(state) >= 5 and state[1] in ("<", ">", "|", "=")
+                and state[2] is None and state[3] is None and state[4] is None):
+            raise UnsafePickleError("numpy dtype state that is not a plain dtype")
+        self.byteorder = state[1]
+
+    def resolve(self) -> np.dtype:
+        dt = np.dtype(self.spec)
+        if self.byteorder in ("<", ">") and dt.byteorder not in ("|",):
+            dt = dt.newbyteorder(self.byteorder)
+        return dt
+
+
+def _as_dtype(d: Any) -> np.dtype:
+    if not isinstance(d, _DType):
+        raise UnsafePickleError("numpy array with an unexpected dtype object")
+    return d.resolve()
+
+
+def _shape(shape: Any) -> tuple[int, ...]:
+    if not (isinstance(shape, tuple) and len(shape) <= 32 and all(isinstance(n, int) and n >= 0 for n in shape)):
+        raise UnsafePickleError("numpy array with an invalid shape")
+    count = 1
+    for n in shape:
+        count *= n
+    if count > _MAX_ELEMENTS:
+        raise UnsafePickleError("numpy array too large")
+    return shape
+
+
+def _array(shape: Any, dtype: Any, data: Any, fortran: Any = False) -> np.ndarray:
+    dt, shp = _as_dtype(dtype), _shape(shape)
+    if not isinstance(data, (bytes, bytearray)):
+        raise UnsafePickleError("numpy array data that is not bytes")
+    if len(data) != int(np.prod(shp, dtype=np.int64)) * dt.itemsize:
+        raise UnsafePickleError("numpy array data does not match its shape and dtype")
+    return np.frombuffer(bytes(data), dtype=dt).reshape(shp, order="F" if fortran else "C").copy()
+
+
+class _ArrayBuilder:
+    """Stands in for ``numpy.core.multiarray._reconstruct(ndarray, ...)``; its
+    ``__setstate__`` gets (version, shape, dtype, is_fortran, data)."""
+
+    def __init__(self, cls: Any = None, shape: Any = None, typecode: Any = None):
+        if cls is not _NDARRAY:
+            raise UnsafePickleError("numpy reconstruct of something other than ndarray")
+        self.array: np.ndarray | None = None
+
+    def __setstate__(self, state: Any) -> None:
+        if not (isinstance(state, tuple) and len(state) == 5 and isinstance(state[0], int)):
+            raise UnsafePickleError("numpy array state of an unexpected form")
+        _, shape, dtype, fortran, data = state
+        self.array = _array(shape, dtype, data, bool(fortran))
+
+
+_NDARRAY = object()  # what the stream gets for numpy.ndarray: only _ArrayBuilder accepts it
+
+
+def _scalar(dtype: Any, data: Any = b"") -> np.generic:
+    dt = _as_dtype(dtype)
+    if not isinstance(data, bytes) or len(data) != dt.itemsize:
+        raise UnsafePickleError("numpy scalar data does not match its dtype")
+    return np.frombuffer(data, dtype=dt)[0]
+
+
+def _frombuffer(buf: Any, dtype: Any, shape: Any, order: Any = "C") -> np.ndarray:
+    return _array(shape, dtype, buf, order == "F")
+
+
+def _dill_create_array(f: Any, args: Any, state: Any, npdict: Any = None) -> _ArrayBuilder:
+    """What dill emits for a numpy array, admitted only with the reconstructor above."""
+    if f is not _ArrayBuilder or not isinstance(args, tuple):
+        raise UnsafePickleError("dill array with an unexpected constructor")
+    if npdict:
+        raise UnsafePickleError("dill array carrying instance attributes")
+    builder = _ArrayBuilder(*args)
+    builder.__setstate__(state)
+    return builder
+
+
+def _bytes(*args: Any) -> bytes:
+    """How protocol 2 writes ``bytes``: ``bytes()`` or ``_codecs.encode(text, 'latin1')``.
+    Nothing else: ``bytes(n)`` from a stream would allocate n bytes."""
+    if not args:
+        return b""
+    if len(args) == 2 and isinstance(args[0], str) and args[1] in ("latin1", "latin-1"):
+        return args[0].encode("latin1")
+    raise UnsafePickleError("bytes built from something other than latin-1 text")
+
+
+def _dill_load_type(name: Any) -> Any:
+    """dill's way (at protocol 2) of naming builtin types; only the plain containers."""
+    types: dict[str, Any] = {"set": set, "frozenset": frozenset, "bytes": _bytes}
+    if name not in types:
+        raise UnsafePickleError(f"refusing dill type {name!r}: only plain data is allowed")
+    return types[name]
+
+
+_GLOBALS: dict[tuple[str, str], Any] = {
+    ("dill._dill", "_load_type"): _dill_load_type,
+    ("_codecs", "encode"): _bytes,
+    ("__builtin__", "bytes"): _bytes,
+    ("builtins", "bytes"): _bytes,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("builtins", "complex"): complex,
+    ("collections", "OrderedDict"): dict,
+    ("numpy", "ndarray"): _NDARRAY,
+    ("numpy", "dtype"): _DType,
+    ("dill._dill", "_create_array"): _dill_create_array,
+}
+for _name in ("set", "frozenset", "complex"):  # protocol 2 writes Python 2 module names
+    _GLOBALS[("__builtin__", _name)] = _GLOBALS[("builtins", _name)]
+for _mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+    _GLOBALS[(_mod, "_reconstruct")] = _ArrayBuilder
+    _GLOBALS[(_mod, "scalar")] = _scalar
+for _mod in ("numpy.core.numeric", "numpy._core.numeric"):
+    _GLOBALS[(_mod, "_frombuffer")] = _frombuffer
+
+
+class _Restricted(pickle._Unpickler):  # type: ignore[name-defined]
+    """The pure-Python unpickler: its memo is a dict, so a memo index in the stream cannot
+    make it allocate (the C unpickler sizes an array by the largest index: a 222-byte
+    stream asked it for gigabytes; found by fuzz/fuzz_parsers.py)."""
+
+    def __init__(self, data: bytes):
+        super().__init__(io.BytesIO(data))
+        self._size = len(data)
+
+    def _load_bytearray8(self) -> None:
+        """BYTEARRAY8 allocates its declared length before reading: bound it by the input
+        (another fuzzer find: 9 bytes asked for exabytes)."""
+        (length,) = struct.unpack("<Q", self.read(8))
+        if length > self._size:
+            raise pickle.UnpicklingError("BYTEARRAY8 longer than the whole stream")
+        buf = bytearray(length)
+        if self.readinto(buf) != length:
+            raise pickle.UnpicklingError("pickle data was truncated")
+        self.append(buf)
+
+    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+    dispatch[pickle.BYTEARRAY8[0]] = _load_bytearray8
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _GLOBALS[(module, name)]
+        except KeyError:
+            raise UnsafePickleError(f"refusing to unpickle {module}.{name}: only plain data is allowed") from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise UnsafePickleError("refusing a pickle with persistent ids")
+
+
+def loads_plain(data: bytes, source: str) -> Any:
+    """Unpickle ``data`` admitting plain data only; the result is checked again after."""
+    try:
+        obj = _Restricted(data).load()
+        return _finish(obj, source)
+    except UnsafePickleError as e:
+        raise UnsafePickleError(f"{source}: {e}") from None
+    except MemoryError:
+        raise  # never mistake resource exhaustion for a bad file: that would be a bug here
+    except RecursionError:
+        raise BadInputError(f"{source}: data nested too deeply") from None
+    except Exception as e:  # a malformed stream raises anything from the pickle machinery
+        raise BadInputError(f"{source}: not a readable pickle ({type(e).__name__}: {e})") from None
+
+
+def _finish(obj: Any, source: str, depth: int = 0) -> Any:
+    """Swap array builders for their arrays and check that only plain data is left."""
+    if depth > 64:
+        raise BadInputError(f"{source}: data nested too deeply")
+    if isinstance(obj, _ArrayBuilder):
+        if obj.array is None:
+            raise UnsafePickleError("numpy array without data")
+        return obj.array
+    if obj is None or isinstance(obj, (bool, int, float, complex, str, bytes, np.generic, np.ndarray)):
+        return obj
+    if isinstance(obj, dict):
+        return {_finish(k, source, depth + 1): _finish(v, source, depth + 1) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finish(v, source, depth + 1) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_finish(v, source, depth + 1) for v in obj)
+    if isinstance(obj, (set, frozenset)):
+        return type(obj)(_finish(v, source, depth + 1) for v in obj)
+    raise UnsafePickleError(f"{type(obj).__name__} is not plain data")

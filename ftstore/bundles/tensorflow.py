@@ -1,0 +1,87 @@
+"""TensorFlow / Keras weights: one HDF5 dataset per variable, in ``model.weights`` order.
+
+Keras names variables after auto-numbered layers (``dense_3``), which differ between two
+builds of the same architecture, so weights are matched by position, and count, shape and
+dtype must all agree before any variable is assigned: a mismatch is an error, never a model
+with random weights.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ftstore.payloads.bundle_format import ModelEntry, TensorInfo
+
+NAME = "tensorflow"
+WEIGHTS_FORMAT = "ftstore-h5"
+SUFFIX = ".h5"
+
+
+def require() -> Any:
+    try:
+        import h5py  # noqa: F401
+        import keras
+    except ImportError:
+        raise RuntimeError(
+            "backend 'tensorflow' was selected but TensorFlow/Keras is not installed: "
+            "pip install 'ftstore[tensorflow]'  (or: pip install tensorflow-cpu h5py)"
+        ) from None
+    return keras
+
+
+def tensor_index(model: Any) -> list[TensorInfo]:
+    return [TensorInfo(name=v.path, dtype=str(v.dtype), shape=[int(d) for d in v.shape]) for v in model.weights]
+
+
+def write_weights(model: Any, path: Path) -> None:
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        for i, v in enumerate(model.weights):
+            ds = f.create_dataset(f"w/{i:06d}", data=np.asarray(v))
+            ds.attrs["path"] = v.path
+
+
+def check_fits(model: Any, entry: ModelEntry) -> None:
+    have = tensor_index(model)
+    if len(have) != len(entry.tensors):
+        raise ValueError(
+            f"model {entry.name!r}: the built model has {len(have)} weight tensors, the bundle {len(entry.tensors)}"
+        )
+    for i, (h, w) in enumerate(zip(have, entry.tensors)):
+        if h.shape != w.shape or h.dtype != w.dtype:
+            raise ValueError(
+                f"model {entry.name!r}: weight {i} ({h.name}) is {h.dtype}{h.shape} in the built model "
+                f"but {w.dtype}{w.shape} in the bundle ({w.name})"
+            )
+
+
+def load_weights(model: Any, path: Path, entry: ModelEntry) -> None:
+    if entry.weights_format != WEIGHTS_FORMAT:
+        with warnings.catch_warnings():
+            # Keras only warns when parts of a model keep freshly initialised weights.
+            warnings.filterwarnings("error", message=r"(?s).*(Skipping|freshly-initialized|could not be loaded|not loaded)")
+            model.load_weights(str(path))
+        return
+    import h5py
+
+    check_fits(model, entry)
+    with h5py.File(path, "r") as f:
+        arrays = []
+        for i, (v, info) in enumerate(zip(model.weights, entry.tensors)):
+            ds = f.get(f"w/{i:06d}")
+            if ds is None or list(ds.shape) != info.shape:
+                raise ValueError(f"model {entry.name!r}: weights file lacks tensor {i} of shape {info.shape}")
+            arrays.append(ds[()])
+        if len(f.get("w", {})) != len(arrays):
+            raise ValueError(f"model {entry.name!r}: weights file holds extra tensors")
+    for v, arr in zip(model.weights, arrays):
+        v.assign(arr)
+
+
+def outputs_equal(a: Any, b: Any, x: Any) -> bool:
+    return bool(np.allclose(np.asarray(a(x)), np.asarray(b(x))))

@@ -1,0 +1,63 @@
+"""One place that turns envelope bytes into an :class:`Envelope` and back.
+
+The envelope carries a checksum over its own canonical form, so damage that still parses
+(a flipped digit in a hash or a size) is caught as damage rather than trusted.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from ftstore.errors import EnvelopeError
+from ftstore.hashing import hash_bytes
+from ftstore.documents.envelope import ENVELOPE_SCHEMA_VERSION, ZERO_HASH, Envelope
+
+MAX_ENVELOPE_BYTES = 16 * 1024 * 1024
+_encoder = msgspec.json.Encoder(order="deterministic")
+
+
+def canonical(obj: object) -> bytes:
+    """Deterministic JSON: struct fields in declaration order, dict keys sorted, no spaces."""
+    return _encoder.encode(obj)
+
+
+def envelope_checksum(env: Envelope) -> str:
+    return hash_bytes(canonical(msgspec.structs.replace(env, checksum=ZERO_HASH)))
+
+
+def seal(env: Envelope) -> Envelope:
+    """Return ``env`` with its checksum filled in; call before every write."""
+    return msgspec.structs.replace(env, checksum=envelope_checksum(env))
+
+
+def encode_envelope(env: Envelope) -> bytes:
+    return msgspec.json.format(canonical(seal(env)), indent=2) + b"\n"
+
+
+def decode_envelope(data: bytes, source: str = "envelope") -> Envelope:
+    """Strictly parse envelope bytes; every failure is an :class:`EnvelopeError` naming the field."""
+    if len(data) > MAX_ENVELOPE_BYTES:
+        raise EnvelopeError(f"{source}: envelope is {len(data)} bytes, over the {MAX_ENVELOPE_BYTES} byte limit")
+    _check_version(data, source)
+    try:
+        env = msgspec.json.decode(data, type=Envelope)
+    except msgspec.ValidationError as e:
+        raise EnvelopeError(f"{source}: invalid envelope: {e}") from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:
+        raise EnvelopeError(f"{source}: malformed envelope JSON: {e}") from None
+    if env.checksum != envelope_checksum(env):
+        raise EnvelopeError(f"{source}: envelope checksum mismatch at `$.checksum`: the envelope was altered or damaged")
+    return env
+
+
+def _check_version(data: bytes, source: str) -> None:
+    """Name an unknown schema_version before anything else, so a newer store gets a clear message."""
+    try:
+        raw = msgspec.json.decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:
+        raise EnvelopeError(f"{source}: malformed envelope JSON: {e}") from None
+    if isinstance(raw, dict) and "schema_version" in raw and raw["schema_version"] != ENVELOPE_SCHEMA_VERSION:
+        raise EnvelopeError(
+            f"{source}: unsupported `$.schema_version` {raw['schema_version']!r}: "
+            f"this ftstore reads version {ENVELOPE_SCHEMA_VERSION}"
+        )

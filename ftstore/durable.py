@@ -1,0 +1,177 @@
+"""Crash-safe file primitives for a local directory store.
+
+Everything durable goes through a temporary file in the same directory, fsync, rename, and
+an fsync of the directory, so a crash leaves either the old file or the whole new one.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ftstore.errors import StorageFullError
+from ftstore.hashing import hash_stream
+
+TMP_MARK = ".tmp-"
+
+
+def tmp_path(final: Path) -> Path:
+    return final.with_name(f"{final.name}{TMP_MARK}{uuid.uuid4().hex[:12]}")
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def replace_durably(tmp: Path, final: Path) -> None:
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+
+
+def write_atomic(final: Path, data: bytes) -> None:
+    tmp = tmp_path(final)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        replace_durably(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def copy_hashing(
+    src: Path,
+    dst: Path,
+    limit: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    also: Callable[[memoryview], object] | None = None,
+    single_thread: bool = False,
+    durable: bool = True,
+) -> tuple[str, int]:
+    """Copy ``src`` to a new file ``dst`` and return (BLAKE3, bytes) of what was written;
+    ``also`` sees every chunk too. ``durable``: start writeback as it goes and fsync at the
+    end; without, the caller fsyncs (and may read the copy back from the page cache)."""
+    with open(src, "rb", buffering=0) as fi, open(dst, "xb") as fo:
+        written = 0
+
+        def sink(chunk: memoryview) -> None:
+            nonlocal written
+            fo.write(chunk)  # buffered: write() never stops short
+            if durable:
+                fo.flush()
+                start_writeback(fo.fileno(), written, len(chunk))
+            written += len(chunk)
+            if also:
+                also(chunk)
+
+        result = hash_stream(fi, limit, progress, sink=sink, single_thread=single_thread)
+        fo.flush()
+        if durable:
+            os.fsync(fo.fileno())
+    return result
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Have the kernel start writing these bytes to disk now rather than at the fsync, so
+    the disk works while the caller computes (Linux: DONTNEED on dirty pages starts their
+    writeback; it drops only pages already clean)."""
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+
+
+def try_link(src: Path, dst: Path) -> bool:
+    """Hard-link the regular file ``src`` as ``dst``; False (and nothing left behind) where
+    that cannot be done: another filesystem, links not permitted, ``src`` a symlink.
+
+    Taking a file over by a link rather than a rename keeps it at the user's path until the
+    caller has committed and unlinks it, so a crash before the commit loses nothing."""
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError:
+        return False
+    if dst.is_symlink() or not dst.is_file():
+        dst.unlink()
+        return False
+    return True
+
+
+def hash_durably(
+    path: Path,
+    progress: Callable[[int], None] | None = None,
+    also: Callable[[memoryview], object] | None = None,
+    single_thread: bool = False,
+) -> tuple[str, int]:
+    """(BLAKE3, bytes) of a file taken over in place, fsynced; ``also`` sees every chunk."""
+    with open(path, "rb", buffering=0) as f:
+        result = hash_stream(f, None, progress, sink=also, single_thread=single_thread)
+        os.fsync(f.fileno())
+    return result
+
+
+RACY_NS = 20_000_000  # two ticks of the coarsest kernel clock that stamps files (HZ=100)
+
+
+@dataclass(frozen=True)
+class FileState:
+    """What ``stat`` says about a file's contents; any write changes it (see ``watch``)."""
+
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, path: Path) -> FileState:
+        st = os.stat(path, follow_symlinks=False)
+        return cls(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def watch(path: Path) -> FileState | None:
+    """The state to compare ``path`` against later to learn whether it was written to, or
+    None where that cannot be told from ``stat``.
+
+    Kernels stamp a write with a coarse clock, so a second write in the same tick as the
+    last one leaves mtime as it was ("racy git"): the file is watchable only once its mtime
+    is older than two ticks, which this waits for (at most 20 ms, and only for a file written
+    just now). An mtime in the future (a skewed clock, a ``touch -d``) tells nothing, nor
+    do whole-second stamps: the filesystem (or whoever set them) may not keep finer ones."""
+    for _ in range(2):
+        state = FileState.of(path)
+        if state.mtime_ns % 1_000_000_000 == 0 and state.ctime_ns % 1_000_000_000 == 0:
+            return None
+        age = time.time_ns() - state.mtime_ns
+        if age >= RACY_NS:
+            return state
+        if age < 0:
+            return None
+        time.sleep((RACY_NS - age) / 1e9)
+    return None
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def is_disk_full(e: OSError) -> bool:
+    return e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(e: OSError, what: str) -> StorageFullError:
+    return StorageFullError(f"no space left while {what}; the store was left as it was")

@@ -1,0 +1,292 @@
+"""Checking one artifact version and repairing it.
+
+``check`` is read-only and works on any :class:`~ftstore.engine.leaves.Leaves`, so every
+backend gets the same check: it finds out which of envelope, sidecar and payload are
+intact, streaming each through BLAKE3. ``repair`` works on a local folder
+(:class:`FolderLeaves`) and rebuilds what ``check`` found damaged, in this order: the
+payload (damaged symbols decoded from good source and repair symbols, each checked against
+its symbol hash, written over the bad ones, then the whole BLAKE3 checked), the sidecar
+(re-encoded from the intact payload), the envelope (rebuilt from the sidecar's copy of its
+essentials). Sidecar and envelope replace the damaged files atomically. Each repair gets a
+decode proof.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import msgspec
+
+from ftstore.codec import (
+    SidecarError,
+    SidecarInfo,
+    SidecarMeta,
+    StripeOutcome,
+    check_and_decode,
+    damaged_repair_symbols,
+    patch_in_place,
+    read_meta,
+    write_sidecar,
+)
+from ftstore.documents import (
+    ArtifactEssentials,
+    ArtifactKey,
+    DecodeProof,
+    Envelope,
+    RaptorQSection,
+    chain_problems,
+    envelope_from,
+    essentials_of,
+    make_proof,
+)
+from ftstore.durable import replace_durably, tmp_path
+from ftstore.engine.leaves import FolderLeaves, Leaves, read_envelope
+from ftstore.errors import BadInputError, EnvelopeError, UnrecoverableError
+from ftstore.hashing import hash_file, hash_stream
+from ftstore.stores.backend import PAYLOAD, SIDECAR
+
+
+@dataclass
+class Health:
+    key: ArtifactKey
+    envelope: Envelope | None = None
+    envelope_problem: str | None = None
+    sidecar_problem: str | None = None
+    payload_problem: str | None = None
+    proof_problems: list[str] = field(default_factory=list)
+    pending_protection: bool = False
+    essentials: ArtifactEssentials | None = None
+
+    @property
+    def ref(self) -> str:
+        return self.key.ref
+
+    @property
+    def problems(self) -> list[str]:
+        return [p for p in (self.envelope_problem, self.sidecar_problem, self.payload_problem) if p] + self.proof_problems
+
+    @property
+    def intact(self) -> bool:
+        return not self.problems
+
+    @property
+    def files_damaged(self) -> bool:
+        """Damage that repair can act on (a broken proof chain is reported, not repaired)."""
+        return bool(self.envelope_problem or self.sidecar_problem or self.payload_problem)
+
+
+@dataclass
+class RepairResult:
+    repaired: list[str] = field(default_factory=list)  # targets rebuilt: payload / sidecar / envelope
+    proofs: list[DecodeProof] = field(default_factory=list)
+    erased_source: int = 0
+    envelope: Envelope | None = None
+
+
+def raptorq_section(info: SidecarInfo) -> RaptorQSection:
+    lay = info.layout
+    return RaptorQSection(
+        symbol_size=lay.symbol_size,
+        stripes=lay.stripes,
+        source_symbols=lay.source_symbols,
+        repair_symbols=lay.total_repair,
+        overhead=info.overhead,
+        library_version=info.library_version,
+        sidecar_size=info.size,
+        sidecar_hash=info.hash,
+    )
+
+
+def _section_from_meta(meta: SidecarMeta, digest: str, size: int) -> RaptorQSection:
+    h = meta.header
+    return RaptorQSection(
+        symbol_size=h.symbol_size,
+        stripes=h.stripes,
+        source_symbols=h.source_symbols,
+        repair_symbols=sum(h.repair_symbols_per_stripe),
+        overhead=h.overhead,
+        library_version=h.library_version,
+        sidecar_size=size,
+        sidecar_hash=digest,
+    )
+
+
+# -- check -----------------------------------------------------------------------------------
+def check(leaves: Leaves) -> Health:
+    """Read-only health of one artifact version."""
+    h = Health(leaves.key)
+    try:
+        h.envelope = read_envelope(leaves)
+    except EnvelopeError as e:
+        h.envelope_problem = str(e)
+        with leaves.local() as folder:  # without the envelope, the sidecar vouches: random access
+            _check_by_sidecar(folder, h)
+        return h
+    h.essentials = essentials_of(h.envelope)
+    h.proof_problems = chain_problems(h.envelope.decode_proofs)
+    rq = h.envelope.raptorq
+    if rq is None:
+        h.pending_protection = True
+        if _leaf_hash(leaves, SIDECAR) is not None:
+            h.sidecar_problem = f"{h.ref}: sidecar present but the envelope records none"
+    else:
+        h.sidecar_problem = _problem(_leaf_hash(leaves, SIDECAR), rq.sidecar_size, rq.sidecar_hash, "sidecar", h.ref)
+    h.payload_problem = _problem(_leaf_hash(leaves, PAYLOAD), h.envelope.size, h.envelope.source_hash, "payload", h.ref)
+    return h
+
+
+def _check_by_sidecar(folder: FolderLeaves, h: Health) -> None:
+    """With no usable envelope: the sidecar's self-checked header says what the payload must
+    be, and every repair symbol is checked against its hash, since nothing else vouches."""
+    meta, problem = sidecar_meta(folder)
+    if meta is None:
+        h.sidecar_problem = f"{h.ref}: {problem}"
+        return
+    h.essentials = meta.header.artifact
+    bad = damaged_repair_symbols(folder.sidecar, meta)
+    if meta.copies_ok < 2 or bad:
+        h.sidecar_problem = f"{h.ref}: sidecar damaged ({2 - meta.copies_ok} of 2 metadata copies, {bad} repair symbols)"
+    h.payload_problem = _problem(_leaf_hash(folder, PAYLOAD), h.essentials.size, h.essentials.source_hash, "payload", h.ref)
+
+
+def _leaf_hash(leaves: Leaves, leaf: str) -> tuple[str, int] | str | None:
+    """(BLAKE3, size) of a leaf; None if absent; a sentence if it cannot be read as a file."""
+    try:
+        stream = leaves.open(leaf)
+    except BadInputError as e:
+        return str(e)
+    if stream is None:
+        return None
+    with stream:
+        return hash_stream(stream)
+
+
+def _problem(got: tuple[str, int] | str | None, size: int, digest: str, what: str, ref: str) -> str | None:
+    if got is None:
+        return f"{ref}: {what} is missing"
+    if isinstance(got, str):
+        return f"{ref}: {what} unreadable: {got}"
+    if got == (digest, size):
+        return None
+    if got[1] != size:
+        return f"{ref}: {what} is {got[1]} bytes, expected {size}"
+    return f"{ref}: {what} BLAKE3 mismatch"
+
+
+def sidecar_meta(folder: FolderLeaves) -> tuple[SidecarMeta | None, str | None]:
+    """The sidecar's metadata, or (None, why not)."""
+    if folder.sidecar.is_symlink():
+        return None, "sidecar is a symbolic link"
+    try:
+        return read_meta(folder.sidecar), None
+    except FileNotFoundError:
+        return None, "sidecar is missing"
+    except SidecarError as e:
+        return None, str(e)
+
+
+# -- repair ----------------------------------------------------------------------------------
+def repair(files: FolderLeaves, health: Health, reason: str, jobs: int | None = None,
+           now_ms: int | None = None) -> RepairResult:
+    """Rebuild whatever ``health`` reports damaged. Raises :class:`UnrecoverableError` (and
+    writes nothing) when the payload cannot be brought back to its recorded BLAKE3."""
+    ref = health.ref
+    res = RepairResult()
+    meta, meta_problem = sidecar_meta(files)
+    ess = health.essentials or (meta.header.artifact if meta else None)
+    if ess is None:
+        raise UnrecoverableError(f"{ref}: envelope and sidecar are both unusable; nothing records what the payload should be")
+    env = health.envelope
+    proofs: list[DecodeProof] = list(env.decode_proofs) if env else []
+    now = now_ms if now_ms is not None else int(time.time() * 1000)
+
+    if health.payload_problem:
+        if meta is None:
+            raise UnrecoverableError(f"{ref}: payload damaged and the sidecar is unusable ({meta_problem})")
+        outcomes = _recover_payload(files, meta, ess, jobs)
+        erased = [meta.layout.global_index(o.stripe, i) for o in outcomes for i in o.erased]
+        res.erased_source = len(erased)
+        res.repaired.append("payload")
+        proofs.append(make_proof(
+            proofs, reason=reason, target="payload", recovered_hash=ess.source_hash, erased_source=erased,
+            erased_repair=sum(len(o.bad_repair) for o in outcomes),
+            repair_used={o.stripe: o.used_repair for o in outcomes if o.used_repair}, now_ms=now,
+        ))
+
+    rq = env.raptorq if env else None
+    if health.sidecar_problem or (env is None and meta is None) or (env is not None and rq is None):
+        overhead = rq.overhead if rq else (meta.header.overhead if meta else 0.1)
+        symbol = rq.symbol_size if rq else (meta.header.symbol_size if meta else None)
+        rq = raptorq_section(_replace_sidecar(files, ess, overhead, symbol, jobs))
+        if health.sidecar_problem:
+            res.repaired.append("sidecar")
+            proofs.append(make_proof(proofs, reason=reason, target="sidecar", recovered_hash=rq.sidecar_hash, now_ms=now))
+    elif env is None and meta is not None:
+        digest, size = hash_file(files.sidecar)
+        rq = _section_from_meta(meta, digest, size)
+
+    if env is None:
+        res.repaired.append("envelope")
+        proofs.append(make_proof(proofs, reason=reason, target="envelope", recovered_hash=ess.source_hash, now_ms=now))
+        env = envelope_from(ess, files.key.version, rq)
+    env = msgspec.structs.replace(env, raptorq=rq, decode_proofs=proofs)
+    files.write_envelope(env)
+    res.proofs = proofs[len(proofs) - len(res.repaired):] if res.repaired else []
+    res.envelope = read_envelope(files)
+    return res
+
+
+def _replace_sidecar(files: FolderLeaves, ess: ArtifactEssentials, overhead: float, symbol_size: int | None,
+                     jobs: int | None) -> SidecarInfo:
+    tmp = tmp_path(files.sidecar)
+    try:
+        info = write_sidecar(files.payload, tmp, ess, overhead, symbol_size, jobs)
+        replace_durably(tmp, files.sidecar)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return info
+
+
+def protect_pending(files: FolderLeaves, jobs: int | None = None, overhead: float = 0.10) -> Envelope:
+    """Build the sidecar of an artifact committed with protection pending, after checking
+    its payload; a no-op for one already protected."""
+    env = read_envelope(files)
+    if env.raptorq is not None:
+        return env
+    h = check(files)
+    if h.payload_problem:
+        raise UnrecoverableError(f"{files.key.ref}: payload damaged before its repair sidecar was built: {h.payload_problem}")
+    info = _replace_sidecar(files, essentials_of(env), overhead, None, jobs)
+    env = read_envelope(files)  # re-read: a scrub may have written meanwhile
+    files.write_envelope(msgspec.structs.replace(env, raptorq=raptorq_section(info)))
+    return read_envelope(files)
+
+
+def _recover_payload(files: FolderLeaves, meta: SidecarMeta, ess: ArtifactEssentials,
+                     jobs: int | None) -> list[StripeOutcome]:
+    outcomes = check_and_decode(files.payload, files.sidecar, meta, jobs)
+    failed = [o for o in outcomes if o.failed]
+    if failed:
+        raise UnrecoverableError(unrecoverable_message(files.key.ref, meta, outcomes, failed))
+    patch_in_place(files.payload, meta, outcomes)
+    got, _ = hash_file(files.payload)
+    if got != ess.source_hash:
+        raise UnrecoverableError(f"{files.key.ref}: payload still does not match its BLAKE3 after decoding")
+    return outcomes
+
+
+def unrecoverable_message(ref: str, meta: SidecarMeta, outcomes: list[StripeOutcome], failed: list[StripeOutcome]) -> str:
+    lay = meta.layout
+    lost = sum(o.lost for o in outcomes)
+    worst = max(failed, key=lambda o: o.lost)
+    return (
+        f"{ref}: unrecoverable: {lost} symbols lost over {sum(1 for o in outcomes if o.lost)} of {lay.stripes} "
+        f"stripes; {len(failed)} stripes are beyond repair (worst: stripe {worst.stripe} lost {len(worst.erased)} "
+        f"of {worst.k} source and {len(worst.bad_repair)} of {worst.r} repair symbols, "
+        f"but can repair at most {lay.budget(worst.stripe)})"
+    )
+
+
+__all__ = ["Health", "RepairResult", "check", "protect_pending", "raptorq_section", "repair", "sidecar_meta",
+           "unrecoverable_message"]

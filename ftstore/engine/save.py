@@ -1,0 +1,200 @@
+"""Saving a file as the next version of an artifact, on any backend.
+
+The steps of the commit protocol, each a helper below: validate the request; open a
+:class:`~ftstore.stores.backend.Staging`; bring the payload in (taken over by a link,
+copied, or streamed) while its BLAKE3 is computed and its repair sidecar encoded; add the
+sidecar; commit with the envelope, which is what makes the version exist. Any failure
+aborts the staging: nothing is committed and nothing is left behind.
+
+How the payload comes in depends on what the backend can do (its capabilities):
+
+- taken over (``move`` on a backend with ``hard_links``): linked in, no bytes written;
+  encoded while it is hashed; a write to it meanwhile is seen through ``stat`` and refused.
+- copied then encoded (``local_files``): copied into the staging folder first, then the
+  private copy is encoded while the disk flushes it. What is encoded is what is stored,
+  and the source is read once; a source written to during the copy is refused.
+- streamed (everything else): uploaded from the source while encoder processes read the
+  source too; the symbol hashes of what was sent must equal the encoder's.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import msgspec
+
+from ftstore.codec import DEFAULT_OVERHEAD, MAX_OVERHEAD, MIN_OVERHEAD, SidecarBuild, SidecarInfo, SymbolHasher
+from ftstore.codec.encoder import PARALLEL_MIN_BYTES
+from ftstore.codec.parallel import warm as warm_workers
+from ftstore.documents import (
+    ARTIFACT_TYPES,
+    ZERO_HASH,
+    ArtifactEssentials,
+    ArtifactKey,
+    Envelope,
+    check_name,
+    encode_envelope,
+    envelope_from,
+)
+from ftstore.documents.envelope import MetaKey, MetaValue
+from ftstore.durable import FileState, disk_full, hash_durably, is_disk_full, watch
+from ftstore.engine.integrity import raptorq_section
+from ftstore.engine.leaves import StoredLeaves, read_envelope
+from ftstore.errors import BadInputError
+from ftstore.hashing import hash_file
+from ftstore.stores.backend import PAYLOAD, SIDECAR, Progress, Staging, StoreBackend
+
+
+def validated_request(src: str | os.PathLike, name: str, artifact_type: str, metadata: dict[str, str] | None,
+                      overhead: float) -> tuple[Path, ArtifactEssentials]:
+    """Everything about a save that can be refused before a byte is written; returns the
+    source path and the artifact's essentials (its hash still unknown)."""
+    src = Path(src)
+    check_name(name)
+    if artifact_type not in ARTIFACT_TYPES:
+        raise BadInputError(f"unknown artifact type {artifact_type!r} (one of: {', '.join(ARTIFACT_TYPES)})")
+    if not (MIN_OVERHEAD <= overhead <= MAX_OVERHEAD):
+        raise BadInputError(f"overhead {overhead} is outside {MIN_OVERHEAD}..{MAX_OVERHEAD}")
+    if not src.is_file():
+        raise BadInputError(f"{src}: no such file" if not src.exists() else f"{src}: not a regular file")
+    try:
+        metadata = msgspec.convert(dict(metadata or {}), dict[MetaKey, MetaValue])
+    except msgspec.ValidationError as e:
+        raise BadInputError(f"invalid metadata: {e}") from None
+    return src, ArtifactEssentials(
+        artifact_id=uuid.uuid4().hex,
+        artifact_type=artifact_type,  # type: ignore[arg-type]
+        name=name,
+        size=src.stat().st_size,
+        source_hash=ZERO_HASH,
+        created_unix_ms=int(time.time() * 1000),
+        metadata=metadata,
+    )
+
+
+def save(
+    store: StoreBackend,
+    src: str | os.PathLike,
+    name: str,
+    artifact_type: str = "file",
+    metadata: dict[str, str] | None = None,
+    overhead: float = DEFAULT_OVERHEAD,
+    jobs: int | None = None,
+    progress: Progress | None = None,
+    protect: bool = True,
+    move: bool = False,
+) -> Envelope:
+    """Store ``src`` as the next version of ``name``. ``protect=False`` commits without a
+    sidecar (``raptorq: null``, protection pending; ``scrub --repair`` or the background
+    protector adds it). ``move=True`` takes ``src`` over: it is removed once the commit is
+    durable, and stays where it was if the save fails."""
+    src, template = validated_request(src, name, artifact_type, metadata, overhead)
+    if protect and template.size >= PARALLEL_MIN_BYTES:
+        warm_workers(jobs)  # started while the files are opened and the copy begins
+    staging = store.stage(name)
+    try:
+        essentials, info = _bring_in(store, staging, src, template, overhead, jobs, progress, protect, move)
+        if info is not None:
+            staging.add(SIDECAR, staging.workdir / SIDECAR)
+        section = raptorq_section(info) if info is not None else None
+        version = staging.commit(lambda v: encode_envelope(envelope_from(essentials, v, section)))
+    except OSError as e:
+        staging.abort()
+        if is_disk_full(e):
+            raise disk_full(e, f"saving {name}") from None
+        raise
+    except BaseException:
+        staging.abort()
+        raise
+    if move:
+        src.unlink(missing_ok=True)
+    return read_envelope(StoredLeaves(store, ArtifactKey(name, version)))
+
+
+def _bring_in(store: StoreBackend, staging: Staging, src: Path, template: ArtifactEssentials, overhead: float,
+              jobs: int | None, progress: Progress | None, protect: bool,
+              move: bool) -> tuple[ArtifactEssentials, SidecarInfo | None]:
+    """Put the payload in ``staging`` and encode its sidecar there, by the strategy the
+    backend's capabilities allow. Returns the essentials (hash known) and the sidecar."""
+    if move and store.capabilities.hard_links and (taken := staging.link_in(PAYLOAD, src)) is not None:
+        return _taken_over(staging, taken, template, overhead, jobs, progress, protect)
+    if store.capabilities.local_files:
+        return _copied_then_encoded(staging, src, template, overhead, jobs, progress, protect)
+    return _streamed(staging, src, template, overhead, jobs, progress, protect)
+
+
+def _refuse_changed(src: Path) -> BadInputError:
+    return BadInputError(f"{src} changed while it was being saved; nothing was stored")
+
+
+def _taken_over(staging: Staging, stored: Path, template: ArtifactEssentials, overhead: float, jobs: int | None,
+                progress: Progress | None, protect: bool) -> tuple[ArtifactEssentials, SidecarInfo | None]:
+    """The stored file *is* the source: hash it (durably) while the encoder reads it; a
+    write to it since before the first read is seen through ``stat``, or, where timestamps
+    cannot tell, by comparing the symbol hashes of both reads."""
+    state = watch(stored)
+    if not protect:
+        digest, size = hash_durably(stored, progress)
+        if size != template.size or (state is not None and FileState.of(stored) != state):
+            raise _refuse_changed(stored)
+        return msgspec.structs.replace(template, source_hash=digest), None
+    build = SidecarBuild(staging.workdir / SIDECAR, template, overhead)
+    symbols = SymbolHasher(build.layout.symbol_size) if state is None else None
+    with ThreadPoolExecutor(1) as ex:
+        hashed = ex.submit(hash_durably, stored, progress, symbols, True)
+        encoded = build.encode(stored, jobs)
+        digest, size = hashed.result()
+    same = FileState.of(stored) == state if state is not None else symbols.table() == encoded  # type: ignore[union-attr]
+    if size != template.size or not same:
+        raise _refuse_changed(stored)
+    essentials = msgspec.structs.replace(template, source_hash=digest)
+    return essentials, build.finish(essentials)
+
+
+def _copied_then_encoded(staging: Staging, src: Path, template: ArtifactEssentials, overhead: float,
+                         jobs: int | None, progress: Progress | None,
+                         protect: bool) -> tuple[ArtifactEssentials, SidecarInfo | None]:
+    """Copy into the staging folder, then encode the private copy while the disk flushes
+    it: on two cores this beats encoding the source alongside the copy by a third."""
+    before = watch(src)
+    digest, size = staging.copy_in(PAYLOAD, src, progress, None, durable=not protect)
+    if size != template.size or (FileState.of(src) != before if before is not None else hash_file(src)[0] != digest):
+        raise _refuse_changed(src)
+    essentials = msgspec.structs.replace(template, source_hash=digest)
+    if not protect:
+        return essentials, None
+    build = SidecarBuild(staging.workdir / SIDECAR, template, overhead)
+    with ThreadPoolExecutor(1) as ex:
+        synced = ex.submit(staging.sync, PAYLOAD)
+        build.encode(staging.workdir / PAYLOAD, jobs)
+        synced.result()
+    return essentials, build.finish(essentials)
+
+
+def _streamed(staging: Staging, src: Path, template: ArtifactEssentials, overhead: float, jobs: int | None,
+              progress: Progress | None, protect: bool) -> tuple[ArtifactEssentials, SidecarInfo | None]:
+    """Send the source to the backend (hashing what is sent) while encoder processes read
+    it; the symbol table of the bytes sent must equal the encoder's, which proves the
+    stored copy is exactly what was encoded."""
+    if not protect:
+        digest, size = staging.copy_in(PAYLOAD, src, progress, None, durable=True)
+        if size != template.size:
+            raise _refuse_changed(src)
+        return msgspec.structs.replace(template, source_hash=digest), None
+    build = SidecarBuild(staging.workdir / SIDECAR, template, overhead)
+    symbols = SymbolHasher(build.layout.symbol_size)
+    with ThreadPoolExecutor(1) as ex:
+        sent = ex.submit(staging.copy_in, PAYLOAD, src, progress, symbols, True)
+        encoded = build.encode(src, jobs)
+        digest, size = sent.result()
+    if size != template.size or symbols.table() != encoded:
+        raise _refuse_changed(src)
+    essentials = msgspec.structs.replace(template, source_hash=digest)
+    return essentials, build.finish(essentials)
+
+
+__all__ = ["save", "validated_request"]

@@ -1,0 +1,135 @@
+"""An opened store: the object training code, the API and the CLI hold.
+
+Each method is one engine operation over the store's backend, so what is validated, checked
+or repaired does not depend on the door a request comes in by: ``Store.save`` is the only
+save there is, and it parses typed payloads (bundles, snapshots, baselines) strictly before
+anything is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from ftstore.codec import DEFAULT_OVERHEAD
+from ftstore.documents import ArtifactKey, Envelope, Ref, parse_ref
+from ftstore.engine import save as save_engine
+from ftstore.engine.integrity import Health, RepairResult, check
+from ftstore.engine.leaves import StoredLeaves, read_envelope
+from ftstore.engine.load import LoadResult, heal, load
+from ftstore.errors import NotFoundError
+from ftstore.payloads.typed import detect_type, validate_typed_payload
+from ftstore.stores import Capabilities, StoreBackend, open_store
+
+
+class Store:
+    def __init__(self, backend: StoreBackend):
+        self.backend = backend
+
+    @classmethod
+    def open(cls, location: str | os.PathLike | None = None, create: bool = False) -> Store:
+        """The store at ``location`` (a directory or ``s3://bucket/prefix``; default
+        ``$FTSTORE_STORE`` or ``./ftstore-store``), created if asked and absent."""
+        return cls(open_store(location, create=create))
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    @property
+    def url(self) -> str:
+        return self.backend.url
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.backend.capabilities
+
+    # -- what is in it ------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        return self.backend.names()
+
+    def versions(self, name: str) -> list[int]:
+        return self.backend.versions(name)
+
+    def keys(self) -> list[ArtifactKey]:
+        return self.backend.keys()
+
+    def resolve(self, ref: str | Ref | ArtifactKey) -> ArtifactKey:
+        """The committed version ``ref`` names: ``NAME`` is the newest, ``NAME@V`` exactly V."""
+        r = parse_ref(ref) if isinstance(ref, str) else ref
+        versions = self.backend.versions(r.name)
+        if not versions:
+            raise NotFoundError(f"no artifact named {r.name!r} in {self.url}")
+        if r.version is None:
+            return ArtifactKey(r.name, versions[-1])
+        if r.version not in versions:
+            raise NotFoundError(f"{r.name} has no version {r.version} (versions: {', '.join(map(str, versions))})")
+        return ArtifactKey(r.name, r.version)
+
+    def read_envelope(self, ref: str | Ref | ArtifactKey) -> Envelope:
+        return read_envelope(StoredLeaves(self.backend, self.resolve(ref)))
+
+    def describe(self, ref: str | Ref | ArtifactKey) -> dict[str, str]:
+        return self.backend.describe(self.resolve(ref))
+
+    # -- operations -----------------------------------------------------------------------------
+    def save(
+        self,
+        src: str | os.PathLike,
+        name: str,
+        artifact_type: str | None = None,
+        metadata: dict[str, str] | None = None,
+        overhead: float = DEFAULT_OVERHEAD,
+        jobs: int | None = None,
+        progress: Callable[[int], None] | None = None,
+        protect: bool = True,
+        move: bool = False,
+    ) -> Envelope:
+        """Store ``src`` as the next version of ``name`` (see :func:`ftstore.engine.save.save`).
+        ``artifact_type`` None: ``model_bundle`` for an ftstore bundle, else ``file``. A typed
+        payload is parsed strictly first; a malformed one is refused, nothing written."""
+        path = Path(src)
+        save_engine.validated_request(path, name, artifact_type or "file", metadata, overhead)
+        artifact_type = artifact_type or detect_type(path)
+        validate_typed_payload(path, artifact_type)
+        return save_engine.save(self.backend, path, name, artifact_type, metadata, overhead, jobs, progress,
+                                protect, move)
+
+    def check(self, ref: str | Ref | ArtifactKey) -> Health:
+        """Read-only health of one version."""
+        return check(StoredLeaves(self.backend, self.resolve(ref)))
+
+    def verify(self, refs: Sequence[str] = ()) -> list[Health]:
+        """Check the named versions (the newest for a bare name), or every version of every
+        artifact when none is named."""
+        keys = [self.resolve(r) for r in refs] if refs else self.keys()
+        return [check(StoredLeaves(self.backend, k)) for k in keys]
+
+    def heal(self, ref: str | Ref | ArtifactKey, reason: str = "heal",
+             jobs: int | None = None) -> tuple[Health, RepairResult | None]:
+        """Check one version and repair it if it is damaged; raise if it cannot be."""
+        key = self.resolve(ref)
+        h = check(StoredLeaves(self.backend, key))
+        if not h.files_damaged:
+            return h, None
+        return h, heal(self.backend, key, h, reason, jobs)
+
+    def load(self, ref: str | Ref | ArtifactKey, out: str | os.PathLike, *, self_heal: bool = True,
+             jobs: int | None = None, progress: Callable[[int], None] | None = None) -> LoadResult:
+        """Write the payload to ``out``: verified first, repaired in place if damaged; never
+        wrong bytes (see :func:`ftstore.engine.load.load`)."""
+        return load(self.backend, self.resolve(ref), out, self_heal=self_heal, jobs=jobs, progress=progress)
+
+    def delete(self, ref: str | Ref | ArtifactKey) -> None:
+        self.backend.delete(self.resolve(ref))
+
+    @contextlib.contextmanager
+    def scratch(self) -> Iterator[Path]:
+        """A private folder to build a file in that ``save(..., move=True)`` then takes over
+        (without copying, where the backend has hard links); removed afterwards."""
+        with self.backend.scratch() as folder:
+            yield folder
+
+
+__all__ = ["Store"]

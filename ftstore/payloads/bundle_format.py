@@ -1,0 +1,238 @@
+"""The typed documents inside a model bundle: ``manifest.json`` and ``params.json``.
+
+A bundle is a zip:
+
+    manifest.json                 BundleManifest
+    params.json                   ParamsSnapshot (typed values; arrays point at .npy members)
+    params/<index>.npy            numpy arrays of the params snapshot (allow_pickle=False)
+    weights/<model>.h5            TensorFlow: one dataset per variable, in model.weights order
+    weights/<model>.safetensors   PyTorch: the state_dict
+    legacy/<model>.<ext>          Keras weights of an imported legacy archive
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import zipfile
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+import msgspec
+import numpy as np
+from msgspec import Meta
+
+from ftstore.documents.envelope import NonNegInt, Strict
+from ftstore.errors import BadInputError
+from ftstore.payloads.archive import SafeZip
+
+BACKENDS = ("tensorflow", "pytorch")
+MAX_DOC_BYTES = 16 * 1024 * 1024
+MemberName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$", max_length=512)]
+ModelName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")]
+
+
+class TensorInfo(Strict):
+    name: Annotated[str, Meta(max_length=1024)]
+    dtype: Annotated[str, Meta(max_length=32)]
+    shape: list[NonNegInt]
+
+
+class ModelEntry(Strict):
+    name: ModelName
+    weights: MemberName
+    weights_format: Literal["ftstore-h5", "safetensors", "keras-weights-h5", "keras-legacy-h5"]
+    tensors: list[TensorInfo]
+
+
+class LegacySource(Strict):
+    archive_version: Annotated[str, Meta(max_length=64)]
+    models: list[ModelName]
+
+
+class BundleManifest(Strict, kw_only=True):
+    format: Literal["ftstore-bundle"] = "ftstore-bundle"
+    format_version: Literal[1] = 1
+    backend: Literal["tensorflow", "pytorch"]
+    models: list[ModelEntry]
+    params: MemberName = "params.json"
+    legacy: Optional[LegacySource] = None
+
+
+# -- params snapshot: every value tagged with its type, so int stays int ------------------
+class IntV(Strict, tag="int"):
+    value: int
+
+
+class FloatV(Strict, tag="float"):
+    value: Optional[float]  # None with `special` for nan / inf
+    special: Optional[Literal["nan", "inf", "-inf"]] = None
+
+
+class BoolV(Strict, tag="bool"):
+    value: bool
+
+
+class StrV(Strict, tag="str"):
+    value: str
+
+
+class NoneV(Strict, tag="none"):
+    pass
+
+
+class ComplexV(Strict, tag="complex"):
+    real: float
+    imag: float
+
+
+class ListV(Strict, tag="list"):
+    items: list["Value"]
+
+
+class TupleV(Strict, tag="tuple"):
+    items: list["Value"]
+
+
+class DictV(Strict, tag="dict"):
+    items: dict[str, "Value"]
+
+
+class TensorV(Strict, tag="tensor"):
+    """A numpy array (``scalar``: a numpy scalar such as ``np.float32(1.5)``) in a .npy member."""
+
+    member: MemberName
+    dtype: Annotated[str, Meta(max_length=32)]
+    shape: list[NonNegInt]
+    scalar: bool = False
+
+
+Value = Union[IntV, FloatV, BoolV, StrV, NoneV, ComplexV, ListV, TupleV, DictV, TensorV]
+
+
+class ParamsSnapshot(Strict, kw_only=True):
+    format: Literal["ftstore-params"] = "ftstore-params"
+    format_version: Literal[1] = 1
+    values: dict[str, Value]
+
+
+def to_snapshot(params: dict[str, Any]) -> tuple[ParamsSnapshot, dict[str, np.ndarray]]:
+    """Typed snapshot of a params dict, plus the arrays to store as .npy members."""
+    arrays: dict[str, np.ndarray] = {}
+
+    def conv(v: Any, where: str) -> Value:
+        if isinstance(v, bool):
+            return BoolV(value=v)
+        if isinstance(v, (np.ndarray, np.generic)):
+            arr = np.asarray(v)
+            if arr.dtype.hasobject:
+                raise BadInputError(f"params[{where}]: object arrays cannot be stored")
+            member = f"params/{len(arrays)}.npy"
+            arrays[member] = arr
+            return TensorV(member=member, dtype=arr.dtype.str, shape=list(arr.shape), scalar=isinstance(v, np.generic))
+        if isinstance(v, int):
+            return IntV(value=v)
+        if isinstance(v, float):
+            if math.isfinite(v):
+                return FloatV(value=v)
+            return FloatV(value=None, special="nan" if math.isnan(v) else ("inf" if v > 0 else "-inf"))
+        if isinstance(v, complex):
+            return ComplexV(real=v.real, imag=v.imag)
+        if isinstance(v, str):
+            return StrV(value=v)
+        if v is None:
+            return NoneV()
+        if isinstance(v, list):
+            return ListV(items=[conv(x, f"{where}[{i}]") for i, x in enumerate(v)])
+        if isinstance(v, tuple):
+            return TupleV(items=[conv(x, f"{where}[{i}]") for i, x in enumerate(v)])
+        if isinstance(v, dict):
+            if not all(isinstance(k, str) for k in v):
+                raise BadInputError(f"params[{where}]: dict keys must be strings")
+            return DictV(items={k: conv(x, f"{where}.{k}") for k, x in v.items()})
+        raise BadInputError(f"params[{where}]: {type(v).__name__} is not storable (plain data and numpy arrays only)")
+
+    if not all(isinstance(k, str) for k in params):
+        raise BadInputError("params keys must be strings")
+    return ParamsSnapshot(values={k: conv(v, k) for k, v in params.items()}), arrays
+
+
+def from_snapshot(snap: ParamsSnapshot, load_array) -> dict[str, Any]:
+    """Python values of a snapshot; ``load_array(TensorV)`` reads one .npy member."""
+
+    def conv(v: Value) -> Any:
+        if isinstance(v, (IntV, BoolV, StrV)):
+            return v.value
+        if isinstance(v, FloatV):
+            return v.value if v.special is None else float(v.special)
+        if isinstance(v, NoneV):
+            return None
+        if isinstance(v, ComplexV):
+            return complex(v.real, v.imag)
+        if isinstance(v, ListV):
+            return [conv(x) for x in v.items]
+        if isinstance(v, TupleV):
+            return tuple(conv(x) for x in v.items)
+        if isinstance(v, DictV):
+            return {k: conv(x) for k, x in v.items.items()}
+        arr = load_array(v)
+        if arr.dtype.str != v.dtype or list(arr.shape) != v.shape:
+            raise BadInputError(f"{v.member}: array is {arr.dtype.str}{list(arr.shape)}, params.json says {v.dtype}{v.shape}")
+        return arr[()] if v.scalar else arr
+
+    return {k: conv(v) for k, v in snap.values.items()}
+
+
+def decode_doc(data: bytes, kind: type, source: str):
+    if len(data) > MAX_DOC_BYTES:
+        raise BadInputError(f"{source}: {len(data)} bytes, over the {MAX_DOC_BYTES} byte limit")
+    try:
+        return msgspec.json.decode(data, type=kind)
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise BadInputError(f"{source}: invalid {kind.__name__}: {e}") from None
+
+
+def write_bundle(
+    path: Path,
+    backend: str,
+    weights: list[tuple[ModelEntry, Path]],
+    params: dict[str, Any],
+    legacy: LegacySource | None = None,
+) -> None:
+    """Write a bundle zip: weights files, the params snapshot and its arrays, the manifest."""
+    snapshot, arrays = to_snapshot(params)
+    with zipfile.ZipFile(path, "x", compression=zipfile.ZIP_STORED) as zf:
+        for entry, wfile in weights:
+            zf.write(wfile, entry.weights)
+        for member, arr in arrays.items():
+            buf = io.BytesIO()
+            np.save(buf, arr, allow_pickle=False)
+            zf.writestr(member, buf.getvalue())
+        zf.writestr("params.json", msgspec.json.encode(snapshot))
+        manifest = BundleManifest(backend=backend, models=[e for e, _ in weights], legacy=legacy)  # type: ignore[arg-type]
+        zf.writestr("manifest.json", msgspec.json.encode(manifest))
+
+
+def read_bundle(path: Path) -> tuple[BundleManifest, dict[str, Any], SafeZip]:
+    """Parse a bundle file: manifest and params, strictly. The caller closes the SafeZip."""
+    z = SafeZip(path)
+    try:
+        manifest = decode_doc(z.read("manifest.json"), BundleManifest, "manifest.json")
+        names = [m.name for m in manifest.models]
+        if len(set(names)) != len(names):
+            raise BadInputError("manifest.json: duplicate model names")
+        for m in manifest.models:
+            z._info(m.weights)
+        snap = decode_doc(z.read(manifest.params), ParamsSnapshot, manifest.params)
+        params = from_snapshot(snap, lambda t: _read_npy(z, t))
+    except BaseException:
+        z.__exit__(None, None, None)
+        raise
+    return manifest, params, z
+
+
+def _read_npy(z: SafeZip, t: TensorV) -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(z.read(t.member)), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise BadInputError(f"{t.member}: not a plain .npy array ({e})") from None

@@ -1,0 +1,255 @@
+"""What a store backend must give the engine, and nothing more.
+
+A backend keeps committed artifact versions, each a few named files ("leaves"), and knows
+how to commit a new one atomically in its medium. It knows no envelope, sidecar or codec:
+the engine (``ftstore.engine``) does saving, checking, repairing and loading over this
+interface, once, for every backend. Callers ask what a backend can do through
+:class:`Capabilities`, never which class it is.
+
+    StoreBackend  names / versions / leaf reads and writes / stage -> commit / delete /
+                  orphans / reports
+    Staging       one save in progress: a local work folder, leaves copied, linked or
+                  added into it, then commit (all or nothing) or abort
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+import msgspec
+
+from ftstore.documents.names import ArtifactKey
+from ftstore.errors import BadInputError, FtstoreError
+from ftstore.hashing import CHUNK, hash_file
+
+PAYLOAD, SIDECAR, ENVELOPE = "payload", "sidecar.ftrq", "envelope.json"
+LEAVES = (PAYLOAD, SIDECAR, ENVELOPE)
+MARKER = "ftstore-store.json"
+DEFAULT_STORE = "./ftstore-store"
+
+Progress = Callable[[int], None]
+ChunkSink = Callable[[memoryview], object]
+
+
+class StoreMarker(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The document at the root of every store, so a store is never mistaken for another
+    folder or bucket (and an older ftstore refuses a newer layout)."""
+
+    format: Literal["ftstore-store"] = "ftstore-store"
+    version: Literal[1] = 1
+
+
+MARKER_BYTES = msgspec.json.encode(StoreMarker()) + b"\n"
+
+
+def check_marker(data: bytes, where: str) -> None:
+    """Raise unless ``data`` is a store marker this ftstore understands."""
+    try:
+        msgspec.json.decode(data, type=StoreMarker)
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+        raise BadInputError(f"{where}: not a store marker this ftstore understands") from None
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do, for the engine to choose its strategies by.
+
+    ``local_files``: leaves are plain files on this machine, so checking and repairing work
+    on them in place (no download) and a save can encode its own stored copy.
+    ``atomic_rename``: a staged version becomes committed by one rename.
+    ``hard_links``: a file on the store's filesystem can be taken over by a link, not a copy.
+    ``conditional_writes``: create-if-absent, which commits without rename.
+    ``range_reads``: part of a leaf can be read without the rest."""
+
+    local_files: bool
+    atomic_rename: bool
+    hard_links: bool
+    conditional_writes: bool
+    range_reads: bool
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """Something in the store that belongs to no committed artifact version."""
+
+    path: str  # relative to the store, as the backend names it to remove_orphan
+    reason: str
+
+
+class Staging(ABC):
+    """One save in progress. Files the engine builds go into :attr:`workdir`; leaves come
+    in by :meth:`copy_in`, :meth:`link_in` or :meth:`add`; :meth:`commit` makes all of
+    them one committed version at once, or nothing; :meth:`abort` leaves no trace."""
+
+    name: str
+    workdir: Path
+
+    @abstractmethod
+    def copy_in(self, leaf: str, src: Path, progress: Progress | None, sink: ChunkSink | None,
+                durable: bool) -> tuple[str, int]:
+        """Store the bytes of ``src`` as ``leaf``; return (BLAKE3, size) of exactly the bytes
+        stored. ``sink`` sees every chunk. Without ``durable`` a local copy is left to the
+        page cache for the caller to read back and :meth:`sync`."""
+
+    def link_in(self, leaf: str, src: Path) -> Path | None:
+        """Take ``src`` over as ``leaf`` without copying it, where the backend can: returns the
+        stored file's path, or None (nothing done) where it cannot."""
+        return None
+
+    def sync(self, leaf: str) -> None:
+        """Make a leaf that :meth:`copy_in` left non-durable durable."""
+
+    @abstractmethod
+    def add(self, leaf: str, path: Path) -> None:
+        """Store the finished local file ``path`` (usually in :attr:`workdir`) as ``leaf``."""
+
+    @abstractmethod
+    def commit(self, envelope_for: Callable[[int], bytes], version: int | None = None) -> int:
+        """Commit everything added, with ``envelope_for(v)`` as its envelope, as the next free
+        version (or exactly ``version``, raising :class:`VersionTakenError` if it exists).
+        Returns the version committed. The envelope is what makes the version exist."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Remove everything this save wrote; safe to call after a failed commit."""
+
+
+class VersionTakenError(FtstoreError):
+    """The exact version asked for is already committed (see ``Staging.commit``)."""
+
+
+class StoreBackend(ABC):
+    """One store: a local directory, an S3 prefix, ... (see the module docstring)."""
+
+    url: str
+    capabilities: Capabilities
+
+    # -- listing --------------------------------------------------------------------------
+    @abstractmethod
+    def names(self) -> list[str]:
+        """Artifact names with at least one committed version, sorted."""
+
+    @abstractmethod
+    def versions(self, name: str) -> list[int]:
+        """Committed versions of ``name``, ascending."""
+
+    def keys(self) -> list[ArtifactKey]:
+        return [ArtifactKey(n, v) for n in self.names() for v in self.versions(n)]
+
+    # -- leaves of committed versions -------------------------------------------------------
+    @abstractmethod
+    def open_leaf(self, key: ArtifactKey, leaf: str) -> BinaryIO | None:
+        """A binary stream of a leaf (to read once, front to back), or None if it is absent."""
+
+    @abstractmethod
+    def leaf_sizes(self, key: ArtifactKey) -> dict[str, int]:
+        """The size of every leaf the version has."""
+
+    @abstractmethod
+    def read_leaf(self, key: ArtifactKey, leaf: str, limit: int) -> bytes | None:
+        """A small leaf's bytes, or None if absent; :class:`BadInputError` if over ``limit``
+        bytes (checked before reading)."""
+
+    @abstractmethod
+    def write_leaf(self, key: ArtifactKey, leaf: str, data: bytes | Path) -> None:
+        """Replace (or create) one leaf of a committed version atomically and durably."""
+
+    @abstractmethod
+    def delete_leaf(self, key: ArtifactKey, leaf: str) -> None:
+        """Remove one leaf of a committed version (absent is fine)."""
+
+    @abstractmethod
+    def describe(self, key: ArtifactKey) -> dict[str, str]:
+        """Where the version and each of its leaves are, as the user would address them."""
+
+    @contextlib.contextmanager
+    def working_copy(self, key: ArtifactKey, writeback: bool = True) -> Iterator[Path]:
+        """A local folder holding the version's leaves, to check and repair as plain files.
+        This default downloads them into a temporary folder and, on a clean exit with
+        ``writeback``, writes back the leaves that changed, the envelope last. Backends with
+        ``local_files`` yield the version's own folder instead."""
+        tmp = Path(tempfile.mkdtemp(prefix="ftstore-work-"))
+        try:
+            before = {leaf: self._download(key, leaf, tmp / leaf) for leaf in LEAVES}
+            yield tmp
+            if writeback:
+                for leaf in LEAVES:  # envelope last: it vouches for the others
+                    now = _fingerprint(tmp / leaf)
+                    if now == before[leaf]:
+                        continue
+                    if now is None:
+                        self.delete_leaf(key, leaf)
+                    else:
+                        self.write_leaf(key, leaf, tmp / leaf)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _download(self, key: ArtifactKey, leaf: str, dest: Path) -> tuple[str, int] | None:
+        stream = self.open_leaf(key, leaf)
+        if stream is None:
+            return None
+        with stream, open(dest, "xb") as out:
+            shutil.copyfileobj(stream, out, CHUNK)
+        return _fingerprint(dest)
+
+    # -- saving -----------------------------------------------------------------------------
+    @abstractmethod
+    def stage(self, name: str) -> Staging:
+        """Begin saving a new version of ``name``."""
+
+    @abstractmethod
+    def scratch(self) -> contextlib.AbstractContextManager[Path]:
+        """A private folder to build a file in that a save then takes over (linked where the
+        backend has ``hard_links``); removed afterwards."""
+
+    # -- maintenance --------------------------------------------------------------------------
+    @abstractmethod
+    def delete(self, key: ArtifactKey) -> None:
+        """Remove one committed version; it stops being an artifact at one atomic step."""
+
+    @abstractmethod
+    def orphans(self) -> list[Orphan]:
+        """Everything that belongs to no committed version (interrupted saves and deletes,
+        stray files). Saves in progress are never listed."""
+
+    @abstractmethod
+    def remove_orphan(self, path: str) -> bool:
+        """Remove one orphan (as :meth:`orphans` named it); True if it is gone."""
+
+    @abstractmethod
+    def write_report(self, name: str, data: bytes) -> None:
+        """Keep a report (a scrub's) in the store."""
+
+
+def _fingerprint(path: Path) -> tuple[str, int] | None:
+    """(BLAKE3, size) of a working-copy file, None if absent: a hash, not a stat, because a
+    repair may rewrite bytes within one timestamp tick and keep the size."""
+    try:
+        return hash_file(path)
+    except FileNotFoundError:
+        return None
+
+
+__all__ = [
+    "DEFAULT_STORE",
+    "ENVELOPE",
+    "LEAVES",
+    "MARKER",
+    "MARKER_BYTES",
+    "PAYLOAD",
+    "SIDECAR",
+    "Capabilities",
+    "Orphan",
+    "Staging",
+    "StoreBackend",
+    "StoreMarker",
+    "VersionTakenError",
+    "check_marker",
+]

@@ -1,0 +1,403 @@
+"""A store on S3-compatible object storage: ``s3://bucket/prefix``.
+
+The same layout as a local store, as object keys under the prefix. Endpoint, credentials
+and region come from the usual AWS environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``/``AWS_DEFAULT_REGION``) through boto3.
+
+Commit protocol, safe without rename: (1) claim ``artifacts/<name>/<v>/claim`` with a
+conditional PUT (``If-None-Match: *``); a writer that loses takes ``v+1``, so concurrent
+writers never share a version; (2) upload payload and sidecar (multipart, bounded memory);
+(3) PUT ``envelope.json`` — the commit point; (4) PUT ``committed`` — marks the version as
+committed even if its envelope is later lost. A claimed version with neither envelope nor
+marker is a save in progress while its claim is younger than :data:`CLAIM_LEASE_SECONDS`,
+and an interrupted save (an orphan) after that. The store refuses servers that ignore
+conditional PUTs.
+
+Every error the server or the network gives becomes a :class:`StorageError` (exit 2) with
+what the server said; only a server that reports it is out of space is a
+:class:`StorageFullError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from ftstore.documents.names import ArtifactKey, is_name, version_of
+from ftstore.errors import BadInputError, NotFoundError, StorageError, StorageFullError
+from ftstore.hashing import format_hash, new_hasher
+from ftstore.stores.backend import (
+    ENVELOPE,
+    LEAVES,
+    MARKER,
+    MARKER_BYTES,
+    PAYLOAD,
+    SIDECAR,
+    Capabilities,
+    ChunkSink,
+    Orphan,
+    Progress,
+    Staging,
+    StoreBackend,
+    VersionTakenError,
+    check_marker,
+)
+
+CLAIM, COMMITTED = "claim", "committed"
+KNOWN = {*LEAVES, CLAIM, COMMITTED}
+CLAIM_LEASE_SECONDS = 6 * 3600  # a save still uploading after this long is taken for dead
+MAX_MARKER_BYTES = 4096
+_MISSING = ("NoSuchKey", "404", "NotFound")
+_FULL = ("InsufficientStorage", "507", "QuotaExceeded", "XMinioStorageFull")
+
+
+def _transfer_config():
+    from boto3.s3.transfer import TransferConfig
+
+    return TransferConfig(multipart_chunksize=16 << 20, max_concurrency=4)
+
+
+def _client():
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError:
+        raise BadInputError("s3:// stores need boto3: pip install 'ftstore[s3]'") from None
+    return boto3.client("s3", config=Config(retries={"max_attempts": 3, "mode": "standard"},
+                                            connect_timeout=5, read_timeout=60))
+
+
+def _code(e: BaseException) -> str:
+    return str(getattr(e, "response", {}).get("Error", {}).get("Code", ""))
+
+
+def _storage_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions boto3 and the HTTP stack raise for a server or network failure."""
+    from botocore.exceptions import BotoCoreError, ClientError
+    from urllib3.exceptions import HTTPError
+
+    return (BotoCoreError, ClientError, HTTPError, ConnectionError, TimeoutError)
+
+
+@contextlib.contextmanager
+def _translated(url: str, doing: str) -> Iterator[None]:
+    """Turn whatever the object store or the network raised into one documented error."""
+    try:
+        yield
+    except _storage_errors() as e:
+        if _code(e) in _FULL:
+            raise StorageFullError(f"{url}: the object store is out of space while {doing}: {e}") from None
+        raise StorageError(f"{url}: object storage error while {doing}: {e}") from None
+
+
+class _Body(io.RawIOBase):
+    """A streaming object body as a raw binary file (``readinto``), its errors translated."""
+
+    def __init__(self, body: Any, url: str, key: str):
+        self.body, self.url, self.key = body, url, key
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        with _translated(self.url, f"reading {self.key}"):
+            data = self.body.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.body.close()
+        super().close()
+
+
+class _HashingReader:
+    """A read-only file object that hashes what the uploader reads, in order."""
+
+    def __init__(self, f: BinaryIO, progress: Progress | None, sink: ChunkSink | None):
+        self.f, self.progress, self.sink = f, progress, sink
+        self.hasher, self.total = new_hasher(), 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        if data:
+            self.hasher.update(data)
+            if self.sink:
+                self.sink(memoryview(data))
+            self.total += len(data)
+            if self.progress:
+                self.progress(len(data))
+        return data
+
+
+class S3Staging(Staging):
+    """A claimed version: leaves are uploaded to their final keys as they come; the
+    envelope, put last, commits. The work folder is a local temporary folder."""
+
+    def __init__(self, store: S3Store, name: str, version: int | None):
+        self.store, self.name = store, name
+        self.version = store._claim(name, version)
+        self.workdir = Path(tempfile.mkdtemp(prefix="ftstore-s3-stage-"))
+
+    def _rel(self, leaf: str) -> str:
+        return self.store._vkey(ArtifactKey(self.name, self.version), leaf)
+
+    def copy_in(self, leaf: str, src: Path, progress: Progress | None, sink: ChunkSink | None,
+                durable: bool) -> tuple[str, int]:
+        with open(src, "rb") as f, _translated(self.store.url, f"uploading {leaf}"):
+            reader = _HashingReader(f, progress, sink)
+            self.store.s3.upload_fileobj(reader, self.store.bucket, self.store._key(self._rel(leaf)),
+                                         Config=_transfer_config())
+        return format_hash(reader.hasher.digest()), reader.total
+
+    def add(self, leaf: str, path: Path) -> None:
+        self.store._upload(self._rel(leaf), path)
+
+    def commit(self, envelope_for: Callable[[int], bytes], version: int | None = None) -> int:
+        self.store._put(self._rel(ENVELOPE), envelope_for(self.version))
+        self.store._put(self._rel(COMMITTED), b"")
+        self._cleanup()
+        return self.version
+
+    def abort(self) -> None:
+        """The claim and what was uploaded stay: the server may be gone. They are an orphan
+        once the claim's lease runs out."""
+        with contextlib.suppress(StorageError):
+            for leaf in (PAYLOAD, SIDECAR, CLAIM):
+                self.store._delete(self._rel(leaf))
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class S3Store(StoreBackend):
+    capabilities = Capabilities(local_files=False, atomic_rename=False, hard_links=False,
+                                conditional_writes=True, range_reads=True)
+
+    def __init__(self, url: str, bucket: str, prefix: str, client: Any):
+        self.url, self.bucket, self.prefix, self.s3 = url, bucket, prefix, client
+
+    @classmethod
+    def open(cls, location: str, create: bool = False) -> S3Store:
+        rest = location[len("s3://"):]
+        bucket, _, prefix = rest.partition("/")
+        if not bucket:
+            raise BadInputError(f"{location}: expected s3://bucket/prefix")
+        prefix = prefix.strip("/")
+        store = cls(location.rstrip("/"), bucket, (prefix + "/") if prefix else "", _client())
+        with _translated(store.url, "opening the store"):
+            store._ensure(create)
+        return store
+
+    def _ensure(self, create: bool) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.s3.head_bucket(Bucket=self.bucket)
+        except ClientError as e:
+            if not create or _code(e) not in ("404", "NoSuchBucket", "NotFound"):
+                raise
+            self.s3.create_bucket(Bucket=self.bucket)
+        marker = self._get(MARKER, MAX_MARKER_BYTES)
+        if marker is None:
+            if not create:
+                raise NotFoundError(f"no ftstore store at {self.url} (save something first)")
+            self._probe_conditional_writes()
+            self._put_if_absent(MARKER, MARKER_BYTES)
+        else:
+            check_marker(marker, f"{self.url}/{MARKER}")
+
+    def _probe_conditional_writes(self) -> None:
+        key = f".ftstore-probe-{uuid.uuid4().hex}"
+        self._put_if_absent(key, b"1")
+        try:
+            if self._put_if_absent(key, b"2"):
+                raise BadInputError(
+                    f"{self.url}: the server ignores conditional PUTs (If-None-Match); ftstore needs them "
+                    "so that concurrent writers never lose a version"
+                )
+        finally:
+            self._delete(key)
+
+    # -- object primitives (keys relative to the store) ------------------------------------
+    def _key(self, rel: str) -> str:
+        return self.prefix + rel
+
+    def _vkey(self, key: ArtifactKey, leaf: str = "") -> str:
+        return f"artifacts/{key.name}/{key.version}/{leaf}"
+
+    def _object(self, rel: str) -> dict | None:
+        from botocore.exceptions import ClientError
+
+        with _translated(self.url, f"reading {rel}"):
+            try:
+                return self.s3.get_object(Bucket=self.bucket, Key=self._key(rel))
+            except ClientError as e:
+                if _code(e) in _MISSING:
+                    return None
+                raise
+
+    def _get(self, rel: str, limit: int) -> bytes | None:
+        obj = self._object(rel)
+        if obj is None:
+            return None
+        with _Body(obj["Body"], self.url, rel) as body:
+            if obj["ContentLength"] > limit:
+                raise BadInputError(f"{self.url}/{rel}: {obj['ContentLength']} bytes, over the {limit} byte limit")
+            data = body.read(obj["ContentLength"] + 1)
+        if len(data) > limit:
+            raise BadInputError(f"{self.url}/{rel}: over the {limit} byte limit")
+        return data
+
+    def _put(self, rel: str, data: bytes) -> None:
+        with _translated(self.url, f"writing {rel}"):
+            self.s3.put_object(Bucket=self.bucket, Key=self._key(rel), Body=data)
+
+    def _put_if_absent(self, rel: str, data: bytes) -> bool:
+        from botocore.exceptions import ClientError
+
+        with _translated(self.url, f"writing {rel}"):
+            try:
+                self.s3.put_object(Bucket=self.bucket, Key=self._key(rel), Body=data, IfNoneMatch="*")
+                return True
+            except ClientError as e:
+                if _code(e) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                    return False
+                raise
+
+    def _upload(self, rel: str, src: Path) -> None:
+        with _translated(self.url, f"uploading {rel}"):
+            self.s3.upload_file(str(src), self.bucket, self._key(rel), Config=_transfer_config())
+
+    def _delete(self, rel: str) -> None:
+        with _translated(self.url, f"deleting {rel}"):
+            self.s3.delete_object(Bucket=self.bucket, Key=self._key(rel))
+
+    def _list(self, rel_prefix: str) -> Iterator[tuple[str, int, float]]:
+        """(key relative to the store, size, last-modified unix time) under ``rel_prefix``."""
+        with _translated(self.url, "listing objects"):
+            pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._key(rel_prefix))
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    yield obj["Key"][len(self.prefix):], obj["Size"], obj["LastModified"].timestamp()
+
+    def _tree(self, name: str | None = None) -> dict[ArtifactKey, dict[str, tuple[int, float]]]:
+        """{key: {leaf: (size, mtime)}} of well-formed keys under artifacts/."""
+        out: dict[ArtifactKey, dict[str, tuple[int, float]]] = {}
+        for rel, size, mtime in self._list(f"artifacts/{name}/" if name else "artifacts/"):
+            parts = rel.split("/")
+            if len(parts) == 4 and is_name(parts[1]) and (v := version_of(parts[2])) is not None:
+                out.setdefault(ArtifactKey(parts[1], v), {})[parts[3]] = (size, mtime)
+        return out
+
+    @staticmethod
+    def _committed(leaves: dict) -> bool:
+        return ENVELOPE in leaves or COMMITTED in leaves
+
+    # -- listing ---------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        return sorted({k.name for k, leaves in self._tree().items() if self._committed(leaves)})
+
+    def versions(self, name: str) -> list[int]:
+        if not is_name(name):
+            return []
+        return sorted(k.version for k, leaves in self._tree(name).items()
+                      if k.name == name and self._committed(leaves))
+
+    # -- leaves ----------------------------------------------------------------------------
+    def open_leaf(self, key: ArtifactKey, leaf: str) -> BinaryIO | None:
+        obj = self._object(self._vkey(key, leaf))
+        if obj is None:
+            return None
+        return io.BufferedReader(_Body(obj["Body"], self.url, self._vkey(key, leaf)), 1 << 20)  # type: ignore[return-value]
+
+    def leaf_sizes(self, key: ArtifactKey) -> dict[str, int]:
+        leaves = self._tree(key.name).get(key, {})
+        return {leaf: size for leaf, (size, _) in leaves.items() if leaf in LEAVES}
+
+    def read_leaf(self, key: ArtifactKey, leaf: str, limit: int) -> bytes | None:
+        return self._get(self._vkey(key, leaf), limit)
+
+    def write_leaf(self, key: ArtifactKey, leaf: str, data: bytes | Path) -> None:
+        if isinstance(data, bytes):
+            self._put(self._vkey(key, leaf), data)
+        else:
+            self._upload(self._vkey(key, leaf), data)
+        if leaf == ENVELOPE:
+            self._put(self._vkey(key, COMMITTED), b"")
+
+    def delete_leaf(self, key: ArtifactKey, leaf: str) -> None:
+        self._delete(self._vkey(key, leaf))
+
+    def describe(self, key: ArtifactKey) -> dict[str, str]:
+        base = f"{self.url}/{self._vkey(key)}"
+        return {"dir": base, **{leaf.split(".")[0]: base + leaf for leaf in LEAVES}}
+
+    # -- saving ----------------------------------------------------------------------------
+    def _claim(self, name: str, version: int | None) -> int:
+        """Take a version with a conditional PUT: two writers never share one. With
+        ``version``, exactly that one or :class:`VersionTakenError`."""
+        if version is not None:
+            if not self._put_if_absent(self._vkey(ArtifactKey(name, version), CLAIM), uuid.uuid4().hex.encode()):
+                raise VersionTakenError(f"{name}@{version} already exists in {self.url}")
+            return version
+        v = max((k.version for k in self._tree(name) if k.name == name), default=0) + 1
+        while not self._put_if_absent(self._vkey(ArtifactKey(name, v), CLAIM), uuid.uuid4().hex.encode()):
+            v += 1
+        return v
+
+    def stage(self, name: str, version: int | None = None) -> S3Staging:
+        return S3Staging(self, name, version)
+
+    @contextlib.contextmanager
+    def scratch(self) -> Iterator[Path]:
+        """A local temporary folder: files built here are uploaded, never linked."""
+        with tempfile.TemporaryDirectory(prefix="ftstore-s3-scratch-") as folder:
+            yield Path(folder)
+
+    # -- maintenance -------------------------------------------------------------------------
+    def delete(self, key: ArtifactKey) -> None:
+        """The marker goes first, then the envelope (the moment the version stops being an
+        artifact), then the data; a crash part way leaves an orphan, never half an artifact."""
+        if key.version not in self.versions(key.name):
+            raise NotFoundError(f"{key.name} has no version {key.version}")
+        for leaf in (COMMITTED, ENVELOPE, PAYLOAD, SIDECAR, CLAIM):
+            self._delete(self._vkey(key, leaf))
+
+    def orphans(self) -> list[Orphan]:
+        out = []
+        tree: dict[str, dict[str, float]] = {}
+        for rel, _, mtime in self._list("artifacts/"):
+            parts = rel.split("/")
+            if len(parts) == 4 and is_name(parts[1]) and version_of(parts[2]) is not None:
+                tree.setdefault("/".join(parts[:3]) + "/", {})[parts[3]] = mtime
+            else:
+                out.append(Orphan(rel, "stray object"))
+        now = time.time()
+        for prefix, leaves in sorted(tree.items()):
+            if not self._committed(leaves):
+                if CLAIM in leaves and now - leaves[CLAIM] < CLAIM_LEASE_SECONDS:
+                    continue  # a save in progress
+                out.append(Orphan(prefix, "interrupted save (no envelope, not committed)"))
+            out += [Orphan(prefix + leaf, "stray object") for leaf in sorted(leaves) if leaf not in KNOWN]
+        return out
+
+    def remove_orphan(self, path: str) -> bool:
+        rels = [rel for rel, _, _ in self._list(path)] if path.endswith("/") else [path]
+        for rel in rels:
+            self._delete(rel)
+        return True
+
+    def write_report(self, name: str, data: bytes) -> None:
+        self._put(f"reports/{name}", data)
+
+
+__all__ = ["CLAIM_LEASE_SECONDS", "S3Staging", "S3Store"]
