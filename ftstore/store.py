@@ -36,6 +36,7 @@ from .codec.encoder import PARALLEL_MIN_BYTES
 from .codec.layout import DEFAULT_OVERHEAD, MAX_OVERHEAD, MIN_OVERHEAD
 from .codec.parallel import warm as warm_workers
 from .envelopes.model import MetaKey, MetaValue
+from .envelopes.strictjson import loads_unique
 from .envelopes import ARTIFACT_TYPES, Envelope, RaptorQSection, decode_envelope, encode_envelope
 from .errors import BadInputError, EnvelopeError, FtstoreError, NotFoundError
 from .hashing import hash_file
@@ -143,7 +144,7 @@ class Store:
             write_atomic(marker, json.dumps({"format": "ftstore-store", "version": 1}).encode() + b"\n")
         else:
             try:
-                doc = json.loads(marker.read_bytes())
+                doc = loads_unique(marker.read_bytes(), str(marker))
                 ok = doc == {"format": "ftstore-store", "version": 1}
             except (ValueError, OSError):
                 ok = False

@@ -20,6 +20,7 @@ import numpy as np
 from msgspec import Meta
 
 from ..envelopes.model import NonNegInt, Strict
+from ..envelopes.strictjson import reject_duplicate_keys
 from ..errors import BadInputError
 
 BACKENDS = ("tensorflow", "pytorch")
@@ -183,6 +184,8 @@ def decode_doc(data: bytes, kind: type, source: str):
     if len(data) > MAX_DOC_BYTES:
         raise BadInputError(f"{source}: {len(data)} bytes, over the {MAX_DOC_BYTES} byte limit")
     try:
-        return msgspec.json.decode(data, type=kind)
+        doc = msgspec.json.decode(data, type=kind)
     except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:
         raise BadInputError(f"{source}: invalid {kind.__name__}: {e}") from None
+    reject_duplicate_keys(data, source)
+    return doc

@@ -24,6 +24,7 @@ import msgspec
 from msgspec import Meta
 
 from ..envelopes.codec import canonical
+from ..envelopes.strictjson import reject_duplicate_keys
 from ..envelopes.model import (
     ArtifactId,
     ArtifactName,
@@ -189,6 +190,7 @@ def _parse_block(f: BinaryIO, start: int, file_size: int) -> SidecarMeta:
         header = msgspec.json.decode(header_json, type=SidecarHeader)
     except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as e:
         raise SidecarError(f"invalid header: {e}") from None
+    reject_duplicate_keys(header_json, "header", SidecarError)
     layout = _checked_layout(header, file_size)
     n_src = layout.source_symbols * SYMBOL_HASH_BYTES
     n_rep = layout.total_repair * SYMBOL_HASH_BYTES

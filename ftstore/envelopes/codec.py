@@ -11,6 +11,7 @@ import msgspec
 from ..errors import EnvelopeError
 from ..hashing import hash_bytes
 from .model import ENVELOPE_SCHEMA_VERSION, Envelope
+from .strictjson import reject_duplicate_keys
 
 MAX_ENVELOPE_BYTES = 16 * 1024 * 1024
 _ZERO = "blake3:" + "0" * 64
@@ -36,7 +37,9 @@ def encode_envelope(env: Envelope) -> bytes:
 
 
 def decode_envelope(data: bytes, source: str = "envelope") -> Envelope:
-    """Strictly parse envelope bytes; every failure is an :class:`EnvelopeError` naming the field."""
+    """Strictly parse envelope bytes; every failure is an :class:`EnvelopeError` naming the field.
+    A key given twice is refused before the checksum is looked at (whichever value a reader
+    would keep, the bytes are ambiguous)."""
     if len(data) > MAX_ENVELOPE_BYTES:
         raise EnvelopeError(f"{source}: envelope is {len(data)} bytes, over the {MAX_ENVELOPE_BYTES} byte limit")
     _check_version(data, source)
@@ -46,6 +49,7 @@ def decode_envelope(data: bytes, source: str = "envelope") -> Envelope:
         raise EnvelopeError(f"{source}: invalid envelope: {e}") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as e:
         raise EnvelopeError(f"{source}: malformed envelope JSON: {e}") from None
+    reject_duplicate_keys(data, source, EnvelopeError)
     if env.checksum != envelope_checksum(env):
         raise EnvelopeError(f"{source}: envelope checksum mismatch at `$.checksum`: the envelope was altered or damaged")
     return env

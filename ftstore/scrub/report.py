@@ -72,7 +72,11 @@ class ScrubReport(Strict, kw_only=True):
 def decode_report(data: bytes) -> ScrubReport:
     from ..errors import EnvelopeError
 
+    from ..envelopes.strictjson import reject_duplicate_keys
+
     try:
-        return msgspec.json.decode(data, type=ScrubReport)
+        report = msgspec.json.decode(data, type=ScrubReport)
     except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as e:
         raise EnvelopeError(f"invalid scrub report: {e}") from None
+    reject_duplicate_keys(data, "scrub report", EnvelopeError)
+    return report

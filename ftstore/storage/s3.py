@@ -29,6 +29,7 @@ from typing import Any
 
 from ..envelopes import Envelope, decode_envelope
 from ..envelopes.codec import MAX_ENVELOPE_BYTES
+from ..envelopes.strictjson import loads_unique
 from ..errors import BadInputError, EnvelopeError, NotFoundError, StorageFullError
 from ..hashing import CHUNK, format_hash, new_hasher
 from ..store import ENVELOPE, MARKER, NAME_RE, PAYLOAD, SIDECAR, ArtifactPaths, Store, encode_envelope
@@ -82,7 +83,7 @@ class S3Store(Store):
                     raise NotFoundError(f"no ftstore store at {self._url} (save something first)")
                 self._probe_conditional_writes()
                 self._put_if_absent(MARKER, json.dumps({"format": "ftstore-store", "version": 1}).encode() + b"\n")
-            elif json.loads(marker) != {"format": "ftstore-store", "version": 1}:
+            elif loads_unique(marker, MARKER) != {"format": "ftstore-store", "version": 1}:
                 raise BadInputError(f"{self._url}/{MARKER}: not a store marker this ftstore understands")
         except (ClientError, BotoCoreError) as e:
             raise BadInputError(f"{self._url}: object storage error: {e}") from None
