@@ -112,9 +112,16 @@ def _file_problem(path: Path, size: int, digest: str, what: str, ref: str) -> st
     return f"{ref}: {what} BLAKE3 mismatch"
 
 
-def repair(paths: ArtifactPaths, health: Health, reason: str, jobs: int | None = None) -> RepairResult:
+def repair(
+    paths: ArtifactPaths, health: Health, reason: str, jobs: int | None = None, now_ms: int | None = None
+) -> RepairResult:
     """Rebuild whatever ``health`` reports damaged. Raises :class:`UnrecoverableError` (and
-    writes nothing) when the payload cannot be brought back to its recorded BLAKE3."""
+    writes nothing) when the payload cannot be brought back to its recorded BLAKE3.
+
+    Proofs are appended in repair order (payload, sidecar, envelope), all stamped ``now_ms``
+    (default: the clock), each linked to the one before it. A rebuilt envelope keeps none of
+    the old proofs (they were in the envelope that was lost or refused), so its chain starts
+    afresh: the first proof of this repair has ``prev_proof_hash`` null."""
     res = RepairResult()
     meta, meta_problem = _sidecar_meta(paths)
     ess = health.essentials or (meta.header.artifact if meta else None)
@@ -124,7 +131,7 @@ def repair(paths: ArtifactPaths, health: Health, reason: str, jobs: int | None =
         )
     env = health.envelope
     proofs: list[DecodeProof] = list(env.decode_proofs) if env else []
-    now = int(time.time() * 1000)
+    now = now_ms if now_ms is not None else int(time.time() * 1000)
 
     if health.payload_problem:
         if meta is None:
