@@ -10,13 +10,14 @@ import sys
 from pathlib import Path
 
 import blake3
+import msgspec
 import pytest
 import raptorq
 
 from ftstore.codec.layout import MAX_STRIPE_BYTES, MAX_STRIPE_SYMBOLS
 from ftstore.codec.rq import LIBRARY_VERSION
 from ftstore.codec.sidecar import SidecarHeader
-from ftstore.envelopes import decode_envelope
+from ftstore.envelopes import DecodeProof, decode_envelope, encode_envelope
 from ftstore.envelopes.model import ENVELOPE_SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -239,3 +240,17 @@ def test_the_vectors_show_the_proof_order_of_a_rebuilt_envelope():
     assert (p0["target"], p1["target"]) == ("payload", "envelope")
     assert (p0["prev_proof_hash"], p1["prev_proof_hash"]) == (None, p0["proof_hash"])
     assert p0["time_unix_ms"] == p1["time_unix_ms"] == MANIFEST["repair"]["time_unix_ms"]
+
+
+@pytest.mark.parametrize("art, case", [(a, c) for a, c in _cases() if c["outcome"] == "repaired"], ids=lambda x: x["name"])
+def test_a_repair_gives_back_the_original_files_plus_its_proofs(art, case):
+    """Payload and sidecar come back byte for byte (encoding is deterministic), and the
+    envelope, kept or rebuilt, is the original one with the repair's proofs appended."""
+    files = art["files"]
+    after = case["repaired_files"]
+    assert (after["payload"], after["sidecar.ftrq"]) == (files["payload"]["blake3"], files["sidecar.ftrq"]["blake3"])
+    env = decode_envelope((VECTORS / files["envelope.json"]["path"]).read_bytes())
+    proofs = msgspec.convert(case["decode_proofs"], list[DecodeProof])
+    expected = encode_envelope(msgspec.structs.replace(env, decode_proofs=list(env.decode_proofs) + proofs))
+    assert _b3(expected) == after["envelope.json"]
+    assert [p.target for p in proofs] == case["repaired"]
