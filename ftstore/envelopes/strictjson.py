@@ -7,9 +7,10 @@ attacks, so ftstore refuses such documents, as strict parsers (safetensors' head
 among them) do. msgspec does not report duplicates, so each parser of an on-disk
 document runs :func:`reject_duplicate_keys` on the bytes its strict decode accepted.
 
-The check is a second, standard-library parse that keeps every key/value pair; documents
-are size-capped before they get here. It fails closed: bytes it cannot parse are refused
-too, so a document is never accepted unchecked.
+The check is a second, standard-library parse that keeps no values: each object is
+reduced to ``None`` as soon as its keys are checked (or to the path of a repeated key), so
+it holds little more than the text, and documents are size-capped before they get here.
+It fails closed: bytes it cannot parse are refused too, never accepted unchecked.
 """
 
 from __future__ import annotations
@@ -24,20 +25,18 @@ _MAX_KEY_SHOWN = 80
 _MAX_PATH_SHOWN = 200
 
 
-class _Dups(dict):
-    """An object in which at least one key was repeated (the first repeated key is kept)."""
+class _Repeat:
+    """A repeated key, and the keys and indices that lead to it, innermost first."""
 
-    repeated: str
+    __slots__ = ("key", "steps")
 
+    def __init__(self, key: str):
+        self.key = key
+        self.steps: list[str | int] = [key]
 
-def _pairs(pairs: list[tuple[str, object]]) -> dict:
-    out: dict = {}
-    for k, v in pairs:
-        if k in out and not isinstance(out, _Dups):
-            out = _Dups(out)
-            out.repeated = k
-        out[k] = v
-    return out
+    def path(self) -> str:
+        out = "$" + "".join(f"[{s}]" if isinstance(s, int) else _segment(s) for s in reversed(self.steps))
+        return out if len(out) <= _MAX_PATH_SHOWN else "$..." + out[-_MAX_PATH_SHOWN:]
 
 
 def _ignore(_text: str) -> None:
@@ -52,20 +51,36 @@ def _segment(key: str) -> str:
     return f".{_short(key)}" if _IDENT.fullmatch(key) else f"[{json.dumps(_short(key))}]"
 
 
-def _first_repeat(root: object) -> tuple[str, str] | None:
-    """(object path, key) of the first object, depth first, that repeats a key."""
-    stack: list[tuple[object, str]] = [(root, "$")]
+def _in_value(value: object) -> _Repeat | None:
+    """The repeat inside an already checked value: objects are None or a _Repeat by now,
+    so only lists (and lists in lists) need looking into."""
+    if isinstance(value, _Repeat):
+        return value
+    if not isinstance(value, list):
+        return None
+    stack: list[tuple[list, list[int]]] = [(value, [])]
     while stack:
-        node, path = stack.pop()
-        if isinstance(node, dict):
-            if isinstance(node, _Dups):
-                return path, node.repeated
-            children = [(v, path + _segment(k)) for k, v in node.items()]
-        elif isinstance(node, list):
-            children = [(v, f"{path}[{i}]") for i, v in enumerate(node)]
-        else:
-            continue
-        stack.extend(reversed(children))
+        items, at = stack.pop()
+        for i, v in enumerate(items):
+            if isinstance(v, _Repeat):
+                v.steps.extend(reversed(at + [i]))
+                return v
+            if isinstance(v, list):
+                stack.append((v, at + [i]))
+    return None
+
+
+def _object(pairs: list[tuple[str, object]]) -> _Repeat | None:
+    seen: set[str] = set()
+    for k, _ in pairs:
+        if k in seen:
+            return _Repeat(k)
+        seen.add(k)
+    for k, v in pairs:
+        found = _in_value(v)
+        if found is not None:
+            found.steps.append(k)
+            return found
     return None
 
 
@@ -74,31 +89,17 @@ def reject_duplicate_keys(data: bytes | str, source: str, error: type[Exception]
     any JSON object in ``data`` gives a key twice. Numbers are not converted (their values
     do not matter here), and any text the parse cannot follow is refused as well."""
     text = data if isinstance(data, str) else bytes(data).decode("utf-8", "surrogateescape")
-    found = False
-
-    def hook(pairs: list[tuple[str, object]]) -> dict:
-        nonlocal found
-        d = _pairs(pairs)
-        found = found or isinstance(d, _Dups)
-        return d
-
     try:
         root = json.loads(
-            text, object_pairs_hook=hook, parse_int=_ignore, parse_float=_ignore, parse_constant=_ignore, strict=False
+            text, object_pairs_hook=_object, parse_int=_ignore, parse_float=_ignore, parse_constant=_ignore, strict=False
         )
     except RecursionError:
         raise error(f"{source}: JSON nested too deeply to check for duplicate keys") from None
     except ValueError as e:
         raise error(f"{source}: JSON that cannot be checked for duplicate keys: {e}") from None
-    if not found:
-        return
-    where = _first_repeat(root)
-    assert where is not None
-    path, key = where
-    path += _segment(key)
-    if len(path) > _MAX_PATH_SHOWN:
-        path = "$..." + path[-_MAX_PATH_SHOWN:]
-    raise error(f"{source}: duplicate key {_short(key)!r} at `{path}`: each key may appear only once")
+    found = _in_value(root)
+    if found is not None:
+        raise error(f"{source}: duplicate key {_short(found.key)!r} at `{found.path()}`: each key may appear only once")
 
 
 def loads_unique(data: bytes | str, source: str, error: type[Exception] = BadInputError) -> object:
