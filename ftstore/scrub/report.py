@@ -70,9 +70,8 @@ class ScrubReport(Strict, kw_only=True):
 
 
 def decode_report(data: bytes) -> ScrubReport:
-    from ..errors import EnvelopeError
-
     from ..envelopes.strictjson import reject_duplicate_keys
+    from ..errors import EnvelopeError
 
     try:
         report = msgspec.json.decode(data, type=ScrubReport)
