@@ -29,7 +29,6 @@ _EXPORTS = {
     "ArtifactKey": "documents",
     "LoadResult": "api",
     "Store": "api",
-    "heal": "api",
     "load": "api",
     "open_store": "api",
     "parse_ref": "documents",
@@ -66,7 +65,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from ftstore.api import LoadResult, Store, heal, load, open_store, save, verify
+    from ftstore.api import LoadResult, Store, load, open_store, save, verify
     from ftstore.documents import ArtifactKey, Ref, parse_ref
     from ftstore.errors import (
         BadInputError,

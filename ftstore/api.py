@@ -3,7 +3,7 @@ same functions, so the same input gets the same validation whichever door it com
 
     open_store        a directory or s3://bucket/prefix, as a :class:`Store`
     save / load       store a file as the next version; write a version's verified bytes
-    verify / heal     check versions; repair one
+    verify            check versions (scrub --repair and load repair)
     list_artifacts    one row per version (a damaged envelope is a row too)
     show              a version's envelope, where its leaves are, and its typed content
     delete            remove one version
@@ -58,10 +58,6 @@ def load(store: Store, ref: str, out: str | os.PathLike, *, self_heal: bool = Tr
 
 def verify(store: Store, refs: Sequence[str] = ()) -> list[Health]:
     return store.verify(refs)
-
-
-def heal(store: Store, ref: str, reason: str = "heal", jobs: int | None = None) -> tuple[Health, RepairResult | None]:
-    return store.heal(ref, reason, jobs)
 
 
 def delete(store: Store, ref: str) -> None:
@@ -169,7 +165,6 @@ __all__ = [
     "compare_baseline",
     "copy",
     "delete",
-    "heal",
     "import_legacy",
     "list_artifacts",
     "load",

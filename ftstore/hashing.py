@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import queue
-import re
 import threading
 from collections.abc import Iterator
 from typing import BinaryIO, Callable
@@ -16,7 +15,6 @@ from typing import BinaryIO, Callable
 import blake3
 
 PREFIX = "blake3:"
-HASH_RE = re.compile(r"^blake3:[0-9a-f]{64}$")
 CHUNK = 16 * 1024 * 1024
 READ_CHUNK = 4 * 1024 * 1024  # with 3 buffers: read-ahead stays in cache, BLAKE3 still goes parallel
 READ_AHEAD_BUFFERS = 3

@@ -9,16 +9,12 @@ dict is put back exactly as it was.
 from __future__ import annotations
 
 import importlib
-import io
 import tempfile
-import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msgspec
-import numpy as np
 
 from ftstore import params as params_module
 from ftstore.documents import Envelope

@@ -81,7 +81,3 @@ def load_weights(model: Any, path: Path, entry: ModelEntry) -> None:
             raise ValueError(f"model {entry.name!r}: weights file holds extra tensors")
     for v, arr in zip(model.weights, arrays):
         v.assign(arr)
-
-
-def outputs_equal(a: Any, b: Any, x: Any) -> bool:
-    return bool(np.allclose(np.asarray(a(x)), np.asarray(b(x))))

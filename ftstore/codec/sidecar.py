@@ -25,6 +25,7 @@ from msgspec import Meta
 
 from ftstore.documents.envelope_json import canonical
 from ftstore.documents.envelope import ArtifactEssentials, NonNegInt, Strict
+from ftstore.documents.strict_json import reject_duplicate_keys
 from ftstore.errors import BadInputError
 from ftstore.hashing import SYMBOL_HASH_BYTES
 from ftstore.codec.layout import MAX_OVERHEAD, SAFETY_SYMBOLS, Layout, repair_count, stripes_allowed
@@ -168,6 +169,7 @@ def _parse_block(f: BinaryIO, start: int, file_size: int) -> SidecarMeta:
         header = msgspec.json.decode(header_json, type=SidecarHeader)
     except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as e:
         raise SidecarError(f"invalid header: {e}") from None
+    reject_duplicate_keys(header_json, "header", SidecarError)
     layout = _checked_layout(header, file_size)
     n_src = layout.source_symbols * SYMBOL_HASH_BYTES
     n_rep = layout.total_repair * SYMBOL_HASH_BYTES

@@ -11,6 +11,7 @@ import msgspec
 from ftstore.errors import EnvelopeError
 from ftstore.hashing import hash_bytes
 from ftstore.documents.envelope import ENVELOPE_SCHEMA_VERSION, ZERO_HASH, Envelope
+from ftstore.documents.strict_json import reject_duplicate_keys
 
 MAX_ENVELOPE_BYTES = 16 * 1024 * 1024
 _encoder = msgspec.json.Encoder(order="deterministic")
@@ -35,7 +36,9 @@ def encode_envelope(env: Envelope) -> bytes:
 
 
 def decode_envelope(data: bytes, source: str = "envelope") -> Envelope:
-    """Strictly parse envelope bytes; every failure is an :class:`EnvelopeError` naming the field."""
+    """Strictly parse envelope bytes; every failure is an :class:`EnvelopeError` naming the field.
+    A key given twice is refused before the checksum is looked at (whichever value a reader
+    would keep, the bytes are ambiguous)."""
     if len(data) > MAX_ENVELOPE_BYTES:
         raise EnvelopeError(f"{source}: envelope is {len(data)} bytes, over the {MAX_ENVELOPE_BYTES} byte limit")
     _check_version(data, source)
@@ -45,6 +48,7 @@ def decode_envelope(data: bytes, source: str = "envelope") -> Envelope:
         raise EnvelopeError(f"{source}: invalid envelope: {e}") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as e:
         raise EnvelopeError(f"{source}: malformed envelope JSON: {e}") from None
+    reject_duplicate_keys(data, source, EnvelopeError)
     if env.checksum != envelope_checksum(env):
         raise EnvelopeError(f"{source}: envelope checksum mismatch at `$.checksum`: the envelope was altered or damaged")
     return env

@@ -190,7 +190,12 @@ def sidecar_meta(folder: FolderLeaves) -> tuple[SidecarMeta | None, str | None]:
 def repair(files: FolderLeaves, health: Health, reason: str, jobs: int | None = None,
            now_ms: int | None = None) -> RepairResult:
     """Rebuild whatever ``health`` reports damaged. Raises :class:`UnrecoverableError` (and
-    writes nothing) when the payload cannot be brought back to its recorded BLAKE3."""
+    writes nothing) when the payload cannot be brought back to its recorded BLAKE3.
+
+    Proofs are appended in repair order (payload, sidecar, envelope), all stamped ``now_ms``
+    (default: the clock), each linked to the one before it. A rebuilt envelope keeps none of
+    the old proofs (they were in the envelope that was lost or refused), so its chain starts
+    afresh: the first proof of this repair has ``prev_proof_hash`` null."""
     ref = health.ref
     res = RepairResult()
     meta, meta_problem = sidecar_meta(files)

@@ -16,9 +16,9 @@ from pathlib import Path
 from ftstore.codec import DEFAULT_OVERHEAD
 from ftstore.documents import ArtifactKey, Envelope, Ref, parse_ref
 from ftstore.engine import save as save_engine
-from ftstore.engine.integrity import Health, RepairResult, check
+from ftstore.engine.integrity import Health, check
 from ftstore.engine.leaves import StoredLeaves, read_envelope
-from ftstore.engine.load import LoadResult, heal, load
+from ftstore.engine.load import LoadResult, load
 from ftstore.errors import NotFoundError
 from ftstore.payloads.typed import detect_type, validate_typed_payload
 from ftstore.stores import Capabilities, StoreBackend, open_store
@@ -105,15 +105,6 @@ class Store:
         artifact when none is named."""
         keys = [self.resolve(r) for r in refs] if refs else self.keys()
         return [check(StoredLeaves(self.backend, k)) for k in keys]
-
-    def heal(self, ref: str | Ref | ArtifactKey, reason: str = "heal",
-             jobs: int | None = None) -> tuple[Health, RepairResult | None]:
-        """Check one version and repair it if it is damaged; raise if it cannot be."""
-        key = self.resolve(ref)
-        h = check(StoredLeaves(self.backend, key))
-        if not h.files_damaged:
-            return h, None
-        return h, heal(self.backend, key, h, reason, jobs)
 
     def load(self, ref: str | Ref | ArtifactKey, out: str | os.PathLike, *, self_heal: bool = True,
              jobs: int | None = None, progress: Callable[[int], None] | None = None) -> LoadResult:

@@ -23,6 +23,7 @@ import numpy as np
 from msgspec import Meta
 
 from ftstore.documents.envelope import NonNegInt, Strict
+from ftstore.documents.strict_json import reject_duplicate_keys
 from ftstore.errors import BadInputError
 from ftstore.payloads.archive import SafeZip
 
@@ -187,9 +188,11 @@ def decode_doc(data: bytes, kind: type, source: str):
     if len(data) > MAX_DOC_BYTES:
         raise BadInputError(f"{source}: {len(data)} bytes, over the {MAX_DOC_BYTES} byte limit")
     try:
-        return msgspec.json.decode(data, type=kind)
+        doc = msgspec.json.decode(data, type=kind)
     except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:
         raise BadInputError(f"{source}: invalid {kind.__name__}: {e}") from None
+    reject_duplicate_keys(data, source)
+    return doc
 
 
 def write_bundle(

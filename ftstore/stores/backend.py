@@ -26,6 +26,7 @@ from typing import BinaryIO, Literal
 import msgspec
 
 from ftstore.documents.names import ArtifactKey
+from ftstore.documents.strict_json import reject_duplicate_keys
 from ftstore.errors import BadInputError, FtstoreError
 from ftstore.hashing import CHUNK, hash_file
 
@@ -51,6 +52,7 @@ MARKER_BYTES = msgspec.json.encode(StoreMarker()) + b"\n"
 
 def check_marker(data: bytes, where: str) -> None:
     """Raise unless ``data`` is a store marker this ftstore understands."""
+    reject_duplicate_keys(data, where)
     try:
         msgspec.json.decode(data, type=StoreMarker)
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):

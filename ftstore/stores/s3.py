@@ -56,6 +56,7 @@ CLAIM_LEASE_SECONDS = 6 * 3600  # a save still uploading after this long is take
 MAX_MARKER_BYTES = 4096
 _MISSING = ("NoSuchKey", "404", "NotFound")
 _FULL = ("InsufficientStorage", "507", "QuotaExceeded", "XMinioStorageFull")
+_DENIED = ("403", "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch")
 
 
 def _transfer_config():
@@ -94,7 +95,8 @@ def _translated(url: str, doing: str) -> Iterator[None]:
     except _storage_errors() as e:
         if _code(e) in _FULL:
             raise StorageFullError(f"{url}: the object store is out of space while {doing}: {e}") from None
-        raise StorageError(f"{url}: object storage error while {doing}: {e}") from None
+        hint = " (permission or credentials: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)" if _code(e) in _DENIED else ""
+        raise StorageError(f"{url}: object storage error while {doing}: {e}{hint}") from None
 
 
 class _Body(io.RawIOBase):

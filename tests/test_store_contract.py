@@ -1,0 +1,151 @@
+"""The contract every store backend keeps (as fsspec's abstract tests do for its
+filesystems): each test runs on a local directory and on a real SeaweedFS server, through
+the :class:`StoreBackend` interface alone. A new backend proves itself by passing these."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ftstore.documents import ArtifactKey
+from ftstore.errors import BadInputError
+from ftstore.stores import StoreBackend
+from ftstore.stores.backend import ENVELOPE, PAYLOAD, SIDECAR, VersionTakenError
+
+
+@pytest.fixture
+def backend(any_store) -> StoreBackend:
+    return any_store.backend
+
+
+def _commit(backend: StoreBackend, name: str, payload: bytes, tmp_path: Path, version: int | None = None,
+            envelope: bytes = b"{}") -> int:
+    src = tmp_path / f"src-{name}-{len(payload)}"
+    src.write_bytes(payload)
+    staging = backend.stage(name, version)
+    try:
+        assert staging.copy_in(PAYLOAD, src, None, None, True)[1] == len(payload)
+        (staging.workdir / SIDECAR).write_bytes(b"sidecar of " + payload[:10])
+        staging.add(SIDECAR, staging.workdir / SIDECAR)
+        return staging.commit(lambda v: envelope + str(v).encode())
+    except BaseException:
+        staging.abort()
+        raise
+
+
+def test_a_new_store_is_empty(backend):
+    assert backend.names() == [] and backend.keys() == [] and backend.orphans() == []
+
+
+def test_a_committed_version_is_listed_and_reads_back_exactly(backend, tmp_path):
+    data = bytes(range(256)) * 1000
+    assert _commit(backend, "a", data, tmp_path) == 1
+    key = ArtifactKey("a", 1)
+    assert backend.names() == ["a"] and backend.versions("a") == [1] and backend.keys() == [key]
+    with backend.open_leaf(key, PAYLOAD) as f:
+        assert f.read() == data
+    assert backend.read_leaf(key, ENVELOPE, 1000) == b"{}1"
+    assert backend.read_leaf(key, SIDECAR, 1000) == b"sidecar of " + data[:10]
+    assert backend.leaf_sizes(key) == {PAYLOAD: len(data), SIDECAR: 21, ENVELOPE: 3}
+    assert set(backend.describe(key)) >= {"dir", "payload", "sidecar", "envelope"}
+
+
+def test_versions_count_up_and_stagings_never_share_one(backend, tmp_path):
+    first, second = backend.stage("a"), backend.stage("a")
+    for st, data in ((second, b"second"), (first, b"first")):
+        src = tmp_path / data.decode()
+        src.write_bytes(data)
+        st.copy_in(PAYLOAD, src, None, None, True)
+    v_second = second.commit(lambda v: b"env")
+    v_first = first.commit(lambda v: b"env")
+    assert sorted([v_first, v_second]) == [1, 2] and backend.versions("a") == [1, 2]
+    assert _commit(backend, "a", b"third", tmp_path) == 3
+
+
+def test_an_exact_version_that_exists_is_refused(backend, tmp_path):
+    _commit(backend, "a", b"one", tmp_path)
+    with pytest.raises(VersionTakenError):
+        _commit(backend, "a", b"other", tmp_path, version=1)
+    with backend.open_leaf(ArtifactKey("a", 1), PAYLOAD) as f:
+        assert f.read() == b"one"
+    assert _commit(backend, "a", b"five", tmp_path, version=5) == 5 and backend.versions("a") == [1, 5]
+
+
+def test_an_aborted_save_leaves_nothing(backend, tmp_path):
+    staging = backend.stage("a")
+    src = tmp_path / "src"
+    src.write_bytes(b"x" * 1000)
+    staging.copy_in(PAYLOAD, src, None, None, True)
+    staging.abort()
+    assert backend.names() == [] and backend.orphans() == []
+
+
+def test_absent_leaves_and_oversized_documents(backend, tmp_path):
+    _commit(backend, "a", b"p" * 5000, tmp_path)
+    key = ArtifactKey("a", 1)
+    backend.delete_leaf(key, SIDECAR)
+    assert backend.open_leaf(key, SIDECAR) is None and backend.read_leaf(key, SIDECAR, 10) is None
+    with pytest.raises(BadInputError, match="limit"):
+        backend.read_leaf(key, PAYLOAD, 100)
+
+
+def test_write_leaf_replaces_one_leaf_of_a_committed_version(backend, tmp_path):
+    _commit(backend, "a", b"payload", tmp_path)
+    key = ArtifactKey("a", 1)
+    backend.write_leaf(key, ENVELOPE, b"new envelope")
+    src = tmp_path / "new-sidecar"
+    src.write_bytes(b"new sidecar")
+    backend.write_leaf(key, SIDECAR, src)
+    assert backend.read_leaf(key, ENVELOPE, 100) == b"new envelope"
+    assert backend.read_leaf(key, SIDECAR, 100) == b"new sidecar"
+    assert backend.versions("a") == [1]
+
+
+def test_a_working_copy_writes_back_what_changed(backend, tmp_path):
+    _commit(backend, "a", b"payload", tmp_path)
+    key = ArtifactKey("a", 1)
+    with backend.working_copy(key) as folder:
+        assert (folder / PAYLOAD).read_bytes() == b"payload"
+        (folder / PAYLOAD).write_bytes(b"repaired")
+        (folder / SIDECAR).unlink()
+    assert backend.read_leaf(key, PAYLOAD, 100) == b"repaired" and backend.read_leaf(key, SIDECAR, 100) is None
+
+
+def test_delete_removes_exactly_one_version(backend, tmp_path):
+    _commit(backend, "a", b"one", tmp_path)
+    _commit(backend, "a", b"two", tmp_path)
+    backend.delete(ArtifactKey("a", 1))
+    assert backend.versions("a") == [2] and backend.open_leaf(ArtifactKey("a", 1), PAYLOAD) is None
+    assert backend.orphans() == []
+
+
+def test_a_save_that_died_is_an_orphan_and_a_live_one_is_not(backend, tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    src.write_bytes(b"y" * 3000)
+    live = backend.stage("live")  # this process is alive and holds it
+    live.copy_in(PAYLOAD, src, None, None, True)
+    code = ("import os, sys; from pathlib import Path; from ftstore.stores import open_store\n"
+            "st = open_store(sys.argv[1]).stage('dead')\n"
+            "st.copy_in('payload', Path(sys.argv[2]), None, None, True)\n"
+            "os._exit(0)\n")
+    subprocess.run([sys.executable, "-c", code, backend.url, str(src)], check=True)
+    monkeypatch.setattr("ftstore.stores.s3.CLAIM_LEASE_SECONDS", 0)  # S3 tells a dead save by its age
+    orphans = backend.orphans()
+    if not backend.capabilities.local_files:  # S3 cannot tell the live claim from the dead by age 0
+        orphans = [o for o in orphans if "dead" in o.path]
+    assert len(orphans) == 1 and "interrupted save" in orphans[0].reason
+    assert backend.remove_orphan(orphans[0].path)
+    assert [o for o in backend.orphans() if "dead" in o.path] == []
+    if backend.capabilities.local_files:
+        assert backend.orphans() == []  # the live save's folder was never listed
+    assert live.commit(lambda v: b"env") == 1 and backend.names() == ["live"]
+
+
+def test_scratch_is_a_private_folder_removed_afterwards(backend):
+    with backend.scratch() as folder:
+        assert folder.is_dir() and not any(folder.iterdir())
+        (folder / "built").write_bytes(b"x")
+    assert not folder.exists()
