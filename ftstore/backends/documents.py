@@ -8,11 +8,18 @@ A bundle is a zip:
     weights/<model>.h5            TensorFlow: one dataset per variable, in model.weights order
     weights/<model>.safetensors   PyTorch: the state_dict
     legacy/<model>.<ext>          Keras weights of an imported legacy archive
+    legacy/<name>.json            ParamsSnapshot of an imported archive's other metadata
+                                  (PtychoPINN's torch_scaling_metadata.pt)
+
+Format version 2 of the manifest and of the params snapshot adds fields (``placeholders``
+and ``metadata`` of ``legacy``; ``framework`` of a tensor value); a document that uses
+none of them is still written as version 1, so older readers keep reading it.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, Optional, Union
 
 import msgspec
@@ -21,6 +28,7 @@ from msgspec import Meta
 
 from ..envelopes.model import NonNegInt, Strict
 from ..errors import BadInputError
+from ..restricted_pickle import TensorflowTensor
 
 BACKENDS = ("tensorflow", "pytorch")
 MAX_DOC_BYTES = 16 * 1024 * 1024
@@ -41,14 +49,21 @@ class ModelEntry(Strict):
     tensors: list[TensorInfo]
 
 
-class LegacySource(Strict):
+class LegacySource(Strict, omit_defaults=True):
+    """Where an imported bundle came from. ``models`` are all the models the archive
+    listed; ``placeholders`` those it held no weights for (PtychoPINN's PyTorch workflow
+    saves ``{'_sentinel': 'autoencoder'}``), which the bundle therefore does not contain;
+    ``metadata`` maps an archive member kept as data to its bundle member."""
+
     archive_version: Annotated[str, Meta(max_length=64)]
     models: list[ModelName]
+    placeholders: list[ModelName] = []
+    metadata: dict[Annotated[str, Meta(max_length=512)], MemberName] = {}
 
 
 class BundleManifest(Strict, kw_only=True):
     format: Literal["ftstore-bundle"] = "ftstore-bundle"
-    format_version: Literal[1] = 1
+    format_version: Literal[1, 2] = 1
     backend: Literal["tensorflow", "pytorch"]
     models: list[ModelEntry]
     params: MemberName = "params.json"
@@ -94,13 +109,15 @@ class DictV(Strict, tag="dict"):
     items: dict[str, "Value"]
 
 
-class TensorV(Strict, tag="tensor"):
-    """A numpy array (``scalar``: a numpy scalar such as ``np.float32(1.5)``) in a .npy member."""
+class TensorV(Strict, tag="tensor", omit_defaults=True):
+    """A numpy array (``scalar``: a numpy scalar such as ``np.float32(1.5)``) in a .npy
+    member; ``framework: "tensorflow"`` when the value was a TensorFlow tensor."""
 
     member: MemberName
     dtype: Annotated[str, Meta(max_length=32)]
     shape: list[NonNegInt]
     scalar: bool = False
+    framework: Optional[Literal["tensorflow"]] = None
 
 
 Value = Union[IntV, FloatV, BoolV, StrV, NoneV, ComplexV, ListV, TupleV, DictV, TensorV]
@@ -108,22 +125,42 @@ Value = Union[IntV, FloatV, BoolV, StrV, NoneV, ComplexV, ListV, TupleV, DictV, 
 
 class ParamsSnapshot(Strict, kw_only=True):
     format: Literal["ftstore-params"] = "ftstore-params"
-    format_version: Literal[1] = 1
+    format_version: Literal[1, 2] = 1
     values: dict[str, Value]
 
 
-def to_snapshot(params: dict[str, Any]) -> tuple[ParamsSnapshot, dict[str, np.ndarray]]:
-    """Typed snapshot of a params dict, plus the arrays to store as .npy members."""
+def _tensorflow_value(v: Any) -> np.ndarray | np.generic | None:
+    """The array of a TensorFlow tensor: an EagerTensor (``params.cfg['probe']`` in
+    PtychoPINN) or the restricted unpickler's record of one. None for anything else.
+    Recognised by type name, so TensorFlow is never imported here."""
+    if isinstance(v, TensorflowTensor):
+        return v.value
+    if type(v).__name__ == "EagerTensor" and type(v).__module__.startswith("tensorflow."):
+        return v.numpy()
+    return None
+
+
+def to_snapshot(params: dict[str, Any], prefix: str = "params") -> tuple[ParamsSnapshot, dict[str, np.ndarray]]:
+    """Typed snapshot of a params dict, plus the arrays to store as .npy members
+    (``<prefix>/<i>.npy``)."""
     arrays: dict[str, np.ndarray] = {}
+    version = 1
 
     def conv(v: Any, where: str) -> Value:
+        nonlocal version
         if isinstance(v, bool):
             return BoolV(value=v)
+        tf_value = _tensorflow_value(v)
+        if tf_value is not None:
+            version = 2
+            t = conv(tf_value, where)
+            assert isinstance(t, TensorV)
+            return TensorV(member=t.member, dtype=t.dtype, shape=t.shape, scalar=t.scalar, framework="tensorflow")
         if isinstance(v, (np.ndarray, np.generic)):
             arr = np.asarray(v)
             if arr.dtype.hasobject:
                 raise BadInputError(f"params[{where}]: object arrays cannot be stored")
-            member = f"params/{len(arrays)}.npy"
+            member = f"{prefix}/{len(arrays)}.npy"
             arrays[member] = arr
             return TensorV(member=member, dtype=arr.dtype.str, shape=list(arr.shape), scalar=isinstance(v, np.generic))
         if isinstance(v, int):
@@ -150,11 +187,13 @@ def to_snapshot(params: dict[str, Any]) -> tuple[ParamsSnapshot, dict[str, np.nd
 
     if not all(isinstance(k, str) for k in params):
         raise BadInputError("params keys must be strings")
-    return ParamsSnapshot(values={k: conv(v, k) for k, v in params.items()}), arrays
+    values = {k: conv(v, k) for k, v in params.items()}
+    return ParamsSnapshot(format_version=version, values=values), arrays
 
 
-def from_snapshot(snap: ParamsSnapshot, load_array) -> dict[str, Any]:
-    """Python values of a snapshot; ``load_array(TensorV)`` reads one .npy member."""
+def from_snapshot(snap: ParamsSnapshot, load_array, as_tensor: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+    """Python values of a snapshot; ``load_array(TensorV)`` reads one .npy member.
+    Values saved as TensorFlow tensors go through ``as_tensor`` (default: left numpy)."""
 
     def conv(v: Value) -> Any:
         if isinstance(v, (IntV, BoolV, StrV)):
@@ -174,7 +213,12 @@ def from_snapshot(snap: ParamsSnapshot, load_array) -> dict[str, Any]:
         arr = load_array(v)
         if arr.dtype.str != v.dtype or list(arr.shape) != v.shape:
             raise BadInputError(f"{v.member}: array is {arr.dtype.str}{list(arr.shape)}, params.json says {v.dtype}{v.shape}")
-        return arr[()] if v.scalar else arr
+        value = arr[()] if v.scalar else arr
+        if v.framework is not None:
+            if snap.format_version < 2:
+                raise BadInputError(f"{v.member}: 'framework' needs params snapshot format_version 2")
+            return as_tensor(value) if as_tensor is not None else value
+        return value
 
     return {k: conv(v) for k, v in snap.values.items()}
 
