@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import io
 import pickle
+import pickletools
 import re
 import struct
 import sys
@@ -366,3 +367,31 @@ class _Finisher:
         if self.tensors == "tensorflow":
             return sys.modules["tensorflow"].convert_to_tensor(value)
         return value
+
+
+_CALLING_OPCODES = {"REDUCE", "NEWOBJ", "NEWOBJ_EX", "INST", "OBJ", "BUILD", "PERSID", "BINPERSID"}
+
+
+def refuse_calls(data: bytes, source: str) -> None:
+    """Refuse a pickle that would call anything when unpickled, by reading its opcodes only
+    (nothing is imported, built or run). A pickle that merely names classes and functions,
+    as PtychoPINN's ``custom_objects.dill`` does, passes; ftstore never unpickles it."""
+    strings: list[str] = []
+    named = "nothing named"
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if isinstance(arg, str) and "UNICODE" in op.name:
+                strings = [*strings[-1:], arg]
+            elif op.name == "GLOBAL":
+                named = str(arg).replace(" ", ".")
+            elif op.name == "STACK_GLOBAL" and len(strings) == 2:
+                named = ".".join(strings)
+            elif op.name in _CALLING_OPCODES:
+                raise UnsafePickleError(
+                    f"{source}: would run code when unpickled ({op.name} after {named}); refusing the archive "
+                    "(ftstore never unpickles this file, but PtychoPINN's loader would)"
+                )
+    except UnsafePickleError:
+        raise
+    except Exception as e:  # pickletools raises ValueError and others on malformed streams
+        raise BadInputError(f"{source}: not a readable pickle ({type(e).__name__}: {e})") from None
