@@ -172,7 +172,7 @@ def _legacy_params():
 
 def test_import_legacy_pytorch_archive(store, tmp_path):
     models = {k: b(TRAIN_CFG) for k, b in TORCH_BUILDERS.items()}
-    files = {"custom_objects.dill": pytest.importorskip("dill").dumps(Evil())}
+    files = {"custom_objects.dill": pytest.importorskip("dill").dumps({"ReLU": torch.nn.ReLU})}  # names a class only
     for name, m in models.items():
         buf = io.BytesIO()
         torch.save(m.state_dict(), buf)
@@ -184,7 +184,7 @@ def test_import_legacy_pytorch_archive(store, tmp_path):
         os.unlink("/tmp/ftstore-pwned")
     res = run_cli("import-legacy", str(arch), "--name", "legacy", store=store, check_rc=0)
     assert "pytorch bundle" in res.stdout
-    assert not os.path.exists("/tmp/ftstore-pwned"), "custom_objects.dill must never be unpickled"
+    assert not os.path.exists("/tmp/ftstore-pwned")
     out = load_bundle(store, "legacy", "pytorch", builders=TORCH_BUILDERS)
     x = torch.rand(1, 4, 8, 8)
     assert torch.equal(out.models["diffraction_to_obj"](x), models["diffraction_to_obj"](x))
@@ -203,11 +203,27 @@ def test_import_legacy_refuses_a_hostile_params_pickle(store, tmp_path):
     assert "refusing to unpickle" in res.stderr
 
 
+def test_import_legacy_refuses_a_custom_objects_pickle_that_would_run_code(store, tmp_path):
+    """ftstore never unpickles custom_objects.dill, but PtychoPINN's loader would: an archive
+    whose custom_objects.dill calls code on load is refused, from its opcodes alone."""
+    dill = pytest.importorskip("dill")
+    arch = tmp_path / "wts.h5.zip"
+    files = {"custom_objects.dill": dill.dumps(Evil()), "autoencoder/params.dill": _legacy_params(),
+             "diffraction_to_obj/params.dill": _legacy_params()}
+    _legacy_archive(arch, "2.0-pytorch", files)
+    with pytest.raises(UnsafePickleError, match=r"custom_objects.dill: would run code when unpickled \(REDUCE after posix.system"):
+        import_legacy(store, arch, "x")
+    res = run_cli("import-legacy", str(arch), "--name", "x", "--store", str(tmp_path / "new-store"), check_rc=2)
+    assert res.stderr.count("\n") == 1 and "would run code" in res.stderr
+    assert store.all_paths() == [] and not (tmp_path / "new-store").exists() and not os.path.exists("/tmp/ftstore-pwned")
+
+
 def test_import_legacy_refuses_a_pickled_module_in_model_pth(store, tmp_path):
     buf = io.BytesIO()
     torch.save(torch_model(TRAIN_CFG), buf)  # a whole pickled module, not a state_dict
     arch = tmp_path / "wts.h5.zip"
-    _legacy_archive(arch, "2.0-pytorch", {"autoencoder/params.dill": _legacy_params(), "autoencoder/model.pth": buf.getvalue()})
+    _legacy_archive(arch, "2.0-pytorch", {"autoencoder/params.dill": _legacy_params(), "autoencoder/model.pth": buf.getvalue(),
+                                           "diffraction_to_obj/params.dill": _legacy_params()})
     with pytest.raises(BadInputError, match="not a plain state_dict"):
         import_legacy(store, arch, "x")
 
