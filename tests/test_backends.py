@@ -233,3 +233,56 @@ def test_import_legacy_rejects_unknown_versions(store, tmp_path):
     _legacy_archive(arch, "3.0", {})
     with pytest.raises(BadInputError, match="unknown archive version '3.0'"):
         import_legacy(store, arch, "x")
+
+
+def test_new_document_fields_need_format_version_2(tmp_path):
+    """A reader of version 1 documents never sees fields it does not know: the writer uses
+    version 2 only when it needs the new fields, and a version 1 document carrying them is
+    refused."""
+    import msgspec
+
+    from ftstore.backends.bundle import read_bundle, write_bundle
+    from ftstore.backends.documents import LegacySource, ModelEntry, ParamsSnapshot, from_snapshot, to_snapshot
+    from ftstore.restricted_pickle import TensorflowTensor
+
+    plain, _ = to_snapshot({"N": 8, "probe": np.ones(2, np.complex64)})
+    assert plain.format_version == 1 and b"framework" not in msgspec.json.encode(plain)
+    tensor, arrays = to_snapshot({"N": 8, "probe": TensorflowTensor(np.ones(2, np.complex64))})
+    assert tensor.format_version == 2 and tensor.values["probe"].framework == "tensorflow"
+    assert from_snapshot(tensor, lambda t: arrays[t.member], as_tensor=lambda a: ("tensor", a.shape))["probe"] == ("tensor", (2,))
+    downgraded = msgspec.json.decode(msgspec.json.encode(tensor).replace(b'"format_version":2', b'"format_version":1'), type=ParamsSnapshot)
+    with pytest.raises(BadInputError, match="needs params snapshot format_version 2"):
+        from_snapshot(downgraded, lambda t: arrays[t.member])
+
+    w = tmp_path / "w"
+    w.write_bytes(b"")
+    entry = ModelEntry(name="m", weights="weights/m.safetensors", weights_format="safetensors", tensors=[])
+    path = tmp_path / "b.zip"
+    write_bundle(path, "pytorch", [(entry, w)], {"N": 8, "gridsize": 1},
+                 LegacySource(archive_version="2.0-pytorch", models=["m", "ae"], placeholders=["ae"]))
+    manifest, _, z = read_bundle(path)
+    z.__exit__(None, None, None)
+    assert manifest.format_version == 2 and manifest.legacy.placeholders == ["ae"]
+    with zipfile.ZipFile(path) as zin, zipfile.ZipFile(tmp_path / "v1.zip", "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            zout.writestr(info, data.replace(b'"format_version":2', b'"format_version":1') if info.filename == "manifest.json" else data)
+    with pytest.raises(BadInputError, match="need format_version 2"):
+        read_bundle(tmp_path / "v1.zip")
+
+
+def test_save_and_load_name_the_params_dict_by_module_path(store, tmp_path, monkeypatch):
+    (tmp_path / "mycfg.py").write_text("cfg = {}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import mycfg
+
+    mycfg.cfg.update(TRAIN_CFG)
+    models = {k: b(mycfg.cfg) for k, b in TORCH_BUILDERS.items()}
+    save_bundle(store, "by-path", models, "pytorch", params="mycfg:cfg")
+    mycfg.cfg.clear()
+    load_bundle(store, "by-path", "pytorch", builders=TORCH_BUILDERS, params="mycfg:cfg")
+    _same_params({k: mycfg.cfg[k] for k in TRAIN_CFG}, TRAIN_CFG)
+    assert params.cfg == {}
+    with pytest.raises(ValueError, match="not both"):
+        load_bundle(store, "by-path", "pytorch", builders=TORCH_BUILDERS, params="mycfg:cfg", target={})
+    sys.modules.pop("mycfg", None)

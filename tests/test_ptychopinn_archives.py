@@ -297,3 +297,18 @@ def test_a_savedmodel_archive_without_tensorflow_is_refused_with_what_would_work
     assert res.returncode == 2, res.stderr
     assert "is a TensorFlow SavedModel" in res.stderr and "needs TensorFlow" in res.stderr and "model.keras" in res.stderr
     assert "Traceback" not in res.stderr and not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("member,damage", [
+    ("autoencoder/variables/variables.index", lambda d: d[:100]),
+    ("autoencoder/variables/variables.data-00000-of-00001", lambda d: bytes(b ^ 0xFF for b in d)),
+    ("autoencoder/variables/variables.data-00000-of-00001", lambda d: d[:50]),
+], ids=["index-truncated", "data-flipped", "data-truncated"])
+def test_a_damaged_savedmodel_checkpoint_is_refused_in_one_line(tmp_path, member, damage):
+    pytest.importorskip("tensorflow")
+    with zipfile.ZipFile(FIXTURES / "tf-savedmodel-2025-07.zip") as z:
+        data = damage(z.read(member))
+    arch = _rewrite(FIXTURES / "tf-savedmodel-2025-07.zip", tmp_path / "wts.h5.zip", {member: data})
+    res = run_cli("import-legacy", str(arch), "--name", "x", "--store", str(tmp_path / "s"), check_rc=2)
+    assert "autoencoder/variables: not a readable TensorFlow checkpoint" in res.stderr and res.stderr.count("\n") == 1
+    assert not (tmp_path / "s").exists()
