@@ -185,3 +185,26 @@ def test_a_cycle_is_refused_as_nested_too_deeply():
     loop.append(loop)
     with pytest.raises(BadInputError, match="nested too deeply"):
         loads_plain(pickle.dumps(loop), "loop")
+
+
+def test_refuse_calls_passes_a_pickle_that_only_names_things_and_refuses_one_that_calls():
+    """custom_objects.dill is never unpickled; its opcodes alone decide whether an archive
+    is refused for what PtychoPINN's loader would run."""
+    import zipfile
+    from pathlib import Path
+
+    from ftstore.restricted_pickle import refuse_calls
+
+    with zipfile.ZipFile(Path(__file__).parent / "fixtures" / "ptychopinn" / "tf-keras3-head.zip") as z:
+        refuse_calls(z.read("autoencoder/custom_objects.dill"), "custom_objects.dill")  # {'relu': tf.nn.relu}
+    refuse_calls(pickle.dumps({"ndarray": np.ndarray, "names": ["a"]}), "names.dill")
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    for proto in (0, 2, 4):
+        with pytest.raises(UnsafePickleError, match=r"would run code when unpickled \(REDUCE after posix.system\)"):
+            refuse_calls(pickle.dumps({"x": Evil()}, protocol=proto), "custom_objects.dill")
+    with pytest.raises(BadInputError, match="not a readable pickle"):
+        refuse_calls(b"\x80\x04garbage", "custom_objects.dill")
