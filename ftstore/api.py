@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 
 from ftstore.bundles.bundle import load_bundle, save_bundle
-from ftstore.bundles.legacy import import_legacy
+from ftstore.bundles.legacy import convert_legacy
 from ftstore.codec import DEFAULT_OVERHEAD
 from ftstore.documents import ARTIFACT_TYPES, Envelope
 from ftstore.engine.copy import CopyResult, copy_store
@@ -58,6 +58,17 @@ def load(store: Store, ref: str, out: str | os.PathLike, *, self_heal: bool = Tr
 
 def verify(store: Store, refs: Sequence[str] = ()) -> list[Health]:
     return store.verify(refs)
+
+
+def import_legacy(location: str | os.PathLike | Store | None, archive: str | os.PathLike, name: str,
+                  metadata: dict[str, str] | None = None) -> tuple[Store, Envelope]:
+    """Convert a PtychoPINN archive into a model bundle and save it as ``name``. Every
+    check runs before the store is opened (or created), so a refused archive leaves
+    nothing behind. Returns the store and the new version's envelope."""
+    with tempfile.TemporaryDirectory(prefix="ftstore-legacy-") as tmp:
+        bundle, meta = convert_legacy(archive, Path(tmp), metadata)
+        store = location if isinstance(location, Store) else Store.open(location, create=True)
+        return store, store.save(bundle, name, "model_bundle", meta)
 
 
 def delete(store: Store, ref: str) -> None:

@@ -172,7 +172,7 @@ def _legacy_params():
 
 def test_import_legacy_pytorch_archive(store, tmp_path):
     models = {k: b(TRAIN_CFG) for k, b in TORCH_BUILDERS.items()}
-    files = {"custom_objects.dill": pytest.importorskip("dill").dumps(Evil())}
+    files = {"custom_objects.dill": pytest.importorskip("dill").dumps({"ReLU": torch.nn.ReLU})}  # names a class only
     for name, m in models.items():
         buf = io.BytesIO()
         torch.save(m.state_dict(), buf)
@@ -184,7 +184,7 @@ def test_import_legacy_pytorch_archive(store, tmp_path):
         os.unlink("/tmp/ftstore-pwned")
     res = run_cli("import-legacy", str(arch), "--name", "legacy", store=store, check_rc=0)
     assert "pytorch bundle" in res.stdout
-    assert not os.path.exists("/tmp/ftstore-pwned"), "custom_objects.dill must never be unpickled"
+    assert not os.path.exists("/tmp/ftstore-pwned")
     out = load_bundle(store, "legacy", "pytorch", builders=TORCH_BUILDERS)
     x = torch.rand(1, 4, 8, 8)
     assert torch.equal(out.models["diffraction_to_obj"](x), models["diffraction_to_obj"](x))
@@ -203,11 +203,27 @@ def test_import_legacy_refuses_a_hostile_params_pickle(store, tmp_path):
     assert "refusing to unpickle" in res.stderr
 
 
+def test_import_legacy_refuses_a_custom_objects_pickle_that_would_run_code(store, tmp_path):
+    """ftstore never unpickles custom_objects.dill, but PtychoPINN's loader would: an archive
+    whose custom_objects.dill calls code on load is refused, from its opcodes alone."""
+    dill = pytest.importorskip("dill")
+    arch = tmp_path / "wts.h5.zip"
+    files = {"custom_objects.dill": dill.dumps(Evil()), "autoencoder/params.dill": _legacy_params(),
+             "diffraction_to_obj/params.dill": _legacy_params()}
+    _legacy_archive(arch, "2.0-pytorch", files)
+    with pytest.raises(UnsafePickleError, match=r"custom_objects.dill: would run code when unpickled \(REDUCE after posix.system"):
+        import_legacy(store, arch, "x")
+    res = run_cli("import-legacy", str(arch), "--name", "x", "--store", str(tmp_path / "new-store"), check_rc=2)
+    assert res.stderr.count("\n") == 1 and "would run code" in res.stderr
+    assert store.keys() == [] and not (tmp_path / "new-store").exists() and not os.path.exists("/tmp/ftstore-pwned")
+
+
 def test_import_legacy_refuses_a_pickled_module_in_model_pth(store, tmp_path):
     buf = io.BytesIO()
     torch.save(torch_model(TRAIN_CFG), buf)  # a whole pickled module, not a state_dict
     arch = tmp_path / "wts.h5.zip"
-    _legacy_archive(arch, "2.0-pytorch", {"autoencoder/params.dill": _legacy_params(), "autoencoder/model.pth": buf.getvalue()})
+    _legacy_archive(arch, "2.0-pytorch", {"autoencoder/params.dill": _legacy_params(), "autoencoder/model.pth": buf.getvalue(),
+                                           "diffraction_to_obj/params.dill": _legacy_params()})
     with pytest.raises(BadInputError, match="not a plain state_dict"):
         import_legacy(store, arch, "x")
 
@@ -217,3 +233,56 @@ def test_import_legacy_rejects_unknown_versions(store, tmp_path):
     _legacy_archive(arch, "3.0", {})
     with pytest.raises(BadInputError, match="unknown archive version '3.0'"):
         import_legacy(store, arch, "x")
+
+
+def test_new_document_fields_need_format_version_2(tmp_path):
+    """A reader of version 1 documents never sees fields it does not know: the writer uses
+    version 2 only when it needs the new fields, and a version 1 document carrying them is
+    refused."""
+    import msgspec
+
+    from ftstore.payloads.bundle_format import read_bundle, write_bundle
+    from ftstore.payloads.bundle_format import LegacySource, ModelEntry, ParamsSnapshot, from_snapshot, to_snapshot
+    from ftstore.bundles.restricted_pickle import TensorflowTensor
+
+    plain, _ = to_snapshot({"N": 8, "probe": np.ones(2, np.complex64)})
+    assert plain.format_version == 1 and b"framework" not in msgspec.json.encode(plain)
+    tensor, arrays = to_snapshot({"N": 8, "probe": TensorflowTensor(np.ones(2, np.complex64))})
+    assert tensor.format_version == 2 and tensor.values["probe"].framework == "tensorflow"
+    assert from_snapshot(tensor, lambda t: arrays[t.member], as_tensor=lambda a: ("tensor", a.shape))["probe"] == ("tensor", (2,))
+    downgraded = msgspec.json.decode(msgspec.json.encode(tensor).replace(b'"format_version":2', b'"format_version":1'), type=ParamsSnapshot)
+    with pytest.raises(BadInputError, match="needs params snapshot format_version 2"):
+        from_snapshot(downgraded, lambda t: arrays[t.member])
+
+    w = tmp_path / "w"
+    w.write_bytes(b"")
+    entry = ModelEntry(name="m", weights="weights/m.safetensors", weights_format="safetensors", tensors=[])
+    path = tmp_path / "b.zip"
+    write_bundle(path, "pytorch", [(entry, w)], {"N": 8, "gridsize": 1},
+                 LegacySource(archive_version="2.0-pytorch", models=["m", "ae"], placeholders=["ae"]))
+    manifest, _, z = read_bundle(path)
+    z.__exit__(None, None, None)
+    assert manifest.format_version == 2 and manifest.legacy.placeholders == ["ae"]
+    with zipfile.ZipFile(path) as zin, zipfile.ZipFile(tmp_path / "v1.zip", "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            zout.writestr(info, data.replace(b'"format_version":2', b'"format_version":1') if info.filename == "manifest.json" else data)
+    with pytest.raises(BadInputError, match="need format_version 2"):
+        read_bundle(tmp_path / "v1.zip")
+
+
+def test_save_and_load_name_the_params_dict_by_module_path(store, tmp_path, monkeypatch):
+    (tmp_path / "mycfg.py").write_text("cfg = {}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import mycfg
+
+    mycfg.cfg.update(TRAIN_CFG)
+    models = {k: b(mycfg.cfg) for k, b in TORCH_BUILDERS.items()}
+    save_bundle(store, "by-path", models, "pytorch", params="mycfg:cfg")
+    mycfg.cfg.clear()
+    load_bundle(store, "by-path", "pytorch", builders=TORCH_BUILDERS, params="mycfg:cfg")
+    _same_params({k: mycfg.cfg[k] for k in TRAIN_CFG}, TRAIN_CFG)
+    assert params.cfg == {}
+    with pytest.raises(ValueError, match="not both"):
+        load_bundle(store, "by-path", "pytorch", builders=TORCH_BUILDERS, params="mycfg:cfg", target={})
+    sys.modules.pop("mycfg", None)

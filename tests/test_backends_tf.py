@@ -83,7 +83,7 @@ def _legacy_archive(tmp_path, models, model_file, root="", params=None, extra=No
 def test_import_legacy_keras_archive(store, tmp_path):
     models = {k: b(CFG) for k, b in BUILDERS.items()}
     arch = _legacy_archive(tmp_path, models, "model.keras", params={**CFG, "_version": "1.0"},
-                           extra={"custom_objects.dill": b"\x80\x04never-unpickled"})
+                           extra={"custom_objects.dill": pytest.importorskip("dill").dumps({"Dense": keras.layers.Dense})})
     env = import_legacy(store, arch, "legacy-tf")
     assert env.metadata["backend"] == "tensorflow"
     res = load_bundle(store, "legacy-tf", "tensorflow", builders=BUILDERS)
@@ -98,3 +98,18 @@ def test_import_legacy_keras_h5_archive(store, tmp_path):
     res = load_bundle(store, "legacy-h5", "tensorflow", builders=BUILDERS)
     x = np.random.default_rng(2).random((1, 8, 8, 4)).astype("float32")
     assert np.array_equal(np.asarray(res.models["diffraction_to_obj"](x)), np.asarray(models["diffraction_to_obj"](x)))
+
+
+def test_a_tensorflow_tensor_in_params_is_saved_and_restored_as_one(store):
+    """PtychoPINN's params.cfg holds its probe as a tf.Tensor; a bundle saved from it gives
+    a tensor back (or a numpy array with tensors='numpy')."""
+    tf = pytest.importorskip("tensorflow")
+    probe = np.arange(16, dtype=np.complex64).reshape(4, 4, 1)
+    params.cfg.update(CFG, probe=tf.convert_to_tensor(probe))
+    save_bundle(store, "kb", {k: b(params.cfg) for k, b in BUILDERS.items()}, "tensorflow")
+    params.cfg.clear()
+    res = load_bundle(store, "kb", "tensorflow", builders=BUILDERS)
+    assert isinstance(params.cfg["probe"], tf.Tensor) and params.cfg["probe"].dtype == tf.complex64
+    assert np.array_equal(params.cfg["probe"].numpy(), probe) and isinstance(res.params["probe"], tf.Tensor)
+    load_bundle(store, "kb", "tensorflow", builders=BUILDERS, tensors="numpy")
+    assert type(params.cfg["probe"]) is np.ndarray and np.array_equal(params.cfg["probe"], probe)

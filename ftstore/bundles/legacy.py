@@ -1,29 +1,46 @@
-"""Importing PtychoPINN ``wts.h5.zip`` archives as ftstore bundles.
+"""Importing PtychoPINN ``wts.h5.zip`` archives as ftstore bundles, without running their code.
 
 A legacy archive holds ``manifest.dill`` (``{'models': [...], 'version': '1.0' |
 '2.0-pytorch'}``) and, per model, ``<model>/params.dill`` (a ``params.cfg`` snapshot) and
-``<model>/model.keras`` or ``<model>/model.h5`` (TensorFlow) or ``<model>/model.pth``
-(PyTorch state_dict). The ``.dill`` files are read with the restricted unpickler (plain
-data only); ``custom_objects.dill`` is never unpickled; ``model.pth`` is read with
-``torch.load(weights_only=True)`` and converted to safetensors.
+its weights, in one of the forms PtychoPINN has written:
+
+- TensorFlow, since mid-2025: ``model.keras`` (Keras 3 zip; its ``model.weights.h5`` is kept)
+  next to an attribute-only ``model.h5``.
+- TensorFlow, before: a SavedModel directory (``saved_model.pb``, ``variables/``); the
+  weights are read from its checkpoint as data (see ``saved_model``).
+- TensorFlow, early 2024: a full-model ``model.h5`` (kept as is, if it holds weights).
+- PyTorch (``2.0-pytorch``): ``model.pth``, a state_dict read with
+  ``torch.load(weights_only=True)`` into safetensors, or the training workflow's
+  placeholder ``{'_sentinel': name}``, recorded as a model without weights; the workflow's
+  ``torch_scaling_metadata.pt`` (plain data, read the same way) is kept as a document.
+
+The ``.dill`` files are read with the restricted unpickler (plain data only; PtychoPINN's
+probe, a pickled TensorFlow tensor, is recorded as one); ``custom_objects.dill`` is never
+unpickled, but an archive whose ``custom_objects.dill`` would call code when PtychoPINN's
+loader unpickles it is refused (its opcodes are read, not run). Everything is read and
+checked before the store is touched.
 """
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from ftstore.payloads.archive import SafeZip
-from ftstore.documents import Envelope
-from ftstore.errors import BadInputError
-from ftstore.bundles.restricted_pickle import loads_plain
-from ftstore.engine.store import Store
+from ftstore.bundles import saved_model
 from ftstore.bundles.bundle import _check_architecture_params, backend_module
+from ftstore.bundles.restricted_pickle import loads_plain, refuse_calls
+from ftstore.documents import Envelope
+from ftstore.engine.store import Store
+from ftstore.errors import BadInputError
+from ftstore.payloads.archive import SafeZip
 from ftstore.payloads.bundle_format import LegacySource, ModelEntry, TensorInfo, write_bundle
 
 VERSIONS = {"1.0": "tensorflow", "2.0-pytorch": "pytorch"}
 MAX_PICKLE_BYTES = 64 * 1024 * 1024
+TORCH_METADATA = "torch_scaling_metadata.pt"
+Converted = tuple[ModelEntry, Path] | None  # None: a placeholder without weights
 
 
 def _root(z: SafeZip) -> str:
@@ -35,8 +52,18 @@ def _root(z: SafeZip) -> str:
 
 
 def import_legacy(store: Store, archive: str | Path, name: str, metadata: dict[str, str] | None = None) -> Envelope:
+    """Convert ``archive`` into a bundle and save it as ``name``; nothing is written to the
+    store unless the whole archive converts."""
+    with tempfile.TemporaryDirectory(prefix="ftstore-legacy-") as tmp:
+        bundle, meta = convert_legacy(archive, Path(tmp), metadata)
+        return store.save(bundle, name, "model_bundle", meta)
+
+
+def convert_legacy(archive: str | Path, tmp: Path, metadata: dict[str, str] | None = None) -> tuple[Path, dict[str, str]]:
+    """Read and check the whole archive and write the bundle zip into ``tmp``; return the
+    zip and the artifact metadata to save it with. Touches no store."""
     archive = Path(archive)
-    with SafeZip(archive) as z, tempfile.TemporaryDirectory(prefix="ftstore-legacy-") as tmp:
+    with SafeZip(archive) as z:
         root = _root(z)
         manifest = loads_plain(z.read(root + "manifest.dill", MAX_PICKLE_BYTES), "manifest.dill")
         if not isinstance(manifest, dict) or not isinstance(manifest.get("models"), (list, tuple)):
@@ -46,51 +73,128 @@ def import_legacy(store: Store, archive: str | Path, name: str, metadata: dict[s
             raise BadInputError(f"manifest.dill: unknown archive version {version!r} (known: {', '.join(VERSIONS)})")
         backend = VERSIONS[version]
         models = [str(m) for m in manifest["models"]]
+        if not models:
+            raise BadInputError("manifest.dill lists no models")
+        for member in z.names():
+            if member.startswith(root) and member.rsplit("/", 1)[-1] == "custom_objects.dill":
+                refuse_calls(z.read(member, MAX_PICKLE_BYTES), member[len(root):])
         params: dict[str, Any] | None = None
-        weights = []
-        for i, model in enumerate(models):
-            p = loads_plain(z.read(f"{root}{model}/params.dill", MAX_PICKLE_BYTES), f"{model}/params.dill")
+        for model in models:  # every pickle is checked before any weights are read
+            p = loads_plain(z.read(f"{root}{model}/params.dill", MAX_PICKLE_BYTES), f"{model}/params.dill", tensors="keep")
             if not isinstance(p, dict) or not all(isinstance(k, str) for k in p):
                 raise BadInputError(f"{model}/params.dill: expected a dict with string keys")
             params = params if params is not None else {k: v for k, v in p.items() if k != "_version"}
-            weights.append(_convert_weights(z, root, model, backend, Path(tmp) / f"w{i}"))
-        if params is None:
-            raise BadInputError("manifest.dill lists no models")
-        _check_architecture_params(params, f"{archive}")
-        out = Path(tmp) / "bundle.zip"
-        write_bundle(out, backend, weights, params, LegacySource(archive_version=version, models=models))
-        meta = {"backend": backend, "models": ",".join(models), "imported_from": archive.name, **(metadata or {})}
-        return store.save(out, name, "model_bundle", meta)
-
-
-def _convert_weights(z: SafeZip, root: str, model: str, backend: str, dest: Path) -> tuple[ModelEntry, Path]:
-    names = set(z.names())
-    if backend == "pytorch":
-        member = f"{root}{model}/model.pth"
-        if member not in names:
-            raise BadInputError(f"{z.path}: {model} has no model.pth")
-        torch_mod = backend_module("pytorch")
-        torch = torch_mod.require()
-        raw = dest.with_suffix(".pth")
-        z.extract(member, raw)
+        assert params is not None
+        weights, placeholders = [], []
+        for i, model in enumerate(models):
+            converted = _convert_weights(z, root, model, backend, tmp / f"w{i}")
+            if converted is None:
+                placeholders.append(model)
+            else:
+                weights.append(converted)
         try:
-            sd = torch.load(raw, map_location="cpu", weights_only=True)
-        except Exception as e:  # torch's restricted unpickler refuses anything but tensors and plain data
-            raise BadInputError(f"{model}/model.pth: not a plain state_dict ({type(e).__name__}: {e})") from None
-        if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-            raise BadInputError(f"{model}/model.pth: expected a state_dict of tensors")
-        from safetensors.torch import save_file
+            _check_architecture_params(params, f"{archive}")
+        except ValueError as e:
+            raise BadInputError(str(e)) from None
+        if not weights:
+            raise BadInputError(f"{archive}: no model in it has weights ({', '.join(placeholders)}: placeholders only)")
+        documents = {}
+        if backend == "pytorch" and root + TORCH_METADATA in z.names():
+            documents["legacy/torch_scaling_metadata.json"] = _torch_metadata(z, root + TORCH_METADATA, tmp)
+        source = LegacySource(archive_version=version, models=models, placeholders=placeholders,
+                              metadata={TORCH_METADATA: m for m in documents})
+        out = tmp / "bundle.zip"
+        write_bundle(out, backend, weights, params, source, documents)
+    meta = {"backend": backend, "models": ",".join(e.name for e, _ in weights), "imported_from": archive.name,
+            **({"placeholders": ",".join(placeholders)} if placeholders else {}), **(metadata or {})}
+    return out, meta
 
-        save_file(torch_mod.state_dict_for_saving(sd), str(dest))
-        tensors = [TensorInfo(name=k, dtype=str(v.dtype).removeprefix("torch."), shape=list(v.shape)) for k, v in sd.items()]
-        return ModelEntry(name=model, weights=f"weights/{model}.safetensors", weights_format="safetensors", tensors=tensors), dest
-    if f"{root}{model}/model.keras" in names:
+
+def _convert_weights(z: SafeZip, root: str, model: str, backend: str, dest: Path) -> Converted:
+    names = set(z.names())
+    base = f"{root}{model}/"
+    if backend == "pytorch":
+        return _convert_torch(z, base, model, dest)
+    if base + "model.keras" in names:
         inner = dest.with_suffix(".keras")
-        z.extract(f"{root}{model}/model.keras", inner)
+        z.extract(base + "model.keras", inner)
         with SafeZip(inner) as kz:
             kz.extract("model.weights.h5", dest)
         return ModelEntry(name=model, weights=f"legacy/{model}.weights.h5", weights_format="keras-weights-h5", tensors=[]), dest
-    if f"{root}{model}/model.h5" in names:
-        z.extract(f"{root}{model}/model.h5", dest)
+    if base + "saved_model.pb" in names:
+        return _convert_saved_model(z, base, model, names, dest)
+    if base + "model.h5" in names:
+        z.extract(base + "model.h5", dest)
+        if not _h5_has_datasets(dest):
+            raise BadInputError(
+                f"{z.path}: {model}/model.h5 holds no weights (only attributes such as intensity_scale), "
+                "and there is no model.keras or SavedModel beside it"
+            )
         return ModelEntry(name=model, weights=f"legacy/{model}.h5", weights_format="keras-legacy-h5", tensors=[]), dest
-    raise BadInputError(f"{z.path}: {model} has neither model.keras nor model.h5")
+    present = sorted(n[len(base):] for n in names if n.startswith(base))
+    raise BadInputError(f"{z.path}: {model} has no model.keras, SavedModel or model.h5 (it holds: {', '.join(present) or 'nothing'})")
+
+
+def _convert_saved_model(z: SafeZip, base: str, model: str, names: set[str], dest: Path) -> Converted:
+    var_dir = dest.with_suffix(".variables")
+    var_dir.mkdir()
+    members = [n for n in names if n.startswith(base + "variables/variables.")]
+    if base + "variables/variables.index" not in members:
+        raise BadInputError(f"{z.path}: {model}'s SavedModel has no variables/variables.index: its weights are missing")
+    data_bytes = 0
+    for member in members:
+        target = var_dir / member[len(base + "variables/"):]
+        z.extract(member, target)
+        data_bytes += target.stat().st_size if ".data-" in member else 0
+    weights = saved_model.read_weights(var_dir / "variables", data_bytes, f"{model}/variables")
+    tensors = saved_model.write_ftstore_h5(weights, dest)
+    return ModelEntry(name=model, weights=f"weights/{model}.h5", weights_format="ftstore-h5", tensors=tensors), dest
+
+
+def _h5_has_datasets(path: Path) -> bool:
+    import h5py
+
+    found = []
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda _, obj: found.append(1) if isinstance(obj, h5py.Dataset) else None)
+    except OSError as e:
+        raise BadInputError(f"{path.name}: not an HDF5 file ({e})") from None
+    return bool(found)
+
+
+def _torch_load(z: SafeZip, member: str, dest: Path, what: str) -> Any:
+    """``torch.load(weights_only=True)``: tensors and plain data only, no code."""
+    torch = backend_module("pytorch").require()
+    z.extract(member, dest)
+    try:
+        return torch.load(dest, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch's restricted unpickler refuses anything but tensors and plain data
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        reason = f"refusing to unpickle {refused.group(1)}" if refused else f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        raise BadInputError(f"{member}: not {what} ({reason})") from None
+
+
+def _convert_torch(z: SafeZip, base: str, model: str, dest: Path) -> Converted:
+    member = base + "model.pth"
+    if member not in z.names():
+        raise BadInputError(f"{z.path}: {model} has no model.pth")
+    torch_mod = backend_module("pytorch")
+    torch = torch_mod.require()
+    sd = _torch_load(z, member, dest.with_suffix(".pth"), "a plain state_dict")
+    if isinstance(sd, dict) and set(sd) == {"_sentinel"} and isinstance(sd["_sentinel"], str):
+        return None  # PtychoPINN's placeholder: the archive has no weights for this model
+    if not isinstance(sd, dict) or not sd or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+        raise BadInputError(f"{model}/model.pth: expected a state_dict of tensors or PtychoPINN's {{'_sentinel': name}} placeholder")
+    from safetensors.torch import save_file
+
+    save_file(torch_mod.state_dict_for_saving(sd), str(dest))
+    tensors = [TensorInfo(name=k, dtype=str(v.dtype).removeprefix("torch."), shape=list(v.shape)) for k, v in sd.items()]
+    return ModelEntry(name=model, weights=f"weights/{model}.safetensors", weights_format="safetensors", tensors=tensors), dest
+
+
+def _torch_metadata(z: SafeZip, member: str, tmp: Path) -> dict[str, Any]:
+    meta = _torch_load(z, member, tmp / "torch-metadata.pt", "plain data")
+    if not isinstance(meta, dict) or not all(isinstance(k, str) for k in meta):
+        raise BadInputError(f"{member}: expected a dict with string keys")
+    return meta

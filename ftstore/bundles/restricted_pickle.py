@@ -3,28 +3,50 @@
 Unpickling can run arbitrary code, so only plain data is admitted: dict, list, tuple,
 set, str, bytes, numbers, bool, None, and numpy arrays and scalars of plain dtypes
 (bool, integers, floats, complex, fixed-length bytes and str). Any other global the stream
-asks for is refused with an error that names it, before it is imported or called.
+asks for is refused with an error that names it, before it is imported or called. Every
+global admitted is an entry of ``_GLOBALS``, mapped to a stand-in defined here; none of
+the named functions is ever imported or called with the stream's data.
 
 numpy's own reconstructors are never handed the stream's data: fed a crafted state,
 ``dtype.__setstate__`` crashes the interpreter (found by fuzz/fuzz_parsers.py). Instead the
 names numpy pickles refer to map to small builders here, which validate the dtype, shape
 and byte count and then make the array with ``np.frombuffer``.
+
+A TensorFlow tensor pickled by dill (PtychoPINN keeps its probe in ``params.cfg`` as one)
+is ``tensorflow.python.framework.ops.convert_to_tensor(<array>)``: the stand-in accepts
+only an array made by the builders above and yields a :class:`TensorflowTensor` holding
+it; :func:`loads_plain` turns that into a numpy array, a real tensor, or keeps the marker,
+as the caller asks.
+
+Work is linear in the stream: results are memoised by identity, so shared references are
+visited once (a 355-byte stream sharing each level twice, 40 levels deep, used to take
+minutes), and at most ``MAX_HASHED`` keys and set members other than ``str`` may be
+hashed in one load (60,000 ints of one hash value made building one set quadratic).
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import pickle
+import pickletools
 import re
 import struct
-from typing import Any
+import sys
+from typing import Any, Literal
 
 import numpy as np
 
 from ftstore.errors import BadInputError
+from ftstore.payloads.bundle_format import TensorflowTensor
 
 _PLAIN_DTYPE = re.compile(r"^[<>|=]?(\?|b1|[iu][1248]|f[248]|c(8|16)|[SU]\d{1,7})$")
 _MAX_ELEMENTS = 1 << 34
+MAX_HASHED = 4096
+"""Dict keys and set members other than ``str`` one load may hash. Ints, floats and
+tuples have hashes anyone can collide, and n colliding keys cost n**2 / 2 comparisons;
+str hashes are salted per process. Params and manifests have str keys."""
+TensorMode = Literal["numpy", "tensorflow", "keep"]
 
 
 class UnsafePickleError(BadInputError):
@@ -119,6 +141,16 @@ def _dill_create_array(f: Any, args: Any, state: Any, npdict: Any = None) -> _Ar
     return builder
 
 
+class _TensorFromArray:
+    """Stands in for ``tensorflow.python.framework.ops.convert_to_tensor``, which is what
+    dill's pickle of an EagerTensor calls: one argument, an array or numpy scalar."""
+
+    def __init__(self, *args: Any):
+        if len(args) != 1 or not isinstance(args[0], (_ArrayBuilder, np.ndarray, np.generic)):
+            raise UnsafePickleError("a TensorFlow tensor made from something other than one plain numpy array")
+        self.value = args[0]
+
+
 def _bytes(*args: Any) -> bytes:
     """How protocol 2 writes ``bytes``: ``bytes()`` or ``_codecs.encode(text, 'latin1')``.
     Nothing else: ``bytes(n)`` from a stream would allocate n bytes."""
@@ -130,7 +162,8 @@ def _bytes(*args: Any) -> bytes:
 
 
 def _dill_load_type(name: Any) -> Any:
-    """dill's way (at protocol 2) of naming builtin types; only the plain containers."""
+    """dill's way (at protocol 2) of naming builtin types; only the plain containers.
+    (The unpickler swaps set and frozenset for its counting builders.)"""
     types: dict[str, Any] = {"set": set, "frozenset": frozenset, "bytes": _bytes}
     if name not in types:
         raise UnsafePickleError(f"refusing dill type {name!r}: only plain data is allowed")
@@ -149,6 +182,7 @@ _GLOBALS: dict[tuple[str, str], Any] = {
     ("numpy", "ndarray"): _NDARRAY,
     ("numpy", "dtype"): _DType,
     ("dill._dill", "_create_array"): _dill_create_array,
+    ("tensorflow.python.framework.ops", "convert_to_tensor"): _TensorFromArray,
 }
 for _name in ("set", "frozenset", "complex"):  # protocol 2 writes Python 2 module names
     _GLOBALS[("__builtin__", _name)] = _GLOBALS[("builtins", _name)]
@@ -167,6 +201,13 @@ class _Restricted(pickle._Unpickler):  # type: ignore[name-defined]
     def __init__(self, data: bytes):
         super().__init__(io.BytesIO(data))
         self._size = len(data)
+        self.hashed = 0
+
+    def charge(self, keys: Any) -> None:
+        """Count keys about to be hashed; refuse past ``MAX_HASHED`` (see the module doc)."""
+        self.hashed += sum(1 for k in keys if type(k) is not str)
+        if self.hashed > MAX_HASHED:
+            raise UnsafePickleError(f"more than {MAX_HASHED} dict keys or set members that are not strings")
 
     def _load_bytearray8(self) -> None:
         """BYTEARRAY8 allocates its declared length before reading: bound it by the input
@@ -179,50 +220,170 @@ class _Restricted(pickle._Unpickler):  # type: ignore[name-defined]
             raise pickle.UnpicklingError("pickle data was truncated")
         self.append(buf)
 
+    # Every opcode that hashes keys or members charges them first.
+    def _load_setitem(self) -> None:
+        value, key = self.stack.pop(), self.stack.pop()
+        self.charge((key,))
+        self.stack[-1][key] = value
+
+    def _load_setitems(self) -> None:
+        items = self.pop_mark()
+        self.charge(items[0::2])
+        target = self.stack[-1]
+        for i in range(0, len(items), 2):
+            target[items[i]] = items[i + 1]
+
+    def _load_dict(self) -> None:
+        items = self.pop_mark()
+        self.charge(items[0::2])
+        self.append({items[i]: items[i + 1] for i in range(0, len(items), 2)})
+
+    def _load_additems(self) -> None:
+        items = self.pop_mark()
+        self.charge(items)
+        target = self.stack[-1]
+        if not isinstance(target, set):
+            raise UnsafePickleError("ADDITEMS on something other than a set")
+        target.update(items)
+
+    def _load_frozenset(self) -> None:
+        items = self.pop_mark()
+        self.charge(items)
+        self.append(frozenset(items))
+
+    def _new_set(self, kind: type, *args: Any) -> Any:
+        """``set(items)`` / ``frozenset(items)`` as protocol 2 and dill write them."""
+        if len(args) > 1:
+            raise UnsafePickleError(f"{kind.__name__} built from more than one argument")
+        items = list(args[0]) if args else []
+        self.charge(items)
+        return kind(items)
+
     dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
     dispatch[pickle.BYTEARRAY8[0]] = _load_bytearray8
+    dispatch[pickle.SETITEM[0]] = _load_setitem
+    dispatch[pickle.SETITEMS[0]] = _load_setitems
+    dispatch[pickle.DICT[0]] = _load_dict
+    dispatch[pickle.ADDITEMS[0]] = _load_additems
+    dispatch[pickle.FROZENSET[0]] = _load_frozenset
 
     def find_class(self, module: str, name: str) -> Any:
         try:
-            return _GLOBALS[(module, name)]
+            found = _GLOBALS[(module, name)]
         except KeyError:
             raise UnsafePickleError(f"refusing to unpickle {module}.{name}: only plain data is allowed") from None
+        if found is _dill_load_type:
+            return lambda type_name: self._counted(_dill_load_type(type_name))
+        return self._counted(found)
+
+    def _counted(self, found: Any) -> Any:
+        return functools.partial(self._new_set, found) if found is set or found is frozenset else found
 
     def persistent_load(self, pid: Any) -> Any:
         raise UnsafePickleError("refusing a pickle with persistent ids")
 
 
-def loads_plain(data: bytes, source: str) -> Any:
-    """Unpickle ``data`` admitting plain data only; the result is checked again after."""
+def loads_plain(data: bytes, source: str, *, tensors: TensorMode = "numpy") -> Any:
+    """Unpickle ``data`` admitting plain data only; the result is checked again after.
+
+    ``tensors`` says what a pickled TensorFlow tensor becomes: ``"numpy"`` its array,
+    ``"tensorflow"`` a tensor again (TensorFlow must already be imported by the caller:
+    ftstore never imports it for a pickle), ``"keep"`` a :class:`TensorflowTensor`."""
+    if tensors == "tensorflow" and "tensorflow" not in sys.modules:
+        raise RuntimeError("loads_plain(tensors='tensorflow') needs TensorFlow imported first")
     try:
-        obj = _Restricted(data).load()
-        return _finish(obj, source)
+        unpickler = _Restricted(data)
+        obj = unpickler.load()
+        return _Finisher(source, tensors, unpickler).finish(obj, 0)
     except UnsafePickleError as e:
         raise UnsafePickleError(f"{source}: {e}") from None
     except MemoryError:
         raise  # never mistake resource exhaustion for a bad file: that would be a bug here
     except RecursionError:
         raise BadInputError(f"{source}: data nested too deeply") from None
+    except BadInputError:
+        raise
     except Exception as e:  # a malformed stream raises anything from the pickle machinery
         raise BadInputError(f"{source}: not a readable pickle ({type(e).__name__}: {e})") from None
 
 
-def _finish(obj: Any, source: str, depth: int = 0) -> Any:
-    """Swap array builders for their arrays and check that only plain data is left."""
-    if depth > 64:
-        raise BadInputError(f"{source}: data nested too deeply")
-    if isinstance(obj, _ArrayBuilder):
-        if obj.array is None:
-            raise UnsafePickleError("numpy array without data")
-        return obj.array
-    if obj is None or isinstance(obj, (bool, int, float, complex, str, bytes, np.generic, np.ndarray)):
-        return obj
-    if isinstance(obj, dict):
-        return {_finish(k, source, depth + 1): _finish(v, source, depth + 1) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finish(v, source, depth + 1) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_finish(v, source, depth + 1) for v in obj)
-    if isinstance(obj, (set, frozenset)):
-        return type(obj)(_finish(v, source, depth + 1) for v in obj)
-    raise UnsafePickleError(f"{type(obj).__name__} is not plain data")
+class _Finisher:
+    """Swaps array builders for their arrays and checks that only plain data is left.
+
+    Each object is finished once (memoised by identity), so the walk is linear in the
+    number of distinct objects however often they are shared; an object met again while
+    it is being finished (a cycle) is refused as nested too deeply."""
+
+    MAX_DEPTH = 64
+
+    def __init__(self, source: str, tensors: TensorMode, unpickler: _Restricted):
+        self.source, self.tensors, self.unpickler = source, tensors, unpickler
+        self.done: dict[int, Any] = {}
+
+    def finish(self, obj: Any, depth: int) -> Any:
+        if obj is None or isinstance(obj, (bool, int, float, complex, str, bytes, np.generic, np.ndarray)):
+            return obj
+        key = id(obj)
+        if key in self.done:
+            return self.done[key]
+        if depth > self.MAX_DEPTH:
+            raise BadInputError(f"{self.source}: data nested too deeply")
+        result = self._convert(obj, depth + 1)
+        self.done[key] = result
+        return result
+
+    def _convert(self, obj: Any, depth: int) -> Any:
+        if isinstance(obj, _ArrayBuilder):
+            if obj.array is None:
+                raise UnsafePickleError("numpy array without data")
+            return obj.array
+        if isinstance(obj, _TensorFromArray):
+            return self._tensor(self.finish(obj.value, depth))
+        if isinstance(obj, dict):
+            self.unpickler.charge(obj)  # rebuilt below: hashed again
+            return {self.finish(k, depth): self.finish(v, depth) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [self.finish(v, depth) for v in obj]
+        if isinstance(obj, tuple):
+            return tuple(self.finish(v, depth) for v in obj)
+        if isinstance(obj, (set, frozenset)):
+            self.unpickler.charge(obj)
+            return type(obj)(self.finish(v, depth) for v in obj)
+        raise UnsafePickleError(f"{type(obj).__name__} is not plain data")
+
+    def _tensor(self, value: Any) -> Any:
+        if not isinstance(value, (np.ndarray, np.generic)):
+            raise UnsafePickleError("a TensorFlow tensor made from something other than one plain numpy array")
+        if self.tensors == "keep":
+            return TensorflowTensor(value)
+        if self.tensors == "tensorflow":
+            return sys.modules["tensorflow"].convert_to_tensor(value)
+        return value
+
+
+_CALLING_OPCODES = {"REDUCE", "NEWOBJ", "NEWOBJ_EX", "INST", "OBJ", "BUILD", "PERSID", "BINPERSID"}
+
+
+def refuse_calls(data: bytes, source: str) -> None:
+    """Refuse a pickle that would call anything when unpickled, by reading its opcodes only
+    (nothing is imported, built or run). A pickle that merely names classes and functions,
+    as PtychoPINN's ``custom_objects.dill`` does, passes; ftstore never unpickles it."""
+    strings: list[str] = []
+    named = "nothing named"
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if isinstance(arg, str) and "UNICODE" in op.name:
+                strings = [*strings[-1:], arg]
+            elif op.name == "GLOBAL":
+                named = str(arg).replace(" ", ".")
+            elif op.name == "STACK_GLOBAL" and len(strings) == 2:
+                named = ".".join(strings)
+            elif op.name in _CALLING_OPCODES:
+                raise UnsafePickleError(
+                    f"{source}: would run code when unpickled ({op.name} after {named}); refusing the archive "
+                    "(ftstore never unpickles this file, but PtychoPINN's loader would)"
+                )
+    except UnsafePickleError:
+        raise
+    except Exception as e:  # pickletools raises ValueError and others on malformed streams
+        raise BadInputError(f"{source}: not a readable pickle ({type(e).__name__}: {e})") from None

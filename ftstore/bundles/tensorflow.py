@@ -65,7 +65,10 @@ def load_weights(model: Any, path: Path, entry: ModelEntry) -> None:
         with warnings.catch_warnings():
             # Keras only warns when parts of a model keep freshly initialised weights.
             warnings.filterwarnings("error", message=r"(?s).*(Skipping|freshly-initialized|could not be loaded|not loaded)")
-            model.load_weights(str(path))
+            try:
+                model.load_weights(str(path))
+            except UserWarning as w:
+                raise ValueError(f"model {entry.name!r}: weights do not fit the built model: {w}") from None
         return
     import h5py
 

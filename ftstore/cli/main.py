@@ -250,16 +250,23 @@ def copy_cmd(src, dst, refs, jobs, as_json):
 @store_option
 @json_option
 def import_legacy_cmd(archive, name, store_path, as_json):
-    """Import a PtychoPINN wts.h5.zip archive as a model bundle, without running its code."""
+    """Import a PtychoPINN wts.h5.zip archive as a model bundle, without running its code.
+
+    Loading it later restores its params into $FTSTORE_PARAMS_TARGET (MODULE:ATTR, e.g.
+    ptycho.params:cfg; default ftstore.params:cfg) unless load_bundle is given params=."""
     if not archive.is_file():
         raise BadInputError(f"{archive}: no such file")
-    store = api.open_store(store_path, create=True)
-    env = api.import_legacy(store, archive, name)
+    # Reading a SavedModel's checkpoint starts TensorFlow in this process: keep its start-up
+    # log lines off stderr, where an error must be one line.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    store, env = api.import_legacy(store_path, archive, name)
     if as_json:
         emit_json({"envelope": env, "paths": store.describe(f"{env.name}@{env.version}")})
         return
+    placeholders = env.metadata.get("placeholders")
     click.echo(f"imported {archive} as {env.name}@{env.version} ({env.metadata.get('backend')} bundle: "
-               f"{env.metadata.get('models')})")
+               f"{env.metadata.get('models')}" + (f"; no weights for: {placeholders}" if placeholders else "") + ")")
 
 
 @cli.command(name="scrub")

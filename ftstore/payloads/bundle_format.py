@@ -8,6 +8,12 @@ A bundle is a zip:
     weights/<model>.h5            TensorFlow: one dataset per variable, in model.weights order
     weights/<model>.safetensors   PyTorch: the state_dict
     legacy/<model>.<ext>          Keras weights of an imported legacy archive
+    legacy/<name>.json            ParamsSnapshot of an imported archive's other metadata
+                                  (PtychoPINN's torch_scaling_metadata.pt)
+
+Format version 2 of the manifest and of the params snapshot adds fields (``placeholders``
+and ``metadata`` of ``legacy``; ``framework`` of a tensor value); a document that uses
+none of them is still written as version 1, so older readers keep reading it.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ from __future__ import annotations
 import io
 import math
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, Optional, Union
 
 import msgspec
@@ -26,6 +34,15 @@ from ftstore.documents.envelope import NonNegInt, Strict
 from ftstore.documents.strict_json import reject_duplicate_keys
 from ftstore.errors import BadInputError
 from ftstore.payloads.archive import SafeZip
+
+
+@dataclass(frozen=True, eq=False)
+class TensorflowTensor:
+    """A TensorFlow tensor as a pickle stream described it: the plain array it was made
+    from (what ``tensor.numpy()`` returned when it was pickled). Recorded in a params
+    snapshot as a tensor (``framework: tensorflow``) without TensorFlow installed."""
+
+    value: np.ndarray | np.generic
 
 BACKENDS = ("tensorflow", "pytorch")
 MAX_DOC_BYTES = 16 * 1024 * 1024
@@ -46,14 +63,21 @@ class ModelEntry(Strict):
     tensors: list[TensorInfo]
 
 
-class LegacySource(Strict):
+class LegacySource(Strict, omit_defaults=True):
+    """Where an imported bundle came from. ``models`` are all the models the archive
+    listed; ``placeholders`` those it held no weights for (PtychoPINN's PyTorch workflow
+    saves ``{'_sentinel': 'autoencoder'}``), which the bundle therefore does not contain;
+    ``metadata`` maps an archive member kept as data to its bundle member."""
+
     archive_version: Annotated[str, Meta(max_length=64)]
     models: list[ModelName]
+    placeholders: list[ModelName] = []
+    metadata: dict[Annotated[str, Meta(max_length=512)], MemberName] = {}
 
 
 class BundleManifest(Strict, kw_only=True):
     format: Literal["ftstore-bundle"] = "ftstore-bundle"
-    format_version: Literal[1] = 1
+    format_version: Literal[1, 2] = 1
     backend: Literal["tensorflow", "pytorch"]
     models: list[ModelEntry]
     params: MemberName = "params.json"
@@ -99,13 +123,15 @@ class DictV(Strict, tag="dict"):
     items: dict[str, "Value"]
 
 
-class TensorV(Strict, tag="tensor"):
-    """A numpy array (``scalar``: a numpy scalar such as ``np.float32(1.5)``) in a .npy member."""
+class TensorV(Strict, tag="tensor", omit_defaults=True):
+    """A numpy array (``scalar``: a numpy scalar such as ``np.float32(1.5)``) in a .npy
+    member; ``framework: "tensorflow"`` when the value was a TensorFlow tensor."""
 
     member: MemberName
     dtype: Annotated[str, Meta(max_length=32)]
     shape: list[NonNegInt]
     scalar: bool = False
+    framework: Optional[Literal["tensorflow"]] = None
 
 
 Value = Union[IntV, FloatV, BoolV, StrV, NoneV, ComplexV, ListV, TupleV, DictV, TensorV]
@@ -113,22 +139,42 @@ Value = Union[IntV, FloatV, BoolV, StrV, NoneV, ComplexV, ListV, TupleV, DictV, 
 
 class ParamsSnapshot(Strict, kw_only=True):
     format: Literal["ftstore-params"] = "ftstore-params"
-    format_version: Literal[1] = 1
+    format_version: Literal[1, 2] = 1
     values: dict[str, Value]
 
 
-def to_snapshot(params: dict[str, Any]) -> tuple[ParamsSnapshot, dict[str, np.ndarray]]:
-    """Typed snapshot of a params dict, plus the arrays to store as .npy members."""
+def _tensorflow_value(v: Any) -> np.ndarray | np.generic | None:
+    """The array of a TensorFlow tensor: an EagerTensor (``params.cfg['probe']`` in
+    PtychoPINN) or the restricted unpickler's record of one. None for anything else.
+    Recognised by type name, so TensorFlow is never imported here."""
+    if isinstance(v, TensorflowTensor):
+        return v.value
+    if type(v).__name__ == "EagerTensor" and type(v).__module__.startswith("tensorflow."):
+        return v.numpy()
+    return None
+
+
+def to_snapshot(params: dict[str, Any], prefix: str = "params") -> tuple[ParamsSnapshot, dict[str, np.ndarray]]:
+    """Typed snapshot of a params dict, plus the arrays to store as .npy members
+    (``<prefix>/<i>.npy``)."""
     arrays: dict[str, np.ndarray] = {}
+    version = 1
 
     def conv(v: Any, where: str) -> Value:
+        nonlocal version
         if isinstance(v, bool):
             return BoolV(value=v)
+        tf_value = _tensorflow_value(v)
+        if tf_value is not None:
+            version = 2
+            t = conv(tf_value, where)
+            assert isinstance(t, TensorV)
+            return TensorV(member=t.member, dtype=t.dtype, shape=t.shape, scalar=t.scalar, framework="tensorflow")
         if isinstance(v, (np.ndarray, np.generic)):
             arr = np.asarray(v)
             if arr.dtype.hasobject:
                 raise BadInputError(f"params[{where}]: object arrays cannot be stored")
-            member = f"params/{len(arrays)}.npy"
+            member = f"{prefix}/{len(arrays)}.npy"
             arrays[member] = arr
             return TensorV(member=member, dtype=arr.dtype.str, shape=list(arr.shape), scalar=isinstance(v, np.generic))
         if isinstance(v, int):
@@ -155,11 +201,13 @@ def to_snapshot(params: dict[str, Any]) -> tuple[ParamsSnapshot, dict[str, np.nd
 
     if not all(isinstance(k, str) for k in params):
         raise BadInputError("params keys must be strings")
-    return ParamsSnapshot(values={k: conv(v, k) for k, v in params.items()}), arrays
+    values = {k: conv(v, k) for k, v in params.items()}
+    return ParamsSnapshot(format_version=version, values=values), arrays
 
 
-def from_snapshot(snap: ParamsSnapshot, load_array) -> dict[str, Any]:
-    """Python values of a snapshot; ``load_array(TensorV)`` reads one .npy member."""
+def from_snapshot(snap: ParamsSnapshot, load_array, as_tensor: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+    """Python values of a snapshot; ``load_array(TensorV)`` reads one .npy member.
+    Values saved as TensorFlow tensors go through ``as_tensor`` (default: left numpy)."""
 
     def conv(v: Value) -> Any:
         if isinstance(v, (IntV, BoolV, StrV)):
@@ -179,7 +227,12 @@ def from_snapshot(snap: ParamsSnapshot, load_array) -> dict[str, Any]:
         arr = load_array(v)
         if arr.dtype.str != v.dtype or list(arr.shape) != v.shape:
             raise BadInputError(f"{v.member}: array is {arr.dtype.str}{list(arr.shape)}, params.json says {v.dtype}{v.shape}")
-        return arr[()] if v.scalar else arr
+        value = arr[()] if v.scalar else arr
+        if v.framework is not None:
+            if snap.format_version < 2:
+                raise BadInputError(f"{v.member}: 'framework' needs params snapshot format_version 2")
+            return as_tensor(value) if as_tensor is not None else value
+        return value
 
     return {k: conv(v) for k, v in snap.values.items()}
 
@@ -201,37 +254,59 @@ def write_bundle(
     weights: list[tuple[ModelEntry, Path]],
     params: dict[str, Any],
     legacy: LegacySource | None = None,
+    documents: dict[str, dict[str, Any]] | None = None,
 ) -> None:
-    """Write a bundle zip: weights files, the params snapshot and its arrays, the manifest."""
-    snapshot, arrays = to_snapshot(params)
+    """Write a bundle zip: weights files, the params snapshot and its arrays, the manifest;
+    ``documents`` maps further members (``legacy/<name>.json``) to dicts stored the way
+    params are."""
     with zipfile.ZipFile(path, "x", compression=zipfile.ZIP_STORED) as zf:
         for entry, wfile in weights:
             zf.write(wfile, entry.weights)
-        for member, arr in arrays.items():
-            buf = io.BytesIO()
-            np.save(buf, arr, allow_pickle=False)
-            zf.writestr(member, buf.getvalue())
-        zf.writestr("params.json", msgspec.json.encode(snapshot))
-        manifest = BundleManifest(backend=backend, models=[e for e, _ in weights], legacy=legacy)  # type: ignore[arg-type]
+        for member, values in [("params.json", params), *(documents or {}).items()]:
+            snapshot, arrays = to_snapshot(values, prefix=member.removesuffix(".json"))
+            for array_member, arr in arrays.items():
+                buf = io.BytesIO()
+                np.save(buf, arr, allow_pickle=False)
+                zf.writestr(array_member, buf.getvalue())
+            zf.writestr(member, msgspec.json.encode(snapshot))
+        version = 2 if legacy is not None and (legacy.placeholders or legacy.metadata) else 1
+        manifest = BundleManifest(format_version=version, backend=backend, models=[e for e, _ in weights], legacy=legacy)  # type: ignore[arg-type]
         zf.writestr("manifest.json", msgspec.json.encode(manifest))
 
 
-def read_bundle(path: Path) -> tuple[BundleManifest, dict[str, Any], SafeZip]:
-    """Parse a bundle file: manifest and params, strictly. The caller closes the SafeZip."""
+def read_bundle(path: Path, as_tensor: Callable[[Any], Any] | None = None) -> tuple[BundleManifest, dict[str, Any], SafeZip]:
+    """Parse a bundle file: manifest and params, strictly. The caller closes the SafeZip.
+    Params saved as TensorFlow tensors go through ``as_tensor`` (default: numpy)."""
     z = SafeZip(path)
     try:
         manifest = decode_doc(z.read("manifest.json"), BundleManifest, "manifest.json")
         names = [m.name for m in manifest.models]
         if len(set(names)) != len(names):
             raise BadInputError("manifest.json: duplicate model names")
+        if manifest.legacy is not None and (manifest.legacy.placeholders or manifest.legacy.metadata):
+            if manifest.format_version < 2:
+                raise BadInputError("manifest.json: legacy placeholders and metadata need format_version 2")
+            if set(manifest.legacy.placeholders) & set(names):
+                raise BadInputError("manifest.json: a model is listed both with weights and as a placeholder")
         for m in manifest.models:
             z._info(m.weights)
         snap = decode_doc(z.read(manifest.params), ParamsSnapshot, manifest.params)
-        params = from_snapshot(snap, lambda t: _read_npy(z, t))
+        params = from_snapshot(snap, lambda t: _read_npy(z, t), as_tensor)
     except BaseException:
         z.__exit__(None, None, None)
         raise
     return manifest, params, z
+
+
+def read_legacy_metadata(z: SafeZip, manifest: BundleManifest) -> dict[str, dict[str, Any]]:
+    """The other metadata an imported archive carried, by its archive member name."""
+    if manifest.legacy is None:
+        return {}
+    out = {}
+    for original, member in manifest.legacy.metadata.items():
+        snap = decode_doc(z.read(member), ParamsSnapshot, member)
+        out[original] = from_snapshot(snap, lambda t: _read_npy(z, t))
+    return out
 
 
 def _read_npy(z: SafeZip, t: TensorV) -> np.ndarray:

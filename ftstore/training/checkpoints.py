@@ -38,7 +38,7 @@ class Checkpoint:
 
 @dataclass(frozen=True)
 class BundleSpec:
-    """What to save for a model bundle checkpoint (see :func:`ftstore.backends.save_bundle`)."""
+    """What to save for a model bundle checkpoint (see :func:`ftstore.bundles.save_bundle`)."""
 
     models: dict[str, Any]
     backend: str
