@@ -16,8 +16,8 @@ if [ "${1:-}" = "--latest" ]; then
   pins=(--upgrade --upgrade-strategy eager)
 fi
 python3 -m venv "$venv"
-"$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
-"$venv/bin/python" -m pip install -q "${pins[@]}" -e '.[test]' -r requirements-dev.txt
+"$venv/bin/python" -m pip install -q "${pins[@]}" --upgrade pip setuptools wheel >/dev/null
+"$venv/bin/python" -m pip install -q "${pins[@]}" --no-build-isolation -e '.[test]' -r requirements-dev.txt
 export PATH="$PWD/$venv/bin:$PATH"
 seed="${FTSTORE_DRILL_SEED:-1}"
 ftstore drill --seed "$seed"
