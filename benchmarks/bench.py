@@ -133,7 +133,7 @@ def hwm_kib(pid):
 s = Store.open(sys.argv[2], create=True)
 s.save(sys.argv[1], "m")
 load(s, "m", sys.argv[3])
-workers = list(parallel._pool._processes) if parallel._pool else []
+workers = parallel.worker_pids()
 print(max([hwm_kib("self")] + [hwm_kib(p) for p in workers]))
 """
 

@@ -52,3 +52,21 @@ def test_importing_the_codec_does_not_import_the_rest_of_the_package():
         "assert set(ftstore.__all__) <= set(dir(ftstore))"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_forked_child_hashes_after_its_parent_used_the_thread_pool():
+    """A fork-based DataLoader worker that saves must not hang in BLAKE3's thread pool."""
+    code = (
+        "import os, sys\n"
+        "from ftstore.hashing import hash_stream\n"
+        "import io\n"
+        "data = os.urandom(64 << 20)\n"
+        "hash_stream(io.BytesIO(data))  # the parent's pool is up\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    digest, n = hash_stream(io.BytesIO(data))\n"
+        "    os._exit(0 if n == len(data) else 1)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "sys.exit(os.waitstatus_to_exitcode(status))\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
