@@ -102,6 +102,7 @@ class FtstoreCheckpointIO(CheckpointIO):
         self._protector = BackgroundProtector(store.url)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
+        self._removed_early: set[str] = set()
 
     # -- naming ---------------------------------------------------------------------------
     def artifact_name(self, path: str | os.PathLike) -> str:
@@ -131,6 +132,9 @@ class FtstoreCheckpointIO(CheckpointIO):
             if isinstance(checkpoint.get(field), int):
                 meta[key] = str(checkpoint[field])
         with self._locked(name):
+            if name in self._removed_early:  # removed while this save waited in AsyncCheckpointIO's queue
+                self._removed_early.discard(name)
+                return
             env = self.store.save_written(lambda f: torch.save(checkpoint, f), name, meta, self.overhead,
                                           protect=not self.background)
             key = ArtifactKey(env.name, env.version)
@@ -251,16 +255,22 @@ class FtstoreCheckpointIO(CheckpointIO):
     # -- remove ----------------------------------------------------------------------------
     def remove_checkpoint(self, path: str | os.PathLike) -> None:
         """Remove the file at ``path`` and its artifact. A symbolic link (``save_last="link"``)
-        is only unlinked: the checkpoint it points to is another path's."""
+        is only unlinked: the checkpoint it points to is another path's. A path with nothing
+        saved yet is one whose save ``AsyncCheckpointIO`` still has queued: that save is
+        dropped when it comes, so top-k pruning leaves no stray checkpoint behind."""
         target = _Target.of(path)
         if target.local and os.path.islink(target.path):
             os.unlink(target.path)
             return
         name = self._name(target.key)
         with self._locked(name):
+            versions = self.store.versions(name)
+            if not versions and not target.exists():
+                self._removed_early.add(name)  # its save is still queued: it will not happen
+                return
             if target.fs.exists(target.path):
                 target.fs.rm(target.path, recursive=True)
-            for v in self.store.versions(name):
+            for v in versions:
                 self._delete(ArtifactKey(name, v))
 
     def _delete(self, key: ArtifactKey) -> None:
