@@ -90,7 +90,7 @@ def copy_hashing(
     return result
 
 
-WRITEBACK_EVERY = 8 << 20
+WRITEBACK_EVERY = 4 << 20
 
 
 class HashingWriter:

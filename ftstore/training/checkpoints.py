@@ -12,15 +12,19 @@ Lightning overwrites a path. Retention keeps the union of the last N, every K-th
 the best N by a metric (NaN is never best), and never deletes the newest checkpoint that
 verifies. With ``background=True`` a save returns once payload and envelope are durable; a
 separate process (its own session, so it outlives a killed trainer) builds the repair
-sidecar, and deleting a version first cancels its pending protection.
+sidecar, a worker thread deletes what was superseded or falls out of retention (deleting a
+version first cancels its pending protection), and :meth:`wait_until_finished` waits for
+both.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import threading
 import warnings
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -104,6 +108,9 @@ class CheckpointManager:
     overhead: float = 0.10
     restored: Checkpoint | None = field(default=None, init=False)  # what the last restore() brought back
     _protector: BackgroundProtector = field(init=False, repr=False)
+    _tidier: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
+    _tidy_jobs: list[Future] = field(default_factory=list, init=False, repr=False)
+    _tidy_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
         parse_ref(self.name)
@@ -159,16 +166,36 @@ class CheckpointManager:
                                           self.overhead, protect=protect)
         else:
             raise BadInputError(f"a checkpoint is a state dict, a file path or a BundleSpec, not a {type(what).__name__}")
-        if not protect:
-            self._protector.start(ArtifactKey(env.name, env.version), env.artifact_id)
         cp = Checkpoint(step, env.version, f"{env.name}@{env.version}", {k: float(v) for k, v in (metrics or {}).items()})
-        self._after_save(cp)
+        if protect:
+            self._after_save(cp)
+        else:  # sidecar, superseded versions and retention all off the critical path
+            self._protector.start(ArtifactKey(env.name, env.version), env.artifact_id)
+            self._tidy_later(cp)
         return cp
 
     def wait_until_finished(self) -> None:
         """Block until every background sidecar of this manager is committed (one whose
-        version was deleted meanwhile is not an error)."""
+        version was deleted meanwhile is not an error) and retention has run."""
+        with self._tidy_lock:
+            jobs, self._tidy_jobs = self._tidy_jobs, []
+        errors = []
+        for job in jobs:
+            try:
+                job.result()
+            except FtstoreError as e:
+                errors.append(str(e))
         self._protector.wait()
+        if errors:
+            raise DamageError("retention failed: " + "; ".join(errors))
+
+    def _tidy_later(self, cp: Checkpoint) -> None:
+        """Supersede and retention in a worker thread, one job at a time, in save order."""
+        with self._tidy_lock:
+            if self._tidier is None:
+                self._tidier = ThreadPoolExecutor(1, thread_name_prefix="ftstore-retention")
+            self._tidy_jobs = [j for j in self._tidy_jobs if not j.done() or j.exception() is not None]
+            self._tidy_jobs.append(self._tidier.submit(self._after_save, cp))
 
     # -- supersede and retention -------------------------------------------------------
     def _after_save(self, saved: Checkpoint) -> None:
