@@ -104,6 +104,15 @@ class FtstoreCheckpointIO(CheckpointIO):
         self._locks_lock = threading.Lock()
         self._removed_early: set[str] = set()
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable, as Lightning's own CheckpointIO is (``torch.save(trainer)``, spawned
+        workers): the store travels as its URL; locks and running protectors stay here."""
+        return {"store": self.store.url, "prefix": self.prefix, "overhead": self.overhead,
+                "background": self.background, "fallback": self.fallback}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(Store.open(state.pop("store")), **state)  # type: ignore[misc]
+
     # -- naming ---------------------------------------------------------------------------
     def artifact_name(self, path: str | os.PathLike) -> str:
         """The artifact that holds the checkpoint saved at ``path``."""
