@@ -189,3 +189,15 @@ def test_background_protection_is_finished_when_fit_returns(store, tmp_path):
     assert len(store.names()) == 4
     for key in store.keys():
         assert store.read_envelope(key).raptorq is not None and store.check(key).intact
+
+
+def test_the_plugin_pickles_like_lightnings_own(store, tmp_path):
+    """torch.save(trainer) and spawned workers pickle the CheckpointIO: the copy works on
+    the same store."""
+    import pickle
+
+    io = pickle.loads(pickle.dumps(FtstoreCheckpointIO(store, prefix="run1", background=True)))
+    assert (io.store.url, io.prefix, io.background) == (store.url, "run1", True)
+    io.save_checkpoint({"global_step": 3, "state_dict": {"w": torch.ones(2)}}, tmp_path / "a.ckpt")
+    io.wait_until_finished()
+    assert io.load_checkpoint(tmp_path / "a.ckpt")["global_step"] == 3 and store.check(io.artifact_name(tmp_path / "a.ckpt")).intact
