@@ -201,3 +201,17 @@ def test_the_plugin_pickles_like_lightnings_own(store, tmp_path):
     io.save_checkpoint({"global_step": 3, "state_dict": {"w": torch.ones(2)}}, tmp_path / "a.ckpt")
     io.wait_until_finished()
     assert io.load_checkpoint(tmp_path / "a.ckpt")["global_step"] == 3 and store.check(io.artifact_name(tmp_path / "a.ckpt")).intact
+
+
+def test_any_store_publishes_the_checkpoint_and_removes_it(any_store, tmp_path):
+    """On S3 the file at the path is a verified copy of the stored payload; locally, the payload."""
+    io = FtstoreCheckpointIO(any_store)
+    path = tmp_path / "ckpts" / "a.ckpt"
+    io.save_checkpoint({"global_step": 1, "state_dict": {"w": torch.ones(3)}}, path)
+    io.save_checkpoint({"global_step": 2, "state_dict": {"w": torch.zeros(3)}}, path)  # overwritten
+    name = io.artifact_name(path)
+    stored, _ = any_store.load_bytes(name)
+    assert path.read_bytes() == stored.getvalue() and len(any_store.versions(name)) == 1
+    assert io.load_checkpoint(path)["global_step"] == 2
+    io.remove_checkpoint(path)
+    assert not path.exists() and any_store.names() == []
