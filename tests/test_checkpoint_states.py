@@ -54,6 +54,35 @@ def test_a_state_is_written_straight_into_the_store_and_restored_as_it_was(any_s
     assert _equal(_state(1), m.restore(step=1))
 
 
+def test_every_kind_of_value_a_state_may_hold_comes_back(store):
+    """What the save accepts, the restore reads back without running code: the edge cases
+    (empty bytes and empty arrays are ones Python's pickler writes as a call)."""
+    import collections
+
+    state = {
+        "empty_bytes": b"", "bytes": b"\xff", "complex": 1 + 2j, "bool": True, "big_int": 2**70,
+        "ordered": collections.OrderedDict(b=1, a=2), "keys": {1: "int", 2.5: "float", None: "none", True: "bool"},
+        "tuple": (1, ("nested", [None])), "empty_array": np.zeros((0, 3), np.float32), "dates": np.array(["2024-02-29"], "M8[D]"),
+        "strings": np.array(["a", "bc"]), "fortran": np.asfortranarray(np.arange(6.0).reshape(2, 3)), "strided": np.arange(10)[::3],
+        "scalars": [np.float16(1.5), np.uint64(2**63), np.bool_(False), np.str_("s"), np.bytes_(b"")],
+        "bf16": torch.ones(3, dtype=torch.bfloat16), "param": torch.nn.Parameter(torch.ones(2)),
+        "sparse": torch.eye(3).to_sparse(), "view": torch.arange(10)[2:8:2], "empty_tensor": torch.zeros(0, 5),
+    }
+    m = CheckpointManager(store, "run")
+    m.save(1, state)
+    back = m.restore()
+    assert back.keys() == state.keys()
+    for k in state:
+        a, b = state[k], back[k]
+        if k == "sparse":
+            assert b.is_sparse and torch.equal(a.to_dense(), b.to_dense())
+        elif k == "scalars":
+            assert [type(x) for x in a] == [type(x) for x in b] and a == b
+        else:
+            assert _equal(a, b), k
+    assert type(back["param"]) is torch.nn.Parameter and list(back["ordered"]) == ["b", "a"]
+
+
 def test_saving_a_state_reads_nothing_back_and_leaves_no_file_behind(store, monkeypatch):
     """Hashed on its way into the staging folder: no temp file, no second copy, no read."""
     import ftstore.hashing

@@ -13,9 +13,11 @@ refused when saving, with the key that holds it, rather than found out at restor
 
 from __future__ import annotations
 
+import codecs
 import collections
 import io
 import pickle
+import types
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -71,11 +73,32 @@ def _check(x: Any, where: str, depth: int, tensors: tuple[type, ...]) -> None:
     )
 
 
+class _Pickler(pickle._Pickler):
+    """The pickler ``torch.save`` builds on, but for one value: an empty ``bytes`` (an empty
+    bytes object, or the data of an empty numpy array) is written as protocol 2 writes every
+    other one, ``_codecs.encode("", "latin1")``, which ``weights_only`` reads, rather than as
+    a call of ``bytes()``, which it refuses. Python's C pickler cannot be told this (it never
+    asks about ``bytes``); this one only pickles the structure, tensors go in by reference."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def _save_bytes(self, obj: bytes) -> None:
+        if self.proto < 3 and not obj:
+            self.save_reduce(codecs.encode, ("", "latin1"), obj=obj)
+        else:
+            pickle._Pickler.save_bytes(self, obj)
+
+    dispatch[bytes] = _save_bytes
+
+
+_PICKLE_MODULE = types.SimpleNamespace(Pickler=_Pickler, __name__="ftstore.training.state")
+
+
 def write_state(state: Any, f: BinaryIO) -> None:
     """``torch.save`` into ``f``, which is written front to back and never sought."""
     import torch
 
-    torch.save(state, f)
+    torch.save(state, f, pickle_module=_PICKLE_MODULE)
 
 
 def read_state(f: BinaryIO | io.BytesIO, map_location: Any = None) -> Any:
