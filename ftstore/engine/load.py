@@ -2,9 +2,8 @@
 
 One pass first: the payload is streamed into a temporary file beside the destination (or
 into a buffer) while it is hashed, and renamed into place (handed over) only if size and
-BLAKE3 match the envelope. If they do
-not (damage), the version is checked, repaired in a working copy (in place on a local
-store), and copied out again, with the same check.
+BLAKE3 match the envelope. If they do not (damage), the version is checked, repaired in a
+working copy (in place on a local store), and read out again, with the same check.
 """
 
 from __future__ import annotations
