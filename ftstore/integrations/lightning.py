@@ -15,7 +15,8 @@ and ``"best"``, ``save_top_k`` pruning (removing a checkpoint removes its artifa
 ``save_last=True`` or ``"link"`` (a symbolic link Lightning makes is followed on load and
 only unlinked on removal), ``LightningModule.load_from_checkpoint(path)`` and
 ``AsyncCheckpointIO(FtstoreCheckpointIO(store))``. Saving to a path again (``last.ckpt``)
-supersedes the artifact's older versions.
+supersedes the artifact's older versions (with ``background=True``, deleted in a worker
+thread; ``teardown`` at the end of ``fit`` waits for it and for the sidecars).
 
 Each path is one artifact, ``<prefix>-<file name>-<hash of the full path>``; its envelope
 records the path, its folder, and the checkpoint's global step and epoch.
@@ -40,6 +41,7 @@ import threading
 import uuid
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,6 +105,8 @@ class FtstoreCheckpointIO(CheckpointIO):
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
         self._removed_early: set[str] = set()
+        self._tidier: ThreadPoolExecutor | None = None
+        self._tidy_jobs: list[Future] = []
 
     def __getstate__(self) -> dict[str, Any]:
         """Picklable, as Lightning's own CheckpointIO is (``torch.save(trainer)``, spawned
@@ -150,9 +154,24 @@ class FtstoreCheckpointIO(CheckpointIO):
             if self.background:
                 self._protector.start(key, env.artifact_id)
             self._publish(key, target)
-            for v in self.store.versions(name):  # the path now holds the new one
-                if v != env.version:
-                    self._delete(ArtifactKey(name, v))
+            if not self.background:
+                self._drop_older(key)
+        if self.background:  # off the critical path, as the sidecar is
+            with self._locks_lock:
+                if self._tidier is None:
+                    self._tidier = ThreadPoolExecutor(1, thread_name_prefix="ftstore-lightning")
+                self._tidy_jobs = [j for j in self._tidy_jobs if not j.done() or j.exception() is not None]
+                self._tidy_jobs.append(self._tidier.submit(self._drop_older_locked, key))
+
+    def _drop_older(self, key: ArtifactKey) -> None:
+        """The path now holds ``key``: the versions it replaced go."""
+        for v in self.store.versions(key.name):
+            if v < key.version:
+                self._delete(ArtifactKey(key.name, v))
+
+    def _drop_older_locked(self, key: ArtifactKey) -> None:
+        with self._locked(key.name):
+            self._drop_older(key)
 
     def _publish(self, key: ArtifactKey, target: _Target) -> None:
         """Make the file at the target path the stored checkpoint, atomically."""
@@ -291,12 +310,17 @@ class FtstoreCheckpointIO(CheckpointIO):
 
     # -- lifecycle ---------------------------------------------------------------------------
     def wait_until_finished(self) -> None:
-        """Block until every background sidecar started by this plugin is committed."""
+        """Block until every background sidecar started by this plugin is committed, and
+        the versions that newer saves to the same paths replaced are deleted."""
+        with self._locks_lock:
+            jobs, self._tidy_jobs = self._tidy_jobs, []
+        for job in jobs:
+            job.result()
         self._protector.wait()
 
     def teardown(self) -> None:
-        """At the end of ``fit``: background sidecars are finished before it returns."""
-        self._protector.wait()
+        """At the end of ``fit``: background work is finished before it returns."""
+        self.wait_until_finished()
 
 
 def _int(text: str | None) -> int | None:
