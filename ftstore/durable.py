@@ -7,6 +7,7 @@ an fsync of the directory, so a crash leaves either the old file or the whole ne
 from __future__ import annotations
 
 import errno
+import io
 import os
 import shutil
 import time
@@ -14,9 +15,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from ftstore.errors import StorageFullError
-from ftstore.hashing import hash_stream
+from ftstore.hashing import format_hash, hash_stream, new_hasher
 
 TMP_MARK = ".tmp-"
 
@@ -86,6 +88,67 @@ def copy_hashing(
         if durable:
             os.fsync(fo.fileno())
     return result
+
+
+WRITEBACK_EVERY = 4 << 20
+
+
+class HashingWriter:
+    """A write-only, front-to-back file object that hashes what it writes into ``f``; with
+    ``durable``, it starts the kernel's writeback every few MiB so the final fsync has
+    little left to do. Writers that seek (zip files with patched headers) are refused."""
+
+    def __init__(self, f: BinaryIO, durable: bool):
+        self.f, self.durable = f, durable
+        self.hasher = new_hasher()
+        self.written = 0
+        self._flushed = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        view = memoryview(data).cast("B")
+        self.hasher.update(view)
+        self.f.write(view)  # buffered: never stops short
+        self.written += len(view)
+        if self.durable and self.written - self._flushed >= WRITEBACK_EVERY:
+            self.f.flush()
+            start_writeback(self.f.fileno(), self._flushed, self.written - self._flushed)
+            self._flushed = self.written
+        return len(view)
+
+    def tell(self) -> int:
+        return self.written
+
+    def seek(self, *_: object) -> int:
+        raise io.UnsupportedOperation("ftstore writes checkpoints front to back; this writer tried to seek")
+
+    def flush(self) -> None:
+        self.f.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def readable(self) -> bool:
+        return False
+
+    def result(self) -> tuple[str, int]:
+        return format_hash(self.hasher.digest()), self.written
+
+
+def write_hashing(dst: Path, write: Callable[[HashingWriter], object], durable: bool = True) -> tuple[str, int]:
+    """Create ``dst`` and let ``write`` write into it (a ``torch.save``, say); return (BLAKE3,
+    bytes) of exactly what was written, hashed on the way, so nothing reads it back. With
+    ``durable`` the file is fsynced; without, the caller syncs it (and may read it back
+    from the page cache first)."""
+    with open(dst, "xb") as fo:
+        sink = HashingWriter(fo, durable)
+        write(sink)
+        fo.flush()
+        if durable:
+            os.fsync(fo.fileno())
+    return sink.result()
 
 
 def start_writeback(fd: int, offset: int, length: int) -> None:

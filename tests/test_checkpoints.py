@@ -132,11 +132,11 @@ def test_scrub_repair_protects_an_artifact_left_pending(store, make_file):
     assert report.artifacts[0].protected and read_envelope(paths).raptorq is not None
 
 
-def test_steps_must_be_new_and_non_negative(store, make_file):
+def test_steps_are_non_negative_and_a_step_saved_again_supersedes_the_old_one(store, make_file):
     m = CheckpointManager(store, "run")
-    m.save(1, _ckpt(make_file, 1))
-    with pytest.raises(ValueError, match="already has a checkpoint for step 1"):
-        m.save(1, _ckpt(make_file, 1))
+    first = m.save(1, _ckpt(make_file, 1))
+    again = m.save(1, _ckpt(make_file, 2))  # a resumed run saves step 1 again
+    assert [(c.step, c.version) for c in m.checkpoints()] == [(1, again.version)] and again.version > first.version
     with pytest.raises(ValueError, match="non-negative"):
         m.save(-1, _ckpt(make_file, 1))
     with pytest.raises(ValueError):

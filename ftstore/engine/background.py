@@ -1,7 +1,10 @@
-"""``python -m ftstore.engine.background STORE_URL NAME VERSION``: build a pending sidecar.
+"""``python -m ftstore.engine.background STORE_URL NAME VERSION [ARTIFACT_ID]``: build a
+pending sidecar.
 
-Started by ``CheckpointManager.save(background=True)`` in its own session, so it finishes
-even if the training process that started it is killed.
+Started by the checkpoint manager (and the Lightning plugin) with background protection, in
+its own session, so it finishes even if the training process that started it is killed.
+A version deleted before it was protected (retention, a superseding save) is not an error:
+there is nothing left to protect, and the protector exits 0 saying so.
 """
 
 from __future__ import annotations
@@ -10,23 +13,42 @@ import sys
 
 from ftstore.documents import ArtifactKey, parse_ref
 from ftstore.engine.integrity import protect_pending
-from ftstore.engine.leaves import FolderLeaves
+from ftstore.engine.leaves import FolderLeaves, StoredLeaves, read_envelope
 from ftstore.errors import FtstoreError
 from ftstore.stores import open_store
 
 
-def protect_in_store(store_url: str, name: str, version: int) -> None:
+def protect_in_store(store_url: str, name: str, version: int, artifact_id: str | None = None) -> None:
     store = open_store(store_url)
     key = ArtifactKey(parse_ref(name).name, version)
     with store.working_copy(key) as folder:
-        protect_pending(FolderLeaves(folder, key), jobs=1)
+        protect_pending(FolderLeaves(folder, key), jobs=1, artifact_id=artifact_id)
+
+
+def _gone(store_url: str, name: str, version: int, artifact_id: str | None) -> bool:
+    """True if the version no longer exists (or is now another artifact)."""
+    try:
+        store = open_store(store_url)
+        if version not in store.versions(name):
+            return True
+        key = ArtifactKey(name, version)
+        return artifact_id is not None and read_envelope(StoredLeaves(store, key)).artifact_id != artifact_id
+    except (FtstoreError, OSError):
+        return False
 
 
 def main(argv: list[str]) -> int:
-    url, name, version = argv
+    if len(argv) not in (3, 4):
+        print("usage: python -m ftstore.engine.background STORE_URL NAME VERSION [ARTIFACT_ID]", file=sys.stderr)
+        return 2
+    url, name, version, artifact_id = *argv[:3], (argv[3] if len(argv) == 4 else None)
     try:
-        protect_in_store(url, name, int(version))
-    except FtstoreError as e:
+        protect_in_store(url, name, int(version), artifact_id)
+    except (FtstoreError, OSError) as e:
+        if _gone(url, name, int(version), artifact_id):
+            print(f"ftstore protect: {name}@{version} was deleted before its sidecar was built; nothing to do",
+                  file=sys.stderr)
+            return 0
         print(f"ftstore protect: {e}", file=sys.stderr)
         return 1
     return 0

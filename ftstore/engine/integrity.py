@@ -42,7 +42,7 @@ from ftstore.documents import (
 )
 from ftstore.durable import replace_durably, tmp_path
 from ftstore.engine.leaves import FolderLeaves, Leaves, read_envelope
-from ftstore.errors import BadInputError, EnvelopeError, UnrecoverableError
+from ftstore.errors import BadInputError, EnvelopeError, NotFoundError, UnrecoverableError
 from ftstore.hashing import hash_file, hash_stream
 from ftstore.stores.backend import PAYLOAD, SIDECAR
 
@@ -253,19 +253,35 @@ def _replace_sidecar(files: FolderLeaves, ess: ArtifactEssentials, overhead: flo
     return info
 
 
-def protect_pending(files: FolderLeaves, jobs: int | None = None, overhead: float = 0.10) -> Envelope:
+def protect_pending(files: FolderLeaves, jobs: int | None = None, overhead: float = 0.10,
+                    artifact_id: str | None = None) -> Envelope:
     """Build the sidecar of an artifact committed with protection pending, after checking
-    its payload; a no-op for one already protected."""
+    its payload; a no-op for one already protected. With ``artifact_id``, only that
+    artifact is protected: :class:`NotFoundError` if the version is now another one (it was
+    deleted and its number reused), checked again before the sidecar goes in."""
     env = read_envelope(files)
+    _same_artifact(env, artifact_id, files.key.ref)
+    artifact_id = env.artifact_id
     if env.raptorq is not None:
         return env
     h = check(files)
     if h.payload_problem:
         raise UnrecoverableError(f"{files.key.ref}: payload damaged before its repair sidecar was built: {h.payload_problem}")
-    info = _replace_sidecar(files, essentials_of(env), overhead, None, jobs)
-    env = read_envelope(files)  # re-read: a scrub may have written meanwhile
+    tmp = tmp_path(files.sidecar)
+    try:
+        info = write_sidecar(files.payload, tmp, essentials_of(env), overhead, None, jobs)
+        env = read_envelope(files)  # re-read: a scrub may have written meanwhile, or a delete
+        _same_artifact(env, artifact_id, files.key.ref)
+        replace_durably(tmp, files.sidecar)
+    finally:
+        tmp.unlink(missing_ok=True)
     files.write_envelope(msgspec.structs.replace(env, raptorq=raptorq_section(info)))
     return read_envelope(files)
+
+
+def _same_artifact(env: Envelope, artifact_id: str | None, ref: str) -> None:
+    if artifact_id is not None and env.artifact_id != artifact_id:
+        raise NotFoundError(f"{ref} is no longer artifact {artifact_id} (deleted, and the version reused)")
 
 
 def _recover_payload(files: FolderLeaves, meta: SidecarMeta, ess: ArtifactEssentials,

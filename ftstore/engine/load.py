@@ -1,17 +1,19 @@
-"""Loading an artifact version's payload into a file: never wrong bytes.
+"""Loading an artifact version's payload into a file, or into memory: never wrong bytes.
 
-One pass first: the payload is streamed into a temporary file beside the destination while
-it is hashed, and renamed into place only if size and BLAKE3 match the envelope. If they do
-not (damage), the version is checked, repaired in a working copy (in place on a local
-store), and copied out again, with the same check before the rename.
+One pass first: the payload is streamed into a temporary file beside the destination (or
+into a buffer) while it is hashed, and renamed into place (handed over) only if size and
+BLAKE3 match the envelope. If they do not (damage), the version is checked, repaired in a
+working copy (in place on a local store), and read out again, with the same check.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from ftstore.documents import ArtifactKey, Envelope
 from ftstore.durable import disk_full, is_disk_full, replace_durably, tmp_path
@@ -21,12 +23,14 @@ from ftstore.errors import BadInputError, DamageError, EnvelopeError
 from ftstore.hashing import hash_stream
 from ftstore.stores.backend import PAYLOAD, StoreBackend
 
+T = TypeVar("T")
+
 
 @dataclass
 class LoadResult:
     envelope: Envelope
     key: ArtifactKey
-    out: Path
+    out: Path | None  # None for a load into memory
     repair: RepairResult | None
 
     @property
@@ -61,23 +65,64 @@ def load(
         raise BadInputError(f"{out} is a directory; give a file path")
     if not out.parent.is_dir():
         raise BadInputError(f"{out.parent}: no such directory")
+    _, env, repaired = _verified(store, key, self_heal, jobs, f"{out} was not written",
+                                 lambda env: True if _copy_out(store, key, env, out, progress) else None)
+    return LoadResult(env, key, out, repaired)
+
+
+def load_bytes(store: StoreBackend, key: ArtifactKey, *, self_heal: bool = True,
+               jobs: int | None = None) -> tuple[io.BytesIO, LoadResult]:
+    """The payload of ``key`` in memory (a stream at its start), read once while hashed and
+    handed over only if it is exactly what the envelope records; repaired first if damaged,
+    as :func:`load` does. For checkpoints that are deserialized right away."""
+
+    def attempt(env: Envelope) -> io.BytesIO | None:
+        buf = io.BytesIO()
+        if not _stream_verified(store, key, env, buf.write, None):
+            return None
+        buf.seek(0)
+        return buf
+
+    buf, env, repaired = _verified(store, key, self_heal, jobs, "nothing was returned", attempt)
+    return buf, LoadResult(env, key, None, repaired)
+
+
+def _verified(store: StoreBackend, key: ArtifactKey, self_heal: bool, jobs: int | None, unwritten: str,
+              attempt: Callable[[Envelope], T | None]) -> tuple[T, Envelope, RepairResult | None]:
+    """``attempt(envelope)`` reads the payload and returns None unless it hashed right; if
+    it did not, the version is checked, repaired (unless ``self_heal`` is off) and read again."""
     leaves = StoredLeaves(store, key)
     try:
         env = read_envelope(leaves)
     except EnvelopeError:
         env = None
-    if env is not None and _copy_out(store, key, env, out, progress):
-        return LoadResult(env, key, out, None)
+    if env is not None and (got := attempt(env)) is not None:
+        return got, env, None
     health = check(leaves)
     if not health.files_damaged:
-        raise DamageError(f"{key.ref}: payload changed while it was being read; {out} was not written")
+        raise DamageError(f"{key.ref}: payload changed while it was being read; {unwritten}")
     if not self_heal:
         raise DamageError("; ".join(health.problems))
     result = heal(store, key, health, "load", jobs)  # raises unless the payload verifies again
     assert result.envelope is not None
-    if not _copy_out(store, key, result.envelope, out, progress):
-        raise DamageError(f"{key.ref}: payload changed while it was being read; {out} was not written")
-    return LoadResult(result.envelope, key, out, result)
+    if (got := attempt(result.envelope)) is None:
+        raise DamageError(f"{key.ref}: payload changed while it was being read; {unwritten}")
+    return got, result.envelope, result
+
+
+def _stream_verified(store: StoreBackend, key: ArtifactKey, env: Envelope, sink: Callable[[memoryview], object],
+                     progress: Callable[[int], None] | None) -> bool:
+    """Stream the payload into ``sink`` while hashing it: True if it was exactly what ``env``
+    records; False if not, or if it is absent or not a readable regular file."""
+    try:
+        stream = store.open_leaf(key, PAYLOAD)
+    except BadInputError:
+        return False  # checked, and repaired, next
+    if stream is None:
+        return False
+    with stream:
+        got = hash_stream(stream, progress=progress, sink=sink)
+    return got == (env.source_hash, env.size)
 
 
 def _copy_out(store: StoreBackend, key: ArtifactKey, env: Envelope, out: Path, progress) -> bool:
@@ -85,19 +130,13 @@ def _copy_out(store: StoreBackend, key: ArtifactKey, env: Envelope, out: Path, p
     place only if it is exactly what ``env`` records. False (nothing written) otherwise."""
     tmp = tmp_path(out)
     try:
-        stream = store.open_leaf(key, PAYLOAD)
-        if stream is None:
-            return False
-        with stream, open(tmp, "xb") as f:
-            got = hash_stream(stream, progress=progress, sink=f.write)
+        with open(tmp, "xb") as f:
+            if not _stream_verified(store, key, env, f.write, progress):
+                return False
             f.flush()
             os.fsync(f.fileno())
-        if got != (env.source_hash, env.size):
-            return False
         replace_durably(tmp, out)
         return True
-    except BadInputError:
-        return False  # a payload that is not a readable regular file: checked, and repaired, next
     except OSError as e:
         if is_disk_full(e):
             raise disk_full(e, f"writing {out}") from None
@@ -106,4 +145,4 @@ def _copy_out(store: StoreBackend, key: ArtifactKey, env: Envelope, out: Path, p
         tmp.unlink(missing_ok=True)
 
 
-__all__ = ["LoadResult", "heal", "load"]
+__all__ = ["LoadResult", "heal", "load", "load_bytes"]

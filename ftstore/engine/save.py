@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -54,22 +55,33 @@ def validated_request(src: str | os.PathLike, name: str, artifact_type: str, met
     """Everything about a save that can be refused before a byte is written; returns the
     source path and the artifact's essentials (its hash still unknown)."""
     src = Path(src)
+    check_request(name, artifact_type, overhead)
+    if not src.is_file():
+        raise BadInputError(f"{src}: no such file" if not src.exists() else f"{src}: not a regular file")
+    return src, new_essentials(name, artifact_type, metadata, src.stat().st_size)
+
+
+def check_request(name: str, artifact_type: str, overhead: float) -> None:
+    """Refuse a bad name, artifact type or overhead."""
     check_name(name)
     if artifact_type not in ARTIFACT_TYPES:
         raise BadInputError(f"unknown artifact type {artifact_type!r} (one of: {', '.join(ARTIFACT_TYPES)})")
     if not (MIN_OVERHEAD <= overhead <= MAX_OVERHEAD):
         raise BadInputError(f"overhead {overhead} is outside {MIN_OVERHEAD}..{MAX_OVERHEAD}")
-    if not src.is_file():
-        raise BadInputError(f"{src}: no such file" if not src.exists() else f"{src}: not a regular file")
+
+
+def new_essentials(name: str, artifact_type: str, metadata: dict[str, str] | None, size: int) -> ArtifactEssentials:
+    """The essentials of a new version of ``size`` bytes, its hash still unknown; refuses
+    invalid metadata."""
     try:
         metadata = msgspec.convert(dict(metadata or {}), dict[MetaKey, MetaValue])
     except msgspec.ValidationError as e:
         raise BadInputError(f"invalid metadata: {e}") from None
-    return src, ArtifactEssentials(
+    return ArtifactEssentials(
         artifact_id=uuid.uuid4().hex,
         artifact_type=artifact_type,  # type: ignore[arg-type]
         name=name,
-        size=src.stat().st_size,
+        size=size,
         source_hash=ZERO_HASH,
         created_unix_ms=int(time.time() * 1000),
         metadata=metadata,
@@ -95,9 +107,23 @@ def save(
     src, template = validated_request(src, name, artifact_type, metadata, overhead)
     if protect and template.size >= PARALLEL_MIN_BYTES:
         warm_workers(jobs)  # started while the files are opened and the copy begins
+    env = commit_staged(store, name, lambda staging: _bring_in(store, staging, src, template, overhead, jobs,
+                                                               progress, protect, move))
+    if move:
+        src.unlink(missing_ok=True)
+    return env
+
+
+BringIn = Callable[[Staging], "tuple[ArtifactEssentials, SidecarInfo | None]"]
+
+
+def commit_staged(store: StoreBackend, name: str, bring_in: BringIn) -> Envelope:
+    """Open a staging for the next version of ``name``, let ``bring_in`` put the payload
+    (and encode the sidecar) there, and commit with the envelope; any failure aborts the
+    staging, so nothing is committed and nothing is left behind."""
     staging = store.stage(name)
     try:
-        essentials, info = _bring_in(store, staging, src, template, overhead, jobs, progress, protect, move)
+        essentials, info = bring_in(staging)
         if info is not None:
             staging.add(SIDECAR, staging.workdir / SIDECAR)
         section = raptorq_section(info) if info is not None else None
@@ -110,8 +136,6 @@ def save(
     except BaseException:
         staging.abort()
         raise
-    if move:
-        src.unlink(missing_ok=True)
     return read_envelope(StoredLeaves(store, ArtifactKey(name, version)))
 
 
@@ -167,12 +191,19 @@ def _copied_then_encoded(staging: Staging, src: Path, template: ArtifactEssentia
     essentials = msgspec.structs.replace(template, source_hash=digest)
     if not protect:
         return essentials, None
-    build = SidecarBuild(staging.workdir / SIDECAR, template, overhead)
+    return essentials, encode_staged(staging, essentials, overhead, jobs, lambda: staging.sync(PAYLOAD))
+
+
+def encode_staged(staging: Staging, essentials: ArtifactEssentials, overhead: float, jobs: int | None,
+                  flush: Callable[[], object]) -> SidecarInfo:
+    """Encode the sidecar of the payload in the staging folder while ``flush`` makes it
+    durable (or sends it on), so the encoder reads it back from the page cache."""
+    build = SidecarBuild(staging.workdir / SIDECAR, essentials, overhead)
     with ThreadPoolExecutor(1) as ex:
-        synced = ex.submit(staging.sync, PAYLOAD)
+        flushed = ex.submit(flush)
         build.encode(staging.workdir / PAYLOAD, jobs)
-        synced.result()
-    return essentials, build.finish(essentials)
+        flushed.result()
+    return build.finish(essentials)
 
 
 def _streamed(staging: Staging, src: Path, template: ArtifactEssentials, overhead: float, jobs: int | None,
@@ -197,4 +228,4 @@ def _streamed(staging: Staging, src: Path, template: ArtifactEssentials, overhea
     return essentials, build.finish(essentials)
 
 
-__all__ = ["save", "validated_request"]
+__all__ = ["check_request", "commit_staged", "encode_staged", "new_essentials", "save", "validated_request"]

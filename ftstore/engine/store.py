@@ -9,6 +9,7 @@ anything is written.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -16,9 +17,10 @@ from pathlib import Path
 from ftstore.codec import DEFAULT_OVERHEAD
 from ftstore.documents import ArtifactKey, Envelope, Ref, parse_ref
 from ftstore.engine import save as save_engine
+from ftstore.engine.save_written import Writer, save_written
 from ftstore.engine.integrity import Health, check
 from ftstore.engine.leaves import StoredLeaves, read_envelope
-from ftstore.engine.load import LoadResult, load
+from ftstore.engine.load import LoadResult, load, load_bytes
 from ftstore.errors import NotFoundError
 from ftstore.payloads.typed import detect_type, validate_typed_payload
 from ftstore.stores import Capabilities, StoreBackend, open_store
@@ -96,6 +98,13 @@ class Store:
         return save_engine.save(self.backend, path, name, artifact_type, metadata, overhead, jobs, progress,
                                 protect, move)
 
+    def save_written(self, write: Writer, name: str, metadata: dict[str, str] | None = None,
+                     overhead: float = DEFAULT_OVERHEAD, jobs: int | None = None, protect: bool = True) -> Envelope:
+        """Store what ``write(f)`` writes into ``f`` as the next version of ``name`` (a
+        ``file``): written straight into the store and hashed on the way, no copy (see
+        :func:`ftstore.engine.save_written.save_written`)."""
+        return save_written(self.backend, write, name, metadata, overhead, jobs, protect)
+
     def check(self, ref: str | Ref | ArtifactKey) -> Health:
         """Read-only health of one version."""
         return check(StoredLeaves(self.backend, self.resolve(ref)))
@@ -111,6 +120,12 @@ class Store:
         """Write the payload to ``out``: verified first, repaired in place if damaged; never
         wrong bytes (see :func:`ftstore.engine.load.load`)."""
         return load(self.backend, self.resolve(ref), out, self_heal=self_heal, jobs=jobs, progress=progress)
+
+    def load_bytes(self, ref: str | Ref | ArtifactKey, *, self_heal: bool = True,
+                   jobs: int | None = None) -> tuple[io.BytesIO, LoadResult]:
+        """The payload in memory, verified as it was read, repaired first if damaged (see
+        :func:`ftstore.engine.load.load_bytes`)."""
+        return load_bytes(self.backend, self.resolve(ref), self_heal=self_heal, jobs=jobs)
 
     def delete(self, ref: str | Ref | ArtifactKey) -> None:
         self.backend.delete(self.resolve(ref))

@@ -1,25 +1,36 @@
-"""A Keras callback that checkpoints through a :class:`~ftstore.CheckpointManager`.
+"""A Keras callback that checkpoints the whole training state through a
+:class:`~ftstore.CheckpointManager`, and the restore that brings all of it back.
 
     manager = CheckpointManager(store, "run", keep_last=3)
     model.fit(x, y, epochs=10, callbacks=[FtstoreCheckpoint(manager)])
-    ...
-    cp = restore_weights(manager, fresh_model)      # newest checkpoint that verifies
-    fresh_model.fit(x, y, initial_epoch=cp.step + 1, epochs=20)
+    ...                                                # killed; a new process:
+    model = build_and_compile()
+    cp = restore_training(manager, model)              # newest checkpoint that verifies
+    model.fit(x, y, initial_epoch=cp.step + 1, epochs=10, callbacks=[FtstoreCheckpoint(manager)])
 
-Each checkpoint is the model's Keras ``.weights.h5`` file (HDF5, no code), with the
-epoch's logs as metrics. Optimizer state is not included.
+Each checkpoint is the model's Keras ``.weights.h5`` file (HDF5, no code, never a pickle):
+the layers' weights and the optimizer's variables (its iteration count, learning rate,
+moments); its step is the epoch, and the epoch's finite logs are its metrics. It is built in
+the store's scratch folder and taken over without a copy. The restore builds the model's
+optimizer first, so that its variables are loaded too, and refuses a checkpoint whose
+optimizer state does not fit the model's rather than silently skipping it. An epoch run
+again after a resume (past a damaged checkpoint, say) supersedes the old checkpoint.
 """
 
 from __future__ import annotations
 
 import math
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import keras
 
+from ftstore.errors import BadInputError
 from ftstore.training.checkpoints import Checkpoint, CheckpointManager
+
+WEIGHTS_FILE = "checkpoint.weights.h5"
 
 
 class FtstoreCheckpoint(keras.callbacks.Callback):
@@ -34,16 +45,30 @@ class FtstoreCheckpoint(keras.callbacks.Callback):
         if (epoch + 1) % self.every_n_epochs:
             return
         metrics = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float)) and math.isfinite(float(v))}
-        with tempfile.TemporaryDirectory(prefix="ftstore-keras-") as tmp:
-            path = Path(tmp) / "model.weights.h5"
-            self.model.save_weights(path)
-            self.manager.save(epoch, path, metrics=metrics)
+        with self.manager.store.scratch() as tmp:
+            path = Path(tmp) / WEIGHTS_FILE
+            self.model.save_weights(path)  # layers and optimizer variables
+            self.manager.save(epoch, path, metrics=metrics, move=True)
 
 
-def restore_weights(manager: CheckpointManager, model: Any, step: int | None = None) -> Checkpoint:
-    """Load the newest checkpoint that verifies (or repairs) into ``model``."""
+def restore_training(manager: CheckpointManager, model: Any, step: int | None = None) -> Checkpoint:
+    """Load the newest checkpoint that verifies (or repairs) into ``model``: weights and
+    optimizer state. Returns the checkpoint; continue with ``initial_epoch=cp.step + 1``."""
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None and not optimizer.built:
+        optimizer.build(model.trainable_variables)  # else Keras skips the saved optimizer variables
     with tempfile.TemporaryDirectory(prefix="ftstore-keras-") as tmp:
-        path = Path(tmp) / "model.weights.h5"
+        path = Path(tmp) / WEIGHTS_FILE
         cp = manager.restore(path, step=step)
-        model.load_weights(path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.load_weights(path)
+    skipped = [str(w.message) for w in caught if "Skipping variable loading" in str(w.message)]
+    if skipped:
+        raise BadInputError(f"{cp.ref}: does not fit this model: {skipped[0].splitlines()[0]}")
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return cp
+
+
+restore_weights = restore_training  # its former name; it now restores the optimizer too

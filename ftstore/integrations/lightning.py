@@ -1,58 +1,331 @@
-"""A PyTorch Lightning ``CheckpointIO`` that keeps checkpoints in an ftstore store.
+"""A PyTorch Lightning ``CheckpointIO`` under which Lightning works as with its own, while
+every checkpoint is an ftstore artifact.
 
-    trainer = L.Trainer(plugins=[FtstoreCheckpointIO(Store.open("ckpts", create=True))])
+    store = Store.open("ckpts/.ftstore", create=True)   # on the checkpoint folder's filesystem
+    trainer = L.Trainer(plugins=[FtstoreCheckpointIO(store)],
+                        callbacks=[ModelCheckpoint(dirpath="ckpts", save_last=True)])
+    trainer.fit(model, ckpt_path="last")                  # after a crash: resumes
 
-Lightning hands this plugin file paths; each path maps to one artifact name
-(``<prefix>-<file name>`` with characters outside ``[A-Za-z0-9._-]`` replaced by ``_``).
-Loading verifies and, if needed, repairs the artifact before ``torch.load`` sees a byte,
-and uses ``weights_only=True`` unless Lightning asks otherwise.
+Saving: ``torch.save`` writes the checkpoint straight into the store (hashed on the way, its
+sidecar built then, or in the background with ``background=True``), then the file appears
+at the path Lightning chose, atomically: a hard link to the stored payload, the same inode,
+where the store is on that filesystem; a verified copy elsewhere (another filesystem, or a
+remote ``dirpath`` fsspec knows). So Lightning's own file checks hold: ``ckpt_path="last"``
+and ``"best"``, ``save_top_k`` pruning (removing a checkpoint removes its artifact too),
+``save_last=True`` or ``"link"`` (a symbolic link Lightning makes is followed on load and
+only unlinked on removal), ``LightningModule.load_from_checkpoint(path)`` and
+``AsyncCheckpointIO(FtstoreCheckpointIO(store))``. Saving to a path again (``last.ckpt``)
+supersedes the artifact's older versions (with ``background=True``, deleted in a worker
+thread; ``teardown`` at the end of ``fit`` waits for it and for the sidecars).
+
+Each path is one artifact, ``<prefix>-<file name>-<hash of the full path>``; its envelope
+records the path, its folder, and the checkpoint's global step and epoch.
+
+Loading (``trainer.fit(ckpt_path=...)``, or :meth:`open_checkpoint` for
+``load_from_checkpoint``) reads the stored bytes once while verifying them, repairs them
+first if damaged (in place: a linked file at the path is repaired with them), and only then
+hands them to ``torch.load``, with Lightning's own ``weights_only`` and ``map_location``. A
+checkpoint beyond repair falls back, with a warning, to the newest checkpoint of the same
+folder at no later step that verifies. A file this plugin did not save is loaded as
+Lightning would, with a warning that nothing vouched for it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import posixpath
 import re
-import tempfile
+import threading
+import uuid
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import torch
+from fsspec.implementations.local import LocalFileSystem
+from lightning.fabric.utilities.cloud_io import _load as lightning_load
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from ftstore.api import Store
-from ftstore.documents import ArtifactKey
-from ftstore.errors import NotFoundError
+from ftstore.documents import ArtifactKey, is_name
+from ftstore.durable import fsync_dir, try_link
+from ftstore.hashing import hash_bytes, hash_file
+from ftstore.errors import BadInputError, DamageError, EnvelopeError, NotFoundError
+from ftstore.training.protection import BackgroundProtector
 
 _BAD = re.compile(r"[^A-Za-z0-9._-]")
+PATH_KEY, DIR_KEY = "lightning.path", "lightning.dir"
+STEP_KEY, EPOCH_KEY = "lightning.global_step", "lightning.epoch"
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where Lightning wants a checkpoint: a local path or an fsspec URL, with the canonical
+    spelling the artifact is keyed by (symbolic links in its folder resolved)."""
+
+    fs: Any
+    path: str  # as the filesystem addresses it
+    key: str  # canonical: an absolute real path, or a URL
+    local: bool
+
+    @property
+    def folder_key(self) -> str:
+        return self.key.rsplit("/", 1)[0] if not self.local else os.path.dirname(self.key)
+
+    @classmethod
+    def of(cls, path: str | os.PathLike, follow_link: bool = False) -> _Target:
+        fs, stripped = fsspec.core.url_to_fs(str(path))
+        if isinstance(fs, LocalFileSystem):
+            p = os.path.abspath(stripped)
+            key = os.path.realpath(p) if follow_link else os.path.join(os.path.realpath(os.path.dirname(p)), os.path.basename(p))
+            return cls(fs, p, key, True)
+        return cls(fs, stripped, fs.unstrip_protocol(stripped), False)
+
+    def exists(self) -> bool:
+        return os.path.lexists(self.path) if self.local else self.fs.exists(self.path)
 
 
 class FtstoreCheckpointIO(CheckpointIO):
-    def __init__(self, store: Store, prefix: str = "lightning", overhead: float = 0.10):
+    def __init__(self, store: Store, prefix: str = "lightning", overhead: float = 0.10, background: bool = False,
+                 fallback: bool = True):
+        if not is_name(prefix) or len(prefix) > 32:
+            raise BadInputError(f"invalid prefix {prefix!r}: up to 32 letters, digits, '.', '_' and '-'")
         self.store = store
         self.prefix = prefix
         self.overhead = overhead
+        self.background = background
+        self.fallback = fallback
+        self._protector = BackgroundProtector(store.url)
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
+        self._removed_early: set[str] = set()
+        self._tidier: ThreadPoolExecutor | None = None
+        self._tidy_jobs: list[Future] = []
 
-    def artifact_name(self, path: str | Path) -> str:
-        return _BAD.sub("_", f"{self.prefix}-{Path(path).name}")[:128]
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable, as Lightning's own CheckpointIO is (``torch.save(trainer)``, spawned
+        workers): the store travels as its URL; locks and running protectors stay here."""
+        return {"store": self.store.url, "prefix": self.prefix, "overhead": self.overhead,
+                "background": self.background, "fallback": self.fallback}
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
-        with tempfile.TemporaryDirectory(prefix="ftstore-lightning-") as tmp:
-            f = Path(tmp) / "checkpoint.pt"
-            torch.save(checkpoint, f)
-            self.store.save(f, self.artifact_name(path), "file", {"lightning.path": str(path)}, self.overhead)
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(Store.open(state.pop("store")), **state)  # type: ignore[misc]
 
-    def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        name = self.artifact_name(path)
+    # -- naming ---------------------------------------------------------------------------
+    def artifact_name(self, path: str | os.PathLike) -> str:
+        """The artifact that holds the checkpoint saved at ``path``."""
+        return self._name(_Target.of(path).key)
+
+    def _name(self, key: str) -> str:
+        base = _BAD.sub("_", os.path.basename(key.rstrip("/")))[:64]
+        return f"{self.prefix}-{base}-{hash_bytes(key.encode())[7:23]}"
+
+    @contextlib.contextmanager
+    def _locked(self, name: str) -> Iterator[None]:
+        """One operation at a time per artifact (``AsyncCheckpointIO`` saves in a thread)."""
+        with self._locks_lock:
+            lock = self._locks.setdefault(name, threading.Lock())
+        with lock:
+            yield
+
+    # -- save ------------------------------------------------------------------------------
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError("`Trainer.save_checkpoint(..., storage_options=...)` is not supported by FtstoreCheckpointIO")
+        target = _Target.of(path)
+        name = self._name(target.key)
+        meta = {PATH_KEY: target.key, DIR_KEY: target.folder_key}
+        for key, field in ((STEP_KEY, "global_step"), (EPOCH_KEY, "epoch")):
+            if isinstance(checkpoint.get(field), int):
+                meta[key] = str(checkpoint[field])
+        with self._locked(name):
+            if name in self._removed_early:  # removed while this save waited in AsyncCheckpointIO's queue
+                self._removed_early.discard(name)
+                return
+            env = self.store.save_written(lambda f: torch.save(checkpoint, f), name, meta, self.overhead,
+                                          protect=not self.background)
+            key = ArtifactKey(env.name, env.version)
+            if self.background:
+                self._protector.start(key, env.artifact_id)
+            self._publish(key, target)
+            if not self.background:
+                self._drop_older(key)
+        if self.background:  # off the critical path, as the sidecar is
+            with self._locks_lock:
+                if self._tidier is None:
+                    self._tidier = ThreadPoolExecutor(1, thread_name_prefix="ftstore-lightning")
+                self._tidy_jobs = [j for j in self._tidy_jobs if not j.done() or j.exception() is not None]
+                self._tidy_jobs.append(self._tidier.submit(self._drop_older_locked, key))
+
+    def _drop_older(self, key: ArtifactKey) -> None:
+        """The path now holds ``key``: the versions it replaced go."""
+        for v in self.store.versions(key.name):
+            if v < key.version:
+                self._delete(ArtifactKey(key.name, v))
+
+    def _drop_older_locked(self, key: ArtifactKey) -> None:
+        with self._locked(key.name):
+            self._drop_older(key)
+
+    def _publish(self, key: ArtifactKey, target: _Target) -> None:
+        """Make the file at the target path the stored checkpoint, atomically."""
+        target.fs.makedirs(os.path.dirname(target.path) if target.local else posixpath.dirname(target.path),
+                           exist_ok=True)
+        if not target.local:
+            buf, _ = self.store.load_bytes(key)
+            with target.fs.open(target.path, "wb") as f:
+                f.write(buf.getbuffer())
+            return
+        tmp = Path(target.path).with_name(f".{Path(target.path).name}.ftstore-{uuid.uuid4().hex[:12]}")
+        try:
+            payload = self.store.describe(key).get("payload") if self.store.capabilities.local_files else None
+            if payload is None or not try_link(Path(payload), tmp):
+                self.store.load(key, tmp)  # another filesystem: a copy, verified as it is written
+            os.replace(tmp, target.path)
+            fsync_dir(Path(target.path).parent)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    # -- load ------------------------------------------------------------------------------
+    def load_checkpoint(self, path: str | os.PathLike, map_location: Any = lambda storage, loc: storage,
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        return lightning_load(self.open_checkpoint(path), map_location=map_location, weights_only=weights_only)
+
+    def open_checkpoint(self, path: str | os.PathLike) -> io.BytesIO:
+        """The checkpoint saved at ``path``, verified (repaired first if damaged; the newest
+        good one of its folder, with a warning, if beyond repair), as a stream for
+        ``torch.load`` or ``LightningModule.load_from_checkpoint``."""
+        target = _Target.of(path, follow_link=True)
+        name = self._name(target.key)
         if not self.store.versions(name):
-            raise FileNotFoundError(f"no checkpoint {path} in {self.store.url} (artifact {name})")
-        with tempfile.TemporaryDirectory(prefix="ftstore-lightning-") as tmp:
-            f = Path(tmp) / "checkpoint.pt"
-            self.store.load(name, f)
-            return torch.load(f, map_location=map_location, weights_only=True if weights_only is None else weights_only)
+            if not target.fs.exists(target.path):
+                raise FileNotFoundError(f"Checkpoint file not found: {path}")
+            warnings.warn(f"{path} was not saved through ftstore ({self.store.url}); it is loaded unverified",
+                          stacklevel=3)
+            with target.fs.open(target.path, "rb") as f:
+                return io.BytesIO(f.read())
+        try:
+            buf, res = self.store.load_bytes(name)
+            self._compare_file(target, res.key, res.envelope.source_hash)
+            return buf
+        except DamageError as e:
+            if not self.fallback:
+                raise
+            return self._fall_back(target, name, e)
 
-    def remove_checkpoint(self, path: str | Path) -> None:
-        name = self.artifact_name(path)
-        for v in self.store.versions(name):
+    def _compare_file(self, target: _Target, key: ArtifactKey, digest: str) -> None:
+        """Warn if the local file at the path is not the stored checkpoint (the same inode, or
+        the same bytes): it went missing, or was written outside ftstore, which then wins not."""
+        if not target.local:
+            return
+        if not os.path.lexists(target.path):
+            warnings.warn(f"{target.path} is missing; loading the checkpoint stored for it", stacklevel=4)
+            return
+        payload = self.store.describe(key).get("payload") if self.store.capabilities.local_files else None
+        with contextlib.suppress(OSError):
+            if payload is not None and os.path.samefile(payload, target.path):
+                return
+            if hash_file(target.path)[0] == digest:
+                return
+        warnings.warn(f"{target.path} is not the checkpoint ftstore saved there (changed outside it, or damaged); "
+                      "loading the stored one", stacklevel=4)
+
+    def _fall_back(self, target: _Target, damaged: str, error: DamageError) -> io.BytesIO:
+        """The newest other checkpoint of the same folder, at no later step, that verifies."""
+        limit = self._step_of(self.store.resolve(damaged))
+        tried = []
+        for step, _, name, path in self._siblings(target.folder_key, damaged):
+            if limit is not None and step is not None and step > limit:
+                continue
             try:
-                self.store.delete(ArtifactKey(name, v))
-            except NotFoundError:
-                pass
+                buf, _ = self.store.load_bytes(name)
+            except DamageError as e:
+                tried.append(f"{path}: {e}")
+                continue
+            warnings.warn(f"{target.path}: {error}; loading {path} (global step {step}), the newest checkpoint "
+                          f"of its folder that verifies, instead", stacklevel=4)
+            return buf
+        raise DamageError(f"{error}; no other checkpoint of {target.folder_key} verifies"
+                          + (f" ({'; '.join(tried)})" if tried else "")) from None
+
+    def _siblings(self, folder_key: str, exclude: str) -> list[tuple[int | None, int, str, str]]:
+        """(global step, created, artifact name, path) of this plugin's checkpoints in
+        ``folder_key`` whose file still exists, newest first."""
+        out = []
+        for name in self.store.names():
+            if not name.startswith(self.prefix + "-") or name == exclude:
+                continue
+            try:
+                env = self.store.read_envelope(name)
+            except (EnvelopeError, NotFoundError):
+                continue
+            meta = env.metadata
+            if meta.get(DIR_KEY) != folder_key or PATH_KEY not in meta:
+                continue
+            if not _Target.of(meta[PATH_KEY]).exists():
+                continue
+            out.append((_int(meta.get(STEP_KEY)), env.created_unix_ms, name, meta[PATH_KEY]))
+        out.sort(key=lambda t: (t[0] if t[0] is not None else -1, t[1]), reverse=True)
+        return out
+
+    def _step_of(self, key: ArtifactKey) -> int | None:
+        try:
+            return _int(self.store.read_envelope(key).metadata.get(STEP_KEY))
+        except EnvelopeError:
+            return None
+
+    # -- remove ----------------------------------------------------------------------------
+    def remove_checkpoint(self, path: str | os.PathLike) -> None:
+        """Remove the file at ``path`` and its artifact. A symbolic link (``save_last="link"``)
+        is only unlinked: the checkpoint it points to is another path's. A path with nothing
+        saved yet is one whose save ``AsyncCheckpointIO`` still has queued: that save is
+        dropped when it comes, so top-k pruning leaves no stray checkpoint behind."""
+        target = _Target.of(path)
+        if target.local and os.path.islink(target.path):
+            os.unlink(target.path)
+            return
+        name = self._name(target.key)
+        with self._locked(name):
+            versions = self.store.versions(name)
+            if not versions and not target.exists():
+                self._removed_early.add(name)  # its save is still queued: it will not happen
+                return
+            if target.fs.exists(target.path):
+                target.fs.rm(target.path, recursive=True)
+            for v in versions:
+                self._delete(ArtifactKey(name, v))
+
+    def _delete(self, key: ArtifactKey) -> None:
+        self._protector.cancel(key)
+        try:
+            self.store.delete(key)
+        except NotFoundError:
+            pass
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def wait_until_finished(self) -> None:
+        """Block until every background sidecar started by this plugin is committed, and
+        the versions that newer saves to the same paths replaced are deleted."""
+        with self._locks_lock:
+            jobs, self._tidy_jobs = self._tidy_jobs, []
+        for job in jobs:
+            job.result()
+        self._protector.wait()
+
+    def teardown(self) -> None:
+        """At the end of ``fit``: background work is finished before it returns."""
+        self.wait_until_finished()
+
+
+def _int(text: str | None) -> int | None:
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+

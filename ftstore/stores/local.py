@@ -152,8 +152,7 @@ class LocalStaging(Staging):
         name_dir.mkdir(parents=True, exist_ok=True)
         version = self.version or (self.store.versions(self.name) or [0])[-1] + 1
         while True:
-            write_atomic(self.workdir / ENVELOPE, envelope_for(version))
-            fsync_dir(self.workdir)
+            write_atomic(self.workdir / ENVELOPE, envelope_for(version))  # fsyncs the folder too
             try:
                 os.rename(self.workdir, name_dir / str(version))
             except OSError as e:

@@ -1,20 +1,30 @@
 """Checkpoints for training loops: numbered steps, retention, restore-what-verifies.
 
 Each checkpoint is one version of one artifact name; its step and metrics live in the
-envelope's metadata (``ftstore.step``, ``ftstore.metric.<name>``). Retention keeps the union
-of the last N, every K-th step and the best N by a metric, and never deletes the newest
-checkpoint that verifies. With ``background=True`` a save returns once payload and
-envelope are durable; a separate process (its own session, so it outlives a killed
-trainer) builds the repair sidecar.
+envelope's metadata (``ftstore.step``, ``ftstore.metric.<name>``). A checkpoint is a training
+state (nested dicts/lists of tensors, arrays, numbers, strings: written straight into the
+store by ``torch.save`` while it is hashed, restored with ``weights_only``), a file, or a
+model bundle.
+
+A newer save of a step supersedes the older ones of that step, once it is committed: a run
+resumed from an earlier checkpoint (past a damaged one, say) saves its steps again, as
+Lightning overwrites a path. Retention keeps the union of the last N, every K-th step and
+the best N by a metric (NaN is never best), and never deletes the newest checkpoint that
+verifies. With ``background=True`` a save returns once payload and envelope are durable; a
+separate process (its own session, so it outlives a killed trainer) builds the repair
+sidecar, a worker thread deletes what was superseded or falls out of retention (deleting a
+version first cancels its pending protection), and :meth:`wait_until_finished` waits for
+both.
 """
 
 from __future__ import annotations
 
+import math
 import os
-import subprocess
-import sys
+import threading
 import warnings
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +33,8 @@ from ftstore.api import Store, load_bundle
 from ftstore.bundles.bundle import bundle_file
 from ftstore.documents import ArtifactKey, parse_ref
 from ftstore.errors import BadInputError, DamageError, FtstoreError, NotFoundError
+from ftstore.training.protection import BackgroundProtector
+from ftstore.training.state import FORMAT_KEY, TORCH_STATE, check_state, read_state, write_state
 
 STEP_KEY = "ftstore.step"
 METRIC_PREFIX = "ftstore.metric."
@@ -76,8 +88,8 @@ class RetentionPolicy:
             kept |= {c.step for c in cps[-self.keep_last :]}
         if self.keep_every:
             kept |= {c.step for c in cps if c.step % self.keep_every == 0}
-        if self.keep_best:
-            scored = [c for c in cps if self.best_metric in c.metrics]
+        if self.keep_best:  # NaN is never best: it compares false with everything
+            scored = [c for c in cps if self.best_metric in c.metrics and not math.isnan(c.metrics[self.best_metric])]
             scored.sort(key=lambda c: c.metrics[self.best_metric], reverse=self.best_mode == "max")
             kept |= {c.step for c in scored[: self.keep_best]}
         return kept
@@ -94,11 +106,16 @@ class CheckpointManager:
     best_mode: Literal["min", "max"] = "min"
     background: bool = False
     overhead: float = 0.10
-    _pending: list[subprocess.Popen] = field(default_factory=list, init=False, repr=False)
+    restored: Checkpoint | None = field(default=None, init=False)  # what the last restore() brought back
+    _protector: BackgroundProtector = field(init=False, repr=False)
+    _tidier: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
+    _tidy_jobs: list[Future] = field(default_factory=list, init=False, repr=False)
+    _tidy_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
         parse_ref(self.name)
         self.policy = RetentionPolicy(self.keep_last, self.keep_every, self.keep_best, self.best_metric, self.best_mode)
+        self._protector = BackgroundProtector(self.store.url)
 
     # -- listing ----------------------------------------------------------------
     def checkpoints(self) -> list[Checkpoint]:
@@ -123,61 +140,101 @@ class CheckpointManager:
         return cps[-1] if cps else None
 
     # -- save ---------------------------------------------------------------------
-    def save(self, step: int, bundle_or_path: BundleSpec | str | os.PathLike, metrics: dict[str, float] | None = None) -> Checkpoint:
-        if not isinstance(step, int) or step < 0:
+    def save(self, step: int, what: Any, metrics: dict[str, float] | None = None, *,
+             move: bool = False) -> Checkpoint:
+        """Save checkpoint ``step``: ``what`` is a training state (a dict, list or tuple of
+        tensors, numpy arrays, numbers and strings), a file path (taken over, not copied, with
+        ``move``), or a :class:`BundleSpec`. Older checkpoints of the same step are deleted
+        once this one is committed."""
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
             raise BadInputError(f"step must be a non-negative integer, not {step!r}")
-        if step in self.steps():
-            raise BadInputError(f"{self.name} already has a checkpoint for step {step}")
         meta = {STEP_KEY: str(step), **{METRIC_PREFIX + k: repr(float(v)) for k, v in (metrics or {}).items()}}
         protect = not self.background
-        if isinstance(bundle_or_path, BundleSpec):
-            spec = bundle_or_path
+        if isinstance(what, BundleSpec):
             with self.store.scratch() as tmp:  # built beside the store, so taken over, not copied
-                path = bundle_file(spec.models, spec.backend, spec.params, tmp)
-                env = self.store.save(path, self.name, "model_bundle", {"backend": spec.backend, **meta},
+                path = bundle_file(what.models, what.backend, what.params, tmp)
+                env = self.store.save(path, self.name, "model_bundle", {"backend": what.backend, **meta},
                                       self.overhead, protect=protect, move=True)
-        else:
-            path = Path(bundle_or_path)
+        elif isinstance(what, (str, os.PathLike)):
+            path = Path(what)
             if not path.is_file():
                 raise BadInputError(f"{path}: no such file")
-            env = self.store.save(path, self.name, None, meta, self.overhead, protect=protect)
-        if not protect:
-            self._pending.append(subprocess.Popen(
-                [sys.executable, "-m", "ftstore.engine.background", self.store.url, env.name, str(env.version)],
-                start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            ))
+            env = self.store.save(path, self.name, None, meta, self.overhead, protect=protect, move=move)
+        elif isinstance(what, (dict, list, tuple)):
+            check_state(what)
+            env = self.store.save_written(lambda f: write_state(what, f), self.name, {**meta, FORMAT_KEY: TORCH_STATE},
+                                          self.overhead, protect=protect)
+        else:
+            raise BadInputError(f"a checkpoint is a state dict, a file path or a BundleSpec, not a {type(what).__name__}")
         cp = Checkpoint(step, env.version, f"{env.name}@{env.version}", {k: float(v) for k, v in (metrics or {}).items()})
-        self._apply_retention()
+        if protect:
+            self._after_save(cp)
+        else:  # sidecar, superseded versions and retention all off the critical path
+            self._protector.start(ArtifactKey(env.name, env.version), env.artifact_id)
+            self._tidy_later(cp)
         return cp
 
     def wait_until_finished(self) -> None:
-        """Block until every background sidecar of this manager is committed."""
+        """Block until every background sidecar of this manager is committed (one whose
+        version was deleted meanwhile is not an error) and retention has run."""
+        with self._tidy_lock:
+            jobs, self._tidy_jobs = self._tidy_jobs, []
         errors = []
-        while self._pending:
-            proc = self._pending.pop()
-            _, err = proc.communicate()
-            if proc.returncode:
-                errors.append(err.decode(errors="replace").strip() or f"exit code {proc.returncode}")
+        for job in jobs:
+            try:
+                job.result()
+            except FtstoreError as e:
+                errors.append(str(e))
+        self._protector.wait()
         if errors:
-            raise DamageError("background protection failed: " + "; ".join(errors))
+            raise DamageError("retention failed: " + "; ".join(errors))
 
-    # -- retention ------------------------------------------------------------------
-    def _apply_retention(self) -> None:
+    def _tidy_later(self, cp: Checkpoint) -> None:
+        """Supersede and retention in a worker thread, one job at a time, in save order."""
+        with self._tidy_lock:
+            if self._tidier is None:
+                self._tidier = ThreadPoolExecutor(1, thread_name_prefix="ftstore-retention")
+            self._tidy_jobs = [j for j in self._tidy_jobs if not j.done() or j.exception() is not None]
+            self._tidy_jobs.append(self._tidier.submit(self._after_save, cp))
+
+    # -- supersede and retention -------------------------------------------------------
+    def _after_save(self, saved: Checkpoint) -> None:
+        cps = self.checkpoints()
+        for c in cps:
+            if c.step == saved.step and c.version != saved.version:
+                self._delete(c)
+        cps = [c for c in cps if c.step != saved.step or c.version == saved.version]
+        if self.policy.deletes_anything:
+            self._apply_retention(cps, known_good=saved.version)
+
+    def _apply_retention(self, cps: list[Checkpoint] | None = None, known_good: int | None = None) -> None:
         if not self.policy.deletes_anything:
             return
-        cps = self.checkpoints()
+        cps = self.checkpoints() if cps is None else cps
         keep = self.policy.keep(cps)
         doomed = [c for c in cps if c.step not in keep]
         if not doomed:
             return
-        newest_valid = self._newest_valid(cps)
+        newest_valid = self._newest_valid(cps, known_good)
         for c in doomed:
             if newest_valid is not None and c.version == newest_valid.version:
                 continue
-            self.store.delete(ArtifactKey(self.name, c.version))
+            self._delete(c)
 
-    def _newest_valid(self, cps: list[Checkpoint]) -> Checkpoint | None:
+    def _delete(self, c: Checkpoint) -> None:
+        key = ArtifactKey(self.name, c.version)
+        self._protector.cancel(key)  # never delete under a running protector
+        try:
+            self.store.delete(key)
+        except NotFoundError:
+            pass
+
+    def _newest_valid(self, cps: list[Checkpoint], known_good: int | None = None) -> Checkpoint | None:
+        """The newest checkpoint that verifies; ``known_good`` (the version just saved) is
+        taken as verified without reading it again."""
         for c in reversed(cps):
+            if c.version == known_good:
+                return c
             h = self.store.check(ArtifactKey(self.name, c.version))
             if not (h.payload_problem or h.envelope_problem):
                 return c
@@ -194,10 +251,23 @@ class CheckpointManager:
             raise NotFoundError(f"{self.name} has no checkpoints")
         return list(reversed(cps))
 
-    def restore(self, out: str | os.PathLike, step: int | None = None) -> Checkpoint:
-        """Write the newest checkpoint that verifies (or repairs) to ``out``, skipping
-        damaged ones with a warning; with ``step``, only that one."""
-        return self._first_good(step, lambda c: self.store.load(c.ref, out))
+    def restore(self, out: str | os.PathLike | None = None, *, step: int | None = None,
+                map_location: Any = None) -> Any:
+        """The newest checkpoint that verifies (or repairs), skipping damaged ones with a
+        warning; with ``step``, only that one. Without ``out``: the training state, loaded
+        without running code (``torch.load(weights_only=True)``, ``map_location`` as there);
+        :attr:`restored` says which checkpoint it came from. With ``out``: the checkpoint's
+        file is written there, and its :class:`Checkpoint` returned."""
+        if out is not None:
+            return self._first_good(step, lambda c: self.store.load(c.ref, out))
+        loaded = {}
+
+        def attempt(c: Checkpoint) -> None:
+            buf, _ = self.store.load_bytes(c.ref)
+            loaded["state"] = read_state(buf, map_location)
+
+        self._first_good(step, attempt)
+        return loaded["state"]
 
     def restore_bundle(self, backend: str, step: int | None = None, **kw: Any):
         """Like :meth:`restore`, for bundle checkpoints: returns (Checkpoint, LoadedBundle)."""
@@ -214,6 +284,7 @@ class CheckpointManager:
         for c in self._candidates(step):
             try:
                 attempt(c)
+                self.restored = c
                 return c
             except DamageError as e:
                 warnings.warn(f"skipping damaged checkpoint {c.ref} (step {c.step}): {e}", stacklevel=3)

@@ -1,0 +1,217 @@
+"""Lightning's checkpoint flows under FtstoreCheckpointIO behave as under Lightning's own:
+the file is at the path Lightning chose (the stored payload itself), "last", "best",
+explicit paths, save_last (True and "link"), top-k pruning, load_from_checkpoint,
+AsyncCheckpointIO, a remote dirpath; damage is repaired on load, and a checkpoint beyond
+repair falls back to the newest good one with a warning."""
+
+import os
+import warnings
+
+import pytest
+
+from .conftest import files
+from ftstore import DamageError, Store, UnrecoverableError
+from ftstore.engine.leaves import read_envelope
+
+L = pytest.importorskip("lightning")
+torch = pytest.importorskip("torch")
+from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
+from lightning.pytorch.plugins.io import AsyncCheckpointIO  # noqa: E402
+
+from ftstore.integrations.lightning import FtstoreCheckpointIO  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:lightning", "ignore::DeprecationWarning",
+                                        "ignore::UserWarning:torch")
+
+
+class Tiny(L.LightningModule):
+    def __init__(self, lr: float = 0.05):
+        super().__init__()
+        self.save_hyperparameters()
+        self.layer = torch.nn.Linear(4, 1)
+
+    def training_step(self, batch, _):
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(self.layer(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch, _):
+        x, y = batch
+        self.log("val_loss", torch.nn.functional.mse_loss(self.layer(x), y))
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+
+
+def _loader():
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.rand(32, 4, generator=g), torch.rand(32, 1, generator=g))
+    return torch.utils.data.DataLoader(data, batch_size=8)
+
+
+def _trainer(io, callbacks, **kw):
+    return L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                     plugins=[io], callbacks=callbacks, **kw)
+
+
+def _stored(store: Store, io: FtstoreCheckpointIO, path) -> str:
+    return str(files(store, io.artifact_name(path)).payload)
+
+
+def test_the_checkpoint_file_is_the_stored_payload_and_last_resumes(store, tmp_path):
+    ckpts = tmp_path / "ckpts"
+    io = FtstoreCheckpointIO(store)
+    _trainer(io, [ModelCheckpoint(dirpath=ckpts, save_top_k=-1, save_last=True)], max_epochs=2).fit(Tiny(), _loader())
+    assert sorted(os.listdir(ckpts)) == ["epoch=0-step=4.ckpt", "epoch=1-step=8.ckpt", "last.ckpt"]
+    for f in os.listdir(ckpts):
+        assert os.path.samefile(ckpts / f, _stored(store, io, ckpts / f))  # the same inode: protected
+    assert len(store.versions(io.artifact_name(ckpts / "last.ckpt"))) == 1  # saved twice, superseded
+    model = Tiny()
+    trainer = _trainer(FtstoreCheckpointIO(store), [ModelCheckpoint(dirpath=ckpts, save_last=True)], max_epochs=3)
+    trainer.fit(model, _loader(), ckpt_path="last")
+    assert trainer.global_step == 12 and trainer.current_epoch == 3
+    on_disk = torch.load(ckpts / "last.ckpt", weights_only=True)  # Lightning's own tools read it as ever
+    assert on_disk["global_step"] == 12 and torch.equal(on_disk["state_dict"]["layer.weight"], model.layer.weight)
+
+
+def test_top_k_pruning_removes_files_and_artifacts_and_best_loads(store, tmp_path):
+    ckpts = tmp_path / "ckpts"
+    io = FtstoreCheckpointIO(store)
+    cb = ModelCheckpoint(dirpath=ckpts, save_top_k=2, monitor="step", mode="max", every_n_train_steps=2)
+    trainer = _trainer(io, [cb], max_steps=10)
+    trainer.fit(Tiny(), _loader())
+    assert sorted(os.listdir(ckpts)) == ["epoch=1-step=8.ckpt", "epoch=2-step=10.ckpt"]
+    assert sorted(store.names()) == sorted(io.artifact_name(ckpts / f) for f in os.listdir(ckpts))
+    assert cb.best_model_path.endswith("step=10.ckpt")
+    trainer.validate(dataloaders=_loader(), ckpt_path="best")  # loaded through the plugin
+    assert trainer.ckpt_path == cb.best_model_path
+
+
+def test_save_last_link_follows_the_link_and_never_deletes_its_target(store, tmp_path):
+    ckpts = tmp_path / "ckpts"
+    io = FtstoreCheckpointIO(store)
+    cb = ModelCheckpoint(dirpath=ckpts, save_top_k=2, monitor="step", mode="max", save_last="link",
+                         every_n_train_steps=2)
+    _trainer(io, [cb], max_steps=10).fit(Tiny(), _loader())
+    assert os.readlink(ckpts / "last.ckpt") == "epoch=2-step=10.ckpt"
+    assert sorted(store.names()) == sorted(io.artifact_name(ckpts / f) for f in os.listdir(ckpts) if f != "last.ckpt")
+    trainer = _trainer(FtstoreCheckpointIO(store), [ModelCheckpoint(dirpath=ckpts, save_top_k=2, monitor="step",
+                       mode="max", save_last="link", every_n_train_steps=2)], max_steps=12)
+    trainer.fit(Tiny(), _loader(), ckpt_path="last")
+    assert trainer.global_step == 12 and os.readlink(ckpts / "last.ckpt") == "epoch=2-step=12.ckpt"
+    for f in os.listdir(ckpts):
+        assert os.path.samefile(ckpts / f, _stored(store, io, os.path.realpath(ckpts / f)))
+
+
+def test_load_from_checkpoint_reads_the_file_and_open_checkpoint_verifies_it(store, tmp_path):
+    ckpts = tmp_path / "ckpts"
+    io = FtstoreCheckpointIO(store)
+    model = Tiny(lr=0.02)
+    _trainer(io, [ModelCheckpoint(dirpath=ckpts)], max_epochs=1).fit(model, _loader())
+    path = ckpts / "epoch=0-step=4.ckpt"
+    plain = Tiny.load_from_checkpoint(path)  # bypasses CheckpointIO: the file must really be there
+    assert plain.hparams.lr == 0.02 and torch.equal(plain.layer.weight, model.layer.weight)
+    stored = files(store, io.artifact_name(path)).payload
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # rot under the file Lightning sees
+    stored.write_bytes(bytes(data))
+    verified = Tiny.load_from_checkpoint(io.open_checkpoint(path))  # repaired before it is read
+    assert torch.equal(verified.layer.weight, model.layer.weight)
+    assert read_envelope(files(store, io.artifact_name(path))).decode_proofs[-1].target == "payload"
+    assert Tiny.load_from_checkpoint(path).hparams.lr == 0.02  # the file is repaired too: the same inode
+
+
+def test_a_checkpoint_beyond_repair_falls_back_to_the_newest_good_one(store, tmp_path):
+    ckpts = tmp_path / "ckpts"
+    io = FtstoreCheckpointIO(store)
+    _trainer(io, [ModelCheckpoint(dirpath=ckpts, save_top_k=-1, save_last="link")], max_epochs=3).fit(Tiny(), _loader())
+    newest = ckpts / "epoch=2-step=12.ckpt"
+    assert os.readlink(ckpts / "last.ckpt") == newest.name
+    stored = files(store, io.artifact_name(newest))
+    stored.payload.write_bytes(bytes(stored.payload.stat().st_size))
+    expected = torch.load(ckpts / "epoch=1-step=8.ckpt", weights_only=True)
+    trainer = _trainer(FtstoreCheckpointIO(store), [ModelCheckpoint(dirpath=ckpts, save_last="link")],
+                       max_epochs=3)
+    with pytest.warns(UserWarning, match=r"unrecoverable.*loading .*epoch=1-step=8.ckpt \(global step 8\)"):
+        got = trainer.strategy.checkpoint_io.load_checkpoint(ckpts / "last.ckpt")
+    assert got["global_step"] == 8 and torch.equal(got["state_dict"]["layer.weight"], expected["state_dict"]["layer.weight"])
+    model = Tiny()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(model, _loader(), ckpt_path="last")  # resumes at step 8, trains epoch 2 again
+    assert trainer.global_step == 12
+    relinked = ckpts / os.readlink(ckpts / "last.ckpt")  # Lightning saved epoch 2 again beside the damaged file
+    assert relinked.name == "epoch=2-step=12-v1.ckpt" and store.check(io.artifact_name(relinked)).intact
+    for f in os.listdir(ckpts):  # every file beyond repair now
+        if not os.path.islink(ckpts / f):
+            p = files(store, io.artifact_name(ckpts / f)).payload
+            p.write_bytes(bytes(p.stat().st_size))
+    with pytest.raises(UnrecoverableError):
+        FtstoreCheckpointIO(store, fallback=False).load_checkpoint(ckpts / "last.ckpt")
+    with pytest.raises(DamageError, match="no other checkpoint of .*ckpts verifies"):
+        FtstoreCheckpointIO(store).load_checkpoint(ckpts / "last.ckpt")
+
+
+def test_async_checkpoint_io_saves_in_a_thread_and_resumes(store, tmp_path):
+    ckpts = tmp_path / "ckpts"
+    io = AsyncCheckpointIO(FtstoreCheckpointIO(store))
+    cb = ModelCheckpoint(dirpath=ckpts, save_top_k=2, monitor="step", mode="max", save_last=True, every_n_train_steps=1)
+    _trainer(io, [cb], max_steps=8).fit(Tiny(), _loader())
+    assert sorted(os.listdir(ckpts)) == ["epoch=1-step=7.ckpt", "epoch=1-step=8.ckpt", "last.ckpt"]
+    assert len(store.names()) == 3 and all(h.intact for h in store.verify())
+    trainer = _trainer(AsyncCheckpointIO(FtstoreCheckpointIO(store)), [ModelCheckpoint(dirpath=ckpts)], max_steps=10)
+    trainer.fit(Tiny(), _loader(), ckpt_path="last")
+    assert trainer.global_step == 10
+
+
+def test_a_remote_dirpath_fsspec_knows(store):
+    fsspec = pytest.importorskip("fsspec")
+    fs = fsspec.filesystem("memory")
+    url = "memory://ftstore-lightning-test/ckpts"
+    io = FtstoreCheckpointIO(store)
+    _trainer(io, [ModelCheckpoint(dirpath=url, save_top_k=-1, save_last=True)], max_epochs=2).fit(Tiny(), _loader())
+    try:
+        names = sorted(p.rsplit("/", 1)[1] for p in fs.ls("/ftstore-lightning-test/ckpts", detail=False))
+        assert names == ["epoch=0-step=4.ckpt", "epoch=1-step=8.ckpt", "last.ckpt"]
+        assert fs.cat(f"{url}/last.ckpt") == files(store, io.artifact_name(f"{url}/last.ckpt")).payload.read_bytes()
+        trainer = _trainer(FtstoreCheckpointIO(store), [ModelCheckpoint(dirpath=url, save_last=True)], max_epochs=3)
+        trainer.fit(Tiny(), _loader(), ckpt_path="last")
+        assert trainer.global_step == 12
+    finally:
+        fs.rm("/ftstore-lightning-test", recursive=True)
+
+
+def test_background_protection_is_finished_when_fit_returns(store, tmp_path):
+    io = FtstoreCheckpointIO(store, background=True)
+    _trainer(io, [ModelCheckpoint(dirpath=tmp_path / "ckpts", save_top_k=-1, save_last=True)],
+             max_epochs=3).fit(Tiny(), _loader())
+    assert len(store.names()) == 4
+    for key in store.keys():
+        assert store.read_envelope(key).raptorq is not None and store.check(key).intact
+
+
+def test_the_plugin_pickles_like_lightnings_own(store, tmp_path):
+    """torch.save(trainer) and spawned workers pickle the CheckpointIO: the copy works on
+    the same store."""
+    import pickle
+
+    io = pickle.loads(pickle.dumps(FtstoreCheckpointIO(store, prefix="run1", background=True)))
+    assert (io.store.url, io.prefix, io.background) == (store.url, "run1", True)
+    io.save_checkpoint({"global_step": 3, "state_dict": {"w": torch.ones(2)}}, tmp_path / "a.ckpt")
+    io.wait_until_finished()
+    assert io.load_checkpoint(tmp_path / "a.ckpt")["global_step"] == 3 and store.check(io.artifact_name(tmp_path / "a.ckpt")).intact
+
+
+def test_any_store_publishes_the_checkpoint_and_removes_it(any_store, tmp_path):
+    """On S3 the file at the path is a verified copy of the stored payload; locally, the payload."""
+    io = FtstoreCheckpointIO(any_store)
+    path = tmp_path / "ckpts" / "a.ckpt"
+    io.save_checkpoint({"global_step": 1, "state_dict": {"w": torch.ones(3)}}, path)
+    io.save_checkpoint({"global_step": 2, "state_dict": {"w": torch.zeros(3)}}, path)  # overwritten
+    name = io.artifact_name(path)
+    stored, _ = any_store.load_bytes(name)
+    assert path.read_bytes() == stored.getvalue() and len(any_store.versions(name)) == 1
+    assert io.load_checkpoint(path)["global_step"] == 2
+    io.remove_checkpoint(path)
+    assert not path.exists() and any_store.names() == []
