@@ -19,7 +19,7 @@ def protect_in_store(store_url: str, name: str, version: int) -> None:
     store = open_store(store_url)
     key = ArtifactKey(parse_ref(name).name, version)
     with store.working_copy(key) as folder:
-        protect_pending(FolderLeaves(folder, key), jobs=1)
+        protect_pending(FolderLeaves(folder, key, store), jobs=1)
 
 
 def main(argv: list[str]) -> int:

@@ -48,7 +48,7 @@ def copy_store(src: StoreBackend, dst: StoreBackend, keys: Sequence[ArtifactKey]
 
 def _copy_one(src: StoreBackend, dst: StoreBackend, key: ArtifactKey, jobs: int | None) -> CopyResult:
     with tempfile.TemporaryDirectory(prefix="ftstore-copy-") as tmp:
-        files = FolderLeaves(Path(tmp), key)
+        files = FolderLeaves(Path(tmp), key, src)
         for leaf in LEAVES:
             stream = src.open_leaf(key, leaf)
             if stream is not None:

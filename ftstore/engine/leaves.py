@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from ftstore.documents import MAX_ENVELOPE_BYTES, ArtifactKey, Envelope, decode_envelope, encode_envelope
-from ftstore.durable import write_atomic
-from ftstore.errors import BadInputError, EnvelopeError
+from ftstore.durable import open_regular, write_atomic
+from ftstore.errors import BadInputError, EnvelopeError, FtstoreError
 from ftstore.stores.backend import ENVELOPE, PAYLOAD, SIDECAR, StoreBackend
-from ftstore.stores.local import open_regular
 
 
 class Leaves(Protocol):
@@ -31,6 +30,27 @@ class Leaves(Protocol):
 
     def local(self) -> contextlib.AbstractContextManager[FolderLeaves]:
         """The same leaves as local files, read-only use."""
+
+    def owner_of(self, artifact_id: str) -> ArtifactKey | None:
+        """Another version of this name whose envelope carries ``artifact_id`` (None if none
+        is known): whose a sidecar that names no version really is."""
+
+
+def owner_in(store: StoreBackend | None, key: ArtifactKey, artifact_id: str) -> ArtifactKey | None:
+    """The other version of ``key.name`` in ``store`` whose readable envelope has
+    ``artifact_id`` (ids are unique per version), or None."""
+    if store is None:
+        return None
+    for v in store.versions(key.name):
+        other = ArtifactKey(key.name, v)
+        if v == key.version:
+            continue
+        try:
+            if read_envelope(StoredLeaves(store, other)).artifact_id == artifact_id:
+                return other
+        except (FtstoreError, OSError):
+            continue
+    return None
 
 
 class StoredLeaves:
@@ -48,14 +68,21 @@ class StoredLeaves:
     @contextlib.contextmanager
     def local(self) -> Iterator[FolderLeaves]:
         with self.store.working_copy(self.key, writeback=False) as folder:
-            yield FolderLeaves(folder, self.key)
+            yield FolderLeaves(folder, self.key, self.store)
+
+    def owner_of(self, artifact_id: str) -> ArtifactKey | None:
+        return owner_in(self.store, self.key, artifact_id)
 
 
 class FolderLeaves:
-    """Leaves as files in a local folder; links and special files are refused."""
+    """Leaves as files in a local folder; links and special files are refused. ``store``:
+    the store the version belongs to (whose other versions say whose a sidecar is), if any."""
 
-    def __init__(self, folder: Path, key: ArtifactKey):
-        self.folder, self.key = folder, key
+    def __init__(self, folder: Path, key: ArtifactKey, store: StoreBackend | None = None):
+        self.folder, self.key, self.store = folder, key, store
+
+    def owner_of(self, artifact_id: str) -> ArtifactKey | None:
+        return owner_in(self.store, self.key, artifact_id)
 
     @property
     def payload(self) -> Path:
@@ -113,4 +140,4 @@ def read_envelope(leaves: Leaves) -> Envelope:
     return parse_envelope(data, leaves.key)
 
 
-__all__ = ["FolderLeaves", "Leaves", "StoredLeaves", "parse_envelope", "read_envelope"]
+__all__ = ["FolderLeaves", "Leaves", "StoredLeaves", "owner_in", "parse_envelope", "read_envelope"]

@@ -39,7 +39,7 @@ def heal(store: StoreBackend, key: ArtifactKey, health: Health, reason: str, job
     write back what changed. Raises :class:`UnrecoverableError`, writing nothing, when the
     payload cannot be brought back."""
     with store.working_copy(key) as folder:
-        files = FolderLeaves(folder, key)
+        files = FolderLeaves(folder, key, store)
         local_health = health if store.capabilities.local_files else check(files)
         return repair(files, local_health, reason=reason, jobs=jobs)
 

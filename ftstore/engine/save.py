@@ -27,7 +27,7 @@ from pathlib import Path
 
 import msgspec
 
-from ftstore.codec import DEFAULT_OVERHEAD, MAX_OVERHEAD, MIN_OVERHEAD, SidecarBuild, SidecarInfo, SymbolHasher
+from ftstore.codec import DEFAULT_OVERHEAD, MAX_OVERHEAD, MIN_OVERHEAD, SidecarBuild, SymbolHasher
 from ftstore.codec.encoder import PARALLEL_MIN_BYTES
 from ftstore.codec.parallel import warm as warm_workers
 from ftstore.documents import (
@@ -97,11 +97,21 @@ def save(
         warm_workers(jobs)  # started while the files are opened and the copy begins
     staging = store.stage(name)
     try:
-        essentials, info = _bring_in(store, staging, src, template, overhead, jobs, progress, protect, move)
+        essentials, build = _bring_in(store, staging, src, template, overhead, jobs, progress, protect, move)
+        info = build.finish(essentials) if build is not None else None
         if info is not None:
             staging.add(SIDECAR, staging.workdir / SIDECAR)
-        section = raptorq_section(info) if info is not None else None
-        version = staging.commit(lambda v: encode_envelope(envelope_from(essentials, v, section)))
+
+        def envelope_for(v: int) -> bytes:
+            """The envelope of version ``v``; the sidecar is bound to ``v`` first, if another
+            writer took the version it was made for."""
+            nonlocal info
+            if build is not None and v != build.version:
+                info = build.finish(essentials, v)
+            section = raptorq_section(info) if info is not None else None
+            return encode_envelope(envelope_from(essentials, v, section))
+
+        version = staging.commit(envelope_for)
     except OSError as e:
         staging.abort()
         if is_disk_full(e):
@@ -117,9 +127,10 @@ def save(
 
 def _bring_in(store: StoreBackend, staging: Staging, src: Path, template: ArtifactEssentials, overhead: float,
               jobs: int | None, progress: Progress | None, protect: bool,
-              move: bool) -> tuple[ArtifactEssentials, SidecarInfo | None]:
+              move: bool) -> tuple[ArtifactEssentials, SidecarBuild | None]:
     """Put the payload in ``staging`` and encode its sidecar there, by the strategy the
-    backend's capabilities allow. Returns the essentials (hash known) and the sidecar."""
+    backend's capabilities allow. Returns the essentials (hash known) and the encoded
+    sidecar, to finish once the version is known."""
     if move and store.capabilities.hard_links and (taken := staging.link_in(PAYLOAD, src)) is not None:
         return _taken_over(staging, taken, template, overhead, jobs, progress, protect)
     if store.capabilities.local_files:
@@ -132,7 +143,7 @@ def _refuse_changed(src: Path) -> BadInputError:
 
 
 def _taken_over(staging: Staging, stored: Path, template: ArtifactEssentials, overhead: float, jobs: int | None,
-                progress: Progress | None, protect: bool) -> tuple[ArtifactEssentials, SidecarInfo | None]:
+                progress: Progress | None, protect: bool) -> tuple[ArtifactEssentials, SidecarBuild | None]:
     """The stored file *is* the source: hash it (durably) while the encoder reads it; a
     write to it since before the first read is seen through ``stat``, or, where timestamps
     cannot tell, by comparing the symbol hashes of both reads."""
@@ -142,7 +153,7 @@ def _taken_over(staging: Staging, stored: Path, template: ArtifactEssentials, ov
         if size != template.size or (state is not None and FileState.of(stored) != state):
             raise _refuse_changed(stored)
         return msgspec.structs.replace(template, source_hash=digest), None
-    build = SidecarBuild(staging.workdir / SIDECAR, template, overhead)
+    build = SidecarBuild(staging.workdir / SIDECAR, template, overhead, version=staging.expected_version())
     symbols = SymbolHasher(build.layout.symbol_size) if state is None else None
     with ThreadPoolExecutor(1) as ex:
         hashed = ex.submit(hash_durably, stored, progress, symbols, True)
@@ -152,12 +163,12 @@ def _taken_over(staging: Staging, stored: Path, template: ArtifactEssentials, ov
     if size != template.size or not same:
         raise _refuse_changed(stored)
     essentials = msgspec.structs.replace(template, source_hash=digest)
-    return essentials, build.finish(essentials)
+    return essentials, build
 
 
 def _copied_then_encoded(staging: Staging, src: Path, template: ArtifactEssentials, overhead: float,
                          jobs: int | None, progress: Progress | None,
-                         protect: bool) -> tuple[ArtifactEssentials, SidecarInfo | None]:
+                         protect: bool) -> tuple[ArtifactEssentials, SidecarBuild | None]:
     """Copy into the staging folder, then encode the private copy while the disk flushes
     it: on two cores this beats encoding the source alongside the copy by a third."""
     before = watch(src)
@@ -167,16 +178,16 @@ def _copied_then_encoded(staging: Staging, src: Path, template: ArtifactEssentia
     essentials = msgspec.structs.replace(template, source_hash=digest)
     if not protect:
         return essentials, None
-    build = SidecarBuild(staging.workdir / SIDECAR, template, overhead)
+    build = SidecarBuild(staging.workdir / SIDECAR, template, overhead, version=staging.expected_version())
     with ThreadPoolExecutor(1) as ex:
         synced = ex.submit(staging.sync, PAYLOAD)
         build.encode(staging.workdir / PAYLOAD, jobs)
         synced.result()
-    return essentials, build.finish(essentials)
+    return essentials, build
 
 
 def _streamed(staging: Staging, src: Path, template: ArtifactEssentials, overhead: float, jobs: int | None,
-              progress: Progress | None, protect: bool) -> tuple[ArtifactEssentials, SidecarInfo | None]:
+              progress: Progress | None, protect: bool) -> tuple[ArtifactEssentials, SidecarBuild | None]:
     """Send the source to the backend (hashing what is sent) while encoder processes read
     it; the symbol table of the bytes sent must equal the encoder's, which proves the
     stored copy is exactly what was encoded."""
@@ -185,7 +196,7 @@ def _streamed(staging: Staging, src: Path, template: ArtifactEssentials, overhea
         if size != template.size:
             raise _refuse_changed(src)
         return msgspec.structs.replace(template, source_hash=digest), None
-    build = SidecarBuild(staging.workdir / SIDECAR, template, overhead)
+    build = SidecarBuild(staging.workdir / SIDECAR, template, overhead, version=staging.expected_version())
     symbols = SymbolHasher(build.layout.symbol_size)
     with ThreadPoolExecutor(1) as ex:
         sent = ex.submit(staging.copy_in, PAYLOAD, src, progress, symbols, True)
@@ -194,7 +205,7 @@ def _streamed(staging: Staging, src: Path, template: ArtifactEssentials, overhea
     if size != template.size or symbols.table() != encoded:
         raise _refuse_changed(src)
     essentials = msgspec.structs.replace(template, source_hash=digest)
-    return essentials, build.finish(essentials)
+    return essentials, build
 
 
 __all__ = ["save", "validated_request"]

@@ -67,7 +67,7 @@ def scrub_artifact(task: ScrubTask) -> ArtifactScrub:
         return result
     try:
         with store.working_copy(task.key, writeback=task.repair) as folder:
-            files = FolderLeaves(folder, task.key)
+            files = FolderLeaves(folder, task.key, store)
             return _work_on(files, h if store.capabilities.local_files else check(files), result, task)
     except (FtstoreError, OSError) as e:
         return msgspec.structs.replace(result, status="failed", error=str(e))

@@ -94,6 +94,12 @@ class Staging(ABC):
     workdir: Path
 
     @abstractmethod
+    def expected_version(self) -> int:
+        """The version this save will commit as: exactly, where the backend takes (claims)
+        it before anything is written; otherwise the one it will try first, which a
+        concurrent writer may take (the commit then calls ``envelope_for`` with the next)."""
+
+    @abstractmethod
     def copy_in(self, leaf: str, src: Path, progress: Progress | None, sink: ChunkSink | None,
                 durable: bool) -> tuple[str, int]:
         """Store the bytes of ``src`` as ``leaf``; return (BLAKE3, size) of exactly the bytes
@@ -115,8 +121,13 @@ class Staging(ABC):
     @abstractmethod
     def commit(self, envelope_for: Callable[[int], bytes], version: int | None = None) -> int:
         """Commit everything added, with ``envelope_for(v)`` as its envelope, as the next free
-        version (or exactly ``version``, raising :class:`VersionTakenError` if it exists).
-        Returns the version committed. The envelope is what makes the version exist."""
+        version (or exactly the one asked at :meth:`StoreBackend.stage`, raising
+        :class:`VersionTakenError` if it exists). Returns the version committed. The envelope
+        is what makes the version exist. ``envelope_for`` may rewrite files in
+        :attr:`workdir` that were added, to bind them to ``v`` (the sidecar names its
+        version): a backend that reads added files only at the commit (local) allows it for
+        any ``v``; one that uploads them at :meth:`add` commits exactly
+        :meth:`expected_version`, for which they were made."""
 
     @abstractmethod
     def abort(self) -> None:
@@ -203,8 +214,8 @@ class StoreBackend(ABC):
 
     # -- saving -----------------------------------------------------------------------------
     @abstractmethod
-    def stage(self, name: str) -> Staging:
-        """Begin saving a new version of ``name``."""
+    def stage(self, name: str, version: int | None = None) -> Staging:
+        """Begin saving a new version of ``name`` (exactly ``version``, if given)."""
 
     @abstractmethod
     def scratch(self) -> contextlib.AbstractContextManager[Path]:

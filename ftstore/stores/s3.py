@@ -148,6 +148,9 @@ class S3Staging(Staging):
         self.version = store._claim(name, version)
         self.workdir = Path(tempfile.mkdtemp(prefix="ftstore-s3-stage-"))
 
+    def expected_version(self) -> int:
+        return self.version  # claimed: exactly this one
+
     def _rel(self, leaf: str) -> str:
         return self.store._vkey(ArtifactKey(self.name, self.version), leaf)
 
