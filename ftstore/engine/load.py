@@ -9,17 +9,20 @@ store), and copied out again, with the same check before the rename.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from ftstore.documents import ArtifactKey, Envelope
-from ftstore.durable import disk_full, is_disk_full, replace_durably, tmp_path
+from ftstore.durable import disk_full, is_disk_full, open_regular, replace_durably, tmp_path
 from ftstore.engine.integrity import Health, RepairResult, check, repair
 from ftstore.engine.leaves import FolderLeaves, StoredLeaves, read_envelope
-from ftstore.errors import BadInputError, DamageError, EnvelopeError
-from ftstore.hashing import hash_stream
-from ftstore.stores.backend import PAYLOAD, StoreBackend
+from ftstore.errors import BadInputError, DamageError, EnvelopeError, StorageError
+from ftstore.hashing import CHUNK, hash_stream
+from ftstore.stores.backend import LEAVES, PAYLOAD, StoreBackend
 
 
 @dataclass
@@ -73,19 +76,53 @@ def load(
         raise DamageError(f"{key.ref}: payload changed while it was being read; {out} was not written")
     if not self_heal:
         raise DamageError("; ".join(health.problems))
-    result = heal(store, key, health, "load", jobs)  # raises unless the payload verifies again
+    try:
+        result = heal(store, key, health, "load", jobs)  # raises unless the payload verifies again
+    except (OSError, StorageError):
+        # The store cannot be repaired in place (read-only, full, a folder where a leaf
+        # should be): repair a private copy and load from it; the store stays as it was.
+        return _load_from_private_repair(store, key, out, jobs, progress)
     assert result.envelope is not None
     if not _copy_out(store, key, result.envelope, out, progress):
         raise DamageError(f"{key.ref}: payload changed while it was being read; {out} was not written")
     return LoadResult(result.envelope, key, out, result)
 
 
+def _load_from_private_repair(store: StoreBackend, key: ArtifactKey, out: Path, jobs: int | None,
+                              progress: Callable[[int], None] | None) -> LoadResult:
+    """Copy the version's leaves into a private folder, repair them there, and write the
+    payload out under the same check as always. Nothing in the store is written."""
+    with tempfile.TemporaryDirectory(prefix="ftstore-load-") as tmp:
+        files = FolderLeaves(Path(tmp), key, store)
+        for leaf in LEAVES:
+            try:
+                stream = store.open_leaf(key, leaf)
+            except BadInputError:
+                continue  # a link, FIFO or folder: as if absent
+            if stream is not None:
+                with stream, open(files.folder / leaf, "xb") as f:
+                    shutil.copyfileobj(stream, f, CHUNK)
+        result = repair(files, check(files), reason="load", jobs=jobs)
+        assert result.envelope is not None
+        if not _copy_out_file(files.payload, result.envelope, out, progress):
+            raise DamageError(f"{key.ref}: the repaired private copy did not verify; {out} was not written")
+    return LoadResult(result.envelope, key, out, result)
+
+
 def _copy_out(store: StoreBackend, key: ArtifactKey, env: Envelope, out: Path, progress) -> bool:
     """Stream the payload into a temporary file beside ``out``, hashing it; rename it into
     place only if it is exactly what ``env`` records. False (nothing written) otherwise."""
+    return _write_verified(lambda: store.open_leaf(key, PAYLOAD), env, out, progress)
+
+
+def _copy_out_file(payload: Path, env: Envelope, out: Path, progress) -> bool:
+    return _write_verified(lambda: open_regular(payload), env, out, progress)
+
+
+def _write_verified(open_payload: Callable[[], BinaryIO | None], env: Envelope, out: Path, progress) -> bool:
     tmp = tmp_path(out)
     try:
-        stream = store.open_leaf(key, PAYLOAD)
+        stream = open_payload()
         if stream is None:
             return False
         with stream, open(tmp, "xb") as f:

@@ -279,7 +279,7 @@ def read_bundle(path: Path, as_tensor: Callable[[Any], Any] | None = None) -> tu
     Params saved as TensorFlow tensors go through ``as_tensor`` (default: numpy)."""
     z = SafeZip(path)
     try:
-        manifest = decode_doc(z.read("manifest.json"), BundleManifest, "manifest.json")
+        manifest = decode_doc(z.read("manifest.json", MAX_DOC_BYTES), BundleManifest, "manifest.json")
         names = [m.name for m in manifest.models]
         if len(set(names)) != len(names):
             raise BadInputError("manifest.json: duplicate model names")
@@ -290,7 +290,7 @@ def read_bundle(path: Path, as_tensor: Callable[[Any], Any] | None = None) -> tu
                 raise BadInputError("manifest.json: a model is listed both with weights and as a placeholder")
         for m in manifest.models:
             z._info(m.weights)
-        snap = decode_doc(z.read(manifest.params), ParamsSnapshot, manifest.params)
+        snap = decode_doc(z.read(manifest.params, MAX_DOC_BYTES), ParamsSnapshot, manifest.params)
         params = from_snapshot(snap, lambda t: _read_npy(z, t), as_tensor)
     except BaseException:
         z.__exit__(None, None, None)
@@ -304,7 +304,7 @@ def read_legacy_metadata(z: SafeZip, manifest: BundleManifest) -> dict[str, dict
         return {}
     out = {}
     for original, member in manifest.legacy.metadata.items():
-        snap = decode_doc(z.read(member), ParamsSnapshot, member)
+        snap = decode_doc(z.read(member, MAX_DOC_BYTES), ParamsSnapshot, member)
         out[original] = from_snapshot(snap, lambda t: _read_npy(z, t))
     return out
 

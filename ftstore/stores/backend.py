@@ -25,6 +25,7 @@ from typing import BinaryIO, Literal
 
 import msgspec
 
+from ftstore.documents.envelope_json import MAX_ENVELOPE_BYTES
 from ftstore.documents.names import ArtifactKey
 from ftstore.documents.strict_json import reject_duplicate_keys
 from ftstore.errors import BadInputError, FtstoreError
@@ -190,7 +191,8 @@ class StoreBackend(ABC):
         ``local_files`` yield the version's own folder instead."""
         tmp = Path(tempfile.mkdtemp(prefix="ftstore-work-"))
         try:
-            before = {leaf: self._download(key, leaf, tmp / leaf) for leaf in LEAVES}
+            before = {leaf: self._download(key, leaf, tmp / leaf, MAX_ENVELOPE_BYTES if leaf == ENVELOPE else None)
+                      for leaf in LEAVES}
             yield tmp
             if writeback:
                 for leaf in LEAVES:  # envelope last: it vouches for the others
@@ -198,18 +200,29 @@ class StoreBackend(ABC):
                     if now == before[leaf]:
                         continue
                     if now is None:
-                        self.delete_leaf(key, leaf)
+                        if before[leaf] != ("oversized", -1):  # one never downloaded is not deleted
+                            self.delete_leaf(key, leaf)
                     else:
                         self.write_leaf(key, leaf, tmp / leaf)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def _download(self, key: ArtifactKey, leaf: str, dest: Path) -> tuple[str, int] | None:
+    def _download(self, key: ArtifactKey, leaf: str, dest: Path, limit: int | None) -> tuple[str, int] | None:
+        """Copy one leaf into the working copy; one over ``limit`` bytes (an envelope of
+        gigabytes) is left out, as damaged, and replaced if a repair writes it anew."""
         stream = self.open_leaf(key, leaf)
         if stream is None:
             return None
         with stream, open(dest, "xb") as out:
-            shutil.copyfileobj(stream, out, CHUNK)
+            copied = 0
+            while chunk := stream.read(CHUNK if limit is None else min(CHUNK, limit + 1 - copied)):
+                out.write(chunk)
+                copied += len(chunk)
+                if limit is not None and copied > limit:
+                    break
+        if limit is not None and copied > limit:
+            dest.unlink()
+            return ("oversized", -1)
         return _fingerprint(dest)
 
     # -- saving -----------------------------------------------------------------------------

@@ -125,8 +125,10 @@ def _dead_lease(staging_fd: int, folder: str) -> Iterator[bool]:
     except FileNotFoundError:
         yield True  # a save takes its lease before it makes its folder and drops it after
         return
-    except OSError:
-        yield False  # a link or a folder at the lock's name: not a lease to judge by
+    except OSError as e:
+        # A link at the lock's name was never a save's lease (a save opens it with
+        # O_NOFOLLOW and would have failed); anything else we cannot judge.
+        yield e.errno in (errno.ELOOP, errno.EMLINK)
         return
     try:
         try:
