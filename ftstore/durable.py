@@ -54,13 +54,17 @@ def open_regular(path: Path | str, dir_fd: int | None = None, write: bool = Fals
         if e.errno in (errno.ELOOP, errno.EMLINK):
             raise NotRegularFileError(f"{where}: is a symbolic link; store files are never followed") from None
         if e.errno == errno.EISDIR:
-            raise NotRegularFileError(f"{where}: is a directory, not a file") from None
+            raise NotRegularFileError(f"{where}: is a directory, not a regular file") from None
         if e.errno == errno.ENXIO:  # a FIFO with no writer, opened for writing
             raise NotRegularFileError(f"{where}: is not a regular file") from None
         raise
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise NotRegularFileError(f"{where}: is not a regular file")
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else
+                    "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+                    else "not a regular file")
+            raise NotRegularFileError(f"{where}: is {kind}, not a regular file")
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)

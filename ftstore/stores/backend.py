@@ -227,8 +227,10 @@ class StoreBackend(ABC):
 
     # -- saving -----------------------------------------------------------------------------
     @abstractmethod
-    def stage(self, name: str, version: int | None = None) -> Staging:
-        """Begin saving a new version of ``name`` (exactly ``version``, if given)."""
+    def stage(self, name: str, version: int | None = None, owner: str | None = None) -> Staging:
+        """Begin saving a new version of ``name`` (exactly ``version``, if given). ``owner``:
+        the id of the artifact an exact-version save brings (a copy), so a backend that
+        claims versions can let a re-run take over the claim of an interrupted one."""
 
     @abstractmethod
     def scratch(self) -> contextlib.AbstractContextManager[Path]:

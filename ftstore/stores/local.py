@@ -375,8 +375,8 @@ class LocalStore(StoreBackend):
         yield self.version_dir(key)
 
     # -- saving ------------------------------------------------------------------------------
-    def stage(self, name: str, version: int | None = None) -> LocalStaging:
-        return LocalStaging(self, name, version)
+    def stage(self, name: str, version: int | None = None, owner: str | None = None) -> LocalStaging:
+        return LocalStaging(self, name, version)  # no claims: a killed save leaves only an orphan
 
     @contextlib.contextmanager
     def scratch(self) -> Iterator[Path]:

@@ -143,9 +143,9 @@ class S3Staging(Staging):
     """A claimed version: leaves are uploaded to their final keys as they come; the
     envelope, put last, commits. The work folder is a local temporary folder."""
 
-    def __init__(self, store: S3Store, name: str, version: int | None):
+    def __init__(self, store: S3Store, name: str, version: int | None, owner: str | None = None):
         self.store, self.name = store, name
-        self.version = store._claim(name, version)
+        self.version = store._claim(name, version, owner)
         self.workdir = Path(tempfile.mkdtemp(prefix="ftstore-s3-stage-"))
 
     def expected_version(self) -> int:
@@ -347,20 +347,26 @@ class S3Store(StoreBackend):
         return {"dir": base, **{leaf.split(".")[0]: base + leaf for leaf in LEAVES}}
 
     # -- saving ----------------------------------------------------------------------------
-    def _claim(self, name: str, version: int | None) -> int:
+    def _claim(self, name: str, version: int | None, owner: str | None = None) -> int:
         """Take a version with a conditional PUT: two writers never share one. With
-        ``version``, exactly that one or :class:`VersionTakenError`."""
+        ``version``, exactly that one or :class:`VersionTakenError` -- unless the version is
+        only claimed (not committed) by the same ``owner`` (the artifact id a copy brings):
+        that is an interrupted copy of this very artifact, whose claim a re-run takes over."""
         if version is not None:
-            if not self._put_if_absent(self._vkey(ArtifactKey(name, version), CLAIM), uuid.uuid4().hex.encode()):
-                raise VersionTakenError(f"{name}@{version} already exists in {self.url}")
+            key = ArtifactKey(name, version)
+            body = (owner or uuid.uuid4().hex).encode()
+            if not self._put_if_absent(self._vkey(key, CLAIM), body):
+                if owner is None or self._committed(self._tree(name).get(key, {})) or \
+                        self._get(self._vkey(key, CLAIM), 256) != body:
+                    raise VersionTakenError(f"{name}@{version} already exists in {self.url}")
             return version
         v = max((k.version for k in self._tree(name) if k.name == name), default=0) + 1
         while not self._put_if_absent(self._vkey(ArtifactKey(name, v), CLAIM), uuid.uuid4().hex.encode()):
             v += 1
         return v
 
-    def stage(self, name: str, version: int | None = None) -> S3Staging:
-        return S3Staging(self, name, version)
+    def stage(self, name: str, version: int | None = None, owner: str | None = None) -> S3Staging:
+        return S3Staging(self, name, version, owner)
 
     @contextlib.contextmanager
     def scratch(self) -> Iterator[Path]:
