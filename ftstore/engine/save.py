@@ -65,6 +65,12 @@ def validated_request(src: str | os.PathLike, name: str, artifact_type: str, met
         metadata = msgspec.convert(dict(metadata or {}), dict[MetaKey, MetaValue])
     except msgspec.ValidationError as e:
         raise BadInputError(f"invalid metadata: {e}") from None
+    for k, v in metadata.items():
+        for text in (k, v):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:  # bytes that were not UTF-8 on a command line come as surrogates
+                raise BadInputError(f"invalid metadata {k!r}: not valid UTF-8 text") from None
     return src, ArtifactEssentials(
         artifact_id=uuid.uuid4().hex,
         artifact_type=artifact_type,  # type: ignore[arg-type]
