@@ -169,3 +169,22 @@ def test_a_sigkilled_copy_to_s3_is_taken_over_by_the_rerun(seaweed, tmp_path, ma
     Store.open(dst_url, create=True)
     assert _kill_copies_then_rerun(src, dst_url, random.Random(2), attempts=2) >= 1
     _expect_all_copied(src, dst_url, sources)
+
+
+def test_a_leaf_that_is_a_link_is_left_out_of_the_copy_and_rebuilt(tmp_path, make_file):
+    """Found by the stateful test: an empty payload replaced by a link outside the store
+    made copy fail ("is a symbolic link") though nothing was lost (the sidecar rebuilds an
+    empty payload). A copy reads no link: it leaves the leaf out, repairs, copies."""
+    src, dst = _store(tmp_path, "src"), _store(tmp_path, "dst")
+    src.save(make_file(0), "empty")
+    src.save(make_file(5000, seed=9), "small", overhead=1.0)
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"outside" * 10)
+    for ref in ("empty@1", "small@1"):
+        p = files(src, ref).payload
+        p.unlink()
+        p.symlink_to(outside)
+    assert {r.ref: r.status for r in copy(src, dst)} == {"empty@1": "repaired", "small@1": "repaired"}
+    assert files(dst, "empty@1").payload.read_bytes() == b""
+    assert files(dst, "small@1").payload.read_bytes() == make_file(5000, seed=9).read_bytes()
+    assert outside.read_bytes() == b"outside" * 10 and files(src, "empty@1").payload.is_symlink()

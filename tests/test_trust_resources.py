@@ -18,7 +18,6 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from ftstore import Store
 from ftstore.documents import decode_envelope, encode_envelope
 
 from .conftest import files

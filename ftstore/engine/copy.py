@@ -8,7 +8,6 @@ never committed, so a copy never plants an unrecoverable artifact. The source is
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,11 +16,10 @@ from typing import Literal
 
 from ftstore.documents import ArtifactKey, encode_envelope
 from ftstore.engine.integrity import Health, check, repair
-from ftstore.engine.leaves import FolderLeaves, StoredLeaves, read_envelope
+from ftstore.engine.leaves import FolderLeaves, StoredLeaves, download_leaves, read_envelope
 from ftstore.engine.load import heal
 from ftstore.errors import FtstoreError, UnrecoverableError
-from ftstore.hashing import CHUNK
-from ftstore.stores.backend import ENVELOPE, LEAVES, PAYLOAD, SIDECAR, StoreBackend, VersionTakenError
+from ftstore.stores.backend import ENVELOPE, PAYLOAD, SIDECAR, StoreBackend, VersionTakenError
 
 
 @dataclass(frozen=True)
@@ -51,12 +49,7 @@ def _private_intact_copy(src: StoreBackend, key: ArtifactKey, folder: Path, jobs
     only read) and checked intact; returns them and what the first check found.
     :class:`UnrecoverableError` (or another :class:`FtstoreError`) if they cannot be made
     intact: nothing is then committed anywhere."""
-    files = FolderLeaves(folder, key, src)
-    for leaf in LEAVES:
-        stream = src.open_leaf(key, leaf)
-        if stream is not None:
-            with stream, open(files.folder / leaf, "xb") as f:
-                shutil.copyfileobj(stream, f, CHUNK)
+    files = download_leaves(src, key, folder)
     found = check(files)  # verify on the way
     if found.files_damaged:
         repair(files, found, reason="copy", jobs=jobs)  # raises if beyond repair

@@ -50,7 +50,7 @@ from ftstore.documents import (
 )
 from ftstore.durable import replace_durably, tmp_path
 from ftstore.engine.leaves import FolderLeaves, Leaves, read_envelope
-from ftstore.errors import BadInputError, EnvelopeError, FtstoreError, UnrecoverableError
+from ftstore.errors import EnvelopeError, FtstoreError, UnrecoverableError
 from ftstore.hashing import hash_stream
 from ftstore.stores.backend import PAYLOAD, SIDECAR
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -16,6 +17,7 @@ from typing import BinaryIO, Protocol
 from ftstore.documents import MAX_ENVELOPE_BYTES, ArtifactKey, Envelope, decode_envelope, encode_envelope
 from ftstore.durable import open_regular, write_atomic
 from ftstore.errors import BadInputError, EnvelopeError, FtstoreError
+from ftstore.hashing import CHUNK
 from ftstore.stores.backend import ENVELOPE, PAYLOAD, SIDECAR, StoreBackend
 
 
@@ -117,6 +119,22 @@ class FolderLeaves:
         write_atomic(self.envelope, encode_envelope(env))
 
 
+def download_leaves(store: StoreBackend, key: ArtifactKey, folder: Path) -> FolderLeaves:
+    """A private copy of a version's leaves in ``folder`` (to check and repair without
+    writing to the store). A leaf that is not a regular file (a link, FIFO, folder) is
+    left out, as if absent: it is damage, never something to read through."""
+    files = FolderLeaves(folder, key, store)
+    for leaf in (PAYLOAD, SIDECAR, ENVELOPE):
+        try:
+            stream = store.open_leaf(key, leaf)
+        except BadInputError:
+            continue
+        if stream is not None:
+            with stream, open(folder / leaf, "xb") as f:
+                shutil.copyfileobj(stream, f, CHUNK)
+    return files
+
+
 def parse_envelope(data: bytes | None, key: ArtifactKey) -> Envelope:
     """The envelope of ``key`` from its bytes; :class:`EnvelopeError` if it is missing,
     invalid, or names another artifact version than the one it is filed as."""
@@ -140,4 +158,4 @@ def read_envelope(leaves: Leaves) -> Envelope:
     return parse_envelope(data, leaves.key)
 
 
-__all__ = ["FolderLeaves", "Leaves", "StoredLeaves", "owner_in", "parse_envelope", "read_envelope"]
+__all__ = ["FolderLeaves", "Leaves", "StoredLeaves", "download_leaves", "owner_in", "parse_envelope", "read_envelope"]

@@ -9,7 +9,6 @@ store), and copied out again, with the same check before the rename.
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,10 +18,10 @@ from typing import BinaryIO
 from ftstore.documents import ArtifactKey, Envelope
 from ftstore.durable import disk_full, is_disk_full, open_regular, replace_durably, tmp_path
 from ftstore.engine.integrity import Health, RepairResult, check, repair
-from ftstore.engine.leaves import FolderLeaves, StoredLeaves, read_envelope
+from ftstore.engine.leaves import FolderLeaves, StoredLeaves, download_leaves, read_envelope
 from ftstore.errors import BadInputError, DamageError, EnvelopeError, StorageError
-from ftstore.hashing import CHUNK, hash_stream
-from ftstore.stores.backend import LEAVES, PAYLOAD, StoreBackend
+from ftstore.hashing import hash_stream
+from ftstore.stores.backend import PAYLOAD, StoreBackend
 
 
 @dataclass
@@ -93,15 +92,7 @@ def _load_from_private_repair(store: StoreBackend, key: ArtifactKey, out: Path, 
     """Copy the version's leaves into a private folder, repair them there, and write the
     payload out under the same check as always. Nothing in the store is written."""
     with tempfile.TemporaryDirectory(prefix="ftstore-load-") as tmp:
-        files = FolderLeaves(Path(tmp), key, store)
-        for leaf in LEAVES:
-            try:
-                stream = store.open_leaf(key, leaf)
-            except BadInputError:
-                continue  # a link, FIFO or folder: as if absent
-            if stream is not None:
-                with stream, open(files.folder / leaf, "xb") as f:
-                    shutil.copyfileobj(stream, f, CHUNK)
+        files = download_leaves(store, key, Path(tmp))
         result = repair(files, check(files), reason="load", jobs=jobs)
         assert result.envelope is not None
         if not _copy_out_file(files.payload, result.envelope, out, progress):
