@@ -54,8 +54,8 @@ from ftstore.errors import BadInputError, FtstoreError
 from ftstore.hashing import hash_bytes
 from ftstore.training.checkpoints import CheckpointManager
 
-EXAMPLES = int(os.environ.get("FTSTORE_STATEFUL_EXAMPLES", "8"))
-STEPS = int(os.environ.get("FTSTORE_STATEFUL_STEPS", "22"))
+EXAMPLES = int(os.environ.get("FTSTORE_STATEFUL_EXAMPLES", "12"))
+STEPS = int(os.environ.get("FTSTORE_STATEFUL_STEPS", "25"))
 SEED = int(os.environ.get("FTSTORE_STATEFUL_SEED", str(random.SystemRandom().randrange(1 << 32))))
 NAMES = ("a", "b", "c")
 SIZES = (0, 1, 300, 5_000, 70_000, 300_000, 4_300_000)  # the last has two stripes
@@ -324,6 +324,12 @@ class StoreMachine(RuleBasedStateMachine):
         if (after.payload, after.erased, after.sidecar_intact, after.envelope_ok) != \
                 (before.payload, before.erased, before.sidecar_intact, before.envelope_ok):
             _saw(f"damage {kind} ({'repairable' if repairable(after, self.originals[key]) else 'beyond repair'})")
+
+    @precondition(lambda self: self.originals)
+    @rule(data=st.data(), kind=st.sampled_from(["flip", "zero", "truncate", "repair_symbols", "payload_swap"]))
+    def damage_bytes(self, data, kind):
+        """Byte damage again, so that it piles up between repairs as often as it is repaired."""
+        self.damage(data, kind)
 
     def _damage(self, data, kind, key):
         folder, orig = self._folder(key), self.originals[key]
