@@ -194,3 +194,54 @@ def test_a_save_whose_lock_file_was_removed_before_it_locked_it_takes_a_new_one(
         assert store.backend.orphans() == []
     finally:
         lease.release()
+
+
+def _claimed_by_a_killed_copy(seaweed, tmp_path, make_file, monkeypatch):
+    """A local a@1, and an S3 store where a copy of it was killed long ago (claim older
+    than the lease, set to 2 s here): its claim and half a payload are left."""
+    monkeypatch.setattr("ftstore.stores.s3.CLAIM_LEASE_SECONDS", 2)
+    src = Store.open(tmp_path / "src", create=True)
+    data = make_file(300_000)
+    src.save(data, "a")
+    dst = Store.open(f"s3://ftstore-trust/takeover-{os.getpid()}-{time.monotonic_ns()}", create=True)
+    dst.backend._put("artifacts/a/1/claim", src.read_envelope("a@1").artifact_id.encode())
+    dst.backend._put("artifacts/a/1/payload", b"half a payload")
+    time.sleep(2.2)
+    assert [o.path for o in dst.backend.orphans()] == ["artifacts/a/1/"]
+    return src, dst, data
+
+
+def test_maintenance_never_removes_a_claim_a_rerun_copy_took_over(seaweed, tmp_path, make_file, monkeypatch):
+    from ftstore.api import copy
+    from ftstore.stores.s3 import S3Staging
+
+    src, dst, data = _claimed_by_a_killed_copy(seaweed, tmp_path, make_file, monkeypatch)
+    listed = dst.backend.orphans()  # maintenance lists the old claim as an interrupted save ...
+    real_commit = S3Staging.commit
+
+    def maintenance_then_commit(self, *a, **kw):
+        assert [dst.backend.remove_orphan(o.path) for o in listed] == [False]  # ... but the claim is renewed
+        return real_commit(self, *a, **kw)
+
+    monkeypatch.setattr(S3Staging, "commit", maintenance_then_commit)
+    [r] = copy(src, dst)
+    assert r.status == "copied"
+    assert dst.backend.read_leaf(dst.resolve("a@1"), "payload", 1 << 30) == data.read_bytes()
+    assert all(h.intact for h in verify(dst))
+
+
+def test_a_save_whose_objects_maintenance_removed_is_never_committed(seaweed, tmp_path, make_file, monkeypatch):
+    from ftstore.api import copy
+    from ftstore.stores.s3 import S3Staging
+
+    src, dst, _ = _claimed_by_a_killed_copy(seaweed, tmp_path, make_file, monkeypatch)
+    real_commit = S3Staging.commit
+
+    def payload_removed_then_commit(self, *a, **kw):
+        dst.backend._delete("artifacts/a/1/payload")  # as a remover that listed it before the renewal
+        return real_commit(self, *a, **kw)
+
+    monkeypatch.setattr(S3Staging, "commit", payload_removed_then_commit)
+    [r] = copy(src, dst)
+    assert r.status == "failed" and "vanished before the commit" in r.detail
+    assert dst.keys() == []
