@@ -32,7 +32,7 @@ from ftstore.engine.copy import CopyResult, copy_store
 from ftstore.engine.integrity import Health, RepairResult
 from ftstore.engine.load import LoadResult
 from ftstore.engine.store import Store
-from ftstore.errors import BadInputError, DamageError, EnvelopeError, FtstoreError
+from ftstore.errors import BadInputError, DamageError, FtstoreError
 from ftstore.payloads.reports import BenchmarkBaseline, MetricComparison, compare, parse_typed
 from ftstore.payloads.typed import TYPED_DOC_LIMIT, describe_payload, read_capped
 from ftstore.scrub.drill import DrillReport, drill
@@ -92,8 +92,8 @@ def list_artifacts(store: Store) -> list[ArtifactRow]:
         try:
             e = store.read_envelope(key)
             rows.append(ArtifactRow(e.name, e.version, e.artifact_type, e.size, e.created_unix_ms, e.scrub.status, "ok"))
-        except EnvelopeError as err:
-            rows.append(ArtifactRow(key.name, key.version, None, None, None, None, str(err)))
+        except (FtstoreError, OSError) as err:  # one unreadable entry is a row; the listing goes on
+            rows.append(ArtifactRow(key.name, key.version, None, None, None, None, " ".join(str(err).split())))
     return rows
 
 

@@ -2,25 +2,130 @@
 
 Everything durable goes through a temporary file in the same directory, fsync, rename, and
 an fsync of the directory, so a crash leaves either the old file or the whole new one.
+
+Nothing here follows a symbolic link it did not create: files are read through
+:func:`open_regular` (``O_NOFOLLOW``, non-blocking, regular files only), temporary files
+are created exclusively, and trees are removed through directory descriptors, so a link
+or a FIFO planted in a store is refused or removed as itself, never read, written or
+emptied through.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
 import shutil
+import stat
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from ftstore.errors import StorageFullError
+from ftstore.errors import BadInputError, StorageFullError
 from ftstore.hashing import format_hash, hash_stream, new_hasher
 
 TMP_MARK = ".tmp-"
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_READ_FLAGS = os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0)
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _NOFOLLOW
+
+
+class NotRegularFileError(BadInputError):
+    """A store file that is a symbolic link, a directory, a FIFO or a device: refused,
+    never followed or read."""
+
+
+def open_regular(path: Path | str, dir_fd: int | None = None, write: bool = False,
+                 shown: object = None) -> BinaryIO | None:
+    """Open ``path`` (for reading, or for reading and writing in place) if it is a regular
+    file; None if it does not exist; :class:`NotRegularFileError` for a symbolic link (never
+    followed), a directory, a FIFO or a device. Opened non-blocking, so a FIFO cannot hang
+    the open; the fstat then refuses it. ``shown``: how errors name the file."""
+    where = shown if shown is not None else path
+    flags = (_READ_FLAGS & ~os.O_RDONLY) | (os.O_RDWR if write else os.O_RDONLY)
+    try:
+        fd = os.open(path, flags, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.EMLINK):
+            raise NotRegularFileError(f"{where}: is a symbolic link; store files are never followed") from None
+        if e.errno == errno.EISDIR:
+            raise NotRegularFileError(f"{where}: is a directory, not a regular file") from None
+        if e.errno == errno.ENXIO:  # a FIFO with no writer, opened for writing
+            raise NotRegularFileError(f"{where}: is not a regular file") from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else
+                    "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+                    else "not a regular file")
+            raise NotRegularFileError(f"{where}: is {kind}, not a regular file")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return open(fd, "r+b" if write else "rb", buffering=0)
+
+
+def must_open_regular(path: Path | str, write: bool = False) -> BinaryIO:
+    """:func:`open_regular` where absence is an error too (``FileNotFoundError``)."""
+    f = open_regular(path, write=write)
+    if f is None:
+        raise FileNotFoundError(errno.ENOENT, "No such file", str(path))
+    return f
+
+
+def is_real_dir(path: Path) -> bool:
+    """True if ``path`` itself is a directory (a link to one is not)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def open_dir(root: Path, parts: tuple[str, ...] | list[str]) -> Iterator[int]:
+    """A descriptor of ``root/part0/part1/...``, walked one component at a time without
+    following a link at any of them (``root`` itself may be one: it is the user's path).
+    ``NotADirectoryError`` if a component is a link or not a directory; ``FileNotFoundError``
+    if one is missing."""
+    fd = os.open(root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        for part in parts:
+            if part in ("", ".", "..") or "/" in part:
+                raise NotADirectoryError(errno.ENOTDIR, "not a plain path component", part)
+            try:
+                nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+                    raise NotADirectoryError(errno.ENOTDIR, "a symbolic link or not a directory", part) from None
+                raise
+            os.close(fd)
+            fd = nxt
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def remove_entry(parent_fd: int, name: str) -> None:
+    """Remove ``name`` in the directory ``parent_fd`` as what it is: a link or file is
+    unlinked (a link's target is untouched), a directory is removed with everything in it,
+    through descriptors, never following a link inside it. Absent is fine."""
+    try:
+        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(name, dir_fd=parent_fd, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=parent_fd)
 
 
 def tmp_path(final: Path) -> Path:
@@ -48,7 +153,7 @@ def replace_durably(tmp: Path, final: Path) -> None:
 def write_atomic(final: Path, data: bytes) -> None:
     tmp = tmp_path(final)
     try:
-        with open(tmp, "wb") as f:
+        with open(tmp, "xb") as f:  # exclusive: never through a link planted at the name
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -229,7 +334,16 @@ def watch(path: Path) -> FileState | None:
 
 
 def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+    """Remove the folder ``path`` (or whatever is at that name, as itself) through a
+    descriptor of its parent: nothing outside it is ever removed, even if it is a link."""
+    try:
+        parent = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return
+    try:
+        remove_entry(parent, path.name)
+    finally:
+        os.close(parent)
 
 
 def is_disk_full(e: OSError) -> bool:

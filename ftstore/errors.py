@@ -30,6 +30,12 @@ class NotFoundError(FtstoreError, LookupError):
     exit_code = 2
 
 
+class MissingDependencyError(FtstoreError, RuntimeError):
+    """An optional library the request needs is not installed (TensorFlow, PyTorch, boto3)."""
+
+    exit_code = 2
+
+
 class DamageError(FtstoreError):
     """Stored bytes do not match their recorded hashes."""
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from ftstore.codec.sidecar import SidecarHeader
+from ftstore.codec.sidecar import SidecarHeader, SidecarHeaderV1
 from ftstore.payloads.bundle_format import BundleManifest, ParamsSnapshot
 from ftstore.documents import Envelope
 from ftstore.payloads.reports import BenchmarkBaseline, ConformanceSnapshot
@@ -33,6 +33,7 @@ JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 DOCUMENTS: dict[str, type] = {
     "envelope.schema.json": Envelope,
     "sidecar-header.schema.json": SidecarHeader,
+    "sidecar-header-v1.schema.json": SidecarHeaderV1,
     "scrub-report.schema.json": ScrubReport,
     "drill-report.schema.json": DrillReport,
     "bundle-manifest.schema.json": BundleManifest,

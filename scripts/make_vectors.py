@@ -365,7 +365,7 @@ def build_artifact(a: Artifact, out: Path) -> tuple[Layout, int, int]:
     d.mkdir(parents=True)
     payload = payload_bytes(a.name, a.size)
     (d / "payload").write_bytes(payload)
-    info = write_sidecar(d / "payload", d / "sidecar.ftrq", a.essentials(payload), a.overhead, a.symbol_size, jobs=1)
+    info = write_sidecar(d / "payload", d / "sidecar.ftrq", a.essentials(payload), a.overhead, a.symbol_size, jobs=1, version=1)
     env = envelope_from(a.essentials(payload), 1, raptorq_section(info))
     (d / "envelope.json").write_bytes(encode_envelope(env))
     meta = read_meta(d / "sidecar.ftrq")

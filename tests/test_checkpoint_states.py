@@ -61,7 +61,7 @@ def test_every_kind_of_value_a_state_may_hold_comes_back(store):
 
     state = {
         "empty_bytes": b"", "bytes": b"\xff", "complex": 1 + 2j, "bool": True, "big_int": 2**70,
-        "ordered": collections.OrderedDict(b=1, a=2), "keys": {1: "int", 2.5: "float", None: "none", True: "bool"},
+        "ordered": collections.OrderedDict(b=1, a=2), "keys": {1: "int", 2.5: "float", None: "none", False: "bool"},
         "tuple": (1, ("nested", [None])), "empty_array": np.zeros((0, 3), np.float32), "dates": np.array(["2024-02-29"], "M8[D]"),
         "strings": np.array(["a", "bc"]), "fortran": np.asfortranarray(np.arange(6.0).reshape(2, 3)), "strided": np.arange(10)[::3],
         "scalars": [np.float16(1.5), np.uint64(2**63), np.bool_(False), np.str_("s"), np.bytes_(b"")],

@@ -19,7 +19,7 @@ def _protected(tmp_path, size: int, overhead: float = 0.1, symbol_size: int | No
     payload.write_bytes(data)
     ess = ArtifactEssentials(artifact_id="0" * 32, artifact_type="file", name="codec-test", size=size,
                              source_hash=hash_bytes(data), created_unix_ms=0, metadata={})
-    info = write_sidecar(payload, sidecar, ess, overhead, symbol_size, jobs=1)
+    info = write_sidecar(payload, sidecar, ess, overhead, symbol_size, jobs=1, version=1)
     assert info.size == sidecar.stat().st_size
     return data, payload, sidecar, read_meta(sidecar)
 

@@ -234,7 +234,8 @@ def test_killing_the_server_mid_save_leaves_no_committed_partial_artifact(tmp_pa
         _, err = proc.communicate(timeout=300)
         assert proc.returncode != 0 and "Traceback" not in err
         server.start()
-        os.environ.update(server.env())
+        for k, v in server.env().items():  # for this test only: later tests use the session's server
+            monkeypatch.setenv(k, v)
         store = Store.open("s3://killed/store")
         assert store.names() == ["keep"]
         assert all(h.intact for h in verify(store))

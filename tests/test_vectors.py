@@ -34,6 +34,8 @@ MANIFEST = json.loads((VECTORS / "vectors.json").read_bytes())
 # from the old ones only in `library_version` and the hashes that cover it.
 PUBLISHED = {
     (1, 1, "2.0.0"): "blake3:722ee978dec18823c98c6e628df9867c389eed6fc7e7896a3e5eeb23e8bff637",
+    # sidecar_version 2: the header names the artifact version (`artifact_version`)
+    (1, 2, "2.0.0"): "blake3:3e5563c1b3c59d42590bb5ec4dccd80eb555b87cf1be35a5f26e029c2089a714",
 }
 
 SIDECAR_VERSION = SidecarHeader.__struct_defaults__[SidecarHeader.__struct_fields__.index("sidecar_version")]

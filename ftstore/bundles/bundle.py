@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from ftstore.documents import Envelope
 from ftstore.engine.store import Store
-from ftstore.errors import BadInputError
+from ftstore.errors import BadInputError, MissingDependencyError, NotFoundError
 from ftstore.payloads.bundle_format import (
     BACKENDS,
     BundleManifest,
@@ -48,6 +48,14 @@ class BackendMismatchError(BadInputError):
 
 class ParamsTargetError(BadInputError):
     """A params target that names no importable dict."""
+
+
+class ModelNotFoundError(NotFoundError, KeyError):
+    """A model the bundle does not hold, or one no builder is registered for (a KeyError,
+    as it always was, and a documented ftstore error: exit 2, one line)."""
+
+    def __str__(self) -> str:  # a KeyError quotes its message; this is a sentence
+        return Exception.__str__(self)
 
 
 class PlaceholderModelError(BadInputError):
@@ -91,7 +99,7 @@ def params_target(target: ParamsTarget = None) -> MutableMapping[str, Any]:
 
 def backend_module(backend: str):
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}: allowed values are {', '.join(repr(b) for b in BACKENDS)}")
+        raise BadInputError(f"unknown backend {backend!r}: allowed values are {', '.join(repr(b) for b in BACKENDS)}")
     return importlib.import_module(f"ftstore.bundles.{backend}")
 
 
@@ -104,7 +112,7 @@ def register_builder(backend: str, model_name: str, builder: Builder) -> None:
 def _check_architecture_params(p: dict[str, Any], where: str) -> None:
     missing = [k for k in REQUIRED_PARAMS if k not in p]
     if missing:
-        raise ValueError(f"{where}: params lack {', '.join(missing)}; the model architecture cannot be reconstructed")
+        raise BadInputError(f"{where}: params lack {', '.join(missing)}; the model architecture cannot be reconstructed")
 
 
 def save_bundle(
@@ -132,7 +140,7 @@ def bundle_file(models: dict[str, Any], backend: str, params: ParamsTarget, tmp:
     p = params_target(params)
     _check_architecture_params(p, "save_bundle")
     if not models:
-        raise ValueError("save_bundle: no models given")
+        raise BadInputError("save_bundle: no models given")
     weights = []
     for i, (model_name, model) in enumerate(models.items()):
         wfile = tmp / f"w{i}"
@@ -150,7 +158,7 @@ def _tensorflow_tensor(value: Any) -> Any:
     try:
         import tensorflow as tf
     except ImportError:
-        raise RuntimeError(
+        raise MissingDependencyError(
             "this bundle's params hold TensorFlow tensors; restoring them as tensors needs TensorFlow "
             "(pip install 'ftstore[tensorflow]'), or pass tensors='numpy' to get numpy arrays"
         ) from None
@@ -176,11 +184,11 @@ def load_bundle(
     Params saved as TensorFlow tensors come back as tensors, or with ``tensors="numpy"``
     as numpy arrays."""
     if params is not None and target is not None:
-        raise ValueError("load_bundle: pass params= or target=, not both")
+        raise BadInputError("load_bundle: pass params= or target=, not both")
     mod = backend_module(backend)
     cfg = params_target(params if params is not None else target)
     if tensors not in ("as_saved", "numpy"):
-        raise ValueError(f"tensors={tensors!r}: allowed values are 'as_saved', 'numpy'")
+        raise BadInputError(f"tensors={tensors!r}: allowed values are 'as_saved', 'numpy'")
     with tempfile.TemporaryDirectory(prefix="ftstore-bundle-") as tmp:
         local = Path(tmp) / "bundle.zip"
         res = store.load(ref, local, jobs=jobs)  # verifies; repairs if needed
@@ -205,7 +213,7 @@ def load_bundle(
             legacy_metadata = read_legacy_metadata(z, manifest)
             absent = [w for w in wanted if w not in available]
             if absent:
-                raise KeyError(f"model(s) {absent} not in {res.ref}; it holds: {sorted(available)}")
+                raise ModelNotFoundError(f"model(s) {absent} not in {res.ref}; it holds: {sorted(available)}")
             mod.require()
             snapshot = dict(cfg)
             try:
@@ -214,7 +222,7 @@ def load_bundle(
                 for model_name in wanted:
                     build = (builders or {}).get(model_name) or _BUILDERS.get((backend, model_name))
                     if build is None:
-                        raise KeyError(f"no builder registered for {backend} model {model_name!r}")
+                        raise ModelNotFoundError(f"no builder registered for {backend} model {model_name!r}")
                     model = build(cfg)
                     entry = available[model_name]
                     wfile = Path(tmp) / f"weights-{len(built)}{WEIGHT_SUFFIXES[entry.weights_format]}"

@@ -35,7 +35,15 @@ from ftstore.documents import Envelope
 from ftstore.engine.store import Store
 from ftstore.errors import BadInputError
 from ftstore.payloads.archive import SafeZip
-from ftstore.payloads.bundle_format import LegacySource, ModelEntry, TensorInfo, write_bundle
+from ftstore.payloads.bundle_format import (
+    MODEL_NAME_RE,
+    LegacySource,
+    ModelEntry,
+    TensorInfo,
+    read_bundle,
+    read_legacy_metadata,
+    write_bundle,
+)
 
 VERSIONS = {"1.0": "tensorflow", "2.0-pytorch": "pytorch"}
 MAX_PICKLE_BYTES = 64 * 1024 * 1024
@@ -75,6 +83,7 @@ def convert_legacy(archive: str | Path, tmp: Path, metadata: dict[str, str] | No
         models = [str(m) for m in manifest["models"]]
         if not models:
             raise BadInputError("manifest.dill lists no models")
+        _check_model_names(models)
         for member in z.names():
             if member.startswith(root) and member.rsplit("/", 1)[-1] == "custom_objects.dill":
                 refuse_calls(z.read(member, MAX_PICKLE_BYTES), member[len(root):])
@@ -92,10 +101,7 @@ def convert_legacy(archive: str | Path, tmp: Path, metadata: dict[str, str] | No
                 placeholders.append(model)
             else:
                 weights.append(converted)
-        try:
-            _check_architecture_params(params, f"{archive}")
-        except ValueError as e:
-            raise BadInputError(str(e)) from None
+        _check_architecture_params(params, f"{archive}")
         if not weights:
             raise BadInputError(f"{archive}: no model in it has weights ({', '.join(placeholders)}: placeholders only)")
         documents = {}
@@ -105,9 +111,37 @@ def convert_legacy(archive: str | Path, tmp: Path, metadata: dict[str, str] | No
                               metadata={TORCH_METADATA: m for m in documents})
         out = tmp / "bundle.zip"
         write_bundle(out, backend, weights, params, source, documents)
+    read_back(out, archive)
     meta = {"backend": backend, "models": ",".join(e.name for e, _ in weights), "imported_from": archive.name,
             **({"placeholders": ",".join(placeholders)} if placeholders else {}), **(metadata or {})}
     return out, meta
+
+
+def _check_model_names(models: list[str]) -> None:
+    """Every model the archive lists must be storable in a bundle under its own name, once."""
+    seen = set()
+    for m in models:
+        if not MODEL_NAME_RE.fullmatch(m):
+            raise BadInputError(f"manifest.dill: model name {m!r} cannot be kept in a bundle "
+                                "(letters, digits, '_', '.', '-'; at most 128)")
+        if m in seen:
+            raise BadInputError(f"manifest.dill lists model {m!r} twice")
+        seen.add(m)
+
+
+def read_back(bundle: Path, archive: Path) -> None:
+    """The validation pass before anything is committed: the bundle made from ``archive``
+    is read back as a load would read it (manifest, params and every document, every
+    model's weights member), so a bundle ftstore could not load is never stored."""
+    try:
+        manifest, _, z = read_bundle(bundle)
+        with z:
+            read_legacy_metadata(z, manifest)
+            for m in manifest.models:
+                z.check_member(m.weights)
+    except BadInputError as e:
+        raise BadInputError(f"{archive}: the bundle made from it could not be read back, so nothing was stored "
+                            f"({str(e).replace(str(bundle), 'bundle')})") from None
 
 
 def _convert_weights(z: SafeZip, root: str, model: str, backend: str, dest: Path) -> Converted:

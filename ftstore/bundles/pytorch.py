@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ftstore.errors import BadInputError, MissingDependencyError
 from ftstore.payloads.bundle_format import ModelEntry, TensorInfo
 
 NAME = "pytorch"
@@ -17,7 +18,7 @@ def require() -> Any:
         import safetensors.torch  # noqa: F401
         import torch
     except ImportError:
-        raise RuntimeError(
+        raise MissingDependencyError(
             "backend 'pytorch' was selected but PyTorch is not installed: "
             "pip install 'ftstore[torch]'  (or: pip install torch safetensors)"
         ) from None
@@ -52,7 +53,7 @@ def load_weights(model: Any, path: Path, entry: ModelEntry) -> None:
     extra = sorted(set(loaded) - set(have))
     wrong = [k for k in have if k in loaded and (tuple(have[k].shape) != tuple(loaded[k].shape) or have[k].dtype != loaded[k].dtype)]
     if missing or extra or wrong:
-        raise ValueError(
+        raise BadInputError(
             f"model {entry.name!r}: weights do not fit the built model"
             + (f"; missing {missing[:5]}" if missing else "")
             + (f"; unexpected {extra[:5]}" if extra else "")

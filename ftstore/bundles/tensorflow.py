@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ftstore.errors import BadInputError, MissingDependencyError
 from ftstore.payloads.bundle_format import ModelEntry, TensorInfo
 
 NAME = "tensorflow"
@@ -26,7 +27,7 @@ def require() -> Any:
         import h5py  # noqa: F401
         import keras
     except ImportError:
-        raise RuntimeError(
+        raise MissingDependencyError(
             "backend 'tensorflow' was selected but TensorFlow/Keras is not installed: "
             "pip install 'ftstore[tensorflow]'  (or: pip install tensorflow-cpu h5py)"
         ) from None
@@ -49,12 +50,12 @@ def write_weights(model: Any, path: Path) -> None:
 def check_fits(model: Any, entry: ModelEntry) -> None:
     have = tensor_index(model)
     if len(have) != len(entry.tensors):
-        raise ValueError(
+        raise BadInputError(
             f"model {entry.name!r}: the built model has {len(have)} weight tensors, the bundle {len(entry.tensors)}"
         )
     for i, (h, w) in enumerate(zip(have, entry.tensors)):
         if h.shape != w.shape or h.dtype != w.dtype:
-            raise ValueError(
+            raise BadInputError(
                 f"model {entry.name!r}: weight {i} ({h.name}) is {h.dtype}{h.shape} in the built model "
                 f"but {w.dtype}{w.shape} in the bundle ({w.name})"
             )
@@ -68,7 +69,7 @@ def load_weights(model: Any, path: Path, entry: ModelEntry) -> None:
             try:
                 model.load_weights(str(path))
             except UserWarning as w:
-                raise ValueError(f"model {entry.name!r}: weights do not fit the built model: {w}") from None
+                raise BadInputError(f"model {entry.name!r}: weights do not fit the built model: {w}") from None
         return
     import h5py
 
@@ -78,9 +79,9 @@ def load_weights(model: Any, path: Path, entry: ModelEntry) -> None:
         for i, (v, info) in enumerate(zip(model.weights, entry.tensors)):
             ds = f.get(f"w/{i:06d}")
             if ds is None or list(ds.shape) != info.shape:
-                raise ValueError(f"model {entry.name!r}: weights file lacks tensor {i} of shape {info.shape}")
+                raise BadInputError(f"model {entry.name!r}: weights file lacks tensor {i} of shape {info.shape}")
             arrays.append(ds[()])
         if len(f.get("w", {})) != len(arrays):
-            raise ValueError(f"model {entry.name!r}: weights file holds extra tensors")
+            raise BadInputError(f"model {entry.name!r}: weights file holds extra tensors")
     for v, arr in zip(model.weights, arrays):
         v.assign(arr)

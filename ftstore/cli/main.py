@@ -166,6 +166,11 @@ def load(ref, out, no_heal, store_path, jobs, as_json):
     click.echo(f"loaded {res.ref} -> {res.out}  {human_size(res.envelope.size)}  {res.envelope.source_hash}")
 
 
+def _one_line(text: str) -> str:
+    """An error message as the one line the CLI promises, however many lines it came with."""
+    return " ".join(text.split()) or "(no message)"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning every documented error into one line and an exit code."""
     try:
@@ -180,13 +185,13 @@ def main(argv: list[str] | None = None) -> None:
         info("ftstore: aborted")
         sys.exit(130)
     except FtstoreError as e:
-        info(f"ftstore: error: {e}")
+        info(f"ftstore: error: {_one_line(str(e))}")
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         info("ftstore: interrupted")
         sys.exit(130)
     except OSError as e:
-        info(f"ftstore: error: {e.strerror or e}{': ' + str(e.filename) if e.filename else ''}")
+        info(f"ftstore: error: {_one_line(str(e.strerror or e))}{': ' + str(e.filename) if e.filename else ''}")
         sys.exit(2)
     except Exception as e:  # a bug: still no traceback unless asked for
         if os.environ.get("FTSTORE_DEBUG"):
@@ -282,7 +287,7 @@ def scrub_cmd(repair, deep, subset, max_rate, remove_orphans, store_path, jobs, 
     """Verify every artifact in the store; with --repair, heal what can be healed.
     Exits 0 when every artifact is intact at the end (repaired counts as intact), 1 otherwise."""
     report = api.scrub(api.open_store(store_path), repair=repair, deep=deep, subset=subset, max_rate_mb_s=max_rate,
-                   remove_orphans=remove_orphans, jobs=jobs)
+                       remove_orphans=remove_orphans, jobs=jobs, warn=lambda text: info(f"ftstore: warning: {text}"))
     if as_json:
         emit_json(report)
     else:

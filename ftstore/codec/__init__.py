@@ -11,7 +11,7 @@ on local files and imports no store.
 - ``rq`` — the calls into the ``raptorq`` binding; ``parallel`` — the worker processes.
 """
 
-from ftstore.codec.build import SidecarBuild, SidecarInfo, SymbolHasher, patch_in_place, write_sidecar
+from ftstore.codec.build import SidecarBuild, SidecarInfo, SymbolHasher, patch_in_place, patched_digest, write_sidecar
 from ftstore.codec.decoder import StripeOutcome, check_and_decode
 from ftstore.codec.layout import DEFAULT_OVERHEAD, MAX_OVERHEAD, MIN_OVERHEAD, Layout
 from ftstore.codec.rq import LIBRARY_VERSION
@@ -32,6 +32,7 @@ __all__ = [
     "check_and_decode",
     "damaged_repair_symbols",
     "patch_in_place",
+    "patched_digest",
     "read_meta",
     "write_sidecar",
 ]

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
-from ftstore.hashing import SYMBOL_HASH_BYTES, hash_file, symbol_hash
+from ftstore.durable import NotRegularFileError, open_regular
+from ftstore.hashing import CHUNK, SYMBOL_HASH_BYTES, format_hash, hash_file, new_hasher, symbol_hash
 from ftstore.codec.decoder import StripeOutcome
 from ftstore.codec.encoder import encode_sidecar_body
 from ftstore.codec.layout import Layout
@@ -64,11 +67,17 @@ class SymbolHasher:
 class SidecarBuild:
     """A sidecar written in two steps: ``encode`` the repair region from a file, then
     ``finish`` with the final essentials (whose ``source_hash`` may be learned meanwhile:
-    it has a fixed length, so the metadata block's size is known from the start)."""
+    it has a fixed length, so the metadata block's size is known from the start) and the
+    artifact version it belongs to. ``finish`` may be called again with another version
+    (a save that lost its first version to a concurrent writer): only the metadata blocks
+    are rewritten, unless the version's length in digits changed, which moves the repair
+    region (copied, never re-encoded)."""
 
-    def __init__(self, dest: Path, template: ArtifactEssentials, overhead: float, symbol_size: int | None = None):
+    def __init__(self, dest: Path, template: ArtifactEssentials, overhead: float, symbol_size: int | None = None,
+                 *, version: int):
         self.dest = dest
         self.overhead = overhead
+        self.version = version
         self.layout = Layout.plan(template.size, overhead, symbol_size)
         self.block_len = block_length(header_bytes(self._header(template)), self.layout)
         self.source_table = b""
@@ -77,6 +86,7 @@ class SidecarBuild:
     def _header(self, essentials: ArtifactEssentials) -> SidecarHeader:
         lay = self.layout
         return SidecarHeader(
+            artifact_version=self.version,
             library_version=LIBRARY_VERSION,
             payload_size=lay.size,
             symbol_size=lay.symbol_size,
@@ -94,10 +104,13 @@ class SidecarBuild:
         self.source_table, self.repair_table = encode_sidecar_body(source, self.dest, self.layout, self.block_len, jobs)
         return self.source_table
 
-    def finish(self, essentials: ArtifactEssentials) -> SidecarInfo:
+    def finish(self, essentials: ArtifactEssentials, version: int | None = None) -> SidecarInfo:
+        if version is not None:
+            self.version = version
         hj = header_bytes(self._header(essentials))
-        if block_length(hj, self.layout) != self.block_len:
-            raise ValueError("sidecar header changed length between encode and finish")
+        block_len = block_length(hj, self.layout)
+        if block_len != self.block_len:
+            self._move_repair_region(block_len)
         with open(self.dest, "r+b") as f:
             write_meta(f, build_block(hj, self.source_table, self.repair_table), self.layout)
             f.flush()
@@ -107,6 +120,25 @@ class SidecarBuild:
                 synced.result()
         return SidecarInfo(self.layout, self.overhead, size, digest, LIBRARY_VERSION)
 
+    def _move_repair_region(self, block_len: int) -> None:
+        """Rewrite the file with the repair region at ``block_len`` (a header of another
+        length): the symbols are copied, and fsynced by the ``finish`` that follows."""
+        tmp = self.dest.with_name(self.dest.name + ".move")
+        region = self.layout.total_repair * self.layout.symbol_size
+        with open(self.dest, "rb") as src, open(tmp, "xb") as out:
+            out.truncate(sidecar_size(block_len, self.layout))
+            src.seek(self.block_len)
+            out.seek(block_len)
+            left = region
+            while left:
+                chunk = src.read(min(left, 1 << 20))
+                if not chunk:
+                    raise OSError(f"{self.dest}: repair region shorter than its layout")
+                out.write(chunk)
+                left -= len(chunk)
+        os.replace(tmp, self.dest)
+        self.block_len = block_len
+
 
 def write_sidecar(
     payload: Path,
@@ -115,41 +147,113 @@ def write_sidecar(
     overhead: float,
     symbol_size: int | None = None,
     jobs: int | None = None,
+    *,
+    version: int,
 ) -> SidecarInfo:
-    """Encode ``payload`` into a new sidecar file ``dest`` (fsynced). ``payload`` must already
-    hold exactly ``essentials.size`` bytes matching ``essentials.source_hash``."""
-    build = SidecarBuild(dest, essentials, overhead, symbol_size)
+    """Encode ``payload`` into a new sidecar file ``dest`` (fsynced) for artifact version
+    ``version``. ``payload`` must already hold exactly ``essentials.size`` bytes matching
+    ``essentials.source_hash``."""
+    build = SidecarBuild(dest, essentials, overhead, symbol_size, version=version)
     build.encode(payload, jobs)
     return build.finish(essentials)
 
 
-def patch_in_place(payload: Path, meta: SidecarMeta, outcomes: list[StripeOutcome]) -> None:
-    """Write recovered symbols over the damaged ones and cut the file to its recorded size.
-
-    Only bytes that were wrong are overwritten, and only with symbols that match their hash
-    in the sidecar, so a crash at any point leaves a payload no more damaged than before,
-    which the next repair finishes. The caller checks the whole BLAKE3 afterwards.
-    The file is opened without following links: a payload replaced by a symlink is never
-    written through."""
+def _patches(meta: SidecarMeta, outcomes: list[StripeOutcome]) -> list[tuple[int, int, bytes]]:
+    """(file symbol, offset, bytes) of every decoded symbol, each checked against its hash
+    in the sidecar, in file order."""
     lay, h = meta.layout, SYMBOL_HASH_BYTES
-    patches = []
+    out = []
     for oc in outcomes:
         for i, sym in (oc.recovered or {}).items():
             j = lay.global_index(oc.stripe, i)
             if symbol_hash(sym) != meta.source_hashes[j * h : (j + 1) * h]:
                 raise ValueError(f"decoded symbol {j} does not match its hash")
             off, length = lay.symbol_extent(j)
-            patches.append((off, sym[:length]))
-    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(payload, flags, 0o644)
+            out.append((j, off, sym[:length]))
+    return sorted(out)
+
+
+def _readable(payload: Path, write: bool = False) -> BinaryIO | None:
+    """The payload to read or patch in place; None if absent or not a regular file (a
+    link, FIFO or folder is never read or written through: it is replaced whole)."""
     try:
+        return open_regular(payload, write=write)
+    except NotRegularFileError:
+        return None
+
+
+def patched_digest(payload: Path, meta: SidecarMeta, outcomes: list[StripeOutcome]) -> str:
+    """BLAKE3 of what ``payload`` would hold after :func:`patch_in_place`, computed without
+    writing anything: a repair is decided, and its whole result checked, before a byte of
+    the stored payload changes."""
+    lay = meta.layout
+    patches = _patches(meta, outcomes)
+    offsets = [off for _, off, _ in patches]
+    step = max(lay.symbol_size, (CHUNK // max(lay.symbol_size, 1)) * lay.symbol_size)
+    hasher = new_hasher()
+    f = _readable(payload)
+    try:
+        for pos in range(0, lay.size, step):
+            n = min(step, lay.size - pos)
+            buf = bytearray(os.pread(f.fileno(), n, pos) if f is not None else b"")
+            buf.extend(bytes(n - len(buf)))  # a short file reads as zeros: those symbols are erased
+            for k in range(bisect_left(offsets, pos), bisect_left(offsets, pos + n)):
+                _, off, data = patches[k]
+                buf[off - pos : off - pos + len(data)] = data
+            hasher.update(buf)
+    finally:
+        if f is not None:
+            f.close()
+    return format_hash(hasher.digest())
+
+
+def patch_in_place(payload: Path, meta: SidecarMeta, outcomes: list[StripeOutcome]) -> None:
+    """Write recovered symbols over the damaged ones and cut the file to its recorded size.
+
+    Only bytes that are wrong are overwritten: each symbol is read again just before, and
+    one that now matches its hash in the sidecar is left alone (never is a symbol the
+    trusted table vouches for modified). Only symbols that match their hash are written,
+    so a crash at any point leaves a payload no more damaged than before, which the next
+    repair finishes. The caller checks the whole result (:func:`patched_digest`) before
+    and the whole BLAKE3 after. A payload that is not a regular file (a link, a FIFO) is
+    never written through: a new file, every symbol of which was decoded, replaces it."""
+    lay, h = meta.layout, SYMBOL_HASH_BYTES
+    patches = _patches(meta, outcomes)
+    f = _readable(payload, write=True)
+    if f is None:
+        _replace_whole(payload, lay, patches)
+        return
+    with f:
+        fd = f.fileno()
+        for j, off, data in patches:
+            now = os.pread(fd, len(data), off)
+            if len(now) == len(data) and symbol_hash(now + bytes(lay.symbol_size - len(data))) == \
+                    meta.source_hashes[j * h : (j + 1) * h]:
+                continue  # already right (a repair before this one was killed after writing it)
+            os.pwrite(fd, data, off)
         if os.fstat(fd).st_size != lay.size:
             os.ftruncate(fd, lay.size)
-        for off, data in patches:
-            os.pwrite(fd, data, off)
         os.fsync(fd)
+
+
+def _replace_whole(payload: Path, lay: Layout, patches: list[tuple[int, int, bytes]]) -> None:
+    """A new payload from decoded symbols only (the old one was missing or not a file):
+    written beside it exclusively, fsynced, renamed over the old name (a link is replaced
+    as a link, never followed)."""
+    if len(patches) != lay.source_symbols:
+        raise ValueError(f"{payload}: only {len(patches)} of {lay.source_symbols} symbols decoded for a missing payload")
+    tmp = payload.with_name(f"{payload.name}.tmp-{os.urandom(6).hex()}")
+    try:
+        with open(tmp, "xb") as out:
+            for _, off, data in patches:
+                out.seek(off)
+                out.write(data)
+            out.truncate(lay.size)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, payload)
     finally:
-        os.close(fd)
+        tmp.unlink(missing_ok=True)
 
 
-__all__ = ["SidecarBuild", "SidecarInfo", "SymbolHasher", "patch_in_place", "write_sidecar"]
+__all__ = ["SidecarBuild", "SidecarInfo", "SymbolHasher", "patch_in_place", "patched_digest", "write_sidecar"]

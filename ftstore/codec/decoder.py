@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from ftstore.durable import NotRegularFileError, open_regular
 from ftstore.hashing import SYMBOL_HASH_BYTES, symbol_hash
 from ftstore.codec.encoder import PARALLEL_MIN_BYTES, STRIPES_PER_TASK, read_stripes
 from ftstore.codec.layout import Layout
@@ -51,12 +52,15 @@ class DecodeTask:
 def _check_group(task: DecodeTask) -> list[StripeOutcome]:
     lay, t, h = task.layout, task.layout.symbol_size, SYMBOL_HASH_BYTES
     try:
-        with open(task.payload, "rb") as pf:
-            objs = read_stripes(pf, lay, task.stripes)
-    except FileNotFoundError:
+        pf = open_regular(task.payload)
+    except NotRegularFileError:  # a link, FIFO or folder: never read, every symbol erased
+        pf = None
+    if pf is None:
         objs = {s: bytes(lay.stripe_k(s) * t) for s in task.stripes}
         missing = True
     else:
+        with pf:
+            objs = read_stripes(pf, lay, task.stripes)
         missing = False
     out = []
     for s in task.stripes:
@@ -83,11 +87,12 @@ def _read_repair(task: DecodeTask, s: int, oc: StripeOutcome) -> list[tuple[int,
     data = b""
     if task.sidecar is not None:
         try:
-            with open(task.sidecar, "rb") as sf:
-                sf.seek(task.repair_base + lay.repair_starts[s] * t)
-                data = sf.read(oc.r * t)
-        except FileNotFoundError:
-            pass
+            sf = open_regular(task.sidecar)
+        except NotRegularFileError:
+            sf = None
+        if sf is not None:
+            with sf:
+                data = os.pread(sf.fileno(), oc.r * t, task.repair_base + lay.repair_starts[s] * t)
     for i in range(oc.r):
         sym = data[i * t : (i + 1) * t]
         if len(sym) == t and symbol_hash(sym) == want[i * h : (i + 1) * h]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from ftstore.durable import must_open_regular
 from ftstore.hashing import symbol_hash
 from ftstore.codec.encoder import read_stripes
 from ftstore.codec.rq import CodecFailure, decode, packet
@@ -22,7 +23,7 @@ def prove_recoverable(payload: Path, sidecar: Path, meta: SidecarMeta, seed: int
     rng = random.Random(f"{seed}:{meta.header.artifact.artifact_id}")
     stripes = sorted(rng.sample(range(lay.stripes), min(MAX_PROBED_STRIPES, lay.stripes)))
     erased_total = 0
-    with open(payload, "rb") as pf, open(sidecar, "rb") as sf:
+    with must_open_regular(payload) as pf, must_open_regular(sidecar) as sf:
         for s in stripes:
             k, r = lay.stripe_k(s), lay.repair_counts[s]
             obj = read_stripes(pf, lay, (s,))[s]

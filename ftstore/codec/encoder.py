@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 
 from ftstore.hashing import SYMBOL_HASH_BYTES, symbol_hash
-from ftstore.durable import start_writeback
+from ftstore.durable import must_open_regular, start_writeback
 from ftstore.codec.layout import Layout
 from ftstore.codec.parallel import chunks, pmap
 from ftstore.codec.rq import encode_repair
@@ -61,7 +61,7 @@ def read_stripes(f, layout: Layout, stripes: tuple[int, ...]) -> dict[int, bytes
 def _encode_group(task: EncodeTask) -> dict[int, tuple[bytes, bytes]]:
     lay, t = task.layout, task.layout.symbol_size
     out = {}
-    with open(task.payload, "rb") as pf:
+    with must_open_regular(task.payload) as pf:
         objs = read_stripes(pf, lay, task.stripes)
     fd = os.open(task.sidecar, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
     try:

@@ -8,24 +8,28 @@ repair symbols.
 
 Copy A is read first, copy B (found through the trailer) if A is damaged, so a damaged head
 or a truncated tail alone never loses the hash tables. The header repeats the envelope's
-essential fields so a lost envelope can be rebuilt. Everything is validated and bounded
-before any table is allocated.
+essential fields so a lost envelope can be rebuilt, and (since ``sidecar_version`` 2) the
+artifact version it belongs to, so a sidecar is bound to exactly one artifact version:
+artifact id, name and version. Version 1 sidecars (no version) are still read. Everything
+is validated and bounded before any table is allocated.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 from dataclasses import dataclass
-from typing import Annotated, BinaryIO, Literal
+from typing import Annotated, BinaryIO, Literal, Union
 
 import blake3
 import msgspec
 from msgspec import Meta
 
 from ftstore.documents.envelope_json import canonical
-from ftstore.documents.envelope import ArtifactEssentials, NonNegInt, Strict
+from ftstore.documents.envelope import ArtifactEssentials, NonNegInt, PosInt, Strict
 from ftstore.documents.strict_json import reject_duplicate_keys
+from ftstore.durable import must_open_regular, open_regular
 from ftstore.errors import BadInputError
 from ftstore.hashing import SYMBOL_HASH_BYTES
 from ftstore.codec.layout import MAX_OVERHEAD, SAFETY_SYMBOLS, Layout, repair_count, stripes_allowed
@@ -42,6 +46,31 @@ class SidecarError(BadInputError):
 
 
 class SidecarHeader(Strict, kw_only=True):
+    """The header ftstore writes (``sidecar_version`` 2): ``artifact_version`` binds the
+    sidecar to one artifact version, with ``artifact.artifact_id`` and ``artifact.name``."""
+
+    format: Literal["ftstore-sidecar"] = "ftstore-sidecar"
+    sidecar_version: Literal[2] = 2
+    library: Literal["raptorq"] = "raptorq"
+    library_version: Annotated[str, Meta(max_length=64)]
+    symbol_hash: Literal["blake3-128"] = "blake3-128"
+    payload_size: Annotated[int, Meta(ge=0, le=MAX_PAYLOAD_BYTES)]
+    symbol_size: Annotated[int, Meta(ge=8, le=65528, multiple_of=8)]
+    stripes: NonNegInt
+    source_symbols: NonNegInt
+    overhead: Annotated[float, Meta(ge=0.0, le=MAX_OVERHEAD)]
+    repair_symbols_per_stripe: list[NonNegInt]
+    artifact: ArtifactEssentials
+    artifact_version: PosInt
+
+    def layout(self) -> Layout:
+        return Layout(self.payload_size, self.symbol_size, self.stripes, tuple(self.repair_symbols_per_stripe))
+
+
+class SidecarHeaderV1(Strict, kw_only=True):
+    """The first header (``sidecar_version`` 1), still read: no artifact version, so only
+    the artifact id and name say whose it is."""
+
     format: Literal["ftstore-sidecar"] = "ftstore-sidecar"
     sidecar_version: Literal[1] = 1
     library: Literal["raptorq"] = "raptorq"
@@ -55,13 +84,40 @@ class SidecarHeader(Strict, kw_only=True):
     repair_symbols_per_stripe: list[NonNegInt]
     artifact: ArtifactEssentials
 
+    @property
+    def artifact_version(self) -> int | None:
+        return None
+
     def layout(self) -> Layout:
         return Layout(self.payload_size, self.symbol_size, self.stripes, tuple(self.repair_symbols_per_stripe))
 
 
+AnySidecarHeader = Union[SidecarHeader, SidecarHeaderV1]
+HEADERS: dict[int, type] = {1: SidecarHeaderV1, 2: SidecarHeader}
+
+
+class _VersionProbe(msgspec.Struct):
+    sidecar_version: object = None
+
+
+def decode_header(header_json: bytes) -> AnySidecarHeader:
+    """A header of any sidecar version this ftstore reads; :class:`SidecarError` otherwise."""
+    try:
+        version = msgspec.json.decode(header_json, type=_VersionProbe).sidecar_version
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as e:
+        raise SidecarError(f"invalid header: {e}") from None
+    kind = HEADERS.get(version) if type(version) is int else None  # type: ignore[call-overload]
+    if kind is None:
+        raise SidecarError(f"unsupported `sidecar_version` {version!r}: this ftstore reads {', '.join(map(str, HEADERS))}")
+    try:
+        return msgspec.json.decode(header_json, type=kind)
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as e:
+        raise SidecarError(f"invalid header: {e}") from None
+
+
 @dataclass(frozen=True)
 class SidecarMeta:
-    header: SidecarHeader
+    header: AnySidecarHeader
     source_hashes: bytes
     repair_hashes: bytes
     block_len: int
@@ -84,7 +140,7 @@ def damaged_repair_symbols(path: str | os.PathLike, meta: SidecarMeta) -> int:
     vouches for the sidecar's whole-file hash."""
     lay, t = meta.layout, meta.layout.symbol_size
     bad = 0
-    with open(path, "rb") as f:
+    with must_open_regular(path) as f:
         f.seek(meta.block_len)
         for k in range(lay.total_repair):
             sym = f.read(t)
@@ -116,12 +172,15 @@ def write_meta(f: BinaryIO, block: bytes, layout: Layout) -> None:
 
 
 def read_meta(path: str | os.PathLike) -> SidecarMeta:
-    """Read the first intact metadata copy; :class:`SidecarError` if neither is usable."""
+    """Read the first intact metadata copy; :class:`SidecarError` if neither is usable (or
+    the sidecar is missing, or not a regular file: a link is never followed)."""
     try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise SidecarError(f"{path}: sidecar is missing") from None
-    with f:
+        f = open_regular(path)
+    except BadInputError as e:
+        raise SidecarError(str(e)) from None
+    if f is None:
+        raise SidecarError(f"{path}: sidecar is missing")
+    with io.BufferedReader(f) as f:  # whole reads of large tables
         size = os.fstat(f.fileno()).st_size
         errors = []
         found = []
@@ -129,6 +188,8 @@ def read_meta(path: str | os.PathLike) -> SidecarMeta:
             found.append(_parse_block(f, 0, size))
         except SidecarError as e:
             errors.append(f"copy A: {e}")
+        except OSError as e:  # a bad sector: this copy is lost, the other may not be
+            errors.append(f"copy A: unreadable ({e.strerror or e})")
         try:
             start = _tail_block_start(f, size)
             meta_b = _parse_block(f, start, size)
@@ -137,6 +198,8 @@ def read_meta(path: str | os.PathLike) -> SidecarMeta:
             found.append(meta_b)
         except SidecarError as e:
             errors.append(f"copy B: {e}")
+        except OSError as e:
+            errors.append(f"copy B: unreadable ({e.strerror or e})")
     if not found:
         raise SidecarError(f"{path}: no intact metadata copy ({'; '.join(errors)})")
     m = found[0]
@@ -165,10 +228,7 @@ def _parse_block(f: BinaryIO, start: int, file_size: int) -> SidecarMeta:
     if hlen > MAX_HEADER_BYTES or start + 12 + hlen > file_size:
         raise SidecarError(f"header length {hlen} is out of bounds")
     header_json = f.read(hlen)
-    try:
-        header = msgspec.json.decode(header_json, type=SidecarHeader)
-    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as e:
-        raise SidecarError(f"invalid header: {e}") from None
+    header = decode_header(header_json)
     reject_duplicate_keys(header_json, "header", SidecarError)
     layout = _checked_layout(header, file_size)
     n_src = layout.source_symbols * SYMBOL_HASH_BYTES
@@ -187,7 +247,7 @@ def _parse_block(f: BinaryIO, start: int, file_size: int) -> SidecarMeta:
     return SidecarMeta(header, rest[:n_src], rest[n_src : n_src + n_rep], block_len, copies_ok=1)
 
 
-def _checked_layout(h: SidecarHeader, file_size: int) -> Layout:
+def _checked_layout(h: AnySidecarHeader, file_size: int) -> Layout:
     """Refuse headers whose counts disagree with the layout rules or with the file's size,
     before allocating anything in proportion to what they claim."""
     if len(h.repair_symbols_per_stripe) != h.stripes:
@@ -211,12 +271,15 @@ def header_bytes(header: SidecarHeader) -> bytes:
 
 
 __all__ = [
+    "AnySidecarHeader",
     "SidecarError",
     "SidecarHeader",
+    "SidecarHeaderV1",
     "SidecarMeta",
     "block_length",
     "build_block",
     "damaged_repair_symbols",
+    "decode_header",
     "read_meta",
     "repair_count",
     "sidecar_size",

@@ -22,7 +22,7 @@ def protect_in_store(store_url: str, name: str, version: int, artifact_id: str |
     store = open_store(store_url)
     key = ArtifactKey(parse_ref(name).name, version)
     with store.working_copy(key) as folder:
-        protect_pending(FolderLeaves(folder, key), jobs=1, artifact_id=artifact_id)
+        protect_pending(FolderLeaves(folder, key, store), jobs=1, artifact_id=artifact_id)
 
 
 def _gone(store_url: str, name: str, version: int, artifact_id: str | None) -> bool:

@@ -8,7 +8,6 @@ never committed, so a copy never plants an unrecoverable artifact. The source is
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,12 +15,11 @@ from pathlib import Path
 from typing import Literal
 
 from ftstore.documents import ArtifactKey, encode_envelope
-from ftstore.engine.integrity import check, repair
-from ftstore.engine.leaves import FolderLeaves, StoredLeaves, read_envelope
+from ftstore.engine.integrity import Health, check, repair
+from ftstore.engine.leaves import FolderLeaves, StoredLeaves, download_leaves, read_envelope
 from ftstore.engine.load import heal
-from ftstore.errors import FtstoreError
-from ftstore.hashing import CHUNK
-from ftstore.stores.backend import LEAVES, PAYLOAD, SIDECAR, StoreBackend, VersionTakenError
+from ftstore.errors import FtstoreError, UnrecoverableError
+from ftstore.stores.backend import ENVELOPE, PAYLOAD, SIDECAR, StoreBackend, VersionTakenError
 
 
 @dataclass(frozen=True)
@@ -46,23 +44,29 @@ def copy_store(src: StoreBackend, dst: StoreBackend, keys: Sequence[ArtifactKey]
     return out
 
 
+def _private_intact_copy(src: StoreBackend, key: ArtifactKey, folder: Path, jobs: int | None) -> tuple[FolderLeaves, Health]:
+    """The source version's leaves in ``folder``, repaired there if damaged (the source is
+    only read) and checked intact; returns them and what the first check found.
+    :class:`UnrecoverableError` (or another :class:`FtstoreError`) if they cannot be made
+    intact: nothing is then committed anywhere."""
+    files = download_leaves(src, key, folder)
+    found = check(files)  # verify on the way
+    if found.files_damaged:
+        repair(files, found, reason="copy", jobs=jobs)  # raises if beyond repair
+    after = check(files)
+    if not after.intact:
+        raise UnrecoverableError("; ".join(after.problems))
+    return files, found
+
+
 def _copy_one(src: StoreBackend, dst: StoreBackend, key: ArtifactKey, jobs: int | None) -> CopyResult:
     with tempfile.TemporaryDirectory(prefix="ftstore-copy-") as tmp:
-        files = FolderLeaves(Path(tmp), key)
-        for leaf in LEAVES:
-            stream = src.open_leaf(key, leaf)
-            if stream is not None:
-                with stream, open(files.folder / leaf, "xb") as f:
-                    shutil.copyfileobj(stream, f, CHUNK)
-        found = check(files)  # verify on the way
-        if found.files_damaged:
-            repair(files, found, reason="copy", jobs=jobs)  # raises if beyond repair: nothing committed
-        after = check(files)
-        if not after.intact:
-            return CopyResult(key.ref, "failed", "; ".join(after.problems))
-        env = after.envelope
-        assert env is not None  # intact means the envelope was read
-        staging = dst.stage(key.name, key.version)
+        try:
+            files, found = _private_intact_copy(src, key, Path(tmp), jobs)
+        except UnrecoverableError as e:
+            return CopyResult(key.ref, "failed", f"not copied: {e}")
+        env = read_envelope(files)
+        staging = dst.stage(key.name, key.version, owner=env.artifact_id)
         try:
             stored = staging.copy_in(PAYLOAD, files.payload, None, None, durable=True)
             if stored != (env.source_hash, env.size):
@@ -83,18 +87,56 @@ def _copy_one(src: StoreBackend, dst: StoreBackend, key: ArtifactKey, jobs: int 
 
 def _existing(src: StoreBackend, dst: StoreBackend, key: ArtifactKey, jobs: int | None) -> CopyResult:
     """The destination has this version: the same artifact (same id) is skipped once it is
-    intact there, repaired there if it is not; another artifact is a conflict."""
-    try:
-        same = read_envelope(StoredLeaves(src, key)).artifact_id == read_envelope(StoredLeaves(dst, key)).artifact_id
-    except FtstoreError as e:
-        return CopyResult(key.ref, "conflict", f"destination has this version; cannot compare: {e}")
-    if not same:
-        return CopyResult(key.ref, "conflict", "the destination holds a different artifact under this version")
+    intact there; if it is not, it is repaired there, or, beyond repair there, restored from
+    the source's (verified) copy; another artifact is a conflict."""
+    src_id = _artifact_id(check(StoredLeaves(src, key)))
     health = check(StoredLeaves(dst, key))
+    dst_id = _artifact_id(health)
+    if src_id is None:
+        return CopyResult(key.ref, "failed", "neither the source's envelope nor its sidecar says which artifact it is")
+    if dst_id is None:
+        return CopyResult(key.ref, "conflict", "the destination has this version, but neither its envelope nor its "
+                                               "sidecar says which artifact it is; not overwritten")
+    if dst_id != src_id:
+        return CopyResult(key.ref, "conflict", "the destination holds a different artifact under this version")
     if health.intact:
         return CopyResult(key.ref, "skipped", "already at the destination")
-    heal(dst, key, health, "copy", jobs)
-    return CopyResult(key.ref, "repaired", "at the destination: " + "; ".join(health.problems))
+    found = "; ".join(health.problems)
+    try:
+        heal(dst, key, health, "copy", jobs)
+        if check(StoredLeaves(dst, key)).intact:
+            return CopyResult(key.ref, "repaired", "at the destination: " + found)
+    except (FtstoreError, OSError):
+        pass
+    return _restore_from_source(src, dst, key, jobs, found)
+
+
+def _artifact_id(health: Health) -> str | None:
+    """Which artifact a version is, by its envelope or (lost envelope) its own sidecar."""
+    ess = health.envelope or health.essentials
+    return ess.artifact_id if ess is not None else None
+
+
+def _restore_from_source(src: StoreBackend, dst: StoreBackend, key: ArtifactKey, jobs: int | None,
+                         found: str) -> CopyResult:
+    """Rewrite a destination version that cannot be repaired there with the source's
+    verified leaves (the same artifact: same id, same payload hash), envelope last."""
+    with tempfile.TemporaryDirectory(prefix="ftstore-copy-") as tmp:
+        try:
+            files, _ = _private_intact_copy(src, key, Path(tmp), jobs)
+        except UnrecoverableError as e:
+            return CopyResult(key.ref, "failed", f"damaged at the destination ({found}) and not repairable "
+                                                 f"from the source either: {e}")
+        dst.write_leaf(key, PAYLOAD, files.payload)
+        if files.sidecar.exists():
+            dst.write_leaf(key, SIDECAR, files.sidecar)
+        else:
+            dst.delete_leaf(key, SIDECAR)
+        dst.write_leaf(key, ENVELOPE, files.envelope)
+    after = check(StoredLeaves(dst, key))
+    if not after.intact:
+        return CopyResult(key.ref, "failed", "restored from the source but still damaged: " + "; ".join(after.problems))
+    return CopyResult(key.ref, "repaired", f"at the destination, from the source: {found}")
 
 
 __all__ = ["CopyResult", "copy_store"]

@@ -5,10 +5,17 @@ backend gets the same check: it finds out which of envelope, sidecar and payload
 intact, streaming each through BLAKE3. ``repair`` works on a local folder
 (:class:`FolderLeaves`) and rebuilds what ``check`` found damaged, in this order: the
 payload (damaged symbols decoded from good source and repair symbols, each checked against
-its symbol hash, written over the bad ones, then the whole BLAKE3 checked), the sidecar
-(re-encoded from the intact payload), the envelope (rebuilt from the sidecar's copy of its
-essentials). Sidecar and envelope replace the damaged files atomically. Each repair gets a
-decode proof.
+its symbol hash; the whole result's BLAKE3 checked before a byte is written; then written
+over the bad ones only, and the whole BLAKE3 checked again), the sidecar (re-encoded from
+the intact payload), the envelope (rebuilt from the sidecar's copy of its essentials).
+Sidecar and envelope replace the damaged files atomically. Each repair gets a decode proof.
+
+A sidecar is used only if it is this artifact version's own: its header must name the
+artifact id, name and size of the envelope, and the version (and name) the folder is filed
+under. A foreign sidecar (another version's, another artifact's: a restore from backup, a
+sync tool) is a damaged sidecar: never a source of repair symbols, hashes or essentials.
+A version 1 sidecar names no version: with no envelope to compare with, it is refused if
+another version's envelope in the store carries its artifact id.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from ftstore.codec import (
     check_and_decode,
     damaged_repair_symbols,
     patch_in_place,
+    patched_digest,
     read_meta,
     write_sidecar,
 )
@@ -42,8 +50,8 @@ from ftstore.documents import (
 )
 from ftstore.durable import replace_durably, tmp_path
 from ftstore.engine.leaves import FolderLeaves, Leaves, read_envelope
-from ftstore.errors import BadInputError, EnvelopeError, NotFoundError, UnrecoverableError
-from ftstore.hashing import hash_file, hash_stream
+from ftstore.errors import EnvelopeError, FtstoreError, NotFoundError, UnrecoverableError
+from ftstore.hashing import hash_stream
 from ftstore.stores.backend import PAYLOAD, SIDECAR
 
 
@@ -138,8 +146,9 @@ def check(leaves: Leaves) -> Health:
 
 def _check_by_sidecar(folder: FolderLeaves, h: Health) -> None:
     """With no usable envelope: the sidecar's self-checked header says what the payload must
-    be, and every repair symbol is checked against its hash, since nothing else vouches."""
-    meta, problem = sidecar_meta(folder)
+    be (if it is this version's own sidecar), and every repair symbol is checked against
+    its hash, since nothing else vouches."""
+    meta, problem = trusted_meta(folder, None)
     if meta is None:
         h.sidecar_problem = f"{h.ref}: {problem}"
         return
@@ -154,12 +163,12 @@ def _leaf_hash(leaves: Leaves, leaf: str) -> tuple[str, int] | str | None:
     """(BLAKE3, size) of a leaf; None if absent; a sentence if it cannot be read as a file."""
     try:
         stream = leaves.open(leaf)
-    except BadInputError as e:
+        if stream is None:
+            return None
+        with stream:
+            return hash_stream(stream)
+    except (FtstoreError, OSError) as e:  # a link, FIFO or folder; a read error: that leaf is damaged
         return str(e)
-    if stream is None:
-        return None
-    with stream:
-        return hash_stream(stream)
 
 
 def _problem(got: tuple[str, int] | str | None, size: int, digest: str, what: str, ref: str) -> str | None:
@@ -175,15 +184,45 @@ def _problem(got: tuple[str, int] | str | None, size: int, digest: str, what: st
 
 
 def sidecar_meta(folder: FolderLeaves) -> tuple[SidecarMeta | None, str | None]:
-    """The sidecar's metadata, or (None, why not)."""
-    if folder.sidecar.is_symlink():
-        return None, "sidecar is a symbolic link"
+    """The sidecar's metadata, or (None, why not). Whose sidecar it is is not checked here:
+    see :func:`trusted_meta`."""
     try:
         return read_meta(folder.sidecar), None
-    except FileNotFoundError:
-        return None, "sidecar is missing"
     except SidecarError as e:
         return None, str(e)
+    except OSError as e:
+        return None, f"sidecar unreadable: {e}"
+
+
+def identity_problem(meta: SidecarMeta, key: ArtifactKey, env: Envelope | None, leaves: Leaves) -> str | None:
+    """Why the sidecar ``meta`` is not the one of version ``key`` (whose envelope is
+    ``env``, or None if lost), or None if it is."""
+    h, a = meta.header, meta.header.artifact
+    if a.name != key.name:
+        return f"sidecar belongs to artifact {a.name!r}, not {key.name!r}"
+    if h.artifact_version is not None and h.artifact_version != key.version:
+        return f"sidecar belongs to {a.name}@{h.artifact_version}, not {key.ref}"
+    if env is not None:
+        if a.artifact_id != env.artifact_id:
+            return f"sidecar belongs to another artifact (id {a.artifact_id}; the envelope's is {env.artifact_id})"
+        if (a.size, a.source_hash) != (env.size, env.source_hash):
+            return "sidecar describes another payload than the envelope"
+    elif h.artifact_version is None:
+        owner = leaves.owner_of(a.artifact_id)
+        if owner is not None:
+            return f"sidecar (format version 1, which names no version) belongs to {owner.ref}, whose envelope has its artifact id"
+    return None
+
+
+def trusted_meta(folder: FolderLeaves, env: Envelope | None) -> tuple[SidecarMeta | None, str | None]:
+    """The sidecar's metadata if it is this version's own (:func:`identity_problem`), or
+    (None, why not): only such a sidecar's hash tables, repair symbols and essentials are
+    ever used."""
+    meta, problem = sidecar_meta(folder)
+    if meta is None:
+        return None, problem
+    problem = identity_problem(meta, folder.key, env, folder)
+    return (None, problem) if problem else (meta, None)
 
 
 # -- repair ----------------------------------------------------------------------------------
@@ -198,11 +237,12 @@ def repair(files: FolderLeaves, health: Health, reason: str, jobs: int | None = 
     afresh: the first proof of this repair has ``prev_proof_hash`` null."""
     ref = health.ref
     res = RepairResult()
-    meta, meta_problem = sidecar_meta(files)
+    env = health.envelope
+    meta, meta_problem = trusted_meta(files, env)
     ess = health.essentials or (meta.header.artifact if meta else None)
     if ess is None:
-        raise UnrecoverableError(f"{ref}: envelope and sidecar are both unusable; nothing records what the payload should be")
-    env = health.envelope
+        raise UnrecoverableError(f"{ref}: envelope and sidecar are both unusable ({meta_problem}); "
+                                 "nothing records what the payload should be")
     proofs: list[DecodeProof] = list(env.decode_proofs) if env else []
     now = now_ms if now_ms is not None else int(time.time() * 1000)
 
@@ -228,8 +268,10 @@ def repair(files: FolderLeaves, health: Health, reason: str, jobs: int | None = 
             res.repaired.append("sidecar")
             proofs.append(make_proof(proofs, reason=reason, target="sidecar", recovered_hash=rq.sidecar_hash, now_ms=now))
     elif env is None and meta is not None:
-        digest, size = hash_file(files.sidecar)
-        rq = _section_from_meta(meta, digest, size)
+        got = _leaf_hash(files, SIDECAR)
+        if not isinstance(got, tuple):
+            raise UnrecoverableError(f"{ref}: the sidecar vanished while the envelope was being rebuilt")
+        rq = _section_from_meta(meta, *got)
 
     if env is None:
         res.repaired.append("envelope")
@@ -246,7 +288,7 @@ def _replace_sidecar(files: FolderLeaves, ess: ArtifactEssentials, overhead: flo
                      jobs: int | None) -> SidecarInfo:
     tmp = tmp_path(files.sidecar)
     try:
-        info = write_sidecar(files.payload, tmp, ess, overhead, symbol_size, jobs)
+        info = write_sidecar(files.payload, tmp, ess, overhead, symbol_size, jobs, version=files.key.version)
         replace_durably(tmp, files.sidecar)
     finally:
         tmp.unlink(missing_ok=True)
@@ -269,7 +311,7 @@ def protect_pending(files: FolderLeaves, jobs: int | None = None, overhead: floa
         raise UnrecoverableError(f"{files.key.ref}: payload damaged before its repair sidecar was built: {h.payload_problem}")
     tmp = tmp_path(files.sidecar)
     try:
-        info = write_sidecar(files.payload, tmp, essentials_of(env), overhead, None, jobs)
+        info = write_sidecar(files.payload, tmp, essentials_of(env), overhead, None, jobs, version=files.key.version)
         env = read_envelope(files)  # re-read: a scrub may have written meanwhile, or a delete
         _same_artifact(env, artifact_id, files.key.ref)
         replace_durably(tmp, files.sidecar)
@@ -286,13 +328,19 @@ def _same_artifact(env: Envelope, artifact_id: str | None, ref: str) -> None:
 
 def _recover_payload(files: FolderLeaves, meta: SidecarMeta, ess: ArtifactEssentials,
                      jobs: int | None) -> list[StripeOutcome]:
+    """Decode the damaged symbols, check that the whole result would be the recorded
+    payload, and only then write the decoded symbols over the damaged ones: a repair that
+    cannot give back the recorded bytes writes nothing."""
     outcomes = check_and_decode(files.payload, files.sidecar, meta, jobs)
     failed = [o for o in outcomes if o.failed]
     if failed:
         raise UnrecoverableError(unrecoverable_message(files.key.ref, meta, outcomes, failed))
+    if patched_digest(files.payload, meta, outcomes) != ess.source_hash:
+        raise UnrecoverableError(f"{files.key.ref}: decoding would not give back the recorded payload "
+                                 "(its BLAKE3 would not match); nothing was written")
     patch_in_place(files.payload, meta, outcomes)
-    got, _ = hash_file(files.payload)
-    if got != ess.source_hash:
+    got = _leaf_hash(files, PAYLOAD)
+    if not isinstance(got, tuple) or got != (ess.source_hash, ess.size):
         raise UnrecoverableError(f"{files.key.ref}: payload still does not match its BLAKE3 after decoding")
     return outcomes
 
@@ -309,5 +357,5 @@ def unrecoverable_message(ref: str, meta: SidecarMeta, outcomes: list[StripeOutc
     )
 
 
-__all__ = ["Health", "RepairResult", "check", "protect_pending", "raptorq_section", "repair", "sidecar_meta",
-           "unrecoverable_message"]
+__all__ = ["Health", "RepairResult", "check", "identity_problem", "protect_pending", "raptorq_section", "repair",
+           "sidecar_meta", "trusted_meta", "unrecoverable_message"]

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from ftstore.documents import MAX_ENVELOPE_BYTES, ArtifactKey, Envelope, decode_envelope, encode_envelope
-from ftstore.durable import write_atomic
-from ftstore.errors import BadInputError, EnvelopeError
+from ftstore.durable import open_regular, write_atomic
+from ftstore.errors import BadInputError, EnvelopeError, FtstoreError
+from ftstore.hashing import CHUNK
 from ftstore.stores.backend import ENVELOPE, PAYLOAD, SIDECAR, StoreBackend
-from ftstore.stores.local import open_regular
 
 
 class Leaves(Protocol):
@@ -31,6 +32,27 @@ class Leaves(Protocol):
 
     def local(self) -> contextlib.AbstractContextManager[FolderLeaves]:
         """The same leaves as local files, read-only use."""
+
+    def owner_of(self, artifact_id: str) -> ArtifactKey | None:
+        """Another version of this name whose envelope carries ``artifact_id`` (None if none
+        is known): whose a sidecar that names no version really is."""
+
+
+def owner_in(store: StoreBackend | None, key: ArtifactKey, artifact_id: str) -> ArtifactKey | None:
+    """The other version of ``key.name`` in ``store`` whose readable envelope has
+    ``artifact_id`` (ids are unique per version), or None."""
+    if store is None:
+        return None
+    for v in store.versions(key.name):
+        other = ArtifactKey(key.name, v)
+        if v == key.version:
+            continue
+        try:
+            if read_envelope(StoredLeaves(store, other)).artifact_id == artifact_id:
+                return other
+        except (FtstoreError, OSError):
+            continue
+    return None
 
 
 class StoredLeaves:
@@ -48,14 +70,21 @@ class StoredLeaves:
     @contextlib.contextmanager
     def local(self) -> Iterator[FolderLeaves]:
         with self.store.working_copy(self.key, writeback=False) as folder:
-            yield FolderLeaves(folder, self.key)
+            yield FolderLeaves(folder, self.key, self.store)
+
+    def owner_of(self, artifact_id: str) -> ArtifactKey | None:
+        return owner_in(self.store, self.key, artifact_id)
 
 
 class FolderLeaves:
-    """Leaves as files in a local folder; links and special files are refused."""
+    """Leaves as files in a local folder; links and special files are refused. ``store``:
+    the store the version belongs to (whose other versions say whose a sidecar is), if any."""
 
-    def __init__(self, folder: Path, key: ArtifactKey):
-        self.folder, self.key = folder, key
+    def __init__(self, folder: Path, key: ArtifactKey, store: StoreBackend | None = None):
+        self.folder, self.key, self.store = folder, key, store
+
+    def owner_of(self, artifact_id: str) -> ArtifactKey | None:
+        return owner_in(self.store, self.key, artifact_id)
 
     @property
     def payload(self) -> Path:
@@ -90,6 +119,22 @@ class FolderLeaves:
         write_atomic(self.envelope, encode_envelope(env))
 
 
+def download_leaves(store: StoreBackend, key: ArtifactKey, folder: Path) -> FolderLeaves:
+    """A private copy of a version's leaves in ``folder`` (to check and repair without
+    writing to the store). A leaf that is not a regular file (a link, FIFO, folder) is
+    left out, as if absent: it is damage, never something to read through."""
+    files = FolderLeaves(folder, key, store)
+    for leaf in (PAYLOAD, SIDECAR, ENVELOPE):
+        try:
+            stream = store.open_leaf(key, leaf)
+        except BadInputError:
+            continue
+        if stream is not None:
+            with stream, open(folder / leaf, "xb") as f:
+                shutil.copyfileobj(stream, f, CHUNK)
+    return files
+
+
 def parse_envelope(data: bytes | None, key: ArtifactKey) -> Envelope:
     """The envelope of ``key`` from its bytes; :class:`EnvelopeError` if it is missing,
     invalid, or names another artifact version than the one it is filed as."""
@@ -113,4 +158,4 @@ def read_envelope(leaves: Leaves) -> Envelope:
     return parse_envelope(data, leaves.key)
 
 
-__all__ = ["FolderLeaves", "Leaves", "StoredLeaves", "parse_envelope", "read_envelope"]
+__all__ = ["FolderLeaves", "Leaves", "StoredLeaves", "download_leaves", "owner_in", "parse_envelope", "read_envelope"]

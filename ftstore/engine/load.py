@@ -10,20 +10,22 @@ from __future__ import annotations
 
 import io
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 from ftstore.documents import ArtifactKey, Envelope
-from ftstore.durable import disk_full, is_disk_full, replace_durably, tmp_path
+from ftstore.durable import disk_full, is_disk_full, open_regular, replace_durably, tmp_path
 from ftstore.engine.integrity import Health, RepairResult, check, repair
-from ftstore.engine.leaves import FolderLeaves, StoredLeaves, read_envelope
-from ftstore.errors import BadInputError, DamageError, EnvelopeError
+from ftstore.engine.leaves import FolderLeaves, StoredLeaves, download_leaves, read_envelope
+from ftstore.errors import BadInputError, DamageError, EnvelopeError, StorageError
 from ftstore.hashing import hash_stream
 from ftstore.stores.backend import PAYLOAD, StoreBackend
 
 T = TypeVar("T")
+Opener = Callable[[], "BinaryIO | None"]
 
 
 @dataclass
@@ -43,7 +45,7 @@ def heal(store: StoreBackend, key: ArtifactKey, health: Health, reason: str, job
     write back what changed. Raises :class:`UnrecoverableError`, writing nothing, when the
     payload cannot be brought back."""
     with store.working_copy(key) as folder:
-        files = FolderLeaves(folder, key)
+        files = FolderLeaves(folder, key, store)
         local_health = health if store.capabilities.local_files else check(files)
         return repair(files, local_health, reason=reason, jobs=jobs)
 
@@ -65,8 +67,11 @@ def load(
         raise BadInputError(f"{out} is a directory; give a file path")
     if not out.parent.is_dir():
         raise BadInputError(f"{out.parent}: no such directory")
-    _, env, repaired = _verified(store, key, self_heal, jobs, f"{out} was not written",
-                                 lambda env: True if _copy_out(store, key, env, out, progress) else None)
+
+    def attempt(env: Envelope, open_payload: Opener) -> bool | None:
+        return True if _write_verified(open_payload, env, out, progress) else None
+
+    _, env, repaired = _verified(store, key, self_heal, jobs, f"{out} was not written", attempt)
     return LoadResult(env, key, out, repaired)
 
 
@@ -76,9 +81,9 @@ def load_bytes(store: StoreBackend, key: ArtifactKey, *, self_heal: bool = True,
     handed over only if it is exactly what the envelope records; repaired first if damaged,
     as :func:`load` does. For checkpoints that are deserialized right away."""
 
-    def attempt(env: Envelope) -> io.BytesIO | None:
+    def attempt(env: Envelope, open_payload: Opener) -> io.BytesIO | None:
         buf = io.BytesIO()
-        if not _stream_verified(store, key, env, buf.write, None):
+        if not _stream_verified(open_payload, env, buf.write, None):
             return None
         buf.seek(0)
         return buf
@@ -88,34 +93,49 @@ def load_bytes(store: StoreBackend, key: ArtifactKey, *, self_heal: bool = True,
 
 
 def _verified(store: StoreBackend, key: ArtifactKey, self_heal: bool, jobs: int | None, unwritten: str,
-              attempt: Callable[[Envelope], T | None]) -> tuple[T, Envelope, RepairResult | None]:
-    """``attempt(envelope)`` reads the payload and returns None unless it hashed right; if
-    it did not, the version is checked, repaired (unless ``self_heal`` is off) and read again."""
+              attempt: Callable[[Envelope, Opener], T | None]) -> tuple[T, Envelope, RepairResult | None]:
+    """``attempt(envelope, opener)`` reads the payload and returns None unless it hashed
+    right; if it did not, the version is checked, repaired (unless ``self_heal`` is off) and
+    read again. A store that cannot be repaired in place (read-only, full, a folder where a
+    leaf should be) is left as it is: a private copy is repaired and read instead."""
     leaves = StoredLeaves(store, key)
+
+    def stored() -> BinaryIO | None:
+        return store.open_leaf(key, PAYLOAD)
+
     try:
         env = read_envelope(leaves)
     except EnvelopeError:
         env = None
-    if env is not None and (got := attempt(env)) is not None:
+    if env is not None and (got := attempt(env, stored)) is not None:
         return got, env, None
     health = check(leaves)
     if not health.files_damaged:
         raise DamageError(f"{key.ref}: payload changed while it was being read; {unwritten}")
     if not self_heal:
         raise DamageError("; ".join(health.problems))
-    result = heal(store, key, health, "load", jobs)  # raises unless the payload verifies again
+    try:
+        result = heal(store, key, health, "load", jobs)  # raises unless the payload verifies again
+    except (OSError, StorageError):
+        with tempfile.TemporaryDirectory(prefix="ftstore-load-") as tmp:
+            files = download_leaves(store, key, Path(tmp))
+            result = repair(files, check(files), reason="load", jobs=jobs)
+            assert result.envelope is not None
+            if (got := attempt(result.envelope, lambda: open_regular(files.payload))) is None:
+                raise DamageError(f"{key.ref}: the repaired private copy did not verify; {unwritten}")
+            return got, result.envelope, result
     assert result.envelope is not None
-    if (got := attempt(result.envelope)) is None:
+    if (got := attempt(result.envelope, stored)) is None:
         raise DamageError(f"{key.ref}: payload changed while it was being read; {unwritten}")
     return got, result.envelope, result
 
 
-def _stream_verified(store: StoreBackend, key: ArtifactKey, env: Envelope, sink: Callable[[memoryview], object],
+def _stream_verified(open_payload: Opener, env: Envelope, sink: Callable[[memoryview], object],
                      progress: Callable[[int], None] | None) -> bool:
     """Stream the payload into ``sink`` while hashing it: True if it was exactly what ``env``
     records; False if not, or if it is absent or not a readable regular file."""
     try:
-        stream = store.open_leaf(key, PAYLOAD)
+        stream = open_payload()
     except BadInputError:
         return False  # checked, and repaired, next
     if stream is None:
@@ -125,13 +145,13 @@ def _stream_verified(store: StoreBackend, key: ArtifactKey, env: Envelope, sink:
     return got == (env.source_hash, env.size)
 
 
-def _copy_out(store: StoreBackend, key: ArtifactKey, env: Envelope, out: Path, progress) -> bool:
+def _write_verified(open_payload: Opener, env: Envelope, out: Path, progress) -> bool:
     """Stream the payload into a temporary file beside ``out``, hashing it; rename it into
     place only if it is exactly what ``env`` records. False (nothing written) otherwise."""
     tmp = tmp_path(out)
     try:
         with open(tmp, "xb") as f:
-            if not _stream_verified(store, key, env, f.write, progress):
+            if not _stream_verified(open_payload, env, f.write, progress):
                 return False
             f.flush()
             os.fsync(f.fileno())

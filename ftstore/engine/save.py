@@ -28,7 +28,7 @@ from pathlib import Path
 
 import msgspec
 
-from ftstore.codec import DEFAULT_OVERHEAD, MAX_OVERHEAD, MIN_OVERHEAD, SidecarBuild, SidecarInfo, SymbolHasher
+from ftstore.codec import DEFAULT_OVERHEAD, MAX_OVERHEAD, MIN_OVERHEAD, SidecarBuild, SymbolHasher
 from ftstore.codec.encoder import PARALLEL_MIN_BYTES
 from ftstore.codec.parallel import warm as warm_workers
 from ftstore.documents import (
@@ -77,6 +77,12 @@ def new_essentials(name: str, artifact_type: str, metadata: dict[str, str] | Non
         metadata = msgspec.convert(dict(metadata or {}), dict[MetaKey, MetaValue])
     except msgspec.ValidationError as e:
         raise BadInputError(f"invalid metadata: {e}") from None
+    for k, v in metadata.items():
+        for text in (k, v):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:  # bytes that were not UTF-8 on a command line come as surrogates
+                raise BadInputError(f"invalid metadata {k!r}: not valid UTF-8 text") from None
     return ArtifactEssentials(
         artifact_id=uuid.uuid4().hex,
         artifact_type=artifact_type,  # type: ignore[arg-type]
@@ -114,7 +120,7 @@ def save(
     return env
 
 
-BringIn = Callable[[Staging], "tuple[ArtifactEssentials, SidecarInfo | None]"]
+BringIn = Callable[[Staging], "tuple[ArtifactEssentials, SidecarBuild | None]"]
 
 
 def commit_staged(store: StoreBackend, name: str, bring_in: BringIn) -> Envelope:
@@ -123,11 +129,21 @@ def commit_staged(store: StoreBackend, name: str, bring_in: BringIn) -> Envelope
     staging, so nothing is committed and nothing is left behind."""
     staging = store.stage(name)
     try:
-        essentials, info = bring_in(staging)
+        essentials, build = bring_in(staging)
+        info = build.finish(essentials) if build is not None else None
         if info is not None:
             staging.add(SIDECAR, staging.workdir / SIDECAR)
-        section = raptorq_section(info) if info is not None else None
-        version = staging.commit(lambda v: encode_envelope(envelope_from(essentials, v, section)))
+
+        def envelope_for(v: int) -> bytes:
+            """The envelope of version ``v``; the sidecar is bound to ``v`` first, if another
+            writer took the version it was made for."""
+            nonlocal info
+            if build is not None and v != build.version:
+                info = build.finish(essentials, v)
+            section = raptorq_section(info) if info is not None else None
+            return encode_envelope(envelope_from(essentials, v, section))
+
+        version = staging.commit(envelope_for)
     except OSError as e:
         staging.abort()
         if is_disk_full(e):
@@ -141,9 +157,10 @@ def commit_staged(store: StoreBackend, name: str, bring_in: BringIn) -> Envelope
 
 def _bring_in(store: StoreBackend, staging: Staging, src: Path, template: ArtifactEssentials, overhead: float,
               jobs: int | None, progress: Progress | None, protect: bool,
-              move: bool) -> tuple[ArtifactEssentials, SidecarInfo | None]:
+              move: bool) -> tuple[ArtifactEssentials, SidecarBuild | None]:
     """Put the payload in ``staging`` and encode its sidecar there, by the strategy the
-    backend's capabilities allow. Returns the essentials (hash known) and the sidecar."""
+    backend's capabilities allow. Returns the essentials (hash known) and the encoded
+    sidecar, to finish once the version is known."""
     if move and store.capabilities.hard_links and (taken := staging.link_in(PAYLOAD, src)) is not None:
         return _taken_over(staging, taken, template, overhead, jobs, progress, protect)
     if store.capabilities.local_files:
@@ -156,7 +173,7 @@ def _refuse_changed(src: Path) -> BadInputError:
 
 
 def _taken_over(staging: Staging, stored: Path, template: ArtifactEssentials, overhead: float, jobs: int | None,
-                progress: Progress | None, protect: bool) -> tuple[ArtifactEssentials, SidecarInfo | None]:
+                progress: Progress | None, protect: bool) -> tuple[ArtifactEssentials, SidecarBuild | None]:
     """The stored file *is* the source: hash it (durably) while the encoder reads it; a
     write to it since before the first read is seen through ``stat``, or, where timestamps
     cannot tell, by comparing the symbol hashes of both reads."""
@@ -166,7 +183,7 @@ def _taken_over(staging: Staging, stored: Path, template: ArtifactEssentials, ov
         if size != template.size or (state is not None and FileState.of(stored) != state):
             raise _refuse_changed(stored)
         return msgspec.structs.replace(template, source_hash=digest), None
-    build = SidecarBuild(staging.workdir / SIDECAR, template, overhead)
+    build = SidecarBuild(staging.workdir / SIDECAR, template, overhead, version=staging.expected_version())
     symbols = SymbolHasher(build.layout.symbol_size) if state is None else None
     with ThreadPoolExecutor(1) as ex:
         hashed = ex.submit(hash_durably, stored, progress, symbols, True)
@@ -176,12 +193,12 @@ def _taken_over(staging: Staging, stored: Path, template: ArtifactEssentials, ov
     if size != template.size or not same:
         raise _refuse_changed(stored)
     essentials = msgspec.structs.replace(template, source_hash=digest)
-    return essentials, build.finish(essentials)
+    return essentials, build
 
 
 def _copied_then_encoded(staging: Staging, src: Path, template: ArtifactEssentials, overhead: float,
                          jobs: int | None, progress: Progress | None,
-                         protect: bool) -> tuple[ArtifactEssentials, SidecarInfo | None]:
+                         protect: bool) -> tuple[ArtifactEssentials, SidecarBuild | None]:
     """Copy into the staging folder, then encode the private copy while the disk flushes
     it: on two cores this beats encoding the source alongside the copy by a third."""
     before = watch(src)
@@ -195,19 +212,20 @@ def _copied_then_encoded(staging: Staging, src: Path, template: ArtifactEssentia
 
 
 def encode_staged(staging: Staging, essentials: ArtifactEssentials, overhead: float, jobs: int | None,
-                  flush: Callable[[], object]) -> SidecarInfo:
+                  flush: Callable[[], object]) -> SidecarBuild:
     """Encode the sidecar of the payload in the staging folder while ``flush`` makes it
-    durable (or sends it on), so the encoder reads it back from the page cache."""
-    build = SidecarBuild(staging.workdir / SIDECAR, essentials, overhead)
+    durable (or sends it on), so the encoder reads it back from the page cache. The build
+    is finished (bound to its version) at the commit."""
+    build = SidecarBuild(staging.workdir / SIDECAR, essentials, overhead, version=staging.expected_version())
     with ThreadPoolExecutor(1) as ex:
         flushed = ex.submit(flush)
         build.encode(staging.workdir / PAYLOAD, jobs)
         flushed.result()
-    return build.finish(essentials)
+    return build
 
 
 def _streamed(staging: Staging, src: Path, template: ArtifactEssentials, overhead: float, jobs: int | None,
-              progress: Progress | None, protect: bool) -> tuple[ArtifactEssentials, SidecarInfo | None]:
+              progress: Progress | None, protect: bool) -> tuple[ArtifactEssentials, SidecarBuild | None]:
     """Send the source to the backend (hashing what is sent) while encoder processes read
     it; the symbol table of the bytes sent must equal the encoder's, which proves the
     stored copy is exactly what was encoded."""
@@ -216,7 +234,7 @@ def _streamed(staging: Staging, src: Path, template: ArtifactEssentials, overhea
         if size != template.size:
             raise _refuse_changed(src)
         return msgspec.structs.replace(template, source_hash=digest), None
-    build = SidecarBuild(staging.workdir / SIDECAR, template, overhead)
+    build = SidecarBuild(staging.workdir / SIDECAR, template, overhead, version=staging.expected_version())
     symbols = SymbolHasher(build.layout.symbol_size)
     with ThreadPoolExecutor(1) as ex:
         sent = ex.submit(staging.copy_in, PAYLOAD, src, progress, symbols, True)
@@ -225,7 +243,7 @@ def _streamed(staging: Staging, src: Path, template: ArtifactEssentials, overhea
     if size != template.size or symbols.table() != encoded:
         raise _refuse_changed(src)
     essentials = msgspec.structs.replace(template, source_hash=digest)
-    return essentials, build.finish(essentials)
+    return essentials, build
 
 
 __all__ = ["check_request", "commit_staged", "encode_staged", "new_essentials", "save", "validated_request"]

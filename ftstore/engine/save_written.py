@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from ftstore.codec import DEFAULT_OVERHEAD, SidecarInfo
+from ftstore.codec import DEFAULT_OVERHEAD, SidecarBuild
 from ftstore.documents import ArtifactEssentials, Envelope
 from ftstore.durable import HashingWriter, write_hashing
 from ftstore.engine.save import check_request, commit_staged, encode_staged, new_essentials
@@ -39,7 +39,7 @@ def save_written(
     check_request(name, "file", overhead)
     new_essentials(name, "file", metadata, 0)  # metadata refused before anything is written
 
-    def bring_in(staging: Staging) -> tuple[ArtifactEssentials, SidecarInfo | None]:
+    def bring_in(staging: Staging) -> tuple[ArtifactEssentials, SidecarBuild | None]:
         staged = staging.workdir / PAYLOAD
         durable = not protect and store.capabilities.local_files  # else synced while encoding, or uploaded
         digest, size = write_hashing(staged, write, durable=durable)

@@ -21,7 +21,7 @@ from ftstore.engine.save_written import Writer, save_written
 from ftstore.engine.integrity import Health, check
 from ftstore.engine.leaves import StoredLeaves, read_envelope
 from ftstore.engine.load import LoadResult, load, load_bytes
-from ftstore.errors import NotFoundError
+from ftstore.errors import FtstoreError, NotFoundError
 from ftstore.payloads.typed import detect_type, validate_typed_payload
 from ftstore.stores import Capabilities, StoreBackend, open_store
 
@@ -113,7 +113,18 @@ class Store:
         """Check the named versions (the newest for a bare name), or every version of every
         artifact when none is named."""
         keys = [self.resolve(r) for r in refs] if refs else self.keys()
-        return [check(StoredLeaves(self.backend, k)) for k in keys]
+        return [self._check_one(k) for k in keys]
+
+    def _check_one(self, key: ArtifactKey) -> Health:
+        """One version's health; a version that cannot even be checked (a folder where a
+        file should be, a store error on one object) is reported as such, and the others
+        are still checked."""
+        try:
+            return check(StoredLeaves(self.backend, key))
+        except (FtstoreError, OSError) as e:
+            health = Health(key)
+            health.envelope_problem = f"{key.ref}: could not be checked: {' '.join(str(e).split())}"
+            return health
 
     def load(self, ref: str | Ref | ArtifactKey, out: str | os.PathLike, *, self_heal: bool = True,
              jobs: int | None = None, progress: Callable[[int], None] | None = None) -> LoadResult:

@@ -127,6 +127,19 @@ class SafeZip:
             raise ArchiveError(f"{self.path}: member {name!r} does not hold the {info.file_size} bytes its header claims")
         return data
 
+    def check_member(self, name: str) -> None:
+        """Read one member through (CRC and declared size checked), keeping nothing."""
+        info = self._info(name)
+        try:
+            with self._zf.open(info) as f:
+                n = 0
+                while chunk := f.read(1 << 20):
+                    n += len(chunk)
+        except (OSError, *_ZIP_ERRORS) as e:
+            raise ArchiveError(f"{self.path}: member {name!r} is damaged or lies about its size ({e})") from None
+        if n != info.file_size:
+            raise ArchiveError(f"{self.path}: member {name!r} does not hold the {info.file_size} bytes its header claims")
+
     def extract(self, name: str, dest: Path) -> None:
         """Stream one member to a new file ``dest``, capped at its declared size."""
         info = self._info(name)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +47,10 @@ class TensorflowTensor:
 
 BACKENDS = ("tensorflow", "pytorch")
 MAX_DOC_BYTES = 16 * 1024 * 1024
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
+MODEL_NAME_RE = re.compile(MODEL_NAME_PATTERN)
 MemberName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$", max_length=512)]
-ModelName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")]
+ModelName = Annotated[str, Meta(pattern=MODEL_NAME_PATTERN)]
 
 
 class TensorInfo(Strict):
@@ -258,7 +261,18 @@ def write_bundle(
 ) -> None:
     """Write a bundle zip: weights files, the params snapshot and its arrays, the manifest;
     ``documents`` maps further members (``legacy/<name>.json``) to dicts stored the way
-    params are."""
+    params are. Refused (nothing written) if the result could not be read back: a model
+    name outside the grammar, or two members of one name."""
+    version = 2 if legacy is not None and (legacy.placeholders or legacy.metadata) else 1
+    manifest = BundleManifest(format_version=version, backend=backend, models=[e for e, _ in weights], legacy=legacy)  # type: ignore[arg-type]
+    try:  # structs built in code skip their constraints: check them as a reader will
+        msgspec.json.decode(msgspec.json.encode(manifest), type=BundleManifest)
+    except msgspec.ValidationError as e:
+        raise BadInputError(f"the bundle's manifest would not be readable: {e}") from None
+    members = [e.weights for e, _ in weights] + ["params.json", *(documents or {}), "manifest.json"]
+    repeated = sorted({m for m in members if members.count(m) > 1})
+    if repeated:
+        raise BadInputError(f"the bundle would hold {', '.join(map(repr, repeated))} more than once (model names repeat?)")
     with zipfile.ZipFile(path, "x", compression=zipfile.ZIP_STORED) as zf:
         for entry, wfile in weights:
             zf.write(wfile, entry.weights)
@@ -269,8 +283,6 @@ def write_bundle(
                 np.save(buf, arr, allow_pickle=False)
                 zf.writestr(array_member, buf.getvalue())
             zf.writestr(member, msgspec.json.encode(snapshot))
-        version = 2 if legacy is not None and (legacy.placeholders or legacy.metadata) else 1
-        manifest = BundleManifest(format_version=version, backend=backend, models=[e for e, _ in weights], legacy=legacy)  # type: ignore[arg-type]
         zf.writestr("manifest.json", msgspec.json.encode(manifest))
 
 
@@ -279,7 +291,7 @@ def read_bundle(path: Path, as_tensor: Callable[[Any], Any] | None = None) -> tu
     Params saved as TensorFlow tensors go through ``as_tensor`` (default: numpy)."""
     z = SafeZip(path)
     try:
-        manifest = decode_doc(z.read("manifest.json"), BundleManifest, "manifest.json")
+        manifest = decode_doc(z.read("manifest.json", MAX_DOC_BYTES), BundleManifest, "manifest.json")
         names = [m.name for m in manifest.models]
         if len(set(names)) != len(names):
             raise BadInputError("manifest.json: duplicate model names")
@@ -290,7 +302,7 @@ def read_bundle(path: Path, as_tensor: Callable[[Any], Any] | None = None) -> tu
                 raise BadInputError("manifest.json: a model is listed both with weights and as a placeholder")
         for m in manifest.models:
             z._info(m.weights)
-        snap = decode_doc(z.read(manifest.params), ParamsSnapshot, manifest.params)
+        snap = decode_doc(z.read(manifest.params, MAX_DOC_BYTES), ParamsSnapshot, manifest.params)
         params = from_snapshot(snap, lambda t: _read_npy(z, t), as_tensor)
     except BaseException:
         z.__exit__(None, None, None)
@@ -304,7 +316,7 @@ def read_legacy_metadata(z: SafeZip, manifest: BundleManifest) -> dict[str, dict
         return {}
     out = {}
     for original, member in manifest.legacy.metadata.items():
-        snap = decode_doc(z.read(member), ParamsSnapshot, member)
+        snap = decode_doc(z.read(member, MAX_DOC_BYTES), ParamsSnapshot, member)
         out[original] = from_snapshot(snap, lambda t: _read_npy(z, t))
     return out
 

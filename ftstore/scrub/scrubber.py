@@ -8,7 +8,9 @@ few large artifacts is scrubbed one artifact at a time with process-parallel str
 from __future__ import annotations
 
 import time
+import warnings
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec
@@ -54,11 +56,11 @@ def in_subset(ref: str, subset: tuple[int, int] | None) -> bool:
 def scrub_artifact(task: ScrubTask) -> ArtifactScrub:
     """Check one artifact (streaming, read-only); only when there is work to do (repair,
     protection, a deep probe) are its files checked out locally and worked on."""
-    store = open_store(task.store_url)
     try:
+        store = open_store(task.store_url)
         h = check(StoredLeaves(store, task.key))
     except (FtstoreError, OSError) as e:  # one unreadable entry is reported; the scrub goes on
-        return ArtifactScrub(ref=task.key.ref, status="failed", damage=[str(e)], error=str(e))
+        return ArtifactScrub(ref=task.key.ref, status="failed", damage=[_one_line(e)], error=_one_line(e))
     sizes = store.leaf_sizes(task.key)
     result = ArtifactScrub(ref=task.key.ref, status="ok", damage=h.problems, bytes_read=sum(sizes.values()))
     if h.problems and not (task.repair and h.files_damaged):
@@ -67,10 +69,10 @@ def scrub_artifact(task: ScrubTask) -> ArtifactScrub:
         return result
     try:
         with store.working_copy(task.key, writeback=task.repair) as folder:
-            files = FolderLeaves(folder, task.key)
+            files = FolderLeaves(folder, task.key, store)
             return _work_on(files, h if store.capabilities.local_files else check(files), result, task)
     except (FtstoreError, OSError) as e:
-        return msgspec.structs.replace(result, status="failed", error=str(e))
+        return msgspec.structs.replace(result, status="failed", error=_one_line(e))
 
 
 def _work_on(files: FolderLeaves, h: Health, result: ArtifactScrub, task: ScrubTask) -> ArtifactScrub:
@@ -80,7 +82,7 @@ def _work_on(files: FolderLeaves, h: Health, result: ArtifactScrub, task: ScrubT
             res = repair(files, h, reason="scrub", jobs=task.jobs)
         except (FtstoreError, OSError) as e:
             _mark(files, "failed", now)
-            return msgspec.structs.replace(result, status="failed", error=str(e))
+            return msgspec.structs.replace(result, status="failed", error=_one_line(e))
         after = check(files)
         result = msgspec.structs.replace(
             result,
@@ -95,7 +97,7 @@ def _work_on(files: FolderLeaves, h: Health, result: ArtifactScrub, task: ScrubT
             protect_pending(files, jobs=task.jobs)
             result = msgspec.structs.replace(result, protected=True)
         except (FtstoreError, OSError) as e:
-            result = msgspec.structs.replace(result, error=f"could not build the pending repair sidecar: {e}")
+            result = msgspec.structs.replace(result, error=f"could not build the pending repair sidecar: {_one_line(e)}")
     if task.deep and result.status != "failed" and files.sidecar.exists():
         try:
             probed, erased, ok = prove_recoverable(files.payload, files.sidecar, read_meta(files.sidecar), task.seed)
@@ -106,20 +108,33 @@ def _work_on(files: FolderLeaves, h: Health, result: ArtifactScrub, task: ScrubT
         if not ok:
             result = msgspec.structs.replace(result, status="failed")
     if task.repair:
-        _mark(files, result.status, now)
+        problem = _mark(files, result.status, now)
+        if problem and not result.error:
+            result = msgspec.structs.replace(result, error=problem)
     return result
 
 
-def _mark(files: FolderLeaves, status: str, now: int) -> None:
-    """Record the scrub outcome in the envelope, when there is a readable one."""
+def _mark(files: FolderLeaves, status: str, now: int) -> str | None:
+    """Record the scrub outcome in the envelope, when there is a readable one. A store that
+    cannot be written (read-only, full) keeps its envelope as it was: returns why, and the
+    artifact's status stays what the check found."""
     try:
         env = read_envelope(files)
     except FtstoreError:
-        return
+        return None
     last_ok = now if status != "failed" else env.scrub.last_ok_unix_ms
-    files.write_envelope(
-        msgspec.structs.replace(env, scrub=ScrubSection(status=status, last_ok_unix_ms=last_ok, last_scrub_unix_ms=now)),
-    )
+    try:
+        files.write_envelope(
+            msgspec.structs.replace(env, scrub=ScrubSection(status=status, last_ok_unix_ms=last_ok, last_scrub_unix_ms=now)),
+        )
+    except (FtstoreError, OSError) as e:
+        return f"could not record the scrub outcome in the envelope: {_one_line(e)}"
+    return None
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e) if not isinstance(e, OSError) or not e.strerror else f"{e.strerror}: {e.filename or ''}".rstrip(": ")
+    return " ".join(text.split())
 
 
 def scrub(
@@ -133,7 +148,13 @@ def scrub(
     jobs: int | None = None,
     seed: int = 0,
     write_report: bool = True,
+    warn: Callable[[str], None] | None = None,
 ) -> ScrubReport:
+    """Check (and with ``repair`` heal) every artifact, list (and remove) orphans, keep the
+    report in the store. One entry that cannot be checked is a failed artifact and the scrub
+    goes on; a store that cannot be written (read-only, full) still gets every result:
+    what could not be recorded is said through ``warn`` (default: a Python warning)."""
+    warn = warn or (lambda text: warnings.warn(text, stacklevel=3))
     started = int(time.time() * 1000)
     part = parse_subset(subset)
     jobs = jobs or default_jobs()
@@ -146,10 +167,7 @@ def scrub(
         results.append(r)
         if max_rate_mb_s:
             clock = _throttle(clock, r.bytes_read, max_rate_mb_s)
-    orphans = [
-        Orphan(path=o.path, reason=o.reason, removed=store.remove_orphan(o.path) if remove_orphans else False)
-        for o in store.orphans()
-    ]
+    orphans = _orphans(store, remove_orphans, warn)
     count = {s: sum(1 for r in results if r.status == s) for s in ("ok", "recovered", "failed")}
     report = ScrubReport(
         store=store.url,
@@ -162,8 +180,29 @@ def scrub(
         health="healthy" if count["failed"] == 0 else "damaged",
     )
     if write_report:
-        store.write_report(f"scrub-{report.finished_unix_ms}.json", canonical(report) + b"\n")
+        try:
+            store.write_report(f"scrub-{report.finished_unix_ms}.json", canonical(report) + b"\n")
+        except (FtstoreError, OSError) as e:
+            warn(f"the scrub report could not be kept in the store: {_one_line(e)}")
     return report
+
+
+def _orphans(store: StoreBackend, remove: bool, warn: Callable[[str], None]) -> list[Orphan]:
+    try:
+        found = store.orphans()
+    except (FtstoreError, OSError) as e:
+        warn(f"orphans could not be listed: {_one_line(e)}")
+        return []
+    out = []
+    for o in found:
+        removed = False
+        if remove:
+            try:
+                removed = store.remove_orphan(o.path)
+            except (FtstoreError, OSError) as e:
+                warn(f"orphan {o.path} could not be removed: {_one_line(e)}")
+        out.append(Orphan(path=o.path, reason=o.reason, removed=removed))
+    return out
 
 
 def _throttle(clock: float, nbytes: int, rate_mb_s: float) -> float:

@@ -25,6 +25,7 @@ from typing import BinaryIO, Literal
 
 import msgspec
 
+from ftstore.documents.envelope_json import MAX_ENVELOPE_BYTES
 from ftstore.documents.names import ArtifactKey
 from ftstore.documents.strict_json import reject_duplicate_keys
 from ftstore.errors import BadInputError, FtstoreError
@@ -94,6 +95,12 @@ class Staging(ABC):
     workdir: Path
 
     @abstractmethod
+    def expected_version(self) -> int:
+        """The version this save will commit as: exactly, where the backend takes (claims)
+        it before anything is written; otherwise the one it will try first, which a
+        concurrent writer may take (the commit then calls ``envelope_for`` with the next)."""
+
+    @abstractmethod
     def copy_in(self, leaf: str, src: Path, progress: Progress | None, sink: ChunkSink | None,
                 durable: bool) -> tuple[str, int]:
         """Store the bytes of ``src`` as ``leaf``; return (BLAKE3, size) of exactly the bytes
@@ -115,8 +122,13 @@ class Staging(ABC):
     @abstractmethod
     def commit(self, envelope_for: Callable[[int], bytes], version: int | None = None) -> int:
         """Commit everything added, with ``envelope_for(v)`` as its envelope, as the next free
-        version (or exactly ``version``, raising :class:`VersionTakenError` if it exists).
-        Returns the version committed. The envelope is what makes the version exist."""
+        version (or exactly the one asked at :meth:`StoreBackend.stage`, raising
+        :class:`VersionTakenError` if it exists). Returns the version committed. The envelope
+        is what makes the version exist. ``envelope_for`` may rewrite files in
+        :attr:`workdir` that were added, to bind them to ``v`` (the sidecar names its
+        version): a backend that reads added files only at the commit (local) allows it for
+        any ``v``; one that uploads them at :meth:`add` commits exactly
+        :meth:`expected_version`, for which they were made."""
 
     @abstractmethod
     def abort(self) -> None:
@@ -179,7 +191,8 @@ class StoreBackend(ABC):
         ``local_files`` yield the version's own folder instead."""
         tmp = Path(tempfile.mkdtemp(prefix="ftstore-work-"))
         try:
-            before = {leaf: self._download(key, leaf, tmp / leaf) for leaf in LEAVES}
+            before = {leaf: self._download(key, leaf, tmp / leaf, MAX_ENVELOPE_BYTES if leaf == ENVELOPE else None)
+                      for leaf in LEAVES}
             yield tmp
             if writeback:
                 for leaf in LEAVES:  # envelope last: it vouches for the others
@@ -187,24 +200,37 @@ class StoreBackend(ABC):
                     if now == before[leaf]:
                         continue
                     if now is None:
-                        self.delete_leaf(key, leaf)
+                        if before[leaf] != ("oversized", -1):  # one never downloaded is not deleted
+                            self.delete_leaf(key, leaf)
                     else:
                         self.write_leaf(key, leaf, tmp / leaf)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def _download(self, key: ArtifactKey, leaf: str, dest: Path) -> tuple[str, int] | None:
+    def _download(self, key: ArtifactKey, leaf: str, dest: Path, limit: int | None) -> tuple[str, int] | None:
+        """Copy one leaf into the working copy; one over ``limit`` bytes (an envelope of
+        gigabytes) is left out, as damaged, and replaced if a repair writes it anew."""
         stream = self.open_leaf(key, leaf)
         if stream is None:
             return None
         with stream, open(dest, "xb") as out:
-            shutil.copyfileobj(stream, out, CHUNK)
+            copied = 0
+            while chunk := stream.read(CHUNK if limit is None else min(CHUNK, limit + 1 - copied)):
+                out.write(chunk)
+                copied += len(chunk)
+                if limit is not None and copied > limit:
+                    break
+        if limit is not None and copied > limit:
+            dest.unlink()
+            return ("oversized", -1)
         return _fingerprint(dest)
 
     # -- saving -----------------------------------------------------------------------------
     @abstractmethod
-    def stage(self, name: str) -> Staging:
-        """Begin saving a new version of ``name``."""
+    def stage(self, name: str, version: int | None = None, owner: str | None = None) -> Staging:
+        """Begin saving a new version of ``name`` (exactly ``version``, if given). ``owner``:
+        the id of the artifact an exact-version save brings (a copy), so a backend that
+        claims versions can let a re-run take over the claim of an interrupted one."""
 
     @abstractmethod
     def scratch(self) -> contextlib.AbstractContextManager[Path]:

@@ -15,10 +15,16 @@ Commit: the leaves are written and fsynced in a staging folder, which is renamed
 another writer took the version (the save then takes the next), and nothing outside
 ``artifacts/`` is ever shown as an artifact. A save holds an exclusive lock on its
 staging folder's lock file until it has committed or cleaned up, so maintenance can tell a
-save in progress (lock held) from a crashed one (lock free) and never removes the former.
+save in progress (lock held) from a crashed one (lock free) and never removes the former;
+maintenance removes a dead save's folder only while holding that lock itself.
 
-Every leaf is opened without following symbolic links and must be a regular file, so a
-link or a FIFO planted in a store is refused, never read through or written through.
+Nothing in a store is ever followed: every folder inside it (``artifacts``, a name, a
+version, ``staging``, ``trash``, ``reports``) is walked one component at a time with
+``O_NOFOLLOW`` descriptors, and every leaf is opened without following a link and only if
+it is a regular file. A link planted anywhere is reported as an orphan and removed as a
+link; a FIFO, device or folder where a leaf should be is a damaged leaf. No operation,
+``scrub --remove-orphans`` and ``scrub --repair`` included, reads, writes or removes
+anything outside the store's root.
 """
 
 from __future__ import annotations
@@ -39,13 +45,16 @@ from ftstore.durable import (
     copy_hashing,
     fsync_dir,
     fsync_file,
+    is_real_dir,
+    open_dir,
+    open_regular,
+    remove_entry,
     remove_tree,
-    replace_durably,
-    tmp_path,
     try_link,
     write_atomic,
 )
 from ftstore.errors import BadInputError, NotFoundError
+from ftstore.hashing import CHUNK
 from ftstore.stores.backend import (
     ENVELOPE,
     LEAVES,
@@ -61,39 +70,42 @@ from ftstore.stores.backend import (
     check_marker,
 )
 
-_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+LOCK_SUFFIX = ".lock"
+TOP_FOLDERS = ("artifacts", "staging", "trash", "reports")
+_LINK_REASON = "symbolic link or file where a folder of the store should be (never followed)"
 
 
-def open_regular(path: Path) -> BinaryIO | None:
-    """Open ``path`` for reading if it is a regular file (not a link, FIFO, device or
-    folder); None if it does not exist; :class:`BadInputError` for anything else. Opened
-    non-blocking, so a FIFO cannot hang the open; the fstat then refuses it."""
-    try:
-        fd = os.open(path, _OPEN_FLAGS)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        if e.errno in (errno.ELOOP, errno.EMLINK):
-            raise BadInputError(f"{path}: is a symbolic link; store files are never followed") from None
-        if e.errno == errno.EISDIR:
-            raise BadInputError(f"{path}: is a directory, not a file") from None
-        raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise BadInputError(f"{path}: is not a regular file")
-    os.set_blocking(fd, True)
-    return open(fd, "rb", buffering=0)
+class StoreLinkError(BadInputError):
+    """A folder of the store's layout is a symbolic link (or not a folder): never followed;
+    ``scrub`` reports it and ``scrub --remove-orphans`` removes the link itself."""
 
 
 class _Lease:
     """An exclusive ``flock`` on ``<folder>.lock``, held while a save or scratch folder is
     in use. Its process dying releases it, which is how maintenance tells a crashed save
-    from a running one."""
+    from a running one.
+
+    Taking it is create, lock, then check that the locked file is still the one at the
+    name: maintenance may have removed a free lock file between our create and our lock.
+    Only a lease that passed that check counts, so the lock file a save relies on is never
+    one maintenance removed, and its folder is made only after."""
 
     def __init__(self, folder: Path):
-        self.path = folder.with_name(folder.name + ".lock")
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        self.path = folder.with_name(folder.name + LOCK_SUFFIX)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                same = os.fstat(fd).st_ino == os.stat(self.path, follow_symlinks=False).st_ino
+            except FileNotFoundError:
+                same = False
+            except BaseException:
+                os.close(fd)
+                raise
+            if same:
+                self.fd = fd
+                return
+            os.close(fd)
 
     def release(self) -> None:
         if self.fd >= 0:
@@ -103,35 +115,54 @@ class _Lease:
             self.fd = -1
 
 
-def _lease_is_free(folder: Path) -> bool:
-    """True if no live process holds ``folder``'s lease (or it never had one)."""
-    lock = folder.with_name(folder.name + ".lock")
+@contextlib.contextmanager
+def _dead_lease(staging_fd: int, folder: str) -> Iterator[bool]:
+    """True, while holding its lock, if no live process holds the lease of ``staging/folder``
+    (its save died, or it never had one); False if one does. While this holds the lock no
+    save can be using the folder, so what is removed meanwhile is truly dead."""
     try:
-        fd = os.open(lock, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(folder + LOCK_SUFFIX, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=staging_fd)
     except FileNotFoundError:
-        return True
-    except OSError:
-        return False
+        yield True  # a save takes its lease before it makes its folder and drops it after
+        return
+    except OSError as e:
+        # A link at the lock's name was never a save's lease (a save opens it with
+        # O_NOFOLLOW and would have failed); anything else we cannot judge.
+        yield e.errno in (errno.ELOOP, errno.EMLINK)
+        return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
     finally:
         os.close(fd)
+
+
+def _kind(dir_fd: int, name: str) -> str | None:
+    """"dir", "link", "file" (anything else) or None (absent) for ``name`` in ``dir_fd``."""
+    try:
+        mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+    except FileNotFoundError:
+        return None
+    return "dir" if stat.S_ISDIR(mode) else "link" if stat.S_ISLNK(mode) else "file"
 
 
 class LocalStaging(Staging):
     def __init__(self, store: LocalStore, name: str, version: int | None):
         self.store, self.name, self.version = store, name, version
-        self.workdir = store.staging_dir / uuid.uuid4().hex
-        self.workdir.parent.mkdir(parents=True, exist_ok=True)
+        self.workdir = store._top("staging", create=True) / uuid.uuid4().hex
         self._lease = _Lease(self.workdir)
         try:
             self.workdir.mkdir()
         except BaseException:
             self._lease.release()
             raise
+
+    def expected_version(self) -> int:
+        return self.version or (self.store.versions(self.name) or [0])[-1] + 1
 
     def copy_in(self, leaf: str, src: Path, progress: Progress | None, sink: ChunkSink | None,
                 durable: bool) -> tuple[str, int]:
@@ -148,9 +179,8 @@ class LocalStaging(Staging):
             os.replace(path, self.workdir / leaf)
 
     def commit(self, envelope_for: Callable[[int], bytes], version: int | None = None) -> int:
-        name_dir = self.store.artifacts_dir / self.name
-        name_dir.mkdir(parents=True, exist_ok=True)
-        version = self.version or (self.store.versions(self.name) or [0])[-1] + 1
+        name_dir = self.store._name_dir(self.name)
+        version = self.expected_version()
         while True:
             write_atomic(self.workdir / ENVELOPE, envelope_for(version))  # fsyncs the folder too
             try:
@@ -183,7 +213,7 @@ class LocalStore(StoreBackend):
     def open(cls, location: str, create: bool = False) -> LocalStore:
         root = Path(location)
         marker = root / MARKER
-        if not marker.exists():
+        if not os.path.lexists(marker):
             if not create:
                 raise NotFoundError(f"no ftstore store at {root} (save something first, or pass --store)")
             if root.exists() and (not root.is_dir() or any(root.iterdir())):
@@ -191,7 +221,10 @@ class LocalStore(StoreBackend):
             root.mkdir(parents=True, exist_ok=True)
             write_atomic(marker, MARKER_BYTES)
         else:
-            with open_regular(marker) as f:  # type: ignore[union-attr]
+            f = open_regular(marker)
+            if f is None:
+                raise NotFoundError(f"no ftstore store at {root}")
+            with f:
                 check_marker(f.read(4096), str(marker))
         return cls(root)
 
@@ -211,9 +244,49 @@ class LocalStore(StoreBackend):
     def version_dir(self, key: ArtifactKey) -> Path:
         return self.artifacts_dir / key.name / str(key.version)
 
+    def _top(self, folder: str, create: bool = False) -> Path:
+        """``<root>/<folder>`` once checked to be a real folder (made if asked and absent);
+        :class:`StoreLinkError` for a link or a file there."""
+        path = self.root / folder
+        if create:
+            with contextlib.suppress(FileExistsError):
+                path.mkdir()  # never through a link at the name: that is FileExistsError
+        if not is_real_dir(path):
+            raise StoreLinkError(f"{path}: {_LINK_REASON}; `ftstore scrub --remove-orphans` removes it")
+        return path
+
+    def _name_dir(self, name: str) -> Path:
+        """``artifacts/<name>``, made if absent, checked to be real folders all the way."""
+        path = self._top("artifacts", create=True) / name
+        with contextlib.suppress(FileExistsError):
+            path.mkdir()
+        if not is_real_dir(path):
+            raise StoreLinkError(f"{path}: {_LINK_REASON}; `ftstore scrub --remove-orphans` removes it")
+        return path
+
+    @contextlib.contextmanager
+    def _version_fd(self, key: ArtifactKey) -> Iterator[int | None]:
+        """A descriptor of the version's folder, walked without following links; None if
+        the version does not exist; :class:`StoreLinkError` if a folder on the way is a link."""
+        try:
+            cm = open_dir(self.root, ("artifacts", key.name, str(key.version)))
+            fd = cm.__enter__()
+        except FileNotFoundError:
+            yield None
+            return
+        except NotADirectoryError:
+            raise StoreLinkError(f"{self.version_dir(key)}: a folder on the way is a symbolic link or a file "
+                                 "(never followed)") from None
+        try:
+            yield fd
+        finally:
+            cm.__exit__(None, None, None)
+
     @staticmethod
     def _subdirs(folder: Path) -> list[str]:
-        """Names of the real folders (not links) in ``folder``."""
+        """Names of the real folders (not links) in ``folder`` (itself not a link)."""
+        if not is_real_dir(folder):
+            return []
         try:
             with os.scandir(folder) as it:
                 return [e.name for e in it if e.is_dir(follow_symlinks=False)]
@@ -221,26 +294,28 @@ class LocalStore(StoreBackend):
             return []
 
     def names(self) -> list[str]:
-        if self.artifacts_dir.is_symlink():
-            return []
         return sorted(n for n in self._subdirs(self.artifacts_dir) if is_name(n) and self.versions(n))
 
     def versions(self, name: str) -> list[int]:
-        if not is_name(name) or self.artifacts_dir.is_symlink() or (self.artifacts_dir / name).is_symlink():
+        if not is_name(name) or not is_real_dir(self.artifacts_dir):
             return []
         return sorted(v for d in self._subdirs(self.artifacts_dir / name) if (v := version_of(d)) is not None)
 
     # -- leaves ------------------------------------------------------------------------------
     def open_leaf(self, key: ArtifactKey, leaf: str) -> BinaryIO | None:
-        return open_regular(self.version_dir(key) / leaf)
+        with self._version_fd(key) as fd:
+            if fd is None:
+                return None
+            return open_regular(leaf, dir_fd=fd, shown=self.version_dir(key) / leaf)
 
     def leaf_sizes(self, key: ArtifactKey) -> dict[str, int]:
         out = {}
-        for leaf in LEAVES:
-            with contextlib.suppress(OSError):
-                st = os.stat(self.version_dir(key) / leaf, follow_symlinks=False)
-                if stat.S_ISREG(st.st_mode):
-                    out[leaf] = st.st_size
+        with contextlib.suppress(OSError, BadInputError), self._version_fd(key) as fd:
+            for leaf in LEAVES if fd is not None else ():
+                with contextlib.suppress(OSError):
+                    st = os.stat(leaf, dir_fd=fd, follow_symlinks=False)
+                    if stat.S_ISREG(st.st_mode):
+                        out[leaf] = st.st_size
         return out
 
     def read_leaf(self, key: ArtifactKey, leaf: str, limit: int) -> bytes | None:
@@ -257,19 +332,33 @@ class LocalStore(StoreBackend):
         return data
 
     def write_leaf(self, key: ArtifactKey, leaf: str, data: bytes | Path) -> None:
-        final = self.version_dir(key) / leaf
-        if isinstance(data, bytes):
-            write_atomic(final, data)
-            return
-        tmp = tmp_path(final)
-        try:
-            copy_hashing(data, tmp)
-            replace_durably(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
+        """A new file made exclusively beside the leaf, fsynced, renamed over it (a link at
+        the leaf's name is replaced as a link, never written through)."""
+        with self._version_fd(key) as dfd:
+            if dfd is None:
+                raise NotFoundError(f"{key.ref} does not exist in {self.url}")
+            tmp = f"{leaf}{TMP_MARK}{uuid.uuid4().hex[:12]}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd)
+            try:
+                with open(fd, "wb") as out:
+                    if isinstance(data, bytes):
+                        out.write(data)
+                    else:
+                        with open(data, "rb") as src:
+                            while chunk := src.read(CHUNK):
+                                out.write(chunk)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp, leaf, src_dir_fd=dfd, dst_dir_fd=dfd)
+                os.fsync(dfd)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp, dir_fd=dfd)
 
     def delete_leaf(self, key: ArtifactKey, leaf: str) -> None:
-        (self.version_dir(key) / leaf).unlink(missing_ok=True)
+        with self._version_fd(key) as fd:
+            if fd is not None:
+                remove_entry(fd, leaf)
 
     def describe(self, key: ArtifactKey) -> dict[str, str]:
         d = self.version_dir(key)
@@ -277,18 +366,21 @@ class LocalStore(StoreBackend):
 
     @contextlib.contextmanager
     def working_copy(self, key: ArtifactKey, writeback: bool = True) -> Iterator[Path]:
-        """The version's own folder: checks and repairs work on the stored files in place."""
+        """The version's own folder, once checked to be real folders all the way down:
+        checks and repairs work on the stored files in place."""
+        with self._version_fd(key) as fd:
+            if fd is None:
+                raise NotFoundError(f"{key.ref} does not exist in {self.url}")
         yield self.version_dir(key)
 
     # -- saving ------------------------------------------------------------------------------
-    def stage(self, name: str, version: int | None = None) -> LocalStaging:
-        return LocalStaging(self, name, version)
+    def stage(self, name: str, version: int | None = None, owner: str | None = None) -> LocalStaging:
+        return LocalStaging(self, name, version)  # no claims: a killed save leaves only an orphan
 
     @contextlib.contextmanager
     def scratch(self) -> Iterator[Path]:
         """A private folder beside the store, on its filesystem, under a lease like a save's."""
-        folder = self.staging_dir / f"scratch-{uuid.uuid4().hex}"
-        folder.parent.mkdir(parents=True, exist_ok=True)
+        folder = self._top("staging", create=True) / f"scratch-{uuid.uuid4().hex}"
         lease = _Lease(folder)
         try:
             folder.mkdir()
@@ -300,60 +392,113 @@ class LocalStore(StoreBackend):
     # -- maintenance -------------------------------------------------------------------------
     def delete(self, key: ArtifactKey) -> None:
         """The version's folder is renamed out of ``artifacts/`` (the moment it stops being
-        an artifact), then erased."""
+        an artifact), then erased: both through descriptors of real folders of the store."""
         if key.version not in self.versions(key.name):
             raise NotFoundError(f"{key.name} has no version {key.version}")
-        self.trash_dir.mkdir(exist_ok=True)
-        trash = self.trash_dir / uuid.uuid4().hex
-        os.rename(self.version_dir(key), trash)
-        fsync_dir(self.artifacts_dir / key.name)
-        remove_tree(trash)
+        self._top("trash", create=True)
+        trash = uuid.uuid4().hex
+        try:
+            with open_dir(self.root, ("artifacts", key.name)) as name_fd, open_dir(self.root, ("trash",)) as trash_fd:
+                os.rename(str(key.version), trash, src_dir_fd=name_fd, dst_dir_fd=trash_fd)
+                os.fsync(name_fd)
+                remove_entry(trash_fd, trash)
+        except NotADirectoryError:
+            raise StoreLinkError(f"{self.version_dir(key)}: a folder on the way is a symbolic link or a file "
+                                 "(never followed)") from None
 
     def orphans(self) -> list[Orphan]:
-        out: list[tuple[Path, str]] = []
-        if self.staging_dir.is_dir() and not self.staging_dir.is_symlink():
-            for p in sorted(self.staging_dir.iterdir()):
-                if not p.name.endswith(".lock"):
-                    if _lease_is_free(p):
-                        out.append((p, "interrupted save (staging)"))
-                elif not os.path.lexists(p.with_suffix("")) and _lease_is_free(p.with_suffix("")):
-                    out.append((p, "lock of an interrupted save"))
-        if self.trash_dir.is_dir() and not self.trash_dir.is_symlink():
-            out += [(p, "interrupted delete (trash)") for p in sorted(self.trash_dir.iterdir())]
-        if self.artifacts_dir.is_dir() and not self.artifacts_dir.is_symlink():
-            for name_dir in sorted(self.artifacts_dir.iterdir()):
-                if name_dir.is_symlink() or not name_dir.is_dir() or not is_name(name_dir.name):
-                    out.append((name_dir, "not an artifact name"))
+        out: list[tuple[str, str]] = []
+        with open_dir(self.root, ()) as root_fd:
+            kinds = {top: _kind(root_fd, top) for top in TOP_FOLDERS}
+        out += [(top, _LINK_REASON) for top, k in kinds.items() if k not in (None, "dir")]
+        if kinds["staging"] == "dir":
+            out += self._staging_orphans()
+        if kinds["trash"] == "dir":
+            with contextlib.suppress(OSError), open_dir(self.root, ("trash",)) as fd:
+                out += [(f"trash/{n}", "interrupted delete (trash)" if _kind(fd, n) != "link" else _LINK_REASON)
+                        for n in sorted(os.listdir(fd))]
+        if kinds["artifacts"] == "dir":
+            out += self._artifact_orphans()
+        return [Orphan(path, why) for path, why in out]
+
+    def _staging_orphans(self) -> list[tuple[str, str]]:
+        out = []
+        with contextlib.suppress(OSError), open_dir(self.root, ("staging",)) as fd:
+            for entry in sorted(os.listdir(fd)):
+                if entry.endswith(LOCK_SUFFIX):
+                    folder = entry[: -len(LOCK_SUFFIX)]
+                    if _kind(fd, folder) is None:
+                        with _dead_lease(fd, folder) as dead:
+                            if dead:
+                                out.append((f"staging/{entry}", "lock of an interrupted save"))
                     continue
-                for vdir in sorted(name_dir.iterdir()):
-                    if vdir.is_symlink() or not vdir.is_dir() or version_of(vdir.name) is None:
-                        out.append((vdir, "interrupted write" if TMP_MARK in vdir.name else "not a version directory"))
-                        continue
-                    for f in sorted(vdir.iterdir()):
-                        if f.name not in LEAVES:
-                            out.append((f, "interrupted write" if TMP_MARK in f.name else "stray file"))
-        return [Orphan(str(p.relative_to(self.root)), why) for p, why in out]
+                with _dead_lease(fd, entry) as dead:
+                    if dead:
+                        out.append((f"staging/{entry}", "interrupted save (staging)" if _kind(fd, entry) == "dir"
+                                    else "not a save folder" if _kind(fd, entry) == "file" else _LINK_REASON))
+        return out
+
+    def _artifact_orphans(self) -> list[tuple[str, str]]:
+        out = []
+        with contextlib.suppress(OSError), open_dir(self.root, ("artifacts",)) as afd:
+            for name in sorted(os.listdir(afd)):
+                kind = _kind(afd, name)
+                if kind != "dir" or not is_name(name):
+                    out.append((f"artifacts/{name}", _LINK_REASON if kind == "link" else "not an artifact name"))
+                    continue
+                with open_dir(self.root, ("artifacts", name)) as nfd:
+                    for v in sorted(os.listdir(nfd)):
+                        kind = _kind(nfd, v)
+                        if kind != "dir" or version_of(v) is None:
+                            why = ("interrupted write" if TMP_MARK in v else
+                                   _LINK_REASON if kind == "link" else "not a version directory")
+                            out.append((f"artifacts/{name}/{v}", why))
+                            continue
+                        with open_dir(self.root, ("artifacts", name, v)) as vfd:
+                            for f in sorted(os.listdir(vfd)):
+                                if f not in LEAVES:
+                                    out.append((f"artifacts/{name}/{v}/{f}",
+                                                "interrupted write" if TMP_MARK in f else "stray file"))
+        return out
 
     def remove_orphan(self, path: str) -> bool:
-        """Remove one orphan without following links out of the store: a link is removed as
-        a link; a staging folder only while no save holds its lease."""
-        p = self.root / path
-        if Path(path).is_absolute() or ".." in Path(path).parts:
+        """Remove one orphan through descriptors of real folders of the store: a link is
+        removed as a link, a folder with everything in it and nothing outside it; a
+        staging folder only while holding its free lease, so never a live save's."""
+        parts = Path(path).parts
+        if not parts or Path(path).is_absolute() or any(p in ("..", ".") for p in parts):
             raise BadInputError(f"{path}: not a path inside the store")
-        in_staging = p.parent == self.staging_dir and not p.name.endswith(".lock")
-        if in_staging and not _lease_is_free(p):
+        *parent, entry = parts
+        try:
+            with open_dir(self.root, parent) as fd:
+                if not parent:  # a link or file where a top folder should be
+                    if entry in TOP_FOLDERS and _kind(fd, entry) in ("link", "file"):
+                        os.unlink(entry, dir_fd=fd)
+                    return _kind(fd, entry) in (None, "dir")
+                if parent == ["staging"]:
+                    return self._remove_from_staging(fd, entry)
+                remove_entry(fd, entry)
+                return _kind(fd, entry) is None
+        except (FileNotFoundError, NotADirectoryError):
             return False
-        if p.is_symlink() or not p.is_dir():
-            p.unlink(missing_ok=True)
-        else:
-            remove_tree(p)
-        if in_staging:  # its lease, free since its save died
-            p.with_name(p.name + ".lock").unlink(missing_ok=True)
-        return not os.path.lexists(p)
+
+    @staticmethod
+    def _remove_from_staging(fd: int, entry: str) -> bool:
+        folder = entry[: -len(LOCK_SUFFIX)] if entry.endswith(LOCK_SUFFIX) else entry
+        with _dead_lease(fd, folder) as dead:
+            if not dead:
+                return False
+            if folder != entry:  # the lock alone: only once its folder is gone
+                if _kind(fd, folder) is not None:
+                    return False
+            else:
+                remove_entry(fd, folder)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(folder + LOCK_SUFFIX, dir_fd=fd)
+        return _kind(fd, entry) is None
 
     def write_report(self, name: str, data: bytes) -> None:
-        (self.root / "reports").mkdir(exist_ok=True)
-        write_atomic(self.root / "reports" / name, data)
+        write_atomic(self._top("reports", create=True) / name, data)
 
 
-__all__ = ["LocalStaging", "LocalStore", "open_regular"]
+__all__ = ["LocalStaging", "LocalStore", "StoreLinkError", "open_regular"]

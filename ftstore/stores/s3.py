@@ -143,10 +143,14 @@ class S3Staging(Staging):
     """A claimed version: leaves are uploaded to their final keys as they come; the
     envelope, put last, commits. The work folder is a local temporary folder."""
 
-    def __init__(self, store: S3Store, name: str, version: int | None):
+    def __init__(self, store: S3Store, name: str, version: int | None, owner: str | None = None):
         self.store, self.name = store, name
-        self.version = store._claim(name, version)
+        self.version = store._claim(name, version, owner)
+        self.uploaded: dict[str, int] = {}  # leaf -> size
         self.workdir = Path(tempfile.mkdtemp(prefix="ftstore-s3-stage-"))
+
+    def expected_version(self) -> int:
+        return self.version  # claimed: exactly this one
 
     def _rel(self, leaf: str) -> str:
         return self.store._vkey(ArtifactKey(self.name, self.version), leaf)
@@ -157,12 +161,20 @@ class S3Staging(Staging):
             reader = _HashingReader(f, progress, sink)
             self.store.s3.upload_fileobj(reader, self.store.bucket, self.store._key(self._rel(leaf)),
                                          Config=_transfer_config())
+        self.uploaded[leaf] = reader.total
         return format_hash(reader.hasher.digest()), reader.total
 
     def add(self, leaf: str, path: Path) -> None:
         self.store._upload(self._rel(leaf), path)
+        self.uploaded[leaf] = path.stat().st_size
 
     def commit(self, envelope_for: Callable[[int], bytes], version: int | None = None) -> int:
+        """Check that every uploaded leaf is still there, whole (maintenance that took this
+        save for a dead one may have removed them), then put the envelope: the commit."""
+        for leaf, size in self.uploaded.items():
+            if self.store._size(self._rel(leaf)) != size:
+                raise StorageError(f"{self.store.url}: {self._rel(leaf)} vanished before the commit (removed as an "
+                                   "orphan?); nothing was committed")
         self.store._put(self._rel(ENVELOPE), envelope_for(self.version))
         self.store._put(self._rel(COMMITTED), b"")
         self._cleanup()
@@ -344,20 +356,27 @@ class S3Store(StoreBackend):
         return {"dir": base, **{leaf.split(".")[0]: base + leaf for leaf in LEAVES}}
 
     # -- saving ----------------------------------------------------------------------------
-    def _claim(self, name: str, version: int | None) -> int:
+    def _claim(self, name: str, version: int | None, owner: str | None = None) -> int:
         """Take a version with a conditional PUT: two writers never share one. With
-        ``version``, exactly that one or :class:`VersionTakenError`."""
+        ``version``, exactly that one or :class:`VersionTakenError` -- unless the version is
+        only claimed (not committed) by the same ``owner`` (the artifact id a copy brings):
+        that is an interrupted copy of this very artifact, whose claim a re-run takes over."""
         if version is not None:
-            if not self._put_if_absent(self._vkey(ArtifactKey(name, version), CLAIM), uuid.uuid4().hex.encode()):
-                raise VersionTakenError(f"{name}@{version} already exists in {self.url}")
+            key = ArtifactKey(name, version)
+            body = (owner or uuid.uuid4().hex).encode()
+            if not self._put_if_absent(self._vkey(key, CLAIM), body):
+                if owner is None or self._committed(self._tree(name).get(key, {})) or \
+                        self._get(self._vkey(key, CLAIM), 256) != body:
+                    raise VersionTakenError(f"{name}@{version} already exists in {self.url}")
+                self._put(self._vkey(key, CLAIM), body)  # taken over: a fresh lease
             return version
         v = max((k.version for k in self._tree(name) if k.name == name), default=0) + 1
         while not self._put_if_absent(self._vkey(ArtifactKey(name, v), CLAIM), uuid.uuid4().hex.encode()):
             v += 1
         return v
 
-    def stage(self, name: str, version: int | None = None) -> S3Staging:
-        return S3Staging(self, name, version)
+    def stage(self, name: str, version: int | None = None, owner: str | None = None) -> S3Staging:
+        return S3Staging(self, name, version, owner)
 
     @contextlib.contextmanager
     def scratch(self) -> Iterator[Path]:
@@ -393,10 +412,29 @@ class S3Store(StoreBackend):
         return out
 
     def remove_orphan(self, path: str) -> bool:
-        rels = [rel for rel, _, _ in self._list(path)] if path.endswith("/") else [path]
-        for rel in rels:
+        """Remove a stray object, or an interrupted save's objects (its claim last) -- after
+        checking again that the save is not committed and its claim has not been renewed
+        since :meth:`orphans` listed it."""
+        if not path.endswith("/"):
+            self._delete(path)
+            return True
+        found = {rel.rsplit("/", 1)[-1]: (rel, mtime) for rel, _, mtime in self._list(path)}
+        if self._committed(found) or (CLAIM in found and time.time() - found[CLAIM][1] < CLAIM_LEASE_SECONDS):
+            return False
+        for leaf, (rel, _) in sorted(found.items(), key=lambda item: item[0] == CLAIM):
             self._delete(rel)
         return True
+
+    def _size(self, rel: str) -> int | None:
+        from botocore.exceptions import ClientError
+
+        with _translated(self.url, f"checking {rel}"):
+            try:
+                return self.s3.head_object(Bucket=self.bucket, Key=self._key(rel))["ContentLength"]
+            except ClientError as e:
+                if _code(e) in _MISSING:
+                    return None
+                raise
 
     def write_report(self, name: str, data: bytes) -> None:
         self._put(f"reports/{name}", data)

@@ -1,0 +1,111 @@
+"""Class 8: small inputs never make ftstore allocate in proportion to what they claim.
+
+Each scenario runs the real command in a subprocess and reads its peak resident memory
+from the kernel (``wait4``): a 500 KiB zip whose manifest inflates to 500 MB, a 4 MiB
+bundle whose 600 MB manifest passes the zip-bomb ratio check, a 4 GiB sparse
+``envelope.json``. A bare command peaks near 50 MB; each must stay under 150 MB and end with
+a clear result."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from ftstore.documents import decode_envelope, encode_envelope
+
+from .conftest import files
+
+PEAK_MB = 150
+
+
+def _run(*args: str, code: str | None = None) -> tuple[int, int, str]:
+    """(exit code, peak RSS in MB, stderr) of one ftstore command (or python snippet)."""
+    env = dict(os.environ)
+    env.pop("FTSTORE_DEBUG", None)
+    cmd = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", "ftstore.cli", *args]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    err = p.stderr.read().decode(errors="replace")
+    _, status, usage = os.wait4(p.pid, 0)
+    return os.waitstatus_to_exitcode(status), usage.ru_maxrss // 1024, err
+
+
+def _zip_with_big_manifest(path: Path, mib: int, head: bytes, step: int) -> Path:
+    """A zip whose manifest.json is ``head`` then ``mib`` MiB of spaces with a letter every
+    ``step`` bytes (how compressible it is: 500 -> ~150x, none -> ~1000x)."""
+    rng = random.Random(0)
+    block = bytearray(b" " * (1 << 20))
+    if step:
+        for i in range(0, len(block), step):
+            block[i] = rng.randrange(97, 123)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("manifest.json", "w", force_zip64=True) as f:
+            f.write(head)
+            for _ in range(mib):
+                f.write(block)
+        zf.writestr("params.json", b"{}")
+    return path
+
+
+def test_type_detection_never_inflates_a_manifest(store, tmp_path):
+    bomb = _zip_with_big_manifest(tmp_path / "bomb.zip", 500, b'{"format": "ftstore-bundle", "pad": "', step=0)
+    assert bomb.stat().st_size < 1 << 20
+    rc, peak, err = _run("save", str(bomb), "--name", "b", "--store", store.url)
+    assert rc == 2 and "zip bomb" in err and len(err.strip().splitlines()) == 1, err
+    assert peak < PEAK_MB, peak
+    plain = _zip_with_big_manifest(tmp_path / "plain.zip", 500, b'{"not": "a bundle", "pad": "', step=0)
+    rc, peak, err = _run("save", str(plain), "--name", "p", "--store", store.url)
+    assert rc == 0 and peak < PEAK_MB, (rc, peak, err)
+    assert store.read_envelope("p").artifact_type == "file"
+
+
+@pytest.fixture(scope="module")
+def huge_manifest_bundle(tmp_path_factory):
+    """A 4 MiB zip whose 600 MB manifest.json inflates only ~150x: under the 200x ratio that
+    flags a zip bomb, far over the 16 MiB document cap."""
+    path = _zip_with_big_manifest(tmp_path_factory.mktemp("hb") / "b.zip", 600, b'{"format": "ftstore-bundle", "x": "',
+                                  step=500)
+    assert path.stat().st_size < 5 << 20
+    return path
+
+
+def test_a_manifest_over_the_cap_is_refused_before_it_is_read(store, tmp_path, huge_manifest_bundle):
+    rc, peak, err = _run("save", str(huge_manifest_bundle), "--name", "m", "--type", "model_bundle",
+                         "--store", store.url)
+    assert rc == 2 and "over the 16777216 byte limit" in err and peak < PEAK_MB, (rc, peak, err)
+    # The same bytes already in a store as a model_bundle (an older ftstore, a tampered store):
+    # show and load_bundle refuse them the same way.
+    store.save(huge_manifest_bundle, "m", "file")
+    f = files(store, "m@1")
+    env = decode_envelope(f.envelope.read_bytes())
+    f.envelope.write_bytes(encode_envelope(msgspec.structs.replace(env, artifact_type="model_bundle")))
+    rc, peak, err = _run("show", "m", "--json", "--store", store.url)
+    assert rc == 0 and peak < PEAK_MB, (rc, peak, err)
+    code = ("import sys\nfrom ftstore import Store\nfrom ftstore.bundles import load_bundle\n"
+            "from ftstore.errors import FtstoreError\n"
+            "try:\n    load_bundle(Store.open(sys.argv[1]), 'm', 'pytorch', params={})\n"
+            "except FtstoreError as e:\n    print(e, file=sys.stderr)\n    sys.exit(2)\n")
+    rc, peak, err = _run(store.url, code=code)
+    assert rc == 2 and "over the 16777216 byte limit" in err and peak < PEAK_MB, (rc, peak, err)
+
+
+def test_a_4_GiB_sparse_envelope_is_never_read_whole(store, make_file, tmp_path):
+    src = make_file(100_000)
+    store.save(src, "a")
+    store.save(make_file(1000, seed=1), "b")
+    with open(files(store, "a@1").envelope, "r+b") as f:
+        f.truncate(4 << 30)
+    for args in (["verify"], ["ls"], ["show", "a"], ["load", "a", "-o", str(tmp_path / "out")],
+                 ["scrub", "--repair"], ["verify"]):
+        rc, peak, err = _run(*args, "--store", store.url)
+        assert peak < PEAK_MB and "Traceback" not in err, (args, peak, err)
+        assert rc in (0, 1, 2), (args, rc, err)
+    assert (tmp_path / "out").read_bytes() == src.read_bytes()
+    assert files(store, "a@1").envelope.stat().st_size < 1 << 20  # rebuilt
+    assert rc == 0  # the last verify: every artifact intact again

@@ -1,0 +1,165 @@
+"""Class 10: one bad entry never stops a store-wide command.
+
+A folder where a file should be (and a file where a folder should be), names that are not
+versions (``²``, ``01``), an oversized envelope object on a real SeaweedFS server, a
+read-only store, a full store: ``verify``, ``ls``, ``scrub`` and ``load`` of the other
+artifacts report that entry and go on, with a result for every artifact they could check."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from ftstore import Store, load, verify
+from ftstore.api import list_artifacts, scrub
+from ftstore.documents import ArtifactKey
+from ftstore.hashing import hash_file
+
+from .conftest import ArtifactFiles, files, run_cli
+
+
+def _three(store: Store, make_file) -> dict[str, bytes]:
+    out = {}
+    for i, n in enumerate(("a", "b", "c")):
+        src = make_file(60_000, seed=10 + i)
+        store.save(src, n)
+        out[n] = src.read_bytes()
+    return out
+
+
+def _json(res) -> object:
+    return msgspec.json.decode(res.stdout)
+
+
+def test_folders_where_files_should_be_and_files_where_folders_should_be(store, make_file, tmp_path):
+    data = _three(store, make_file)
+    a1 = files(store, "a@1")
+    a1.envelope.unlink()
+    a1.envelope.mkdir()  # a folder where the envelope should be
+    (store.backend.artifacts_dir / "d").write_bytes(b"a file where a name's folder should be")
+    (store.backend.artifacts_dir / "b" / "2").write_bytes(b"a file where a version folder should be")
+    res = run_cli("verify", "--json", store=store, check_rc=1)
+    assert {d["ref"]: d["status"] for d in _json(res)} == {"a@1": "damaged", "b@1": "ok", "c@1": "ok"}
+    rows = {f"{r.name}@{r.version}": r.envelope for r in list_artifacts(store)}
+    assert rows["b@1"] == rows["c@1"] == "ok" and "directory" in rows["a@1"]
+    run_cli("ls", store=store, check_rc=0)
+    res = run_cli("scrub", "--repair", "--json", store=store, check_rc=1)
+    report = _json(res)
+    assert {a["ref"]: a["status"] for a in report["artifacts"]} == {"a@1": "failed", "b@1": "ok", "c@1": "ok"}
+    assert {o["path"] for o in report["orphans"]} == {"artifacts/d", "artifacts/b/2"}
+    for n in ("a", "b", "c"):  # a@1's payload and sidecar are intact: load serves it from a private repair
+        run_cli("load", n, "-o", str(tmp_path / n), store=store, check_rc=0)
+        assert (tmp_path / n).read_bytes() == data[n]
+    assert a1.envelope.is_dir()  # the store was left as it was
+
+
+def test_names_that_are_not_versions_are_orphans_never_versions(store, make_file):
+    data = _three(store, make_file)
+    for odd in ("²", "01", "1\n", "0", "+1", " 1"):
+        folder = store.backend.artifacts_dir / "a" / odd
+        folder.mkdir()
+        for leaf in ("payload", "sidecar.ftrq", "envelope.json"):
+            (folder / leaf).write_bytes((files(store, "a@1").folder / leaf).read_bytes())
+    (store.backend.artifacts_dir / "a\n").mkdir()
+    assert store.versions("a") == [1] and store.names() == ["a", "b", "c"]
+    res = run_cli("verify", store=store, check_rc=0)
+    assert "3 checked, 0 damaged" in res.stderr
+    report = scrub(store, remove_orphans=True, write_report=False)
+    assert report.totals.ok == 3 and len(report.orphans) == 7 and all(o.removed for o in report.orphans)
+    run_cli("load", "a@01", "-o", "/dev/null", store=store, check_rc=2)
+    assert sorted(os.listdir(store.backend.artifacts_dir / "a")) == ["1"]
+    assert hash_file(files(store, "a@1").payload)[1] == len(data["a"])
+
+
+def test_an_oversized_envelope_object_on_s3_is_one_damaged_entry(seaweed, make_file, tmp_path):
+    store = Store.open(f"s3://ftstore-trust/oversized-{os.getpid()}", create=True)
+    data = _three(store, make_file)
+    ArtifactFiles(store, ArtifactKey("a", 1)).write("envelope.json", b" " * (17 * 1024 * 1024))
+    s3 = store.backend
+    for stray in ("artifacts/a/²/payload", "artifacts/a/01/envelope.json", "artifacts/a b/1/payload"):
+        s3._put(stray, b"x")
+    assert store.versions("a") == [1] and store.names() == ["a", "b", "c"]
+    res = run_cli("verify", "--json", store=store, check_rc=1)
+    assert {d["ref"]: d["status"] for d in _json(res)} == {"a@1": "damaged", "b@1": "ok", "c@1": "ok"}
+    run_cli("ls", store=store, check_rc=0)
+    load(store, "b", tmp_path / "b")
+    assert (tmp_path / "b").read_bytes() == data["b"]
+    report = scrub(store, repair=True, remove_orphans=True, write_report=False, jobs=1)
+    assert {a.ref: a.status for a in report.artifacts} == {"a@1": "recovered", "b@1": "ok", "c@1": "ok"}
+    assert {o.path for o in report.orphans} >= {"artifacts/a/²/payload", "artifacts/a/01/envelope.json",
+                                                "artifacts/a b/1/payload"}
+    load(store, "a", tmp_path / "a")
+    assert (tmp_path / "a").read_bytes() == data["a"]
+    assert all(h.intact for h in verify(store))
+
+
+def _mount_tmpfs(path: Path, size: str) -> bool:
+    path.mkdir()
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    mnt = tmp_path / "fs"
+    if not _mount_tmpfs(mnt, "3m"):
+        pytest.skip("needs root to mount a tmpfs")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def _damage(path: Path, at: int = 1000, n: int = 200) -> None:
+    with open(path, "r+b") as f:
+        f.seek(at)
+        f.write(b"\xee" * n)
+
+
+def test_a_read_only_store_is_checked_and_loads_right_bytes_without_writing(small_fs, make_file, tmp_path):
+    store = Store.open(small_fs / "store", create=True)
+    data = _three(store, make_file)
+    _damage(files(store, "a@1").payload)
+    files(store, "c@1").sidecar.unlink()
+    assert subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], capture_output=True).returncode == 0
+    res = run_cli("scrub", "--json", store=store, check_rc=1)
+    assert {a["ref"]: a["status"] for a in _json(res)["artifacts"]} == {"a@1": "failed", "b@1": "ok", "c@1": "failed"}
+    assert "could not be kept" in res.stderr
+    res = run_cli("scrub", "--repair", "--json", store=store, check_rc=1)
+    by_ref = {a["ref"]: a for a in _json(res)["artifacts"]}
+    assert by_ref["a@1"]["status"] == by_ref["c@1"]["status"] == "failed"
+    assert by_ref["b@1"]["status"] == "ok" and "could not record" in by_ref["b@1"]["error"]
+    assert "Read-only" in by_ref["a@1"]["error"] and len(res.stderr.strip().splitlines()) == 1  # the report warning
+    for n in ("a", "b", "c"):  # damaged a@1 comes back right from a private repair
+        run_cli("load", n, "-o", str(tmp_path / n), store=store, check_rc=0)
+        assert (tmp_path / n).read_bytes() == data[n]
+    run_cli("verify", store=store, check_rc=1)
+    run_cli("ls", store=store, check_rc=0)
+
+
+def test_a_full_store_reports_what_it_could_check_and_repair(small_fs, make_file, tmp_path):
+    store = Store.open(small_fs / "store", create=True)
+    data = _three(store, make_file)
+    files(store, "c@1").sidecar.unlink()
+    _damage(files(store, "a@1").payload)
+    filler = small_fs / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    res = run_cli("scrub", "--repair", "--json", store=store, check_rc=1)
+    by_ref = {a["ref"]: a for a in _json(res)["artifacts"]}
+    assert by_ref["b@1"]["status"] == "ok"
+    assert by_ref["a@1"]["status"] in ("recovered", "failed")  # in place: the payload's own blocks
+    assert by_ref["c@1"]["status"] == "failed" and "space" in by_ref["c@1"]["error"]
+    for n in ("a", "b", "c"):
+        run_cli("load", n, "-o", str(tmp_path / n), store=store, check_rc=0)
+        assert (tmp_path / n).read_bytes() == data[n]
+    filler.unlink()
+    assert scrub(store, repair=True, write_report=False).totals.failed == 0
+    assert all(h.intact for h in verify(store))
