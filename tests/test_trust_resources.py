@@ -1,7 +1,7 @@
 """Class 8: small inputs never make ftstore allocate in proportion to what they claim.
 
 Each scenario runs the real command in a subprocess and reads its peak resident memory
-from the kernel (``wait4``): a 500 KiB zip whose manifest inflates to 500 MB, a 4 MiB
+from the kernel (the command's VmHWM): a 500 KiB zip whose manifest inflates to 500 MB, a 4 MiB
 bundle whose 600 MB manifest passes the zip-bomb ratio check, a 4 GiB sparse
 ``envelope.json``. A bare command peaks near 50 MB; each must stay under 150 MB and end with
 a clear result."""
@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import subprocess
+import tempfile
 import sys
 import zipfile
 from pathlib import Path
@@ -25,15 +26,31 @@ from .conftest import files
 PEAK_MB = 150
 
 
+_MEASURED = (
+    "import atexit, runpy, sys\n"
+    "hwm_file, code = sys.argv[1], sys.argv[2]\n"
+    "def report():\n"
+    "    with open('/proc/self/status') as f:\n"
+    "        kib = next(line.split()[1] for line in f if line.startswith('VmHWM'))\n"
+    "    with open(hwm_file, 'w') as out:\n"
+    "        out.write(kib)\n"
+    "atexit.register(report)\n"
+    "sys.argv = [sys.argv[0], *sys.argv[3:]]\n"
+    "exec(code) if code else runpy.run_module('ftstore.cli', run_name='__main__')\n"
+)
+
+
 def _run(*args: str, code: str | None = None) -> tuple[int, int, str]:
-    """(exit code, peak RSS in MB, stderr) of one ftstore command (or python snippet)."""
+    """(exit code, peak RSS in MB, stderr) of one ftstore command (or python snippet). The
+    peak is the command's own VmHWM: ``ru_maxrss`` would carry over the RSS of the (large)
+    test process it was forked from."""
     env = dict(os.environ)
     env.pop("FTSTORE_DEBUG", None)
-    cmd = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", "ftstore.cli", *args]
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    err = p.stderr.read().decode(errors="replace")
-    _, status, usage = os.wait4(p.pid, 0)
-    return os.waitstatus_to_exitcode(status), usage.ru_maxrss // 1024, err
+    with tempfile.NamedTemporaryFile("r", suffix=".hwm") as hwm:
+        p = subprocess.run([sys.executable, "-c", _MEASURED, hwm.name, code or "", *args],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        kib = int(hwm.read() or 0)
+    return p.returncode, kib // 1024, p.stderr.decode(errors="replace")
 
 
 def _zip_with_big_manifest(path: Path, mib: int, head: bytes, step: int) -> Path:
