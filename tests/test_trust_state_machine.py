@@ -42,7 +42,7 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, Phase, seed, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, get_state_machine_test, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, get_state_machine_test, invariant, rule
 
 from ftstore import Store
 from ftstore.api import copy, scrub
@@ -173,6 +173,15 @@ def repairable(d: Derived, orig: Original) -> bool:
     return d.sidecar_usable and all(e <= orig.layout.budget(s) for s, e in enumerate(d.erased))
 
 
+def _pick(data, keys, label: str):
+    """One of ``keys`` (None if there are none). The draw is an index, not a choice among
+    the keys: which versions exist depends on killed processes, and what Hypothesis draws
+    must not, so that a failing run replays."""
+    i = data.draw(st.integers(0, 1 << 16), label=label)
+    keys = sorted(keys)
+    return keys[i % len(keys)] if keys else None
+
+
 def _outside_state(root: Path) -> dict[str, object]:
     out: dict[str, object] = {}
     for dirpath, dirnames, filenames in os.walk(root):
@@ -280,10 +289,11 @@ class StoreMachine(RuleBasedStateMachine):
             return
         self._record(ArtifactKey(name, env.version), data)
 
-    @precondition(lambda self: any(k.name != "ckpt" for k in self.originals))
     @rule(data=st.data())
     def delete(self, data):
-        key = data.draw(st.sampled_from(sorted(k for k in self.originals if k.name != "ckpt")), label="delete")
+        key = _pick(data, [k for k in self.originals if k.name != "ckpt"], "delete")
+        if key is None:
+            return
         try:
             self.store.delete(key)
         except BadInputError as e:
@@ -311,30 +321,30 @@ class StoreMachine(RuleBasedStateMachine):
             del self.originals[k]  # deleted on purpose by retention
 
     # -- damage -----------------------------------------------------------------------------------
-    @precondition(lambda self: self.originals)
     @rule(data=st.data(), kind=st.sampled_from(
         ["flip", "flip", "zero", "truncate", "extend", "repair_symbols", "sidecar_head", "sidecar_tail",
          "sidecar_delete", "envelope_delete", "envelope_garbage", "envelope_other", "sidecar_foreign",
          "sidecar_other_version", "payload_swap", "payload_link", "sidecar_link", "envelope_link", "payload_fifo"]))
     def damage(self, data, kind):
-        key = data.draw(st.sampled_from(sorted(self.originals)), label="victim")
+        key = _pick(data, self.originals, "victim")
+        rng = random.Random(data.draw(st.integers(0, 1 << 30), label="rng"))
+        if key is None:
+            return
         before = self._derive(key)
-        self._damage(data, kind, key)
+        self._damage(rng, kind, key)
         after = self._derive(key)
         if (after.payload, after.erased, after.sidecar_intact, after.envelope_ok) != \
                 (before.payload, before.erased, before.sidecar_intact, before.envelope_ok):
             _saw(f"damage {kind} ({'repairable' if repairable(after, self.originals[key]) else 'beyond repair'})")
 
-    @precondition(lambda self: self.originals)
     @rule(data=st.data(), kind=st.sampled_from(["flip", "zero", "truncate", "repair_symbols", "payload_swap"]))
     def damage_bytes(self, data, kind):
         """Byte damage again, so that it piles up between repairs as often as it is repaired."""
         self.damage(data, kind)
 
-    def _damage(self, data, kind, key):
+    def _damage(self, rng: random.Random, kind: str, key: ArtifactKey) -> None:
         folder, orig = self._folder(key), self.originals[key]
         lay = orig.layout
-        rng = random.Random(data.draw(st.integers(0, 1 << 30), label="rng"))
         payload, sidecar, envelope = (folder / leaf for leaf in LEAVES)
         others = [k for k in self.originals if k != key]
         same_name = [k for k in others if k.name == key.name]
@@ -353,7 +363,7 @@ class StoreMachine(RuleBasedStateMachine):
         if kind in ("flip", "zero", "truncate", "extend") and regular(payload) and lay.size:
             buf = bytearray(payload.read_bytes())
             if kind == "flip":
-                for _ in range(data.draw(st.integers(1, max(1, lay.budget(0) + 2)), label="symbols")):
+                for _ in range(1 + rng.randrange(lay.budget(0) + 2)):
                     if buf:
                         buf[rng.randrange(len(buf))] ^= 1 << rng.randrange(8)
             elif kind == "zero" and buf:
@@ -368,7 +378,7 @@ class StoreMachine(RuleBasedStateMachine):
         elif kind == "repair_symbols" and regular(sidecar):
             buf = bytearray(sidecar.read_bytes())
             region = lay.total_repair * lay.symbol_size
-            for _ in range(data.draw(st.integers(1, 4), label="repair")):
+            for _ in range(rng.randrange(1, 5)):
                 if region:
                     buf[orig.block_len + rng.randrange(region)] ^= 0xFF
             sidecar.write_bytes(bytes(buf))
@@ -425,9 +435,10 @@ class StoreMachine(RuleBasedStateMachine):
         elif where == "trash-entry":
             p = self.root / "trash" / ("e" * 32)
         else:
-            if not self.originals:
+            key = _pick(data, self.originals, "in")
+            if key is None:
                 return
-            p = self._folder(data.draw(st.sampled_from(sorted(self.originals)), label="in")) / "stray"
+            p = self._folder(key) / "stray"
         if os.path.lexists(p) or not os.path.isdir(p.parent) or os.path.islink(p.parent):
             return
         p.symlink_to(target)
@@ -459,10 +470,11 @@ class StoreMachine(RuleBasedStateMachine):
         for top in ("staging", "trash", "reports", "artifacts"):
             assert not os.path.islink(self.root / top)
 
-    @precondition(lambda self: self.originals)
     @rule(data=st.data())
     def load(self, data):
-        key = data.draw(st.sampled_from(sorted(self.originals)), label="load")
+        key = _pick(data, self.originals, "load")
+        if key is None:
+            return
         must = repairable(self._derive(key), self.originals[key])
         self._check_loaded(key, must)
 
