@@ -1,7 +1,7 @@
 """Class 8: small inputs never make ftstore allocate in proportion to what they claim.
 
 Each scenario runs the real command in a subprocess and reads its peak resident memory
-from the kernel (the command's VmHWM): a 500 KiB zip whose manifest inflates to 500 MB, a 4 MiB
+from the kernel (``VmHWM``): a 500 KiB zip whose manifest inflates to 500 MB, a 4 MiB
 bundle whose 600 MB manifest passes the zip-bomb ratio check, a 4 GiB sparse
 ``envelope.json``. A bare command peaks near 50 MB; each must stay under 150 MB and end with
 a clear result."""
@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import random
 import subprocess
-import tempfile
 import sys
 import zipfile
 from pathlib import Path
@@ -26,31 +25,26 @@ from .conftest import files
 PEAK_MB = 150
 
 
-_MEASURED = (
-    "import atexit, runpy, sys\n"
-    "hwm_file, code = sys.argv[1], sys.argv[2]\n"
-    "def report():\n"
-    "    with open('/proc/self/status') as f:\n"
-    "        kib = next(line.split()[1] for line in f if line.startswith('VmHWM'))\n"
-    "    with open(hwm_file, 'w') as out:\n"
-    "        out.write(kib)\n"
-    "atexit.register(report)\n"
-    "sys.argv = [sys.argv[0], *sys.argv[3:]]\n"
-    "exec(code) if code else runpy.run_module('ftstore.cli', run_name='__main__')\n"
-)
+HWM = r"""
+import atexit, os, sys
+def _report():
+    with open("/proc/self/status") as f, open(os.environ["FTSTORE_TEST_PEAK_FILE"], "w") as out:
+        out.write(next(line for line in f if line.startswith("VmHWM:")).split()[1])
+atexit.register(_report)
+"""
 
 
-def _run(*args: str, code: str | None = None) -> tuple[int, int, str]:
+def _run(*args: str, code: str | None = None, tmp: Path) -> tuple[int, int, str]:
     """(exit code, peak RSS in MB, stderr) of one ftstore command (or python snippet). The
-    peak is the command's own VmHWM: ``ru_maxrss`` would carry over the RSS of the (large)
-    test process it was forked from."""
+    peak is the process's own high-water mark (``VmHWM``, reset by exec), read as it
+    exits: ``ru_maxrss`` would count the test process's memory the child was forked from."""
     env = dict(os.environ)
     env.pop("FTSTORE_DEBUG", None)
-    with tempfile.NamedTemporaryFile("r", suffix=".hwm") as hwm:
-        p = subprocess.run([sys.executable, "-c", _MEASURED, hwm.name, code or "", *args],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        kib = int(hwm.read() or 0)
-    return p.returncode, kib // 1024, p.stderr.decode(errors="replace")
+    env["FTSTORE_TEST_PEAK_FILE"] = str(tmp / "peak")
+    body = code if code else "from ftstore.cli.main import main\nmain(sys.argv[1:])\n"
+    res = subprocess.run([sys.executable, "-c", HWM + body, *args], capture_output=True, text=True, env=env,
+                         timeout=300)
+    return res.returncode, int((tmp / "peak").read_text()) // 1024, res.stderr
 
 
 def _zip_with_big_manifest(path: Path, mib: int, head: bytes, step: int) -> Path:
@@ -73,11 +67,11 @@ def _zip_with_big_manifest(path: Path, mib: int, head: bytes, step: int) -> Path
 def test_type_detection_never_inflates_a_manifest(store, tmp_path):
     bomb = _zip_with_big_manifest(tmp_path / "bomb.zip", 500, b'{"format": "ftstore-bundle", "pad": "', step=0)
     assert bomb.stat().st_size < 1 << 20
-    rc, peak, err = _run("save", str(bomb), "--name", "b", "--store", store.url)
+    rc, peak, err = _run("save", str(bomb), "--name", "b", "--store", store.url, tmp=tmp_path)
     assert rc == 2 and "zip bomb" in err and len(err.strip().splitlines()) == 1, err
     assert peak < PEAK_MB, peak
     plain = _zip_with_big_manifest(tmp_path / "plain.zip", 500, b'{"not": "a bundle", "pad": "', step=0)
-    rc, peak, err = _run("save", str(plain), "--name", "p", "--store", store.url)
+    rc, peak, err = _run("save", str(plain), "--name", "p", "--store", store.url, tmp=tmp_path)
     assert rc == 0 and peak < PEAK_MB, (rc, peak, err)
     assert store.read_envelope("p").artifact_type == "file"
 
@@ -94,7 +88,7 @@ def huge_manifest_bundle(tmp_path_factory):
 
 def test_a_manifest_over_the_cap_is_refused_before_it_is_read(store, tmp_path, huge_manifest_bundle):
     rc, peak, err = _run("save", str(huge_manifest_bundle), "--name", "m", "--type", "model_bundle",
-                         "--store", store.url)
+                         "--store", store.url, tmp=tmp_path)
     assert rc == 2 and "over the 16777216 byte limit" in err and peak < PEAK_MB, (rc, peak, err)
     # The same bytes already in a store as a model_bundle (an older ftstore, a tampered store):
     # show and load_bundle refuse them the same way.
@@ -102,13 +96,13 @@ def test_a_manifest_over_the_cap_is_refused_before_it_is_read(store, tmp_path, h
     f = files(store, "m@1")
     env = decode_envelope(f.envelope.read_bytes())
     f.envelope.write_bytes(encode_envelope(msgspec.structs.replace(env, artifact_type="model_bundle")))
-    rc, peak, err = _run("show", "m", "--json", "--store", store.url)
+    rc, peak, err = _run("show", "m", "--json", "--store", store.url, tmp=tmp_path)
     assert rc == 0 and peak < PEAK_MB, (rc, peak, err)
     code = ("import sys\nfrom ftstore import Store\nfrom ftstore.bundles import load_bundle\n"
             "from ftstore.errors import FtstoreError\n"
             "try:\n    load_bundle(Store.open(sys.argv[1]), 'm', 'pytorch', params={})\n"
             "except FtstoreError as e:\n    print(e, file=sys.stderr)\n    sys.exit(2)\n")
-    rc, peak, err = _run(store.url, code=code)
+    rc, peak, err = _run(store.url, code=code, tmp=tmp_path)
     assert rc == 2 and "over the 16777216 byte limit" in err and peak < PEAK_MB, (rc, peak, err)
 
 
@@ -120,7 +114,7 @@ def test_a_4_GiB_sparse_envelope_is_never_read_whole(store, make_file, tmp_path)
         f.truncate(4 << 30)
     for args in (["verify"], ["ls"], ["show", "a"], ["load", "a", "-o", str(tmp_path / "out")],
                  ["scrub", "--repair"], ["verify"]):
-        rc, peak, err = _run(*args, "--store", store.url)
+        rc, peak, err = _run(*args, "--store", store.url, tmp=tmp_path)
         assert peak < PEAK_MB and "Traceback" not in err, (args, peak, err)
         assert rc in (0, 1, 2), (args, rc, err)
     assert (tmp_path / "out").read_bytes() == src.read_bytes()
