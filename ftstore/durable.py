@@ -16,8 +16,10 @@ import contextlib
 import errno
 import io
 import os
+import queue
 import shutil
 import stat
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ftstore.errors import BadInputError, StorageFullError
-from ftstore.hashing import format_hash, hash_stream, new_hasher
+from ftstore.hashing import READ_CHUNK, format_hash, hash_stream, new_hasher
 
 TMP_MARK = ".tmp-"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -163,36 +165,141 @@ def write_atomic(final: Path, data: bytes) -> None:
         raise
 
 
+COPY_CHUNK = 16 * 1024 * 1024  # per kernel call; the hash follows one chunk behind the copy
+COPY_METHODS = ("copy_file_range", "sendfile", "read_write")
+# Errors by which a kernel refuses a copy method itself (another filesystem, a filesystem or
+# a sandbox without the call), as opposed to the files: the next method is tried.
+_REFUSALS = {
+    "copy_file_range": {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EPERM},
+    "sendfile": {errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL},
+    "read_write": set(),
+}
+
+
+class KernelCopy:
+    """Appends the bytes of one open file to another, in the kernel where it can:
+    ``copy_file_range`` (a reflink where the filesystem offers one, else an in-kernel copy),
+    ``sendfile`` (across filesystems), plain ``read``/``write`` where neither is allowed. No
+    byte passes through Python on the first two.
+
+    ``step`` moves up to ``want`` bytes from the source's position and returns how many; 0
+    means the source has ended. ``used`` lists the methods that moved bytes."""
+
+    def __init__(self, fd_in: int, fd_out: int, methods: tuple[str, ...] = COPY_METHODS):
+        self.fd_in, self.fd_out = fd_in, fd_out
+        self.methods = list(methods)
+        self.used: list[str] = []
+        self._buf: memoryview | None = None
+
+    def step(self, want: int) -> int:
+        while True:
+            method = self.methods[0]
+            try:
+                n = self._move(method, want)
+            except OSError as e:
+                if e.errno in _REFUSALS[method] and len(self.methods) > 1:
+                    self.methods.pop(0)
+                    continue
+                raise
+            if n == 0 and method == "copy_file_range" and len(self.methods) > 1:
+                # copy_file_range returns 0, not an error, where some filesystems (procfs,
+                # sysfs, some FUSE ones) cannot copy: the next method tells the end for sure.
+                self.methods.pop(0)
+                continue
+            if n and method not in self.used:
+                self.used.append(method)
+            return n
+
+    def _move(self, method: str, want: int) -> int:
+        if method == "copy_file_range":
+            return os.copy_file_range(self.fd_in, self.fd_out, want)
+        if method == "sendfile":
+            return os.sendfile(self.fd_out, self.fd_in, None, want)
+        if self._buf is None:
+            self._buf = memoryview(bytearray(READ_CHUNK))
+        n = os.readv(self.fd_in, [self._buf[: min(want, READ_CHUNK)]])
+        done = 0
+        while done < n:
+            done += os.write(self.fd_out, self._buf[done:n])
+        return n
+
+
 def copy_hashing(
     src: Path,
     dst: Path,
-    limit: int | None = None,
     progress: Callable[[int], None] | None = None,
     also: Callable[[memoryview], object] | None = None,
-    single_thread: bool = False,
     durable: bool = True,
+    methods: tuple[str, ...] = COPY_METHODS,
 ) -> tuple[str, int]:
-    """Copy ``src`` to a new file ``dst`` and return (BLAKE3, bytes) of what was written;
-    ``also`` sees every chunk too. ``durable``: start writeback as it goes and fsync at the
-    end; without, the caller fsyncs (and may read the copy back from the page cache)."""
-    with open(src, "rb", buffering=0) as fi, open(dst, "xb") as fo:
-        written = 0
+    """Copy ``src`` to a new file ``dst`` and return (BLAKE3, bytes) of the copy; ``also``
+    sees every chunk of it too.
 
-        def sink(chunk: memoryview) -> None:
-            nonlocal written
-            fo.write(chunk)  # buffered: write() never stops short
-            if durable:
-                fo.flush()
-                start_writeback(fo.fileno(), written, len(chunk))
-            written += len(chunk)
-            if also:
-                also(chunk)
+    The kernel copies (:class:`KernelCopy`) in a helper thread, chunk by chunk, while this
+    thread reads each finished chunk back from ``dst`` (from the page cache, one chunk
+    behind) and hashes it, so what is hashed is what was stored, not what was meant to be,
+    and on two cores the copy and the hash overlap. Each chunk's writeback is started once
+    it is hashed: dirty pages never pile up for one long fsync (measured on a 2-core VM, 512
+    MiB: a copy left dirty then fsynced cost 1.1-1.7 s, written back as it goes 0.3 s), and
+    the pages stay cached for an encoder that reads the copy next. Memory: three buffers.
 
-        result = hash_stream(fi, limit, progress, sink=sink, single_thread=single_thread)
-        fo.flush()
+    ``durable``: fsync at the end; without, the caller does (:meth:`Staging.sync`), after
+    reading the copy back from the page cache, say."""
+    fd_out = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o666)
+    try:
+        with open(src, "rb", buffering=0) as fi:
+            result = _copy_and_hash(KernelCopy(fi.fileno(), fd_out, methods), progress, also)
         if durable:
-            os.fsync(fo.fileno())
+            os.fsync(fd_out)
+    finally:
+        os.close(fd_out)
     return result
+
+
+def _copy_and_hash(copier: KernelCopy, progress: Callable[[int], None] | None,
+                   also: Callable[[memoryview], object] | None) -> tuple[str, int]:
+    copied: queue.Queue[int | BaseException | None] = queue.Queue()
+    stop = threading.Event()
+
+    def copy() -> None:
+        total = 0
+        try:
+            while not stop.is_set():
+                n = copier.step(COPY_CHUNK)
+                if not n:
+                    break
+                total += n
+                copied.put(total)
+            copied.put(None)
+        except BaseException as e:  # handed to the hashing thread, raised there
+            copied.put(e)
+
+    thread = threading.Thread(target=copy, name="ftstore-copy", daemon=True)
+    thread.start()
+    h = new_hasher(single_thread=True)  # the other core is copying
+    view = memoryview(bytearray(READ_CHUNK))
+    hashed = 0
+    try:
+        while (end := copied.get()) is not None:
+            if isinstance(end, BaseException):
+                raise end
+            start = hashed
+            while hashed < end:
+                n = os.preadv(copier.fd_out, [view[: min(READ_CHUNK, end - hashed)]], hashed)
+                if n <= 0:
+                    raise OSError(errno.EIO, f"the copy read back short at byte {hashed}")
+                chunk = view[:n]
+                h.update(chunk)
+                if also:
+                    also(chunk)
+                if progress:
+                    progress(n)
+                hashed += n
+            start_writeback(copier.fd_out, start, end - start)
+    finally:
+        stop.set()
+        thread.join()
+    return format_hash(h.digest()), hashed
 
 
 WRITEBACK_EVERY = 4 << 20

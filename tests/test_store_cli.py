@@ -128,13 +128,13 @@ def test_a_source_that_changes_during_save_is_refused(store, make_file, monkeypa
         os.utime(src, ns=(src.stat().st_atime_ns, src.stat().st_mtime_ns + 10**12))
     real_copy = store_mod.copy_hashing
 
-    def copy_while_written_to(s, d, limit=None, progress=None, *a, **kw):
+    def copy_while_written_to(s, d, progress=None, *a, **kw):
         def write_to_source(n):
             with open(s, "r+b") as f:  # the writer of the source changes it mid-copy
                 f.seek(10)
                 f.write(b"changed")
 
-        return real_copy(s, d, limit, write_to_source, *a, **kw)
+        return real_copy(s, d, write_to_source, *a, **kw)
 
     monkeypatch.setattr(store_mod, "copy_hashing", copy_while_written_to)
     with pytest.raises(BadInputError, match="changed while it was being saved"):

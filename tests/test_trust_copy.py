@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -101,7 +102,7 @@ def _a_save_is_under_way(dst: Store) -> bool:
     """The destination shows a version being written: a staging folder, or a claim
     without an envelope."""
     if dst.capabilities.local_files:
-        return any(p.is_dir() for p in dst.backend.staging_dir.glob("*"))
+        return any(p.is_dir() and not p.name.startswith("scratch-") for p in dst.backend.staging_dir.glob("*"))
     leaves: dict[str, set[str]] = {}
     for rel, _, _ in dst.backend._list("artifacts/"):
         prefix, _, leaf = rel.rpartition("/")
@@ -109,13 +110,15 @@ def _a_save_is_under_way(dst: Store) -> bool:
     return any("claim" in ls and "envelope.json" not in ls for ls in leaves.values())
 
 
-def _kill_copies_then_rerun(src: Store, dst_url: str, rng: random.Random, attempts: int) -> int:
+def _kill_copies_then_rerun(src: Store, dst_url: str, rng: random.Random, attempts: int,
+                            tmpdir: Path | None = None) -> int:
     """SIGKILL ``attempts`` copies, each once the destination shows a save under way (plus
     a random moment); return how many were still running when one was seen."""
     caught = 0
+    env = dict(os.environ, **({"TMPDIR": str(tmpdir)} if tmpdir else {}))
     for _ in range(attempts):
         proc = subprocess.Popen([sys.executable, "-m", "ftstore.cli", "copy", src.url, dst_url],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         dst = Store.open(dst_url)
         deadline = time.monotonic() + 60
         while proc.poll() is None and time.monotonic() < deadline and not _a_save_is_under_way(dst):
@@ -148,11 +151,14 @@ def test_a_sigkilled_copy_leaves_intact_versions_or_orphans_and_a_rerun_finishes
         sources[f"m{i}@{env.version}"] = f.read_bytes()
     dst_url = str(tmp_path / "dst")
     Store.open(dst_url, create=True)
-    assert _kill_copies_then_rerun(src, dst_url, random.Random(1), attempts=3) >= 1
+    (tmp_path / "tmp").mkdir()
+    assert _kill_copies_then_rerun(src, dst_url, random.Random(1), attempts=3, tmpdir=tmp_path / "tmp") >= 1
+    assert not list((tmp_path / "tmp").iterdir()), "a killed copy left its private copy outside the store"
     _expect_all_copied(src, dst_url, sources)
     report = scrub(Store.open(dst_url), remove_orphans=True, write_report=False)
     assert report.totals.failed == 0
     assert scrub(Store.open(dst_url), write_report=False).orphans == []
+    assert not list((tmp_path / "dst" / "staging").glob("scratch-*"))
 
 
 def test_a_sigkilled_copy_to_s3_is_taken_over_by_the_rerun(seaweed, tmp_path, make_file):

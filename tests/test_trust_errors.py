@@ -188,7 +188,7 @@ def test_a_server_dying_mid_load_or_mid_copy_is_one_line_never_a_traceback(tmp_p
         subprocess.run([sys.executable, "-m", "ftstore.cli", "save", str(big), "--name", "big", "--store", url],
                        env=env, check=True, capture_output=True, timeout=600)
         args = ["load", "big", "-o", str(out), "--store", url] if command == "load" else ["copy", url, str(dst)]
-        where, pattern = (tmp_path, "out.tmp-*") if command == "load" else (tmp_path / "t", "ftstore-copy-*/payload")
+        where, pattern = (tmp_path, "out.tmp-*") if command == "load" else (dst, "staging/scratch-*/payload")
         proc = subprocess.Popen([sys.executable, "-m", "ftstore.cli", *args], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
@@ -209,3 +209,4 @@ def test_a_server_dying_mid_load_or_mid_copy_is_one_line_never_a_traceback(tmp_p
         assert not out.exists() and not list(tmp_path.glob("out.tmp-*"))
     else:
         assert not dst.exists() or Store.open(dst).keys() == []
+        assert not list(dst.glob("staging/scratch-*")) and not list((tmp_path / "t").iterdir())

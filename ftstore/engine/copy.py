@@ -1,14 +1,15 @@
 """Copying artifact versions between stores (local <-> S3), keeping their version numbers.
 
-Each version is brought into a private local folder, checked, and repaired there if it is
-damaged; only an intact version, whose payload and sidecar hash as its envelope records on
+Each version is brought into a private local folder (the destination's scratch folder: on
+a local store, leased under its ``staging/``, so a copy killed part way leaves an orphan the
+next ``scrub --remove-orphans`` removes, not a payload in ``/tmp``), checked, and repaired
+there if it is damaged; only an intact version, whose payload and sidecar hash as its envelope records on
 the way into the destination, is committed there. A version beyond repair is reported and
 never committed, so a copy never plants an unrecoverable artifact. The source is only read.
 """
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,9 +61,9 @@ def _private_intact_copy(src: StoreBackend, key: ArtifactKey, folder: Path, jobs
 
 
 def _copy_one(src: StoreBackend, dst: StoreBackend, key: ArtifactKey, jobs: int | None) -> CopyResult:
-    with tempfile.TemporaryDirectory(prefix="ftstore-copy-") as tmp:
+    with dst.scratch() as tmp:
         try:
-            files, found = _private_intact_copy(src, key, Path(tmp), jobs)
+            files, found = _private_intact_copy(src, key, tmp, jobs)
         except UnrecoverableError as e:
             return CopyResult(key.ref, "failed", f"not copied: {e}")
         env = read_envelope(files)
@@ -121,9 +122,9 @@ def _restore_from_source(src: StoreBackend, dst: StoreBackend, key: ArtifactKey,
                          found: str) -> CopyResult:
     """Rewrite a destination version that cannot be repaired there with the source's
     verified leaves (the same artifact: same id, same payload hash), envelope last."""
-    with tempfile.TemporaryDirectory(prefix="ftstore-copy-") as tmp:
+    with dst.scratch() as tmp:
         try:
-            files, _ = _private_intact_copy(src, key, Path(tmp), jobs)
+            files, _ = _private_intact_copy(src, key, tmp, jobs)
         except UnrecoverableError as e:
             return CopyResult(key.ref, "failed", f"damaged at the destination ({found}) and not repairable "
                                                  f"from the source either: {e}")

@@ -166,7 +166,7 @@ class LocalStaging(Staging):
 
     def copy_in(self, leaf: str, src: Path, progress: Progress | None, sink: ChunkSink | None,
                 durable: bool) -> tuple[str, int]:
-        return copy_hashing(src, self.workdir / leaf, None, progress, sink, durable=durable)
+        return copy_hashing(src, self.workdir / leaf, progress, sink, durable=durable)
 
     def link_in(self, leaf: str, src: Path) -> Path | None:
         return self.workdir / leaf if try_link(src, self.workdir / leaf) else None
