@@ -10,6 +10,7 @@ import pytest
 
 from ftstore.codec import check_and_decode, patch_in_place, read_meta, write_sidecar
 from ftstore.documents import ArtifactEssentials
+from ftstore.errors import UnrecoverableError
 from ftstore.hashing import hash_bytes
 
 
@@ -66,3 +67,35 @@ def test_either_metadata_copy_alone_is_enough(tmp_path):
     sidecar.write_bytes(bytes(raw))
     again = read_meta(sidecar)
     assert again.copies_ok == 1 and again.source_hashes == meta.source_hashes
+
+
+def test_decoded_symbols_can_go_to_a_spill_file_and_are_patched_from_it(tmp_path):
+    data, payload, sidecar, meta = _protected(tmp_path, 400_000, symbol_size=1024)
+    lay = meta.layout
+    _damage_symbols(payload, lay, min(lay.budget(s) for s in range(lay.stripes)), random.Random(4))
+    spill = tmp_path / "spill"
+    with open(spill, "xb") as f:
+        f.truncate(lay.size)
+    outcomes = check_and_decode(payload, sidecar, meta, jobs=1, spill=spill)
+    assert all(o.recovered is None and o.spilled == o.erased for o in outcomes) and any(o.spilled for o in outcomes)
+    held = spill.read_bytes()
+    for o in outcomes:  # the spill file holds exactly the original bytes of each recovered symbol
+        for i in o.spilled:
+            off, n = lay.symbol_extent(lay.global_index(o.stripe, i))
+            assert held[off : off + n] == data[off : off + n]
+    with pytest.raises(UnrecoverableError, match="no spill file"):
+        patch_in_place(payload, meta, outcomes)  # spilled symbols with nowhere to read them from
+    patch_in_place(payload, meta, outcomes, spill)
+    assert payload.read_bytes() == data
+
+
+def test_a_spill_file_that_is_a_link_is_never_written_through(tmp_path):
+    data, payload, sidecar, meta = _protected(tmp_path, 50_000, symbol_size=512)
+    _damage_symbols(payload, meta.layout, 1, random.Random(5))
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"keep")
+    link = tmp_path / "spill"
+    link.symlink_to(target)
+    with pytest.raises(OSError, match="not a regular file"):
+        check_and_decode(payload, sidecar, meta, jobs=1, spill=link)
+    assert target.read_bytes() == b"keep"

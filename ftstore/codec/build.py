@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ftstore.durable import NotRegularFileError, open_regular
+from ftstore.errors import UnrecoverableError
 from ftstore.hashing import CHUNK, SYMBOL_HASH_BYTES, format_hash, hash_file, new_hasher, symbol_hash
 from ftstore.codec.decoder import StripeOutcome
 from ftstore.codec.encoder import encode_sidecar_body
@@ -158,19 +159,76 @@ def write_sidecar(
     return build.finish(essentials)
 
 
-def _patches(meta: SidecarMeta, outcomes: list[StripeOutcome]) -> list[tuple[int, int, bytes]]:
-    """(file symbol, offset, bytes) of every decoded symbol, each checked against its hash
-    in the sidecar, in file order."""
-    lay, h = meta.layout, SYMBOL_HASH_BYTES
+@dataclass(frozen=True)
+class _Patch:
+    """One recovered symbol: file symbol ``j`` at ``off``, ``length`` bytes; ``data`` when
+    the outcomes carry it, None when it lies in the spill file (read when it is used)."""
+
+    j: int
+    off: int
+    length: int
+    data: bytes | None
+
+
+class SpilledSymbols:
+    """Recovered symbols read back from a spill file one at a time, each checked against
+    its hash in the sidecar's table just before use: a spill file changed or damaged since
+    the decode never puts a wrong byte anywhere (:class:`SpillMismatchError`)."""
+
+    def __init__(self, path: Path | None, meta: SidecarMeta):
+        self.path, self.meta = path, meta
+        self.f: BinaryIO | None = None
+
+    def __enter__(self) -> SpilledSymbols:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.f is not None:
+            self.f.close()
+
+    def _file(self) -> BinaryIO:
+        if self.f is None:
+            if self.path is None:
+                raise SpillMismatchError("recovered symbols were spilled, but no spill file was given")
+            try:
+                self.f = open_regular(self.path)
+            except NotRegularFileError as e:
+                raise SpillMismatchError(f"spill file {e}; nothing was written from it") from None
+            if self.f is None:
+                raise SpillMismatchError(f"{self.path}: spill file vanished before the repair was written; "
+                                         "nothing was written from it")
+        return self.f
+
+    def data(self, p: _Patch) -> bytes:
+        """The bytes of ``p``, checked against their hash."""
+        t, h = self.meta.layout.symbol_size, SYMBOL_HASH_BYTES
+        data = p.data[: p.length] if p.data is not None else os.pread(self._file().fileno(), p.length, p.off)
+        if len(data) != p.length or symbol_hash(data + bytes(t - len(data))) != self.meta.source_hashes[p.j * h : (p.j + 1) * h]:
+            where = f"spill file {self.path}" if p.data is None else "decoder output"
+            raise SpillMismatchError(f"recovered symbol {p.j} in the {where} does not match its hash "
+                                     "(changed since it was decoded); refusing to use it")
+        return data
+
+
+class SpillMismatchError(UnrecoverableError):
+    """A recovered symbol no longer matches its hash: the repair is refused."""
+
+
+def _patches(meta: SidecarMeta, outcomes: list[StripeOutcome]) -> list[_Patch]:
+    """Every recovered symbol (its bytes, or where it lies in the spill file), in file
+    order. Nothing is trusted yet: :meth:`SpilledSymbols.data` checks each as it is used."""
+    lay = meta.layout
     out = []
     for oc in outcomes:
         for i, sym in (oc.recovered or {}).items():
             j = lay.global_index(oc.stripe, i)
-            if symbol_hash(sym) != meta.source_hashes[j * h : (j + 1) * h]:
-                raise ValueError(f"decoded symbol {j} does not match its hash")
             off, length = lay.symbol_extent(j)
-            out.append((j, off, sym[:length]))
-    return sorted(out)
+            out.append(_Patch(j, off, length, sym))
+        for i in oc.spilled or ():
+            j = lay.global_index(oc.stripe, i)
+            off, length = lay.symbol_extent(j)
+            out.append(_Patch(j, off, length, None))
+    return sorted(out, key=lambda p: p.j)
 
 
 def _readable(payload: Path, write: bool = False) -> BinaryIO | None:
@@ -182,32 +240,34 @@ def _readable(payload: Path, write: bool = False) -> BinaryIO | None:
         return None
 
 
-def patched_digest(payload: Path, meta: SidecarMeta, outcomes: list[StripeOutcome]) -> str:
+def patched_digest(payload: Path, meta: SidecarMeta, outcomes: list[StripeOutcome], spill: Path | None = None) -> str:
     """BLAKE3 of what ``payload`` would hold after :func:`patch_in_place`, computed without
     writing anything: a repair is decided, and its whole result checked, before a byte of
-    the stored payload changes."""
+    the stored payload changes. Spilled symbols are read from ``spill`` a chunk's worth at
+    a time, each checked against its hash."""
     lay = meta.layout
     patches = _patches(meta, outcomes)
-    offsets = [off for _, off, _ in patches]
+    offsets = [p.off for p in patches]
     step = max(lay.symbol_size, (CHUNK // max(lay.symbol_size, 1)) * lay.symbol_size)
     hasher = new_hasher()
     f = _readable(payload)
     try:
-        for pos in range(0, lay.size, step):
-            n = min(step, lay.size - pos)
-            buf = bytearray(os.pread(f.fileno(), n, pos) if f is not None else b"")
-            buf.extend(bytes(n - len(buf)))  # a short file reads as zeros: those symbols are erased
-            for k in range(bisect_left(offsets, pos), bisect_left(offsets, pos + n)):
-                _, off, data = patches[k]
-                buf[off - pos : off - pos + len(data)] = data
-            hasher.update(buf)
+        with SpilledSymbols(spill, meta) as symbols:
+            for pos in range(0, lay.size, step):
+                n = min(step, lay.size - pos)
+                buf = bytearray(os.pread(f.fileno(), n, pos) if f is not None else b"")
+                buf.extend(bytes(n - len(buf)))  # a short file reads as zeros: those symbols are erased
+                for k in range(bisect_left(offsets, pos), bisect_left(offsets, pos + n)):
+                    p = patches[k]
+                    buf[p.off - pos : p.off - pos + p.length] = symbols.data(p)
+                hasher.update(buf)
     finally:
         if f is not None:
             f.close()
     return format_hash(hasher.digest())
 
 
-def patch_in_place(payload: Path, meta: SidecarMeta, outcomes: list[StripeOutcome]) -> None:
+def patch_in_place(payload: Path, meta: SidecarMeta, outcomes: list[StripeOutcome], spill: Path | None = None) -> None:
     """Write recovered symbols over the damaged ones and cut the file to its recorded size.
 
     Only bytes that are wrong are overwritten: each symbol is read again just before, and
@@ -216,27 +276,40 @@ def patch_in_place(payload: Path, meta: SidecarMeta, outcomes: list[StripeOutcom
     so a crash at any point leaves a payload no more damaged than before, which the next
     repair finishes. The caller checks the whole result (:func:`patched_digest`) before
     and the whole BLAKE3 after. A payload that is not a regular file (a link, a FIFO) is
-    never written through: a new file, every symbol of which was decoded, replaces it."""
+    never written through: a new file, every symbol of which was decoded, replaces it.
+
+    Spilled symbols are read from ``spill`` one at a time and checked against their hash
+    just before they are written: one that no longer matches (the spill file was changed
+    since the decode) stops the patch with :class:`SpillMismatchError`, having written
+    only symbols that match their hash."""
     lay, h = meta.layout, SYMBOL_HASH_BYTES
     patches = _patches(meta, outcomes)
-    f = _readable(payload, write=True)
-    if f is None:
-        _replace_whole(payload, lay, patches)
-        return
-    with f:
-        fd = f.fileno()
-        for j, off, data in patches:
-            now = os.pread(fd, len(data), off)
-            if len(now) == len(data) and symbol_hash(now + bytes(lay.symbol_size - len(data))) == \
-                    meta.source_hashes[j * h : (j + 1) * h]:
-                continue  # already right (a repair before this one was killed after writing it)
-            os.pwrite(fd, data, off)
-        if os.fstat(fd).st_size != lay.size:
-            os.ftruncate(fd, lay.size)
-        os.fsync(fd)
+    with SpilledSymbols(spill, meta) as symbols:
+        f = _readable(payload, write=True)
+        if f is None:
+            _replace_whole(payload, lay, patches, symbols)
+            return
+        with f:
+            fd = f.fileno()
+            for p in patches:
+                now = os.pread(fd, p.length, p.off)
+                if len(now) == p.length and symbol_hash(now + bytes(lay.symbol_size - p.length)) == \
+                        meta.source_hashes[p.j * h : (p.j + 1) * h]:
+                    continue  # already right (a repair before this one was killed after writing it)
+                _pwrite_all(fd, symbols.data(p), p.off)
+            if os.fstat(fd).st_size != lay.size:
+                os.ftruncate(fd, lay.size)
+            os.fsync(fd)
 
 
-def _replace_whole(payload: Path, lay: Layout, patches: list[tuple[int, int, bytes]]) -> None:
+def _pwrite_all(fd: int, data: bytes, off: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, off)
+        view, off = view[n:], off + n
+
+
+def _replace_whole(payload: Path, lay: Layout, patches: list[_Patch], symbols: SpilledSymbols) -> None:
     """A new payload from decoded symbols only (the old one was missing or not a file):
     written beside it exclusively, fsynced, renamed over the old name (a link is replaced
     as a link, never followed)."""
@@ -245,9 +318,9 @@ def _replace_whole(payload: Path, lay: Layout, patches: list[tuple[int, int, byt
     tmp = payload.with_name(f"{payload.name}.tmp-{os.urandom(6).hex()}")
     try:
         with open(tmp, "xb") as out:
-            for _, off, data in patches:
-                out.seek(off)
-                out.write(data)
+            for p in patches:
+                out.seek(p.off)
+                out.write(symbols.data(p))
             out.truncate(lay.size)
             out.flush()
             os.fsync(out.fileno())
@@ -256,4 +329,4 @@ def _replace_whole(payload: Path, lay: Layout, patches: list[tuple[int, int, byt
         tmp.unlink(missing_ok=True)
 
 
-__all__ = ["SidecarBuild", "SidecarInfo", "SymbolHasher", "patch_in_place", "patched_digest", "write_sidecar"]
+__all__ = ["SidecarBuild", "SidecarInfo", "SpillMismatchError", "SpilledSymbols", "SymbolHasher", "patch_in_place", "patched_digest", "write_sidecar"]

@@ -3,13 +3,21 @@
 RaptorQ repairs erasures, not errors, so every source and repair symbol is first checked
 against its 128-bit hash from the sidecar; a symbol that fails (or is missing because the
 file was truncated) becomes an erasure. Each damaged stripe is then decoded from its good
-source symbols plus its good repair symbols. The caller checks the whole-payload BLAKE3
-before a single recovered byte is used.
+source symbols plus its good repair symbols, and every decoded symbol is checked against
+its hash before it counts as recovered (a stripe whose decoded symbol does not check out
+has failed). The caller checks the whole-payload BLAKE3 before a single recovered byte is
+used.
+
+With a spill file, each worker writes the symbols it recovered into that file at their
+payload offsets and sends back only their indices, so the caller never holds recovered
+bytes: a repair's memory is bounded by a few stripes per worker, whatever the damage.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from dataclasses import dataclass, field
 
 from ftstore.durable import NotRegularFileError, open_regular
@@ -29,7 +37,8 @@ class StripeOutcome:
     erased: list[int] = field(default_factory=list)  # source indices within the stripe
     bad_repair: list[int] = field(default_factory=list)
     used_repair: list[int] = field(default_factory=list)
-    recovered: dict[int, bytes] | None = None  # None: not decoded (intact, or failed)
+    recovered: dict[int, bytes] | None = None  # None: not decoded (intact, or failed), or spilled
+    spilled: list[int] | None = None  # source indices written to the spill file instead of ``recovered``
     failed: bool = False
 
     @property
@@ -47,10 +56,18 @@ class DecodeTask:
     source_hashes: dict[int, bytes]
     repair_hashes: dict[int, bytes]
     decode: bool
+    spill: str | None = None
+
+
+_SPILL_FLAGS = os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+
+
+class SpillError(OSError):
+    """The spill file could not be written as a regular file (gone, a link, a FIFO)."""
 
 
 def _check_group(task: DecodeTask) -> list[StripeOutcome]:
-    lay, t, h = task.layout, task.layout.symbol_size, SYMBOL_HASH_BYTES
+    lay, t = task.layout, task.layout.symbol_size
     try:
         pf = open_regular(task.payload)
     except NotRegularFileError:  # a link, FIFO or folder: never read, every symbol erased
@@ -63,20 +80,72 @@ def _check_group(task: DecodeTask) -> list[StripeOutcome]:
             objs = read_stripes(pf, lay, task.stripes)
         missing = False
     out = []
-    for s in task.stripes:
-        k, obj = lay.stripe_k(s), objs.pop(s)
-        view = memoryview(obj)
-        want = task.source_hashes[s]
-        oc = StripeOutcome(stripe=s, k=k, r=lay.repair_counts[s])
-        oc.erased = [
-            i for i in range(k) if missing or symbol_hash(view[i * t : (i + 1) * t]) != want[i * h : (i + 1) * h]
-        ]
-        if oc.erased:
-            repair = _read_repair(task, s, oc)
-            if task.decode:
-                _decode_stripe(oc, view, repair, t)
-        out.append(oc)
+    spill_fd: int | None = None
+    try:
+        for s in task.stripes:
+            oc = _check_stripe(task, s, objs.pop(s), missing)
+            out.append(oc)
+            if task.spill is not None and oc.recovered:
+                if spill_fd is None:
+                    spill_fd = _open_spill(task.spill)
+                _spill(spill_fd, lay, oc)
+    finally:
+        if spill_fd is not None:
+            os.close(spill_fd)
     return out
+
+
+def _check_stripe(task: DecodeTask, s: int, obj: bytes, missing: bool) -> StripeOutcome:
+    lay, t, h = task.layout, task.layout.symbol_size, SYMBOL_HASH_BYTES
+    k = lay.stripe_k(s)
+    view = memoryview(obj)
+    want = task.source_hashes[s]
+    oc = StripeOutcome(stripe=s, k=k, r=lay.repair_counts[s])
+    oc.erased = [
+        i for i in range(k) if missing or symbol_hash(view[i * t : (i + 1) * t]) != want[i * h : (i + 1) * h]
+    ]
+    if oc.erased:
+        repair = _read_repair(task, s, oc)
+        if task.decode:
+            _decode_stripe(oc, view, repair, t)
+            _check_decoded(oc, want)
+    return oc
+
+
+def _check_decoded(oc: StripeOutcome, want: bytes) -> None:
+    """The decoder's output is used only where it checks out: a recovered symbol that does
+    not match its hash in the sidecar fails the whole stripe."""
+    h = SYMBOL_HASH_BYTES
+    if oc.recovered and any(symbol_hash(sym) != want[i * h : (i + 1) * h] for i, sym in oc.recovered.items()):
+        oc.recovered = None
+        oc.failed = True
+
+
+def _open_spill(path: str) -> int:
+    """The spill file for writing: never through a link, never a FIFO or device."""
+    try:
+        fd = os.open(path, _SPILL_FLAGS)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.EMLINK, errno.ENXIO):
+            raise SpillError(e.errno, "spill file is not a regular file", path) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise SpillError(errno.EINVAL, "spill file is not a regular file", path)
+    os.set_blocking(fd, True)
+    return fd
+
+
+def _spill(fd: int, lay: Layout, oc: StripeOutcome) -> None:
+    """Write ``oc``'s recovered symbols at their payload offsets; keep only their indices."""
+    for i, sym in (oc.recovered or {}).items():
+        off, length = lay.symbol_extent(lay.global_index(oc.stripe, i))
+        data = memoryview(sym)[:length]
+        while data:
+            n = os.pwrite(fd, data, off)
+            data, off = data[n:], off + n
+    oc.spilled = sorted(oc.recovered)
+    oc.recovered = None
 
 
 def _read_repair(task: DecodeTask, s: int, oc: StripeOutcome) -> list[tuple[int, bytes]]:
@@ -127,9 +196,12 @@ def check_and_decode(
     meta: SidecarMeta,
     jobs: int | None,
     decode: bool = True,
+    spill: str | os.PathLike | None = None,
 ) -> list[StripeOutcome]:
     """Check every stripe of ``payload`` against ``meta``; decode damaged ones if asked.
-    Returns one outcome per stripe, in stripe order."""
+    Returns one outcome per stripe, in stripe order. With ``spill`` (an existing regular
+    file, at least as long as the payload), recovered symbols are written there at their
+    payload offsets and outcomes carry ``spilled`` indices instead of ``recovered`` bytes."""
     lay, h = meta.layout, SYMBOL_HASH_BYTES
     tasks = []
     for group in chunks(range(lay.stripes), STRIPES_PER_TASK):
@@ -150,6 +222,7 @@ def check_and_decode(
                 src,
                 rep,
                 decode,
+                os.fspath(spill) if spill is not None else None,
             )
         )
     outcomes = [oc for group in pmap(_check_group, tasks, jobs, parallel=lay.size >= PARALLEL_MIN_BYTES) for oc in group]

@@ -10,6 +10,14 @@ over the bad ones only, and the whole BLAKE3 checked again), the sidecar (re-enc
 the intact payload), the envelope (rebuilt from the sidecar's copy of its essentials).
 Sidecar and envelope replace the damaged files atomically. Each repair gets a decode proof.
 
+Decoded symbols never gather in this process: the workers write them into a sparse spill
+file beside the payload (``payload.bin.spill.tmp-*``, held under an flock while in use)
+and report only which symbols they recovered; the patch reads them back one at a time,
+each checked against its hash again. A spill file left by a killed repair is recognised
+by its free lock and removed by the next repair or repairing scrub of that version
+(a scrub's orphan listing calls it an interrupted write meanwhile): it never vouches for
+anything and is never read as a leaf.
+
 A sidecar is used only if it is this artifact version's own: its header must name the
 artifact id, name and size of the envelope, and the version (and name) the folder is filed
 under. A foreign sidecar (another version's, another artifact's: a restore from backup, a
@@ -20,7 +28,13 @@ another version's envelope in the store carries its artifact id.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import stat
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import msgspec
@@ -48,11 +62,13 @@ from ftstore.documents import (
     essentials_of,
     make_proof,
 )
-from ftstore.durable import replace_durably, tmp_path
+from ftstore.durable import TMP_MARK, replace_durably, tmp_path
 from ftstore.engine.leaves import FolderLeaves, Leaves, read_envelope
 from ftstore.errors import EnvelopeError, FtstoreError, NotFoundError, UnrecoverableError
 from ftstore.hashing import hash_stream
 from ftstore.stores.backend import PAYLOAD, SIDECAR
+
+SPILL_SUFFIX = ".spill"  # spill files are named f"{PAYLOAD}{SPILL_SUFFIX}{TMP_MARK}<random>"
 
 
 @dataclass
@@ -90,6 +106,10 @@ class RepairResult:
     proofs: list[DecodeProof] = field(default_factory=list)
     erased_source: int = 0
     envelope: Envelope | None = None
+    verified: dict[str, tuple[str, int]] = field(default_factory=dict)
+    """(BLAKE3, size) of leaves this repair hashed after its last write to them (the patched
+    payload, the rebuilt sidecar): a check right after the repair takes them as known
+    instead of reading those leaves again."""
 
 
 def raptorq_section(info: SidecarInfo) -> RaptorQSection:
@@ -121,30 +141,38 @@ def _section_from_meta(meta: SidecarMeta, digest: str, size: int) -> RaptorQSect
 
 
 # -- check -----------------------------------------------------------------------------------
-def check(leaves: Leaves) -> Health:
-    """Read-only health of one artifact version."""
+def check(leaves: Leaves, verified: dict[str, tuple[str, int]] | None = None) -> Health:
+    """Read-only health of one artifact version. ``verified``: (BLAKE3, size) of leaves
+    already hashed since they were last written (:attr:`RepairResult.verified`), taken as
+    known instead of read again."""
     h = Health(leaves.key)
+    known = verified or {}
     try:
         h.envelope = read_envelope(leaves)
     except EnvelopeError as e:
         h.envelope_problem = str(e)
         with leaves.local() as folder:  # without the envelope, the sidecar vouches: random access
-            _check_by_sidecar(folder, h)
+            _check_by_sidecar(folder, h, verified or {})
         return h
     h.essentials = essentials_of(h.envelope)
     h.proof_problems = chain_problems(h.envelope.decode_proofs)
     rq = h.envelope.raptorq
     if rq is None:
         h.pending_protection = True
-        if _leaf_hash(leaves, SIDECAR) is not None:
+        if _hash_of(leaves, SIDECAR, known) is not None:
             h.sidecar_problem = f"{h.ref}: sidecar present but the envelope records none"
     else:
-        h.sidecar_problem = _problem(_leaf_hash(leaves, SIDECAR), rq.sidecar_size, rq.sidecar_hash, "sidecar", h.ref)
-    h.payload_problem = _problem(_leaf_hash(leaves, PAYLOAD), h.envelope.size, h.envelope.source_hash, "payload", h.ref)
+        h.sidecar_problem = _problem(_hash_of(leaves, SIDECAR, known), rq.sidecar_size, rq.sidecar_hash, "sidecar", h.ref)
+    h.payload_problem = _problem(_hash_of(leaves, PAYLOAD, known), h.envelope.size, h.envelope.source_hash, "payload", h.ref)
     return h
 
 
-def _check_by_sidecar(folder: FolderLeaves, h: Health) -> None:
+def _hash_of(leaves: Leaves, leaf: str, known: dict[str, tuple[str, int]]) -> tuple[str, int] | str | None:
+    """The leaf's (BLAKE3, size): as ``known`` says, else read."""
+    return known[leaf] if leaf in known else _leaf_hash(leaves, leaf)
+
+
+def _check_by_sidecar(folder: FolderLeaves, h: Health, verified: dict[str, tuple[str, int]]) -> None:
     """With no usable envelope: the sidecar's self-checked header says what the payload must
     be (if it is this version's own sidecar), and every repair symbol is checked against
     its hash, since nothing else vouches."""
@@ -156,7 +184,8 @@ def _check_by_sidecar(folder: FolderLeaves, h: Health) -> None:
     bad = damaged_repair_symbols(folder.sidecar, meta)
     if meta.copies_ok < 2 or bad:
         h.sidecar_problem = f"{h.ref}: sidecar damaged ({2 - meta.copies_ok} of 2 metadata copies, {bad} repair symbols)"
-    h.payload_problem = _problem(_leaf_hash(folder, PAYLOAD), h.essentials.size, h.essentials.source_hash, "payload", h.ref)
+    h.payload_problem = _problem(_hash_of(folder, PAYLOAD, verified), h.essentials.size, h.essentials.source_hash,
+                                 "payload", h.ref)
 
 
 def _leaf_hash(leaves: Leaves, leaf: str) -> tuple[str, int] | str | None:
@@ -245,11 +274,12 @@ def repair(files: FolderLeaves, health: Health, reason: str, jobs: int | None = 
                                  "nothing records what the payload should be")
     proofs: list[DecodeProof] = list(env.decode_proofs) if env else []
     now = now_ms if now_ms is not None else int(time.time() * 1000)
+    remove_dead_spills(files.folder)
 
     if health.payload_problem:
         if meta is None:
             raise UnrecoverableError(f"{ref}: payload damaged and the sidecar is unusable ({meta_problem})")
-        outcomes = _recover_payload(files, meta, ess, jobs)
+        outcomes, res.verified[PAYLOAD] = _recover_payload(files, meta, ess, jobs)
         erased = [meta.layout.global_index(o.stripe, i) for o in outcomes for i in o.erased]
         res.erased_source = len(erased)
         res.repaired.append("payload")
@@ -263,7 +293,9 @@ def repair(files: FolderLeaves, health: Health, reason: str, jobs: int | None = 
     if health.sidecar_problem or (env is None and meta is None) or (env is not None and rq is None):
         overhead = rq.overhead if rq else (meta.header.overhead if meta else 0.1)
         symbol = rq.symbol_size if rq else (meta.header.symbol_size if meta else None)
-        rq = raptorq_section(_replace_sidecar(files, ess, overhead, symbol, jobs))
+        info = _replace_sidecar(files, ess, overhead, symbol, jobs)
+        res.verified[SIDECAR] = (info.hash, info.size)
+        rq = raptorq_section(info)
         if health.sidecar_problem:
             res.repaired.append("sidecar")
             proofs.append(make_proof(proofs, reason=reason, target="sidecar", recovered_hash=rq.sidecar_hash, now_ms=now))
@@ -327,22 +359,78 @@ def _same_artifact(env: Envelope, artifact_id: str | None, ref: str) -> None:
 
 
 def _recover_payload(files: FolderLeaves, meta: SidecarMeta, ess: ArtifactEssentials,
-                     jobs: int | None) -> list[StripeOutcome]:
-    """Decode the damaged symbols, check that the whole result would be the recorded
-    payload, and only then write the decoded symbols over the damaged ones: a repair that
-    cannot give back the recorded bytes writes nothing."""
-    outcomes = check_and_decode(files.payload, files.sidecar, meta, jobs)
-    failed = [o for o in outcomes if o.failed]
-    if failed:
-        raise UnrecoverableError(unrecoverable_message(files.key.ref, meta, outcomes, failed))
-    if patched_digest(files.payload, meta, outcomes) != ess.source_hash:
-        raise UnrecoverableError(f"{files.key.ref}: decoding would not give back the recorded payload "
-                                 "(its BLAKE3 would not match); nothing was written")
-    patch_in_place(files.payload, meta, outcomes)
+                     jobs: int | None) -> tuple[list[StripeOutcome], tuple[str, int]]:
+    """Decode the damaged symbols (into a spill file, never into this process's memory),
+    check that the whole result would be the recorded payload, and only then write the
+    decoded symbols over the damaged ones: a repair that cannot give back the recorded
+    bytes writes nothing. Returns the outcomes and the patched payload's (BLAKE3, size)."""
+    with _spill_file(files.payload, ess.size) as spill:
+        outcomes = check_and_decode(files.payload, files.sidecar, meta, jobs, spill=spill)
+        failed = [o for o in outcomes if o.failed]
+        if failed:
+            raise UnrecoverableError(unrecoverable_message(files.key.ref, meta, outcomes, failed))
+        if patched_digest(files.payload, meta, outcomes, spill) != ess.source_hash:
+            raise UnrecoverableError(f"{files.key.ref}: decoding would not give back the recorded payload "
+                                     "(its BLAKE3 would not match); nothing was written")
+        patch_in_place(files.payload, meta, outcomes, spill)
     got = _leaf_hash(files, PAYLOAD)
     if not isinstance(got, tuple) or got != (ess.source_hash, ess.size):
         raise UnrecoverableError(f"{files.key.ref}: payload still does not match its BLAKE3 after decoding")
-    return outcomes
+    return outcomes, got
+
+
+def spill_path(payload: Path) -> Path:
+    return tmp_path(payload.with_name(payload.name + SPILL_SUFFIX))
+
+
+def _is_spill(name: str) -> bool:
+    return name.startswith(f"{PAYLOAD}{SPILL_SUFFIX}{TMP_MARK}")
+
+
+_SPILL_OPEN = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@contextlib.contextmanager
+def _spill_file(payload: Path, size: int) -> Iterator[Path]:
+    """A sparse file of ``size`` bytes beside ``payload``, created exclusively and held
+    under an flock (so :func:`remove_dead_spills` knows it is live), removed on the way out."""
+    path = spill_path(payload)
+    fd = os.open(path, _SPILL_OPEN | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, size)
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def remove_dead_spills(folder: Path) -> list[str]:
+    """Remove the spill files in ``folder`` that no repair holds any more (left by a repair
+    that was killed); returns their names. A live one (its flock taken) is left alone."""
+    removed = []
+    try:
+        names = [n for n in os.listdir(folder) if _is_spill(n)]
+    except OSError:
+        return removed
+    for name in names:
+        try:
+            fd = os.open(folder / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:  # gone meanwhile, or a link (an orphan for the store to list, never followed)
+            continue
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                continue  # not a file a repair makes: an orphan for the store to list
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a repair in progress holds it
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(folder / name)
+            removed.append(name)
+        finally:
+            os.close(fd)
+    return removed
 
 
 def unrecoverable_message(ref: str, meta: SidecarMeta, outcomes: list[StripeOutcome], failed: list[StripeOutcome]) -> str:
@@ -357,5 +445,5 @@ def unrecoverable_message(ref: str, meta: SidecarMeta, outcomes: list[StripeOutc
     )
 
 
-__all__ = ["Health", "RepairResult", "check", "identity_problem", "protect_pending", "raptorq_section", "repair",
-           "sidecar_meta", "trusted_meta", "unrecoverable_message"]
+__all__ = ["Health", "RepairResult", "check", "identity_problem", "protect_pending", "raptorq_section",
+           "remove_dead_spills", "repair", "sidecar_meta", "spill_path", "trusted_meta", "unrecoverable_message"]

@@ -19,7 +19,7 @@ from ftstore.codec import read_meta
 from ftstore.codec.deep import prove_recoverable
 from ftstore.codec.parallel import default_jobs, pmap
 from ftstore.documents import ArtifactKey, ScrubSection, canonical
-from ftstore.engine.integrity import Health, check, protect_pending, repair
+from ftstore.engine.integrity import Health, check, protect_pending, remove_dead_spills, repair
 from ftstore.engine.leaves import FolderLeaves, StoredLeaves, read_envelope
 from ftstore.errors import BadInputError, FtstoreError
 from ftstore.scrub.report import ArtifactScrub, DeepCheck, Orphan, ScrubOptions, ScrubReport, Totals
@@ -61,6 +61,8 @@ def scrub_artifact(task: ScrubTask) -> ArtifactScrub:
         h = check(StoredLeaves(store, task.key))
     except (FtstoreError, OSError) as e:  # one unreadable entry is reported; the scrub goes on
         return ArtifactScrub(ref=task.key.ref, status="failed", damage=[_one_line(e)], error=_one_line(e))
+    if task.repair and store.capabilities.local_files:
+        _clear_dead_spills(store, task.key)
     sizes = store.leaf_sizes(task.key)
     result = ArtifactScrub(ref=task.key.ref, status="ok", damage=h.problems, bytes_read=sum(sizes.values()))
     if h.problems and not (task.repair and h.files_damaged):
@@ -75,6 +77,17 @@ def scrub_artifact(task: ScrubTask) -> ArtifactScrub:
         return msgspec.structs.replace(result, status="failed", error=_one_line(e))
 
 
+def _clear_dead_spills(store: StoreBackend, key: ArtifactKey) -> None:
+    """A repairing scrub removes the spill files of repairs that were killed in this
+    version's folder (see :mod:`ftstore.engine.integrity`); one it cannot remove stays
+    listed among the orphans."""
+    try:
+        with store.working_copy(key, writeback=False) as folder:
+            remove_dead_spills(folder)
+    except (FtstoreError, OSError):
+        pass
+
+
 def _work_on(files: FolderLeaves, h: Health, result: ArtifactScrub, task: ScrubTask) -> ArtifactScrub:
     now = int(time.time() * 1000)
     if h.files_damaged:
@@ -83,7 +96,7 @@ def _work_on(files: FolderLeaves, h: Health, result: ArtifactScrub, task: ScrubT
         except (FtstoreError, OSError) as e:
             _mark(files, "failed", now)
             return msgspec.structs.replace(result, status="failed", error=_one_line(e))
-        after = check(files)
+        after = check(files, verified=res.verified)  # what the repair hashed after writing is not read again
         result = msgspec.structs.replace(
             result,
             status="recovered" if after.intact else "failed",
