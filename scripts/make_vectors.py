@@ -27,7 +27,7 @@ import msgspec
 
 from ftstore.codec import check_and_decode, read_meta, write_sidecar
 from ftstore.codec.layout import Layout, ceil_div
-from ftstore.codec.rq import LIBRARY_VERSION
+from ftstore.codec.rq import library_version
 from ftstore.codec.sidecar import SidecarError
 from ftstore.documents import ArtifactEssentials, ArtifactKey, envelope_from
 from ftstore.documents import encode_envelope
@@ -405,7 +405,7 @@ def generate(out: Path) -> None:
         "vectors_version": VECTORS_VERSION,
         "envelope_schema_version": ENVELOPE_SCHEMA_VERSION,
         "sidecar_version": sidecar_version,
-        "raptorq_library_version": LIBRARY_VERSION,
+        "raptorq_library_version": library_version(),
         "described_in": "docs/format.md, section 'Test vectors'",
         "repair": {"reason": REPAIR_REASON, "time_unix_ms": REPAIR_UNIX_MS},
         "artifacts": artifacts,

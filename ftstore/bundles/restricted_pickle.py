@@ -33,9 +33,10 @@ import pickletools
 import re
 import struct
 import sys
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 from ftstore.errors import BadInputError
 from ftstore.payloads.bundle_format import TensorflowTensor
@@ -68,6 +69,7 @@ class _DType:
         self.byteorder = state[1]
 
     def resolve(self) -> np.dtype:
+        import numpy as np
         dt = np.dtype(self.spec)
         if self.byteorder in ("<", ">") and dt.byteorder not in ("|",):
             dt = dt.newbyteorder(self.byteorder)
@@ -92,6 +94,7 @@ def _shape(shape: Any) -> tuple[int, ...]:
 
 
 def _array(shape: Any, dtype: Any, data: Any, fortran: Any = False) -> np.ndarray:
+    import numpy as np
     dt, shp = _as_dtype(dtype), _shape(shape)
     if not isinstance(data, (bytes, bytearray)):
         raise UnsafePickleError("numpy array data that is not bytes")
@@ -120,6 +123,7 @@ _NDARRAY = object()  # what the stream gets for numpy.ndarray: only _ArrayBuilde
 
 
 def _scalar(dtype: Any, data: Any = b"") -> np.generic:
+    import numpy as np
     dt = _as_dtype(dtype)
     if not isinstance(data, bytes) or len(data) != dt.itemsize:
         raise UnsafePickleError("numpy scalar data does not match its dtype")
@@ -146,6 +150,7 @@ class _TensorFromArray:
     dill's pickle of an EagerTensor calls: one argument, an array or numpy scalar."""
 
     def __init__(self, *args: Any):
+        import numpy as np
         if len(args) != 1 or not isinstance(args[0], (_ArrayBuilder, np.ndarray, np.generic)):
             raise UnsafePickleError("a TensorFlow tensor made from something other than one plain numpy array")
         self.value = args[0]
@@ -321,6 +326,7 @@ class _Finisher:
         self.done: dict[int, Any] = {}
 
     def finish(self, obj: Any, depth: int) -> Any:
+        import numpy as np
         if obj is None or isinstance(obj, (bool, int, float, complex, str, bytes, np.generic, np.ndarray)):
             return obj
         key = id(obj)
@@ -352,6 +358,7 @@ class _Finisher:
         raise UnsafePickleError(f"{type(obj).__name__} is not plain data")
 
     def _tensor(self, value: Any) -> Any:
+        import numpy as np
         if not isinstance(value, (np.ndarray, np.generic)):
             raise UnsafePickleError("a TensorFlow tensor made from something other than one plain numpy array")
         if self.tensors == "keep":

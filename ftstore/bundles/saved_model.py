@@ -14,9 +14,10 @@ is needed for this, as for any TensorFlow bundle.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 from ftstore.errors import BadInputError
 from ftstore.payloads.bundle_format import TensorInfo
@@ -46,6 +47,7 @@ def read_weights(prefix: Path, data_bytes: int, where: str) -> list[tuple[str, n
 
     ``prefix`` is ``.../variables/variables``; ``data_bytes`` the size of its data files,
     which the declared tensor sizes must fit in before any tensor is read."""
+    import numpy as np
     tf, graph_pb2 = _require_tensorflow(where)
     try:
         reader = tf.train.load_checkpoint(str(prefix))

@@ -12,8 +12,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ftstore.errors import BadInputError, MissingDependencyError
 from ftstore.payloads.bundle_format import ModelEntry, TensorInfo
 
@@ -40,6 +38,7 @@ def tensor_index(model: Any) -> list[TensorInfo]:
 
 def write_weights(model: Any, path: Path) -> None:
     import h5py
+    import numpy as np
 
     with h5py.File(path, "w") as f:
         for i, v in enumerate(model.weights):

@@ -14,12 +14,12 @@ on local files and imports no store.
 from ftstore.codec.build import SidecarBuild, SidecarInfo, SymbolHasher, patch_in_place, patched_digest, write_sidecar
 from ftstore.codec.decoder import StripeOutcome, check_and_decode
 from ftstore.codec.layout import DEFAULT_OVERHEAD, MAX_OVERHEAD, MIN_OVERHEAD, Layout
-from ftstore.codec.rq import LIBRARY_VERSION
+from ftstore.codec.rq import library_version
 from ftstore.codec.sidecar import SidecarError, SidecarMeta, damaged_repair_symbols, read_meta
 
 __all__ = [
     "DEFAULT_OVERHEAD",
-    "LIBRARY_VERSION",
+    "library_version",
     "MAX_OVERHEAD",
     "MIN_OVERHEAD",
     "Layout",

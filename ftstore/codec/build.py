@@ -15,7 +15,7 @@ from ftstore.hashing import CHUNK, SYMBOL_HASH_BYTES, format_hash, hash_file, ne
 from ftstore.codec.decoder import StripeOutcome
 from ftstore.codec.encoder import encode_sidecar_body
 from ftstore.codec.layout import Layout
-from ftstore.codec.rq import LIBRARY_VERSION
+from ftstore.codec.rq import library_version
 from ftstore.documents.envelope import ArtifactEssentials
 from ftstore.codec.sidecar import (
     SidecarHeader,
@@ -88,7 +88,7 @@ class SidecarBuild:
         lay = self.layout
         return SidecarHeader(
             artifact_version=self.version,
-            library_version=LIBRARY_VERSION,
+            library_version=library_version(),
             payload_size=lay.size,
             symbol_size=lay.symbol_size,
             stripes=lay.stripes,
@@ -119,7 +119,7 @@ class SidecarBuild:
                 synced = ex.submit(os.fsync, f.fileno())
                 digest, size = hash_file(self.dest)
                 synced.result()
-        return SidecarInfo(self.layout, self.overhead, size, digest, LIBRARY_VERSION)
+        return SidecarInfo(self.layout, self.overhead, size, digest, library_version())
 
     def _move_repair_region(self, block_len: int) -> None:
         """Rewrite the file with the repair region at ``block_len`` (a header of another
@@ -214,6 +214,11 @@ class SpillMismatchError(UnrecoverableError):
     """A recovered symbol no longer matches its hash: the repair is refused."""
 
 
+class PatchError(UnrecoverableError):
+    """The payload does not read back as the repair wrote it (another writer, a failing
+    disk): the repair is not reported done."""
+
+
 def _patches(meta: SidecarMeta, outcomes: list[StripeOutcome]) -> list[_Patch]:
     """Every recovered symbol (its bytes, or where it lies in the spill file), in file
     order. Nothing is trusted yet: :meth:`SpilledSymbols.data` checks each as it is used."""
@@ -274,9 +279,11 @@ def patch_in_place(payload: Path, meta: SidecarMeta, outcomes: list[StripeOutcom
     one that now matches its hash in the sidecar is left alone (never is a symbol the
     trusted table vouches for modified). Only symbols that match their hash are written,
     so a crash at any point leaves a payload no more damaged than before, which the next
-    repair finishes. The caller checks the whole result (:func:`patched_digest`) before
-    and the whole BLAKE3 after. A payload that is not a regular file (a link, a FIFO) is
-    never written through: a new file, every symbol of which was decoded, replaces it.
+    repair finishes. The caller checks the whole result (:func:`patched_digest`) before;
+    after the fsync every written symbol is read back and checked against its hash (and the
+    file's size), so the whole is what was checked (:class:`PatchError` if not). A payload
+    that is not a regular file (a link, a FIFO) is never written through: a new file, every
+    symbol of which was decoded, replaces it.
 
     Spilled symbols are read from ``spill`` one at a time and checked against their hash
     just before they are written: one that no longer matches (the spill file was changed
@@ -300,6 +307,21 @@ def patch_in_place(payload: Path, meta: SidecarMeta, outcomes: list[StripeOutcom
             if os.fstat(fd).st_size != lay.size:
                 os.ftruncate(fd, lay.size)
             os.fsync(fd)
+            _check_written(fd, meta, patches, payload)
+
+
+def _check_written(fd: int, meta: SidecarMeta, patches: list[_Patch], payload: Path) -> None:
+    """Read every patched symbol back and check it against its hash, and the file's size:
+    with the rest of the file as :func:`patched_digest` hashed it, the payload is then the
+    recorded one, without reading all of it a third time."""
+    lay, h = meta.layout, SYMBOL_HASH_BYTES
+    if os.fstat(fd).st_size != lay.size:
+        raise PatchError(f"{payload}: {os.fstat(fd).st_size} bytes after the repair, not {lay.size}")
+    for p in patches:
+        now = os.pread(fd, p.length, p.off)
+        if len(now) != p.length or symbol_hash(now + bytes(lay.symbol_size - p.length)) != \
+                meta.source_hashes[p.j * h : (p.j + 1) * h]:
+            raise PatchError(f"{payload}: symbol {p.j} does not read back as written by the repair")
 
 
 def _pwrite_all(fd: int, data: bytes, off: int) -> None:
@@ -329,4 +351,4 @@ def _replace_whole(payload: Path, lay: Layout, patches: list[_Patch], symbols: S
         tmp.unlink(missing_ok=True)
 
 
-__all__ = ["SidecarBuild", "SidecarInfo", "SpillMismatchError", "SpilledSymbols", "SymbolHasher", "patch_in_place", "patched_digest", "write_sidecar"]
+__all__ = ["PatchError", "SidecarBuild", "SidecarInfo", "SpillMismatchError", "SpilledSymbols", "SymbolHasher", "patch_in_place", "patched_digest", "write_sidecar"]

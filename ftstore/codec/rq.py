@@ -7,11 +7,18 @@ its input, so callers feed it only symbols whose hashes were checked.
 
 from __future__ import annotations
 
-from importlib.metadata import version
+import functools
 
 import raptorq
 
-LIBRARY_VERSION = version("raptorq")
+
+@functools.cache
+def library_version() -> str:
+    """The ``raptorq`` release encoding this process's sidecars (recorded in each). Looked up
+    when first needed: ``importlib.metadata`` costs every command 15 ms of start-up."""
+    from importlib.metadata import version
+
+    return version("raptorq")
 
 
 class CodecFailure(Exception):

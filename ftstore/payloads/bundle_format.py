@@ -22,14 +22,16 @@ import io
 import math
 import re
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, Union
 
 import msgspec
-import numpy as np
 from msgspec import Meta
+
+if TYPE_CHECKING:
+    import numpy as np
 
 from ftstore.documents.envelope import NonNegInt, Strict
 from ftstore.documents.strict_json import reject_duplicate_keys
@@ -160,6 +162,7 @@ def _tensorflow_value(v: Any) -> np.ndarray | np.generic | None:
 def to_snapshot(params: dict[str, Any], prefix: str = "params") -> tuple[ParamsSnapshot, dict[str, np.ndarray]]:
     """Typed snapshot of a params dict, plus the arrays to store as .npy members
     (``<prefix>/<i>.npy``)."""
+    import numpy as np
     arrays: dict[str, np.ndarray] = {}
     version = 1
 
@@ -263,6 +266,7 @@ def write_bundle(
     ``documents`` maps further members (``legacy/<name>.json``) to dicts stored the way
     params are. Refused (nothing written) if the result could not be read back: a model
     name outside the grammar, or two members of one name."""
+    import numpy as np
     version = 2 if legacy is not None and (legacy.placeholders or legacy.metadata) else 1
     manifest = BundleManifest(format_version=version, backend=backend, models=[e for e, _ in weights], legacy=legacy)  # type: ignore[arg-type]
     try:  # structs built in code skip their constraints: check them as a reader will
@@ -322,6 +326,7 @@ def read_legacy_metadata(z: SafeZip, manifest: BundleManifest) -> dict[str, dict
 
 
 def _read_npy(z: SafeZip, t: TensorV) -> np.ndarray:
+    import numpy as np
     try:
         return np.load(io.BytesIO(z.read(t.member)), allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import numpy as np
 
 from ftstore.errors import BadInputError
 from ftstore.payloads.bundle_format import read_bundle
@@ -50,6 +49,7 @@ def read_capped(path: Path, limit: int) -> bytes:
 
 
 def _jsonable(v: Any) -> Any:
+    import numpy as np
     if isinstance(v, (np.ndarray, np.generic)):
         a = np.asarray(v)
         return {"array": {"dtype": a.dtype.str, "shape": list(a.shape)}} if a.ndim else a.item()

@@ -20,8 +20,6 @@ import pickle
 import types
 from typing import Any, BinaryIO
 
-import numpy as np
-
 from ftstore.errors import BadInputError
 
 FORMAT_KEY = "ftstore.format"
@@ -48,6 +46,7 @@ def _tensor_types() -> tuple[type, ...]:
 
 
 def _check(x: Any, where: str, depth: int, tensors: tuple[type, ...]) -> None:
+    import numpy as np
     if depth > MAX_DEPTH:
         raise BadInputError(f"{where}: nested more than {MAX_DEPTH} levels deep")
     t = type(x)
@@ -116,6 +115,7 @@ def read_state(f: BinaryIO | io.BytesIO, map_location: Any = None) -> Any:
 def _numpy_globals() -> list[Any]:
     """What a pickled numpy array or scalar of a plain dtype names: the array and dtype
     classes and numpy's two rebuild functions, which only make arrays from bytes."""
+    import numpy as np
     core = getattr(np, "_core", None) or np.core
     dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")
               and n not in ("ObjectDType", "VoidDType", "StringDType")]
