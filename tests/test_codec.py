@@ -99,3 +99,36 @@ def test_a_spill_file_that_is_a_link_is_never_written_through(tmp_path):
     with pytest.raises(OSError, match="not a regular file"):
         check_and_decode(payload, sidecar, meta, jobs=1, spill=link)
     assert target.read_bytes() == b"keep"
+
+
+@pytest.mark.parametrize("spilled", [False, True])
+@pytest.mark.parametrize("cut", [0, 1, 300_000])
+def test_the_digest_before_writing_covers_symbols_across_read_chunks_and_past_a_short_end(tmp_path, spilled, cut):
+    """The symbol size (24 KiB) does not divide the 4 MiB read chunks, so recovered symbols
+    straddle chunk boundaries; a truncated payload reads as zeros past its end. The digest
+    of the patched result is the original's, and patching gives the original bytes."""
+    from ftstore.codec import patched_digest
+    from ftstore.hashing import READ_CHUNK
+
+    size = 9 * 1024 * 1024 + 777
+    t = 24 * 1024
+    assert READ_CHUNK % t
+    data, payload, sidecar, meta = _protected(tmp_path, size, symbol_size=t)
+    lay = meta.layout
+    with open(payload, "r+b") as f:  # a byte of every symbol that crosses a read-chunk boundary
+        for b in range(READ_CHUNK, size, READ_CHUNK):
+            f.seek(b - 1)
+            f.write(bytes([data[b - 1] ^ 0xFF]))
+        if cut:
+            f.truncate(size - cut)
+    spill = None
+    if spilled:
+        spill = tmp_path / "spill"
+        spill.write_bytes(b"")
+        with open(spill, "r+b") as f:
+            f.truncate(size)
+    outcomes = check_and_decode(payload, sidecar, meta, jobs=1, spill=spill)
+    assert not any(o.failed for o in outcomes)
+    assert patched_digest(payload, meta, outcomes, spill) == hash_bytes(data)
+    patch_in_place(payload, meta, outcomes, spill)
+    assert payload.read_bytes() == data

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from bisect import bisect_left
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import BinaryIO
 
 from ftstore.durable import NotRegularFileError, open_regular
 from ftstore.errors import UnrecoverableError
-from ftstore.hashing import CHUNK, SYMBOL_HASH_BYTES, format_hash, hash_file, new_hasher, symbol_hash
+from ftstore.hashing import CHUNK, SYMBOL_HASH_BYTES, format_hash, hash_file, new_hasher, read_ahead, symbol_hash
 from ftstore.codec.decoder import StripeOutcome
 from ftstore.codec.encoder import encode_sidecar_body
 from ftstore.codec.layout import Layout
@@ -248,27 +247,39 @@ def _readable(payload: Path, write: bool = False) -> BinaryIO | None:
 def patched_digest(payload: Path, meta: SidecarMeta, outcomes: list[StripeOutcome], spill: Path | None = None) -> str:
     """BLAKE3 of what ``payload`` would hold after :func:`patch_in_place`, computed without
     writing anything: a repair is decided, and its whole result checked, before a byte of
-    the stored payload changes. Spilled symbols are read from ``spill`` a chunk's worth at
-    a time, each checked against its hash."""
+    the stored payload changes. The payload is read ahead by a helper thread (as a verify
+    reads it) and each recovered symbol, checked against its hash, is laid over its place
+    in the read buffer; spilled ones are read from ``spill`` as they come. Past the end of
+    a short file the payload reads as zeros (those symbols are erased)."""
     lay = meta.layout
     patches = _patches(meta, outcomes)
-    offsets = [p.off for p in patches]
-    step = max(lay.symbol_size, (CHUNK // max(lay.symbol_size, 1)) * lay.symbol_size)
     hasher = new_hasher()
+    pos = k = 0
+
+    def hash_with_patches(view: memoryview) -> None:
+        nonlocal pos, k
+        end = pos + len(view)
+        while k < len(patches) and patches[k].off < end:
+            p = patches[k]
+            lo, hi = max(p.off, pos), min(p.off + p.length, end)
+            view[lo - pos : hi - pos] = symbols.data(p)[lo - p.off : hi - p.off]
+            if p.off + p.length > end:
+                break  # the rest of this symbol lies in the next chunk
+            k += 1
+        hasher.update(view)
+        pos = end
+
     f = _readable(payload)
-    try:
-        with SpilledSymbols(spill, meta) as symbols:
-            for pos in range(0, lay.size, step):
-                n = min(step, lay.size - pos)
-                buf = bytearray(os.pread(f.fileno(), n, pos) if f is not None else b"")
-                buf.extend(bytes(n - len(buf)))  # a short file reads as zeros: those symbols are erased
-                for k in range(bisect_left(offsets, pos), bisect_left(offsets, pos + n)):
-                    p = patches[k]
-                    buf[p.off - pos : p.off - pos + p.length] = symbols.data(p)
-                hasher.update(buf)
-    finally:
+    with SpilledSymbols(spill, meta) as symbols:
         if f is not None:
-            f.close()
+            with f:
+                for view in read_ahead(f, lay.size):
+                    hash_with_patches(view)
+        zeros = bytearray(min(CHUNK, lay.size - pos))
+        while pos < lay.size:
+            view = memoryview(zeros)[: min(len(zeros), lay.size - pos)]
+            view[:] = bytes(len(view))
+            hash_with_patches(view)
     return format_hash(hasher.digest())
 
 
