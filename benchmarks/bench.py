@@ -467,6 +467,7 @@ PAIRS = [
     ("save --move", "par2 create", 3.0, ["encode alone (all cores)"]),
     ("verify", "par2 verify", 3.0, ["BLAKE3 alone"]),
     # the damage is found by the whole BLAKE3, and the repaired payload checked by it again
+    # (before a byte of it is written)
     ("repair", "par2 repair", 4.0, ["BLAKE3 alone", "decode alone (all cores)", "BLAKE3 alone"]),
 ]
 # ...and the CPU work such a command cannot do without (on top of what start-up costs)

@@ -106,7 +106,7 @@ def one_round(src: Path, work: Path) -> dict[str, dict[str, float]]:
 
     # repair (scrub --repair): the check finds the damage; every stripe is checked and the
     # damaged ones decoded, into a spill file; the result's BLAKE3 checked before a byte is
-    # written; the recovered symbols patched in; the whole BLAKE3 checked again
+    # written; the recovered symbols patched in and read back
     damage_bursts(copy)
     drop_dirty()
     rep: dict[str, float] = {}
@@ -120,9 +120,8 @@ def one_round(src: Path, work: Path) -> dict[str, dict[str, float]]:
     digest: list[str] = []
     rep["BLAKE3 the patched payload would have"] = cpu(lambda: digest.append(patched_digest(copy, meta, outcomes, spill)))
     assert digest == [ess.source_hash], "decoding would not give back the payload"
-    rep["patching the recovered symbols in"] = cpu(lambda: patch_in_place(copy, meta, outcomes, spill))
-    rep["BLAKE3 of the repaired payload"] = cpu(lambda: hash_file(copy))
-    assert hash_file(copy)[0] == ess.source_hash, "repair produced wrong bytes"
+    rep["patching the recovered symbols in, reading them back"] = cpu(lambda: patch_in_place(copy, meta, outcomes, spill))
+    assert hash_file(copy)[0] == ess.source_hash, "repair produced wrong bytes"  # untimed: the profile's own check
     table["repair"] = rep
     shutil.rmtree(work)
     return table
