@@ -9,8 +9,10 @@ bug: atheris stops and writes the input to ``crash-<sha1>``. Copy such an input 
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
+import shutil
 import sys
 import tempfile
 import zipfile
@@ -29,6 +31,7 @@ with atheris.instrument_imports():
     from targets import PARSERS
 
 TMP = Path(tempfile.mkdtemp(prefix="ftstore-fuzz-"))
+atexit.register(shutil.rmtree, TMP, True)
 NAMES = sorted(PARSERS)
 
 

@@ -3,6 +3,8 @@ fixtures' runners. Each may raise only ftstore's documented errors."""
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +19,7 @@ from ftstore.bundles.restricted_pickle import loads_plain
 from ftstore.scrub.report import decode_report
 
 _TMP = Path(tempfile.mkdtemp(prefix="ftstore-fuzz-"))
+atexit.register(shutil.rmtree, _TMP, True)  # one per process that imports the targets
 
 
 def _as_file(data: bytes) -> Path:
