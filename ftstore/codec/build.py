@@ -200,13 +200,20 @@ class SpilledSymbols:
 
     def data(self, p: _Patch) -> bytes:
         """The bytes of ``p``, checked against their hash."""
-        t, h = self.meta.layout.symbol_size, SYMBOL_HASH_BYTES
         data = p.data[: p.length] if p.data is not None else os.pread(self._file().fileno(), p.length, p.off)
-        if len(data) != p.length or symbol_hash(data + bytes(t - len(data))) != self.meta.source_hashes[p.j * h : (p.j + 1) * h]:
+        if not _holds(self.meta, p, data):
             where = f"spill file {self.path}" if p.data is None else "decoder output"
             raise SpillMismatchError(f"recovered symbol {p.j} in the {where} does not match its hash "
                                      "(changed since it was decoded); refusing to use it")
         return data
+
+
+def _holds(meta: SidecarMeta, p: _Patch, data: bytes) -> bool:
+    """Whether ``data`` is symbol ``p`` as the sidecar's table records it (a short last
+    symbol is hashed zero-padded to the symbol size)."""
+    h = SYMBOL_HASH_BYTES
+    return len(data) == p.length and \
+        symbol_hash(data + bytes(meta.layout.symbol_size - p.length)) == meta.source_hashes[p.j * h : (p.j + 1) * h]
 
 
 class SpillMismatchError(UnrecoverableError):
@@ -300,7 +307,7 @@ def patch_in_place(payload: Path, meta: SidecarMeta, outcomes: list[StripeOutcom
     just before they are written: one that no longer matches (the spill file was changed
     since the decode) stops the patch with :class:`SpillMismatchError`, having written
     only symbols that match their hash."""
-    lay, h = meta.layout, SYMBOL_HASH_BYTES
+    lay = meta.layout
     patches = _patches(meta, outcomes)
     with SpilledSymbols(spill, meta) as symbols:
         f = _readable(payload, write=True)
@@ -310,9 +317,7 @@ def patch_in_place(payload: Path, meta: SidecarMeta, outcomes: list[StripeOutcom
         with f:
             fd = f.fileno()
             for p in patches:
-                now = os.pread(fd, p.length, p.off)
-                if len(now) == p.length and symbol_hash(now + bytes(lay.symbol_size - p.length)) == \
-                        meta.source_hashes[p.j * h : (p.j + 1) * h]:
+                if _holds(meta, p, os.pread(fd, p.length, p.off)):
                     continue  # already right (a repair before this one was killed after writing it)
                 _pwrite_all(fd, symbols.data(p), p.off)
             if os.fstat(fd).st_size != lay.size:
@@ -325,13 +330,11 @@ def _check_written(fd: int, meta: SidecarMeta, patches: list[_Patch], payload: P
     """Read every patched symbol back and check it against its hash, and the file's size:
     with the rest of the file as :func:`patched_digest` hashed it, the payload is then the
     recorded one, without reading all of it a third time."""
-    lay, h = meta.layout, SYMBOL_HASH_BYTES
-    if os.fstat(fd).st_size != lay.size:
-        raise PatchError(f"{payload}: {os.fstat(fd).st_size} bytes after the repair, not {lay.size}")
+    size = os.fstat(fd).st_size
+    if size != meta.layout.size:
+        raise PatchError(f"{payload}: {size} bytes after the repair, not {meta.layout.size}")
     for p in patches:
-        now = os.pread(fd, p.length, p.off)
-        if len(now) != p.length or symbol_hash(now + bytes(lay.symbol_size - p.length)) != \
-                meta.source_hashes[p.j * h : (p.j + 1) * h]:
+        if not _holds(meta, p, os.pread(fd, p.length, p.off)):
             raise PatchError(f"{payload}: symbol {p.j} does not read back as written by the repair")
 
 

@@ -3,8 +3,8 @@
 Each version is brought into a private local folder (the destination's scratch folder: on
 a local store, leased under its ``staging/``, so a copy killed part way leaves an orphan the
 next ``scrub --remove-orphans`` removes, not a payload in ``/tmp``), checked, and repaired
-there if it is damaged; only an intact version, whose payload and sidecar hash as its envelope records on
-the way into the destination, is committed there. A version beyond repair is reported and
+there if it is damaged; only an intact version, whose payload and sidecar hash as its
+envelope records on the way into the destination, is committed there. A version beyond repair is reported and
 never committed, so a copy never plants an unrecoverable artifact. The source is only read.
 """
 

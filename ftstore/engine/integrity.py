@@ -107,8 +107,9 @@ class RepairResult:
     erased_source: int = 0
     envelope: Envelope | None = None
     verified: dict[str, tuple[str, int]] = field(default_factory=dict)
-    """(BLAKE3, size) of leaves this repair hashed after its last write to them (the patched
-    payload, the rebuilt sidecar): a check right after the repair takes them as known
+    """(BLAKE3, size) of leaves this repair vouches for as it left them: the patched payload
+    (its whole BLAKE3 checked before the write, every written symbol read back after), the
+    rebuilt sidecar (hashed as written). A check right after the repair takes them as known
     instead of reading those leaves again."""
 
 
@@ -142,9 +143,9 @@ def _section_from_meta(meta: SidecarMeta, digest: str, size: int) -> RaptorQSect
 
 # -- check -----------------------------------------------------------------------------------
 def check(leaves: Leaves, verified: dict[str, tuple[str, int]] | None = None) -> Health:
-    """Read-only health of one artifact version. ``verified``: (BLAKE3, size) of leaves
-    already hashed since they were last written (:attr:`RepairResult.verified`), taken as
-    known instead of read again."""
+    """Read-only health of one artifact version. ``verified``: (BLAKE3, size) of leaves a
+    repair has just vouched for (:attr:`RepairResult.verified`), taken as known instead of
+    read again."""
     h = Health(leaves.key)
     known = verified or {}
     try:
@@ -152,7 +153,7 @@ def check(leaves: Leaves, verified: dict[str, tuple[str, int]] | None = None) ->
     except EnvelopeError as e:
         h.envelope_problem = str(e)
         with leaves.local() as folder:  # without the envelope, the sidecar vouches: random access
-            _check_by_sidecar(folder, h, verified or {})
+            _check_by_sidecar(folder, h, known)
         return h
     h.essentials = essentials_of(h.envelope)
     h.proof_problems = chain_problems(h.envelope.decode_proofs)

@@ -96,7 +96,7 @@ def _work_on(files: FolderLeaves, h: Health, result: ArtifactScrub, task: ScrubT
         except (FtstoreError, OSError) as e:
             _mark(files, "failed", now)
             return msgspec.structs.replace(result, status="failed", error=_one_line(e))
-        after = check(files, verified=res.verified)  # what the repair hashed after writing is not read again
+        after = check(files, verified=res.verified)  # what the repair vouched for is not read again
         result = msgspec.structs.replace(
             result,
             status="recovered" if after.intact else "failed",
