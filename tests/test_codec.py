@@ -132,3 +132,26 @@ def test_the_digest_before_writing_covers_symbols_across_read_chunks_and_past_a_
     assert patched_digest(payload, meta, outcomes, spill) == hash_bytes(data)
     patch_in_place(payload, meta, outcomes, spill)
     assert payload.read_bytes() == data
+
+
+def test_the_recorded_raptorq_release_is_the_installed_one_whichever_way_it_is_read(monkeypatch):
+    """``library_version`` reads the dist-info's METADATA itself and falls back to
+    ``importlib.metadata`` when it cannot: both give what the installer recorded."""
+    import importlib.metadata
+
+    import ftstore.codec.rq as rq
+
+    installed = importlib.metadata.version("raptorq")
+
+    def no_metadata_module(_name):
+        raise AssertionError("importlib.metadata was not needed")
+
+    with monkeypatch.context() as m:
+        m.setattr(importlib.metadata, "version", no_metadata_module)
+        assert rq.library_version.__wrapped__() == installed
+
+    def unreadable(_path):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(rq.os, "scandir", unreadable)
+    assert rq.library_version.__wrapped__() == installed

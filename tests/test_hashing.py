@@ -42,14 +42,18 @@ def test_a_read_error_reaches_the_caller():
         hash_stream(FailingDisk())
 
 
-def test_importing_the_codec_does_not_import_the_rest_of_the_package():
-    """Codec workers import ftstore.codec; the package's public names load on first use."""
+def test_a_codec_worker_imports_neither_the_rest_of_the_package_nor_msgspec():
+    """Codec workers import ftstore.codec; the public names of both packages load on first
+    use, so a worker starts without the sidecar format, the documents or msgspec."""
     code = (
-        "import sys, ftstore.codec.encoder, ftstore.codec.decoder;"
-        "heavy = [m for m in ('numpy', 'ftstore.api', 'ftstore.training.checkpoints', 'ftstore.engine', 'ftstore.stores') if m in sys.modules];"
+        "import sys, ftstore.codec.worker, ftstore.codec.encoder, ftstore.codec.decoder;"
+        "heavy = [m for m in ('numpy', 'msgspec', 'ftstore.api', 'ftstore.training.checkpoints', 'ftstore.engine',"
+        " 'ftstore.stores', 'ftstore.documents', 'ftstore.codec.build', 'ftstore.codec.sidecar') if m in sys.modules];"
         "assert not heavy, heavy;"
-        "import ftstore; assert all(getattr(ftstore, n) for n in ftstore.__all__);"
-        "assert set(ftstore.__all__) <= set(dir(ftstore))"
+        "import ftstore, ftstore.codec as codec;"
+        "assert all(getattr(ftstore, n) for n in ftstore.__all__);"
+        "assert all(getattr(codec, n) for n in codec.__all__);"
+        "assert set(ftstore.__all__) <= set(dir(ftstore)) and set(codec.__all__) <= set(dir(codec))"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -9,30 +9,57 @@ on local files and imports no store.
   decoding; recoverability probes.
 - ``build`` — write a sidecar for a payload; patch a damaged payload.
 - ``rq`` — the calls into the ``raptorq`` binding; ``parallel`` — the worker processes.
+
+The public names below are imported on first use. A codec worker process imports
+``ftstore.codec`` on its way to ``encoder`` and ``decoder``; loading the sidecar builder and
+the envelope documents (msgspec, dataclasses, logging) too would make every worker start
+cost several times what its own modules do, on every save.
 """
 
-from ftstore.codec.build import SidecarBuild, SidecarInfo, SymbolHasher, patch_in_place, patched_digest, write_sidecar
-from ftstore.codec.decoder import StripeOutcome, check_and_decode
-from ftstore.codec.layout import DEFAULT_OVERHEAD, MAX_OVERHEAD, MIN_OVERHEAD, Layout
-from ftstore.codec.rq import library_version
-from ftstore.codec.sidecar import SidecarError, SidecarMeta, damaged_repair_symbols, read_meta
+from __future__ import annotations
 
-__all__ = [
-    "DEFAULT_OVERHEAD",
-    "library_version",
-    "MAX_OVERHEAD",
-    "MIN_OVERHEAD",
-    "Layout",
-    "SidecarBuild",
-    "SidecarError",
-    "SidecarInfo",
-    "SidecarMeta",
-    "StripeOutcome",
-    "SymbolHasher",
-    "check_and_decode",
-    "damaged_repair_symbols",
-    "patch_in_place",
-    "patched_digest",
-    "read_meta",
-    "write_sidecar",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "DEFAULT_OVERHEAD": "layout",
+    "MAX_OVERHEAD": "layout",
+    "MIN_OVERHEAD": "layout",
+    "Layout": "layout",
+    "library_version": "rq",
+    "SidecarBuild": "build",
+    "SidecarInfo": "build",
+    "SymbolHasher": "build",
+    "patch_in_place": "build",
+    "patched_digest": "build",
+    "write_sidecar": "build",
+    "StripeOutcome": "decoder",
+    "check_and_decode": "decoder",
+    "SidecarError": "sidecar",
+    "SidecarMeta": "sidecar",
+    "damaged_repair_symbols": "sidecar",
+    "read_meta": "sidecar",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ftstore.codec' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"ftstore.codec.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+if TYPE_CHECKING:
+    from ftstore.codec.build import SidecarBuild, SidecarInfo, SymbolHasher, patch_in_place, patched_digest, write_sidecar
+    from ftstore.codec.decoder import StripeOutcome, check_and_decode
+    from ftstore.codec.layout import DEFAULT_OVERHEAD, MAX_OVERHEAD, MIN_OVERHEAD, Layout
+    from ftstore.codec.rq import library_version
+    from ftstore.codec.sidecar import SidecarError, SidecarMeta, damaged_repair_symbols, read_meta

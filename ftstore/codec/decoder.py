@@ -19,6 +19,7 @@ import errno
 import os
 import stat
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ftstore.durable import NotRegularFileError, open_regular
 from ftstore.hashing import SYMBOL_HASH_BYTES, symbol_hash
@@ -26,7 +27,9 @@ from ftstore.codec.encoder import PARALLEL_MIN_BYTES, STRIPES_PER_TASK, read_str
 from ftstore.codec.layout import Layout
 from ftstore.codec.parallel import chunks, pmap
 from ftstore.codec.rq import CodecFailure, decode, packet
-from ftstore.codec.sidecar import SidecarMeta
+
+if TYPE_CHECKING:  # a worker decodes without the sidecar format (msgspec) loaded
+    from ftstore.codec.sidecar import SidecarMeta
 
 
 @dataclass
