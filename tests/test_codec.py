@@ -139,7 +139,7 @@ def test_the_recorded_raptorq_release_is_the_installed_one_whichever_way_it_is_r
     ``importlib.metadata`` when it cannot: both give what the installer recorded."""
     import importlib.metadata
 
-    import ftstore.codec.rq as rq
+    from ftstore.codec import rq
 
     installed = importlib.metadata.version("raptorq")
 
