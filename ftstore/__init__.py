@@ -10,6 +10,7 @@ Layers, each importing only the ones below it (an import-linter contract checks 
     scrub                 scrubber, drills, reports
     engine                save, check/repair, load, copy over any store; ``Store``
     stores, codec, payloads  store backends; RaptorQ sidecars; typed payload formats
+    tempdirs              private temporary folders that do not outlive a killed process
     documents             envelopes, proofs, names
     errors, hashing, durable, params
 

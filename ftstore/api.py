@@ -16,7 +16,6 @@ same functions, so the same input gets the same validation whichever door it com
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from ftstore.payloads.typed import TYPED_DOC_LIMIT, describe_payload, read_cappe
 from ftstore.scrub.drill import DrillReport, drill
 from ftstore.scrub.report import ScrubReport
 from ftstore.scrub.scrubber import scrub as scrub_store
+from ftstore.tempdirs import held_temp_dir
 
 
 def open_store(location: str | os.PathLike | None = None, create: bool = False) -> Store:
@@ -65,7 +65,7 @@ def import_legacy(location: str | os.PathLike | Store | None, archive: str | os.
     """Convert a PtychoPINN archive into a model bundle and save it as ``name``. Every
     check runs before the store is opened (or created), so a refused archive leaves
     nothing behind. Returns the store and the new version's envelope."""
-    with tempfile.TemporaryDirectory(prefix="ftstore-legacy-") as tmp:
+    with held_temp_dir("legacy") as tmp:
         bundle, meta = convert_legacy(archive, Path(tmp), metadata)
         store = location if isinstance(location, Store) else Store.open(location, create=True)
         return store, store.save(bundle, name, "model_bundle", meta)
@@ -103,7 +103,7 @@ def show(store: Store, ref: str) -> dict[str, Any]:
     env = store.read_envelope(key)
     doc: dict[str, Any] = {"envelope": msgspec.to_builtins(env), "paths": store.describe(key)}
     if env.artifact_type not in ("file", "ledger", "manifest"):
-        with tempfile.TemporaryDirectory(prefix="ftstore-show-") as tmp:
+        with held_temp_dir("show") as tmp:
             local = Path(tmp) / "payload"
             try:
                 store.load(key, local, self_heal=False)  # show never writes to the store
@@ -152,7 +152,7 @@ def compare_baseline(store: Store, baseline_ref: str, new: str | os.PathLike, th
     new = Path(new)
     if not new.is_file():
         raise BadInputError(f"{new}: no such file")
-    with tempfile.TemporaryDirectory() as tmp:
+    with held_temp_dir("baseline") as tmp:
         res = store.load(baseline_ref, Path(tmp) / "baseline.json")
         if res.envelope.artifact_type != "benchmark_baseline":
             raise BadInputError(f"{res.ref} is a {res.envelope.artifact_type}, not a benchmark_baseline")

@@ -11,7 +11,7 @@ import pytest
 
 from ftstore import params
 from ftstore.bundles import BackendMismatchError, load_bundle, save_bundle
-from ftstore.bundles.legacy import import_legacy
+from ftstore.api import import_legacy
 from ftstore.errors import BadInputError
 from ftstore.engine.integrity import check
 from ftstore.bundles.restricted_pickle import UnsafePickleError

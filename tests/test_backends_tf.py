@@ -9,7 +9,7 @@ import pytest
 
 from ftstore import params
 from ftstore.bundles import load_bundle, save_bundle
-from ftstore.bundles.legacy import import_legacy
+from ftstore.api import import_legacy
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 keras = pytest.importorskip("keras")
@@ -84,7 +84,7 @@ def test_import_legacy_keras_archive(store, tmp_path):
     models = {k: b(CFG) for k, b in BUILDERS.items()}
     arch = _legacy_archive(tmp_path, models, "model.keras", params={**CFG, "_version": "1.0"},
                            extra={"custom_objects.dill": pytest.importorskip("dill").dumps({"Dense": keras.layers.Dense})})
-    env = import_legacy(store, arch, "legacy-tf")
+    _, env = import_legacy(store, arch, "legacy-tf")
     assert env.metadata["backend"] == "tensorflow"
     res = load_bundle(store, "legacy-tf", "tensorflow", builders=BUILDERS)
     x = np.random.default_rng(1).random((1, 8, 8, 4)).astype("float32")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import tempfile
 from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from ftstore.payloads.bundle_format import (
     read_legacy_metadata,
     write_bundle,
 )
+from ftstore.tempdirs import held_temp_dir
 
 REQUIRED_PARAMS = ("N", "gridsize")
 # Keras picks its reader by file name, so extracted weights keep the suffix of their format.
@@ -127,7 +127,7 @@ def save_bundle(
     """Store ``models`` and the params they were built from (a dict, or ``"module:attr"``;
     default ``$FTSTORE_PARAMS_TARGET``, else ``ftstore.params.cfg``) as a ``model_bundle``
     artifact."""
-    with tempfile.TemporaryDirectory(prefix="ftstore-bundle-") as tmp:
+    with held_temp_dir("bundle") as tmp:
         path = bundle_file(models, backend, params, Path(tmp))
         meta = {"backend": backend, "models": ",".join(models), **(metadata or {})}
         return store.save(path, name, "model_bundle", meta, overhead)
@@ -189,7 +189,7 @@ def load_bundle(
     cfg = params_target(params if params is not None else target)
     if tensors not in ("as_saved", "numpy"):
         raise BadInputError(f"tensors={tensors!r}: allowed values are 'as_saved', 'numpy'")
-    with tempfile.TemporaryDirectory(prefix="ftstore-bundle-") as tmp:
+    with held_temp_dir("bundle") as tmp:
         local = Path(tmp) / "bundle.zip"
         res = store.load(ref, local, jobs=jobs)  # verifies; repairs if needed
         if res.envelope.artifact_type != "model_bundle":

@@ -17,22 +17,19 @@ its weights, in one of the forms PtychoPINN has written:
 The ``.dill`` files are read with the restricted unpickler (plain data only; PtychoPINN's
 probe, a pickled TensorFlow tensor, is recorded as one); ``custom_objects.dill`` is never
 unpickled, but an archive whose ``custom_objects.dill`` would call code when PtychoPINN's
-loader unpickles it is refused (its opcodes are read, not run). Everything is read and
-checked before the store is touched.
+loader unpickles it is refused (its opcodes are read, not run). This module touches no
+store: ``api.import_legacy`` converts the whole archive first and opens the store after.
 """
 
 from __future__ import annotations
 
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from ftstore.bundles import saved_model
 from ftstore.bundles.bundle import _check_architecture_params, backend_module
 from ftstore.bundles.restricted_pickle import loads_plain, refuse_calls
-from ftstore.documents import Envelope
-from ftstore.engine.store import Store
 from ftstore.errors import BadInputError
 from ftstore.payloads.archive import SafeZip
 from ftstore.payloads.bundle_format import (
@@ -57,14 +54,6 @@ def _root(z: SafeZip) -> str:
     if not cands:
         raise BadInputError(f"{z.path}: no manifest.dill: not a PtychoPINN model archive")
     return cands[0][: -len("manifest.dill")]
-
-
-def import_legacy(store: Store, archive: str | Path, name: str, metadata: dict[str, str] | None = None) -> Envelope:
-    """Convert ``archive`` into a bundle and save it as ``name``; nothing is written to the
-    store unless the whole archive converts."""
-    with tempfile.TemporaryDirectory(prefix="ftstore-legacy-") as tmp:
-        bundle, meta = convert_legacy(archive, Path(tmp), metadata)
-        return store.save(bundle, name, "model_bundle", meta)
 
 
 def convert_legacy(archive: str | Path, tmp: Path, metadata: dict[str, str] | None = None) -> tuple[Path, dict[str, str]]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from ftstore.engine.leaves import FolderLeaves, StoredLeaves, download_leaves, r
 from ftstore.errors import BadInputError, DamageError, EnvelopeError, StorageError
 from ftstore.hashing import hash_stream
 from ftstore.stores.backend import PAYLOAD, StoreBackend
+from ftstore.tempdirs import held_temp_dir
 
 T = TypeVar("T")
 Opener = Callable[[], "BinaryIO | None"]
@@ -117,7 +117,7 @@ def _verified(store: StoreBackend, key: ArtifactKey, self_heal: bool, jobs: int 
     try:
         result = heal(store, key, health, "load", jobs)  # raises unless the payload verifies again
     except (OSError, StorageError):
-        with tempfile.TemporaryDirectory(prefix="ftstore-load-") as tmp:
+        with held_temp_dir("load") as tmp:
             files = download_leaves(store, key, Path(tmp))
             result = repair(files, check(files), reason="load", jobs=jobs)
             assert result.envelope is not None

@@ -20,7 +20,6 @@ again after a resume (past a damaged checkpoint, say) supersedes the old checkpo
 from __future__ import annotations
 
 import math
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import keras
 
 from ftstore.errors import BadInputError
 from ftstore.training.checkpoints import Checkpoint, CheckpointManager
+from ftstore.tempdirs import held_temp_dir
 
 WEIGHTS_FILE = "checkpoint.weights.h5"
 
@@ -57,7 +57,7 @@ def restore_training(manager: CheckpointManager, model: Any, step: int | None = 
     optimizer = getattr(model, "optimizer", None)
     if optimizer is not None and not optimizer.built:
         optimizer.build(model.trainable_variables)  # else Keras skips the saved optimizer variables
-    with tempfile.TemporaryDirectory(prefix="ftstore-keras-") as tmp:
+    with held_temp_dir("keras") as tmp:
         path = Path(tmp) / WEIGHTS_FILE
         cp = manager.restore(path, step=step)
         with warnings.catch_warnings(record=True) as caught:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -25,6 +24,7 @@ from ftstore.engine.save import save
 from ftstore.hashing import hash_file
 from ftstore.scrub.scrubber import scrub
 from ftstore.stores import LocalStore, StoreBackend
+from ftstore.tempdirs import HeldTempDir, held_temp_dir
 
 FAULTS = (
     "bit_flips",
@@ -63,7 +63,7 @@ class DrillReport(Strict):
 def build_sample_store(root: Path, seed: int) -> LocalStore:
     store = LocalStore.open(str(root), create=True)
     rng = random.Random(seed)
-    with tempfile.TemporaryDirectory() as tmp:
+    with held_temp_dir("sample") as tmp:
         for i, size in enumerate(SAMPLE_SIZES):
             src = Path(tmp) / f"sample{i}"
             src.write_bytes(rng.randbytes(size))
@@ -157,7 +157,12 @@ def drill(
 ) -> DrillReport:
     """Run ``rounds`` of fault injection on scratch copies of ``source`` (a sample store if
     None). Nothing in ``source`` is modified."""
-    base = Path(scratch or tempfile.mkdtemp(prefix="ftstore-drill-"))
+    held: HeldTempDir | None = None
+    if scratch is None:
+        held = HeldTempDir("drill")
+        base = held.path
+    else:
+        base = Path(scratch)
     rng = random.Random(seed)
     injections = []
     try:
@@ -190,8 +195,8 @@ def drill(
                 )
             shutil.rmtree(work, ignore_errors=True)
     finally:
-        if scratch is None:
-            shutil.rmtree(base, ignore_errors=True)
+        if held is not None:
+            held.remove()
     return DrillReport(seed=seed, rounds=rounds, injections=injections, passed=all(i.passed for i in injections))
 
 

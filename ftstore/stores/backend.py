@@ -15,8 +15,6 @@ interface, once, for every backend. Callers ask what a backend can do through
 from __future__ import annotations
 
 import contextlib
-import shutil
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,8 +26,9 @@ import msgspec
 from ftstore.documents.envelope_json import MAX_ENVELOPE_BYTES
 from ftstore.documents.names import ArtifactKey
 from ftstore.documents.strict_json import reject_duplicate_keys
-from ftstore.errors import BadInputError, FtstoreError
+from ftstore.errors import BadInputError, FtstoreError, StorageError
 from ftstore.hashing import CHUNK, hash_file
+from ftstore.tempdirs import HeldTempDir
 
 PAYLOAD, SIDECAR, ENVELOPE = "payload", "sidecar.ftrq", "envelope.json"
 LEAVES = (PAYLOAD, SIDECAR, ENVELOPE)
@@ -189,12 +188,15 @@ class StoreBackend(ABC):
         This default downloads them into a temporary folder and, on a clean exit with
         ``writeback``, writes back the leaves that changed, the envelope last. Backends with
         ``local_files`` yield the version's own folder instead."""
-        tmp = Path(tempfile.mkdtemp(prefix="ftstore-work-"))
+        held = HeldTempDir("work")
+        tmp = held.path
         try:
             before = {leaf: self._download(key, leaf, tmp / leaf, MAX_ENVELOPE_BYTES if leaf == ENVELOPE else None)
                       for leaf in LEAVES}
             yield tmp
             if writeback:
+                if not held.intact():  # every leaf would look deleted: write back nothing
+                    raise StorageError(f"the working copy {tmp} was removed while in use; nothing was written back")
                 for leaf in LEAVES:  # envelope last: it vouches for the others
                     now = _fingerprint(tmp / leaf)
                     if now == before[leaf]:
@@ -205,7 +207,7 @@ class StoreBackend(ABC):
                     else:
                         self.write_leaf(key, leaf, tmp / leaf)
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            held.remove()
 
     def _download(self, key: ArtifactKey, leaf: str, dest: Path, limit: int | None) -> tuple[str, int] | None:
         """Copy one leaf into the working copy; one over ``limit`` bytes (an envelope of

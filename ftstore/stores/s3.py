@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -49,6 +47,7 @@ from ftstore.stores.backend import (
     VersionTakenError,
     check_marker,
 )
+from ftstore.tempdirs import HeldTempDir, held_temp_dir
 
 CLAIM, COMMITTED = "claim", "committed"
 KNOWN = {*LEAVES, CLAIM, COMMITTED}
@@ -147,7 +146,8 @@ class S3Staging(Staging):
         self.store, self.name = store, name
         self.version = store._claim(name, version, owner)
         self.uploaded: dict[str, int] = {}  # leaf -> size
-        self.workdir = Path(tempfile.mkdtemp(prefix="ftstore-s3-stage-"))
+        self._held = HeldTempDir("s3stage")
+        self.workdir = self._held.path
 
     def expected_version(self) -> int:
         return self.version  # claimed: exactly this one
@@ -189,7 +189,7 @@ class S3Staging(Staging):
         self._cleanup()
 
     def _cleanup(self) -> None:
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        self._held.remove()
 
 
 class S3Store(StoreBackend):
@@ -381,7 +381,7 @@ class S3Store(StoreBackend):
     @contextlib.contextmanager
     def scratch(self) -> Iterator[Path]:
         """A local temporary folder: files built here are uploaded, never linked."""
-        with tempfile.TemporaryDirectory(prefix="ftstore-s3-scratch-") as folder:
+        with held_temp_dir("s3scratch") as folder:
             yield Path(folder)
 
     # -- maintenance -------------------------------------------------------------------------
