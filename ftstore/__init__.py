@@ -12,7 +12,7 @@ Layers, each importing only the ones below it (an import-linter contract checks 
     stores, codec, payloads  store backends; RaptorQ sidecars; typed payload formats
     tempdirs              private temporary folders that do not outlive a killed process
     documents             envelopes, proofs, names
-    errors, hashing, durable, params
+    errors, hashing, durable, params, lazy
 
 The public names below are imported on first use: codec worker processes import
 ``ftstore.codec`` and must not pay for numpy, the checkpoint manager and the API every
@@ -21,8 +21,9 @@ time one starts.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ftstore.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -50,19 +51,7 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ftstore' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"ftstore.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 
 if TYPE_CHECKING:

@@ -18,8 +18,9 @@ cost several times what its own modules do, on every save.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ftstore.lazy import lazy_exports
 
 _EXPORTS = {
     "DEFAULT_OVERHEAD": "layout",
@@ -42,19 +43,7 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ftstore.codec' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"ftstore.codec.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 
 if TYPE_CHECKING:
