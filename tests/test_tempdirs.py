@@ -159,4 +159,8 @@ def test_a_working_copy_removed_while_in_use_writes_nothing_back(seaweed, make_f
     with pytest.raises(StorageError, match="removed while in use; nothing was written back"):
         with store.backend.working_copy(key) as folder:
             shutil.rmtree(folder)
+    with pytest.raises(StorageError, match="removed while in use; nothing was written back"):
+        with store.backend.working_copy(key) as folder:  # the folder kept, its files removed
+            for leaf in folder.iterdir():
+                leaf.unlink()
     assert store.check("w@1").intact and store.read_envelope(key).source_hash == env.source_hash

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 
 import raptorq
+
+
+_DIST_INFO = re.compile(r"raptorq-[0-9][^-]*\.dist-info")  # the package, not a raptorq_* sibling
 
 
 @functools.cache
@@ -19,9 +23,9 @@ def library_version() -> str:
     ``Version`` of the one ``raptorq-*.dist-info`` beside the package, which is what
     ``importlib.metadata`` reads too. That module is the fallback only: importing it and
     scanning the path costs every save 15 ms before its encoding can start."""
-    site = os.path.dirname(os.path.dirname(os.path.abspath(raptorq.__file__)))
     try:
-        infos = [e.path for e in os.scandir(site) if e.name.startswith("raptorq-") and e.name.endswith(".dist-info")]
+        site = os.path.dirname(os.path.dirname(os.path.abspath(raptorq.__file__)))
+        infos = [e.path for e in os.scandir(site) if _DIST_INFO.fullmatch(e.name)]
         if len(infos) == 1:
             with open(os.path.join(infos[0], "METADATA"), encoding="utf-8") as f:
                 for line in f:
@@ -29,7 +33,7 @@ def library_version() -> str:
                         return line.split(":", 1)[1].strip()
                     if not line.strip():
                         break  # the headers end at the first blank line
-    except OSError:
+    except (OSError, TypeError, UnicodeDecodeError):  # unreadable, or a package without a file
         pass
     from importlib.metadata import version
 

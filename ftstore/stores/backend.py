@@ -195,10 +195,15 @@ class StoreBackend(ABC):
                       for leaf in LEAVES}
             yield tmp
             if writeback:
-                if not held.intact():  # every leaf would look deleted: write back nothing
+                now_all = {leaf: _fingerprint(tmp / leaf) for leaf in LEAVES}
+                # No repair removes a payload or an envelope: gone, they were removed from
+                # outside (the folder, or its files, by hand or a tmp cleaner), and writing
+                # that back would delete the committed version from the store.
+                gone = [leaf for leaf in (PAYLOAD, ENVELOPE) if now_all[leaf] is None and before[leaf] is not None]
+                if not held.intact() or gone:
                     raise StorageError(f"the working copy {tmp} was removed while in use; nothing was written back")
                 for leaf in LEAVES:  # envelope last: it vouches for the others
-                    now = _fingerprint(tmp / leaf)
+                    now = now_all[leaf]
                     if now == before[leaf]:
                         continue
                     if now is None:
