@@ -322,12 +322,15 @@ class _Finisher:
     MAX_DEPTH = 64
 
     def __init__(self, source: str, tensors: TensorMode, unpickler: _Restricted):
+        import numpy as np
+
         self.source, self.tensors, self.unpickler = source, tensors, unpickler
         self.done: dict[int, Any] = {}
+        self.arrays = (np.ndarray, np.generic)  # looked up once, not at every object
+        self.leaves = (bool, int, float, complex, str, bytes, *self.arrays)
 
     def finish(self, obj: Any, depth: int) -> Any:
-        import numpy as np
-        if obj is None or isinstance(obj, (bool, int, float, complex, str, bytes, np.generic, np.ndarray)):
+        if obj is None or isinstance(obj, self.leaves):
             return obj
         key = id(obj)
         if key in self.done:
@@ -358,8 +361,7 @@ class _Finisher:
         raise UnsafePickleError(f"{type(obj).__name__} is not plain data")
 
     def _tensor(self, value: Any) -> Any:
-        import numpy as np
-        if not isinstance(value, (np.ndarray, np.generic)):
+        if not isinstance(value, self.arrays):
             raise UnsafePickleError("a TensorFlow tensor made from something other than one plain numpy array")
         if self.tensors == "keep":
             return TensorflowTensor(value)

@@ -382,7 +382,7 @@ class S3Store(StoreBackend):
     def scratch(self) -> Iterator[Path]:
         """A local temporary folder: files built here are uploaded, never linked."""
         with held_temp_dir("s3scratch") as folder:
-            yield Path(folder)
+            yield folder
 
     # -- maintenance -------------------------------------------------------------------------
     def delete(self, key: ArtifactKey) -> None:

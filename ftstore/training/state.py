@@ -36,7 +36,9 @@ def check_state(state: Any) -> None:
     """Refuse, in one line naming the key, anything that is not a checkpoint state."""
     if not isinstance(state, (dict, list, tuple)):
         raise BadInputError(f"a checkpoint state is a dict, list or tuple, not a {type(state).__name__}")
-    _check(state, "state", 0, _tensor_types())
+    import numpy as np
+
+    _check(state, "state", 0, _tensor_types(), np)
 
 
 def _tensor_types() -> tuple[type, ...]:
@@ -45,8 +47,9 @@ def _tensor_types() -> tuple[type, ...]:
     return (torch.Tensor, torch.nn.Parameter)
 
 
-def _check(x: Any, where: str, depth: int, tensors: tuple[type, ...]) -> None:
-    import numpy as np
+def _check(x: Any, where: str, depth: int, tensors: tuple[type, ...], np: types.ModuleType) -> None:
+    """Walk ``x``; ``tensors`` and ``np`` (numpy) are looked up once by the caller, not at
+    every element of a large state."""
     if depth > MAX_DEPTH:
         raise BadInputError(f"{where}: nested more than {MAX_DEPTH} levels deep")
     t = type(x)
@@ -60,11 +63,11 @@ def _check(x: Any, where: str, depth: int, tensors: tuple[type, ...]) -> None:
         for k, v in x.items():
             if type(k) not in _KEYS:
                 raise BadInputError(f"{where}: key {k!r} is a {type(k).__name__}; keys are strings or numbers")
-            _check(v, f"{where}[{k!r}]", depth + 1, tensors)
+            _check(v, f"{where}[{k!r}]", depth + 1, tensors, np)
         return
     if t in (list, tuple):
         for i, v in enumerate(x):
-            _check(v, f"{where}[{i}]", depth + 1, tensors)
+            _check(v, f"{where}[{i}]", depth + 1, tensors, np)
         return
     raise BadInputError(
         f"{where}: a {t.__module__}.{t.__qualname__} cannot be checkpointed as state "
