@@ -83,6 +83,29 @@ def test_every_kind_of_value_a_state_may_hold_comes_back(store):
     assert type(back["param"]) is torch.nn.Parameter and list(back["ordered"]) == ["b", "a"]
 
 
+def test_a_state_saved_after_dill_was_imported_is_restored(store):
+    """PtychoPINN imports dill, which swaps its own savers into the standard pickler's
+    shared table (for dicts, functions and types): a state saved in a process that imported
+    dill before ftstore restores without running code, there and in a process without dill."""
+    pytest.importorskip("dill")
+    code = (
+        "import sys, collections, dill\n"
+        "import ftstore.training.state\n"  # before torch, whose import happens to undo dill's change
+        "import torch\n"
+        "from ftstore import CheckpointManager, Store\n"
+        "state = {'complex': 1 + 2j, 'ordered': collections.OrderedDict(b=1, a=2), 'nested': {'x': [1, (2, b'')]},\n"
+        "         'w': torch.ones(2)}\n"
+        "m = CheckpointManager(Store.open(sys.argv[1]), 'run')\n"
+        "m.save(1, state)\n"
+        "back = m.restore()\n"
+        "assert back['complex'] == 1 + 2j and back['ordered'] == state['ordered'] and back['nested'] == state['nested']\n"
+        "assert torch.equal(back['w'], state['w'])\n"
+    )
+    subprocess.run([sys.executable, "-c", code, store.url], check=True, capture_output=True, timeout=300)
+    back = CheckpointManager(store, "run").restore()  # and in a process without dill
+    assert back["complex"] == 1 + 2j and list(back["ordered"]) == ["b", "a"]
+
+
 def test_saving_a_state_reads_nothing_back_and_leaves_no_file_behind(store, monkeypatch):
     """Hashed on its way into the staging folder: no temp file, no second copy, no read."""
     import ftstore.hashing

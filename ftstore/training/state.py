@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import codecs
 import collections
+import importlib.util
 import io
 import pickle
 import types
@@ -75,6 +76,23 @@ def _check(x: Any, where: str, depth: int, tensors: tuple[type, ...], np: types.
     )
 
 
+def _stock_dispatch() -> dict[Any, Any]:
+    """The standard library's own table of savers, whatever has been done to it since.
+
+    The table is shared and may be changed in place: importing dill (which PtychoPINN does)
+    replaces the savers of dicts, functions and types with dill's and adds its own. A state
+    pickled with those names dill's functions, which no ``weights_only`` load accepts, so a
+    checkpoint saved after ``import dill`` could not be restored. The table as pickle's source
+    defines it is read from a private execution of that source, and each saver taken from
+    the real ``pickle._Pickler`` by name."""
+    spec = importlib.util.find_spec("pickle")
+    if spec is None or spec.loader is None:  # no source to read: the table as it stands
+        return dict(pickle._Pickler.dispatch)
+    stock = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stock)
+    return {t: getattr(pickle._Pickler, f.__name__) for t, f in stock._Pickler.dispatch.items()}
+
+
 class _Pickler(pickle._Pickler):
     """The pickler ``torch.save`` builds on, but for one value: an empty ``bytes`` (an empty
     bytes object, or the data of an empty numpy array) is written as protocol 2 writes every
@@ -82,7 +100,7 @@ class _Pickler(pickle._Pickler):
     a call of ``bytes()``, which it refuses. Python's C pickler cannot be told this (it never
     asks about ``bytes``); this one only pickles the structure, tensors go in by reference."""
 
-    dispatch = dict(pickle._Pickler.dispatch)
+    dispatch = _stock_dispatch()
 
     def _save_bytes(self, obj: bytes) -> None:
         if self.proto < 3 and not obj:
