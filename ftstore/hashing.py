@@ -119,6 +119,15 @@ def read_ahead(f: BinaryIO, limit: int | None = None) -> Iterator[memoryview]:
         thread.join()
 
 
+def stream_length(f: BinaryIO) -> int | None:
+    """The whole length of an open file without reading it: ``fstat`` for a file, the
+    ``length`` its raw stream knows for anything else (an object body); None if neither."""
+    try:
+        return os.fstat(f.fileno()).st_size
+    except (OSError, ValueError):  # no descriptor (io.UnsupportedOperation is both)
+        return getattr(getattr(f, "raw", None), "length", None)
+
+
 def hash_file(path: str | os.PathLike, progress: Callable[[int], None] | None = None) -> tuple[str, int]:
     with open(path, "rb", buffering=0) as f:
         return hash_stream(f, progress=progress)

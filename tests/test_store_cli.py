@@ -1,5 +1,6 @@
 import json
 import os
+import stat
 
 import pytest
 
@@ -75,6 +76,9 @@ def test_flipped_byte_makes_verify_exit_1_and_no_heal_load_refuse(store, make_fi
         (["save", "FILE", "--name", "x", "--meta", "novalue"], "KEY=VALUE"),
         (["save", "FILE", "--name", "x", "--type", "weights"], "Invalid value"),
         (["verify", "x@0"], "invalid version"),
+        (["save", "FILE"], "Missing option '--name'"),
+        (["scrub", "--max-rate", "0"], "--max-rate"),
+        (["frobnicate"], "No such command"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_no_traceback(store, make_file, args, msg):
@@ -82,6 +86,7 @@ def test_bad_input_exits_2_with_one_line_and_no_traceback(store, make_file, args
     args = [str(src) if a == "FILE" else a for a in args]
     res = run_cli(*args, store=store, check_rc=2)
     assert msg in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr  # click's usage errors too
 
 
 def test_malformed_envelope_exits_2_on_show_and_1_on_verify(store, make_file):
@@ -140,3 +145,51 @@ def test_a_source_that_changes_during_save_is_refused(store, make_file, monkeypa
     with pytest.raises(BadInputError, match="changed while it was being saved"):
         store.save(src, "m")
     assert store.keys() == [] and not any(store.backend.staging_dir.iterdir())
+
+
+def test_load_never_replaces_a_device_a_link_or_a_store_file(store, make_file, tmp_path):
+    """``-o`` is replaced by a rename: over a device node or a link that would swap the node
+    (``/dev/null`` as root) for a regular file, and inside the store it would overwrite a
+    committed leaf or the store marker. All refused, with nothing changed."""
+    store.save(make_file(5000), "a")
+    store.save(make_file(5000, seed=1), "b")
+    dev = tmp_path / "null"
+    os.mknod(dev, 0o600 | stat.S_IFCHR, os.makedev(1, 3)) if os.geteuid() == 0 else os.mkfifo(dev)
+    link = tmp_path / "stdout"
+    link.symlink_to("/proc/self/fd/1")
+    into_store = tmp_path / "via-link"
+    into_store.symlink_to(store.backend.root)
+    a = files(store, "a@1")
+    before = {p: p.read_bytes() for p in (a.payload, a.envelope, store.backend.root / "ftstore-store.json")}
+    for out in (dev, link, a.payload, a.envelope, store.backend.root / "ftstore-store.json", into_store / "new"):
+        res = run_cli("load", "b", "-o", str(out), store=store, check_rc=2)
+        assert "not a regular file" in res.stderr or "inside the store" in res.stderr, res.stderr
+    assert not stat.S_ISREG(dev.lstat().st_mode) and link.is_symlink()
+    assert all(p.read_bytes() == data for p, data in before.items())
+    assert not (store.backend.root / "new").exists()
+    run_cli("verify", store=store, check_rc=0)
+
+
+def test_save_move_never_takes_a_store_file(store, make_file):
+    store.save(make_file(5000), "a")
+    a = files(store, "a@1")
+    for src in (a.payload, store.backend.root / "ftstore-store.json"):
+        res = run_cli("save", str(src), "--name", "c", "--move", store=store, check_rc=2)
+        assert "store's own files" in res.stderr
+        assert src.exists()
+    run_cli("save", str(a.payload), "--name", "c", store=store, check_rc=0)  # a copy is fine
+    run_cli("verify", store=store, check_rc=0)
+
+
+def test_save_move_of_a_hard_linked_file_copies_it(store, make_file, tmp_path):
+    """Taking over a file that has another name would let a write through that name change
+    the stored bytes; such a file is copied, and only the moved name removed."""
+    src = make_file(50_000)
+    other = tmp_path / "other-name"
+    os.link(src, other)
+    run_cli("save", str(src), "--name", "h", "--move", store=store, check_rc=0)
+    assert not src.exists() and other.exists()
+    assert files(store, "h@1").payload.stat().st_nlink == 1
+    with open(other, "ab") as f:
+        f.write(b"written through the other name")
+    run_cli("verify", "h", store=store, check_rc=0)

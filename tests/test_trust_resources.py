@@ -120,3 +120,63 @@ def test_a_4_GiB_sparse_envelope_is_never_read_whole(store, make_file, tmp_path)
     assert (tmp_path / "out").read_bytes() == src.read_bytes()
     assert files(store, "a@1").envelope.stat().st_size < 1 << 20  # rebuilt
     assert rc == 0  # the last verify: every artifact intact again
+
+
+IO = r"""
+import atexit, os
+def _io():
+    with open("/proc/self/io") as f, open(os.environ["FTSTORE_TEST_IO_FILE"], "w") as out:
+        out.write(f.read())
+atexit.register(_io)
+"""
+
+
+def _bytes_moved(*args: str, tmp: Path) -> tuple[int, int, int, str]:
+    """(exit code, bytes read, bytes written, stdout + stderr) of one ftstore command, as the kernel
+    counts its read and write calls (``rchar``/``wchar``: page-cache hits included)."""
+    env = {k: v for k, v in os.environ.items() if k != "FTSTORE_DEBUG"}
+    env["FTSTORE_TEST_IO_FILE"] = str(tmp / "io")
+    res = subprocess.run([sys.executable, "-c", IO + "import sys\nfrom ftstore.cli.main import main\nmain(sys.argv[1:])\n",
+                          *args], capture_output=True, text=True, env=env, timeout=300)
+    io_ = dict(line.split(": ") for line in (tmp / "io").read_text().splitlines())
+    return res.returncode, int(io_["rchar"]), int(io_["wchar"]), res.stdout + res.stderr
+
+
+def test_a_payload_grown_sparse_to_4_GiB_is_not_read_past_its_recorded_size(store, make_file, tmp_path):
+    """Growing a file to terabytes costs nothing (``truncate -s``); checking and loading it
+    must cost what the recorded size warrants, not what the file claims: no more than one
+    byte past the recorded size is read, and nothing of the excess is written."""
+    src = make_file(3000)
+    store.save(src, "a")
+    payload = files(store, "a@1").payload
+    os.truncate(payload, 4 << 30)
+    out = tmp_path / "out"
+    for args, want_rc in ((["verify"], 1), (["load", "a", "-o", str(out), "--no-heal"], 1), (["verify"], 1)):
+        rc, read, written, err = _bytes_moved(*args, "--store", store.url, tmp=tmp_path)
+        assert rc == want_rc and "Traceback" not in err, (args, rc, err)
+        assert read < 64 << 20 and written < 64 << 20, (args, read, written)
+    assert "4294967296 bytes, expected 3000" in err  # the real size, from fstat
+    assert not out.exists()
+    rc, read, written, err = _bytes_moved("load", "a", "-o", str(out), "--store", store.url, tmp=tmp_path)
+    assert rc == 0 and read < 64 << 20 and written < 64 << 20, (rc, read, written, err)
+    assert out.read_bytes() == src.read_bytes()
+
+
+def test_json_nested_past_the_parsers_depth_is_damage_not_an_internal_error(store, make_file, tmp_path):
+    """msgspec raises RecursionError, not DecodeError, past about 1000 levels: a 2 KB
+    envelope nested that deep used to stop every command with exit 3, store-wide ones
+    included, and left the artifact beyond repair."""
+    src = make_file(3000)
+    store.save(src, "a")
+    store.save(make_file(3000, seed=1), "b")
+    env = files(store, "a@1").envelope
+    deep = b"[" * 1000 + b"]" * 1000
+    env.write_bytes(env.read_bytes().replace(b'"metadata": {}', b'"metadata": {"k": ' + deep + b"}"))
+    from .conftest import run_cli
+    res = run_cli("verify", store=store, check_rc=1)
+    assert "b@1" in res.stdout  # the other artifact is still checked
+    run_cli("show", "a", store=store, check_rc=2)
+    run_cli("scrub", "--repair", store=store, check_rc=0)
+    run_cli("load", "a", "-o", str(tmp_path / "out"), store=store, check_rc=0)
+    assert (tmp_path / "out").read_bytes() == src.read_bytes()
+    run_cli("verify", store=store, check_rc=0)

@@ -178,9 +178,16 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(rv if isinstance(rv, int) else 0)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
-    except click.ClickException as e:
+    except click.exceptions.NoArgsIsHelpError as e:  # a bare group: its help, as asked for
         e.show()
-        sys.exit(2 if isinstance(e, click.UsageError) else e.exit_code)
+        sys.exit(2)
+    except click.UsageError as e:
+        hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+        info(f"ftstore: error: {_one_line(e.format_message())}{hint}")
+        sys.exit(2)
+    except click.ClickException as e:
+        info(f"ftstore: error: {_one_line(e.format_message())}")
+        sys.exit(e.exit_code)
     except click.exceptions.Abort:
         info("ftstore: aborted")
         sys.exit(130)

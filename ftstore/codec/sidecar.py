@@ -28,7 +28,7 @@ from msgspec import Meta
 
 from ftstore.documents.envelope_json import canonical
 from ftstore.documents.envelope import ArtifactEssentials, NonNegInt, PosInt, Strict
-from ftstore.documents.strict_json import reject_duplicate_keys
+from ftstore.documents.strict_json import DECODE_ERRORS, reject_duplicate_keys
 from ftstore.durable import must_open_regular, open_regular
 from ftstore.errors import BadInputError
 from ftstore.hashing import SYMBOL_HASH_BYTES
@@ -104,14 +104,14 @@ def decode_header(header_json: bytes) -> AnySidecarHeader:
     """A header of any sidecar version this ftstore reads; :class:`SidecarError` otherwise."""
     try:
         version = msgspec.json.decode(header_json, type=_VersionProbe).sidecar_version
-    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as e:
+    except DECODE_ERRORS as e:
         raise SidecarError(f"invalid header: {e}") from None
     kind = HEADERS.get(version) if type(version) is int else None  # type: ignore[call-overload]
     if kind is None:
         raise SidecarError(f"unsupported `sidecar_version` {version!r}: this ftstore reads {', '.join(map(str, HEADERS))}")
     try:
         return msgspec.json.decode(header_json, type=kind)
-    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as e:
+    except DECODE_ERRORS as e:
         raise SidecarError(f"invalid header: {e}") from None
 
 

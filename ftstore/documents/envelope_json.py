@@ -11,7 +11,7 @@ import msgspec
 from ftstore.errors import EnvelopeError
 from ftstore.hashing import hash_bytes
 from ftstore.documents.envelope import ENVELOPE_SCHEMA_VERSION, ZERO_HASH, Envelope
-from ftstore.documents.strict_json import reject_duplicate_keys
+from ftstore.documents.strict_json import DECODE_ERRORS, reject_duplicate_keys
 
 MAX_ENVELOPE_BYTES = 16 * 1024 * 1024
 _encoder = msgspec.json.Encoder(order="deterministic")
@@ -46,7 +46,7 @@ def decode_envelope(data: bytes, source: str = "envelope") -> Envelope:
         env = msgspec.json.decode(data, type=Envelope)
     except msgspec.ValidationError as e:
         raise EnvelopeError(f"{source}: invalid envelope: {e}") from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as e:
+    except DECODE_ERRORS as e:
         raise EnvelopeError(f"{source}: malformed envelope JSON: {e}") from None
     reject_duplicate_keys(data, source, EnvelopeError)
     if env.checksum != envelope_checksum(env):
@@ -58,7 +58,7 @@ def _check_version(data: bytes, source: str) -> None:
     """Name an unknown schema_version before anything else, so a newer store gets a clear message."""
     try:
         raw = msgspec.json.decode(data)
-    except (msgspec.DecodeError, UnicodeDecodeError) as e:
+    except DECODE_ERRORS as e:
         raise EnvelopeError(f"{source}: malformed envelope JSON: {e}") from None
     if isinstance(raw, dict) and "schema_version" in raw and raw["schema_version"] != ENVELOPE_SCHEMA_VERSION:
         raise EnvelopeError(

@@ -18,7 +18,13 @@ from __future__ import annotations
 import json
 import re
 
+import msgspec
+
 from ftstore.errors import BadInputError
+
+DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError)
+"""What a strict decode of untrusted JSON can raise: msgspec raises ``RecursionError``, not
+a ``DecodeError``, for nesting deeper than it follows (about 1000 levels, a 2 KB document)."""
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MAX_KEY_SHOWN = 80
@@ -102,4 +108,4 @@ def reject_duplicate_keys(data: bytes | str, source: str, error: type[Exception]
         raise error(f"{source}: duplicate key {_short(found.key)!r} at `{found.path()}`: each key may appear only once")
 
 
-__all__ = ["reject_duplicate_keys"]
+__all__ = ["DECODE_ERRORS", "reject_duplicate_keys"]

@@ -65,7 +65,7 @@ from ftstore.documents import (
 from ftstore.durable import TMP_MARK, replace_durably, tmp_path
 from ftstore.engine.leaves import FolderLeaves, Leaves, read_envelope
 from ftstore.errors import EnvelopeError, FtstoreError, NotFoundError, UnrecoverableError
-from ftstore.hashing import hash_stream
+from ftstore.hashing import hash_stream, stream_length
 from ftstore.stores.backend import PAYLOAD, SIDECAR
 
 SPILL_SUFFIX = ".spill"  # spill files are named f"{PAYLOAD}{SPILL_SUFFIX}{TMP_MARK}<random>"
@@ -163,14 +163,17 @@ def check(leaves: Leaves, verified: dict[str, tuple[str, int]] | None = None) ->
         if _hash_of(leaves, SIDECAR, known) is not None:
             h.sidecar_problem = f"{h.ref}: sidecar present but the envelope records none"
     else:
-        h.sidecar_problem = _problem(_hash_of(leaves, SIDECAR, known), rq.sidecar_size, rq.sidecar_hash, "sidecar", h.ref)
-    h.payload_problem = _problem(_hash_of(leaves, PAYLOAD, known), h.envelope.size, h.envelope.source_hash, "payload", h.ref)
+        h.sidecar_problem = _problem(_hash_of(leaves, SIDECAR, known, rq.sidecar_size), rq.sidecar_size,
+                                     rq.sidecar_hash, "sidecar", h.ref)
+    h.payload_problem = _problem(_hash_of(leaves, PAYLOAD, known, h.envelope.size), h.envelope.size,
+                                 h.envelope.source_hash, "payload", h.ref)
     return h
 
 
-def _hash_of(leaves: Leaves, leaf: str, known: dict[str, tuple[str, int]]) -> tuple[str, int] | str | None:
-    """The leaf's (BLAKE3, size): as ``known`` says, else read."""
-    return known[leaf] if leaf in known else _leaf_hash(leaves, leaf)
+def _hash_of(leaves: Leaves, leaf: str, known: dict[str, tuple[str, int]],
+             size: int | None = None) -> tuple[str, int] | str | None:
+    """The leaf's (BLAKE3, size): as ``known`` says, else read (see :func:`_leaf_hash`)."""
+    return known[leaf] if leaf in known else _leaf_hash(leaves, leaf, size)
 
 
 def _check_by_sidecar(folder: FolderLeaves, h: Health, verified: dict[str, tuple[str, int]]) -> None:
@@ -185,18 +188,24 @@ def _check_by_sidecar(folder: FolderLeaves, h: Health, verified: dict[str, tuple
     bad = damaged_repair_symbols(folder.sidecar, meta)
     if meta.copies_ok < 2 or bad:
         h.sidecar_problem = f"{h.ref}: sidecar damaged ({2 - meta.copies_ok} of 2 metadata copies, {bad} repair symbols)"
-    h.payload_problem = _problem(_hash_of(folder, PAYLOAD, verified), h.essentials.size, h.essentials.source_hash,
-                                 "payload", h.ref)
+    h.payload_problem = _problem(_hash_of(folder, PAYLOAD, verified, h.essentials.size), h.essentials.size,
+                                 h.essentials.source_hash, "payload", h.ref)
 
 
-def _leaf_hash(leaves: Leaves, leaf: str) -> tuple[str, int] | str | None:
-    """(BLAKE3, size) of a leaf; None if absent; a sentence if it cannot be read as a file."""
+def _leaf_hash(leaves: Leaves, leaf: str, size: int | None = None) -> tuple[str, int] | str | None:
+    """(BLAKE3, size) of a leaf; None if absent; a sentence if it cannot be read as a file.
+    With the ``size`` it should have, no more than one byte past it is read: a leaf grown
+    to terabytes (a sparse file costs nothing to make) is known to be wrong from that byte,
+    and its whole length is then taken from the file system or the object store."""
     try:
         stream = leaves.open(leaf)
         if stream is None:
             return None
         with stream:
-            return hash_stream(stream)
+            digest, got = hash_stream(stream, None if size is None else size + 1)
+            if size is not None and got > size:
+                got = stream_length(stream) or got
+            return digest, got
     except (FtstoreError, OSError) as e:  # a link, FIFO or folder; a read error: that leaf is damaged
         return str(e)
 

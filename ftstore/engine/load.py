@@ -67,6 +67,11 @@ def load(
         raise BadInputError(f"{out} is a directory; give a file path")
     if not out.parent.is_dir():
         raise BadInputError(f"{out.parent}: no such directory")
+    if out.is_symlink() or (out.exists() and not out.is_file()):
+        raise BadInputError(f"{out} exists and is not a regular file (a link, device or FIFO); "
+                            "it is replaced by a rename, never written through: give another path")
+    if store.holds(out):
+        raise BadInputError(f"{out} is inside the store {store.url}; give a path outside it")
 
     def attempt(env: Envelope, open_payload: Opener) -> bool | None:
         return True if _write_verified(open_payload, env, out, progress) else None
@@ -140,8 +145,8 @@ def _stream_verified(open_payload: Opener, env: Envelope, sink: Callable[[memory
         return False  # checked, and repaired, next
     if stream is None:
         return False
-    with stream:
-        got = hash_stream(stream, progress=progress, sink=sink)
+    with stream:  # a byte past the recorded size is enough to refuse it: no more is read
+        got = hash_stream(stream, env.size + 1, progress=progress, sink=sink)
     return got == (env.source_hash, env.size)
 
 

@@ -8,8 +8,10 @@ aborts the staging: nothing is committed and nothing is left behind.
 
 How the payload comes in depends on what the backend can do (its capabilities):
 
-- taken over (``move`` on a backend with ``hard_links``): linked in, no bytes written;
-  encoded while it is hashed; a write to it meanwhile is seen through ``stat`` and refused.
+- taken over (``move`` on a backend with ``hard_links``, of a file with no other hard
+  link): linked in, no bytes written; encoded while it is hashed; a write to it meanwhile is
+  seen through ``stat`` and refused. A file with other links is copied instead (and its
+  name removed): a write through another name would change the stored bytes.
 - copied then encoded (``local_files``): copied into the staging folder first, then the
   private copy is encoded while the disk flushes it. What is encoded is what is stored,
   and the source is read once; a source written to during the copy is refused.
@@ -111,6 +113,8 @@ def save(
     protector adds it). ``move=True`` takes ``src`` over: it is removed once the commit is
     durable, and stays where it was if the save fails."""
     src, template = validated_request(src, name, artifact_type, metadata, overhead)
+    if move and store.holds(src):
+        raise BadInputError(f"{src} is one of the store's own files; --move would take it away from {store.url}")
     if protect and template.size >= PARALLEL_MIN_BYTES:
         warm_workers(jobs)  # started while the files are opened and the copy begins
     env = commit_staged(store, name, lambda staging: _bring_in(store, staging, src, template, overhead, jobs,
@@ -161,7 +165,8 @@ def _bring_in(store: StoreBackend, staging: Staging, src: Path, template: Artifa
     """Put the payload in ``staging`` and encode its sidecar there, by the strategy the
     backend's capabilities allow. Returns the essentials (hash known) and the encoded
     sidecar, to finish once the version is known."""
-    if move and store.capabilities.hard_links and (taken := staging.link_in(PAYLOAD, src)) is not None:
+    if (move and store.capabilities.hard_links and os.stat(src).st_nlink == 1
+            and (taken := staging.link_in(PAYLOAD, src)) is not None):
         return _taken_over(staging, taken, template, overhead, jobs, progress, protect)
     if store.capabilities.local_files:
         return _copied_then_encoded(staging, src, template, overhead, jobs, progress, protect)

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 from ftstore.documents.envelope import NonNegInt, Strict
-from ftstore.documents.strict_json import reject_duplicate_keys
+from ftstore.documents.strict_json import DECODE_ERRORS, reject_duplicate_keys
 from ftstore.errors import BadInputError
 from ftstore.payloads.archive import SafeZip
 
@@ -248,7 +248,7 @@ def decode_doc(data: bytes, kind: type, source: str):
         raise BadInputError(f"{source}: {len(data)} bytes, over the {MAX_DOC_BYTES} byte limit")
     try:
         doc = msgspec.json.decode(data, type=kind)
-    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:
+    except DECODE_ERRORS as e:
         raise BadInputError(f"{source}: invalid {kind.__name__}: {e}") from None
     reject_duplicate_keys(data, source)
     return doc

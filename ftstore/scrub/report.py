@@ -8,7 +8,7 @@ import msgspec
 from msgspec import Meta
 
 from ftstore.documents.envelope import NonNegInt, Strict
-from ftstore.documents.strict_json import reject_duplicate_keys
+from ftstore.documents.strict_json import DECODE_ERRORS, reject_duplicate_keys
 from ftstore.errors import EnvelopeError
 
 ArtifactStatus = Literal["ok", "recovered", "failed"]
@@ -74,7 +74,7 @@ class ScrubReport(Strict, kw_only=True):
 def decode_report(data: bytes) -> ScrubReport:
     try:
         report = msgspec.json.decode(data, type=ScrubReport)
-    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as e:
+    except DECODE_ERRORS as e:
         raise EnvelopeError(f"invalid scrub report: {e}") from None
     reject_duplicate_keys(data, "scrub report", EnvelopeError)
     return report

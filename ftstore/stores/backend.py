@@ -25,7 +25,7 @@ import msgspec
 
 from ftstore.documents.envelope_json import MAX_ENVELOPE_BYTES
 from ftstore.documents.names import ArtifactKey
-from ftstore.documents.strict_json import reject_duplicate_keys
+from ftstore.documents.strict_json import DECODE_ERRORS, reject_duplicate_keys
 from ftstore.errors import BadInputError, FtstoreError, StorageError
 from ftstore.hashing import CHUNK, hash_file
 from ftstore.tempdirs import HeldTempDir
@@ -55,7 +55,7 @@ def check_marker(data: bytes, where: str) -> None:
     reject_duplicate_keys(data, where)
     try:
         msgspec.json.decode(data, type=StoreMarker)
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+    except DECODE_ERRORS:
         raise BadInputError(f"{where}: not a store marker this ftstore understands") from None
 
 
@@ -155,6 +155,12 @@ class StoreBackend(ABC):
 
     def keys(self) -> list[ArtifactKey]:
         return [ArtifactKey(n, v) for n in self.names() for v in self.versions(n)]
+
+    def holds(self, path: Path) -> bool:
+        """Whether a local ``path`` names one of this store's own files or folders: a save
+        must not move such a file away, nor a load write over one. None here; a store kept
+        in a local folder says otherwise."""
+        return False
 
     # -- leaves of committed versions -------------------------------------------------------
     @abstractmethod

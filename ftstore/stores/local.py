@@ -209,6 +209,13 @@ class LocalStore(StoreBackend):
         self.root = root
         self.url = str(root)
 
+    def holds(self, path: Path) -> bool:
+        """By where the path really leads: its folder resolved (links followed), its own
+        name not, since a link named inside the store is a store entry too."""
+        path = Path(os.path.abspath(path))
+        where = Path(os.path.realpath(path.parent)) / path.name if path.name else path
+        return where.is_relative_to(self.root.resolve())
+
     @classmethod
     def open(cls, location: str, create: bool = False) -> LocalStore:
         root = Path(location)

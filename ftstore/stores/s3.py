@@ -101,8 +101,8 @@ def _translated(url: str, doing: str) -> Iterator[None]:
 class _Body(io.RawIOBase):
     """A streaming object body as a raw binary file (``readinto``), its errors translated."""
 
-    def __init__(self, body: Any, url: str, key: str):
-        self.body, self.url, self.key = body, url, key
+    def __init__(self, body: Any, url: str, key: str, length: int | None = None):
+        self.body, self.url, self.key, self.length = body, url, key, length
 
     def readable(self) -> bool:
         return True
@@ -331,7 +331,8 @@ class S3Store(StoreBackend):
         obj = self._object(self._vkey(key, leaf))
         if obj is None:
             return None
-        return io.BufferedReader(_Body(obj["Body"], self.url, self._vkey(key, leaf)), 1 << 20)  # type: ignore[return-value]
+        body = _Body(obj["Body"], self.url, self._vkey(key, leaf), obj.get("ContentLength"))
+        return io.BufferedReader(body, 1 << 20)  # type: ignore[return-value]
 
     def leaf_sizes(self, key: ArtifactKey) -> dict[str, int]:
         leaves = self._tree(key.name).get(key, {})
