@@ -93,6 +93,27 @@ def test_restore_repairs_a_repairable_newest_checkpoint(store, make_file, tmp_pa
     assert (tmp_path / "o").read_bytes() == f.read_bytes()
 
 
+@pytest.mark.parametrize("damage", ["envelope lost", "envelope altered", "envelope lost and payload flipped"])
+def test_restore_rebuilds_the_newest_checkpoints_envelope(store, make_file, tmp_path, damage):
+    """A lost or altered envelope is repaired from the sidecar, as ``load`` does: the resume
+    continues from the newest step, not silently from an older one."""
+    m = CheckpointManager(store, "run")
+    m.save(1, make_file(20_000, seed=1))
+    newest = make_file(20_000, seed=2)
+    m.save(2, newest)
+    paths = files(store, "run@2")
+    if damage == "envelope altered":
+        paths.envelope.write_bytes(paths.envelope.read_bytes().replace(b'"2"', b'"3"', 1))
+    else:
+        paths.envelope.unlink()
+    if "payload" in damage:
+        with open(paths.payload, "r+b") as f:
+            f.write(b"\xff" * 10)
+    assert m.restore(tmp_path / "out").step == 2
+    assert (tmp_path / "out").read_bytes() == newest.read_bytes()
+    assert check(paths).intact
+
+
 def test_background_protection_finishes(store, make_file):
     m = CheckpointManager(store, "run", background=True)
     m.save(1, make_file(3_000_000))
@@ -102,6 +123,20 @@ def test_background_protection_finishes(store, make_file):
     env = read_envelope(files(store, "run@1"))
     assert env.raptorq is not None and files(store, "run@1").sidecar.exists()
     assert check(files(store, "run@1")).intact
+
+
+def test_background_protection_uses_the_overhead_asked_for(store, make_file, tmp_path):
+    """A sidecar built in the background repairs as much as one built in line: with 50%
+    overhead, a quarter of the payload zeroed is repaired, not lost."""
+    src = make_file(1_000_000)
+    m = CheckpointManager(store, "run", background=True, overhead=0.5)
+    m.save(1, src)
+    m.wait_until_finished()
+    assert read_envelope(files(store, "run@1")).raptorq.overhead == 0.5
+    with open(files(store, "run@1").payload, "r+b") as f:
+        f.write(bytes(250_000))
+    store.load("run@1", tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == src.read_bytes()
 
 
 def test_background_protection_survives_a_killed_parent(store, make_file):

@@ -178,6 +178,10 @@ def test_save_move_never_takes_a_store_file(store, make_file):
         assert "store's own files" in res.stderr
         assert src.exists()
     run_cli("save", str(a.payload), "--name", "c", store=store, check_rc=0)  # a copy is fine
+    with store.backend.scratch() as tmp:  # a scratch folder's files are the caller's (Keras, bundles)
+        (tmp / "ckpt").write_bytes(b"x" * 5000)
+        store.save(tmp / "ckpt", "d", move=True)
+        assert not (tmp / "ckpt").exists()
     run_cli("verify", store=store, check_rc=0)
 
 

@@ -1,5 +1,5 @@
-"""``python -m ftstore.engine.background STORE_URL NAME VERSION [ARTIFACT_ID]``: build a
-pending sidecar.
+"""``python -m ftstore.engine.background STORE_URL NAME VERSION [ARTIFACT_ID [OVERHEAD]]``:
+build a pending sidecar, with the overhead its saver asked for (default 10%).
 
 Started by the checkpoint manager (and the Lightning plugin) with background protection, in
 its own session, so it finishes even if the training process that started it is killed.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 
+from ftstore.codec.layout import DEFAULT_OVERHEAD
 from ftstore.documents import ArtifactKey, parse_ref
 from ftstore.engine.integrity import protect_pending
 from ftstore.engine.leaves import FolderLeaves, StoredLeaves, read_envelope
@@ -18,11 +19,12 @@ from ftstore.errors import FtstoreError
 from ftstore.stores import open_store
 
 
-def protect_in_store(store_url: str, name: str, version: int, artifact_id: str | None = None) -> None:
+def protect_in_store(store_url: str, name: str, version: int, artifact_id: str | None = None,
+                     overhead: float = DEFAULT_OVERHEAD) -> None:
     store = open_store(store_url)
     key = ArtifactKey(parse_ref(name).name, version)
     with store.working_copy(key) as folder:
-        protect_pending(FolderLeaves(folder, key, store), jobs=1, artifact_id=artifact_id)
+        protect_pending(FolderLeaves(folder, key, store), jobs=1, overhead=overhead, artifact_id=artifact_id)
 
 
 def _gone(store_url: str, name: str, version: int, artifact_id: str | None) -> bool:
@@ -38,12 +40,15 @@ def _gone(store_url: str, name: str, version: int, artifact_id: str | None) -> b
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) not in (3, 4):
-        print("usage: python -m ftstore.engine.background STORE_URL NAME VERSION [ARTIFACT_ID]", file=sys.stderr)
+    if len(argv) not in (3, 4, 5):
+        print("usage: python -m ftstore.engine.background STORE_URL NAME VERSION [ARTIFACT_ID [OVERHEAD]]",
+              file=sys.stderr)
         return 2
-    url, name, version, artifact_id = *argv[:3], (argv[3] if len(argv) == 4 else None)
+    url, name, version = argv[:3]
+    artifact_id = argv[3] if len(argv) > 3 else None
+    overhead = float(argv[4]) if len(argv) > 4 else DEFAULT_OVERHEAD
     try:
-        protect_in_store(url, name, int(version), artifact_id)
+        protect_in_store(url, name, int(version), artifact_id, overhead)
     except (FtstoreError, OSError) as e:
         if _gone(url, name, int(version), artifact_id):
             print(f"ftstore protect: {name}@{version} was deleted before its sidecar was built; nothing to do",

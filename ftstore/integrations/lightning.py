@@ -101,7 +101,7 @@ class FtstoreCheckpointIO(CheckpointIO):
         self.overhead = overhead
         self.background = background
         self.fallback = fallback
-        self._protector = BackgroundProtector(store.url)
+        self._protector = BackgroundProtector(store.url, overhead)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
         self._removed_early: set[str] = set()

@@ -211,10 +211,16 @@ class LocalStore(StoreBackend):
 
     def holds(self, path: Path) -> bool:
         """By where the path really leads: its folder resolved (links followed), its own
-        name not, since a link named inside the store is a store entry too."""
+        name not, since a link named inside the store is a store entry too. A scratch
+        folder's files (:meth:`scratch`) are the caller's, not the store's: a checkpoint
+        written there is saved with ``move``."""
         path = Path(os.path.abspath(path))
         where = Path(os.path.realpath(path.parent)) / path.name if path.name else path
-        return where.is_relative_to(self.root.resolve())
+        root = self.root.resolve()
+        if not where.is_relative_to(root):
+            return False
+        parts = where.relative_to(root).parts
+        return not (len(parts) > 2 and parts[0] == "staging" and parts[1].startswith("scratch-"))
 
     @classmethod
     def open(cls, location: str, create: bool = False) -> LocalStore:

@@ -32,6 +32,7 @@ from typing import Any, Literal
 from ftstore.api import Store, load_bundle
 from ftstore.bundles.bundle import bundle_file
 from ftstore.documents import ArtifactKey, parse_ref
+from ftstore.engine.load import heal
 from ftstore.errors import BadInputError, DamageError, FtstoreError, NotFoundError
 from ftstore.training.protection import BackgroundProtector
 from ftstore.training.state import FORMAT_KEY, TORCH_STATE, check_state, read_state, write_state
@@ -115,7 +116,7 @@ class CheckpointManager:
     def __post_init__(self) -> None:
         parse_ref(self.name)
         self.policy = RetentionPolicy(self.keep_last, self.keep_every, self.keep_best, self.best_metric, self.best_mode)
-        self._protector = BackgroundProtector(self.store.url)
+        self._protector = BackgroundProtector(self.store.url, self.overhead)
 
     # -- listing ----------------------------------------------------------------
     def checkpoints(self) -> list[Checkpoint]:
@@ -241,7 +242,28 @@ class CheckpointManager:
         return None
 
     # -- restore --------------------------------------------------------------------
+    def _rebuild_unreadable_envelopes(self) -> None:
+        """A version whose envelope is lost or damaged is still a checkpoint while its own
+        sidecar vouches for it: rebuild the envelope, as ``load`` and ``scrub --repair`` do,
+        so that a restore does not pass over the newest checkpoint for an older one. One
+        that cannot be rebuilt is skipped with a warning, like a damaged payload."""
+        for v in self.store.versions(self.name):
+            key = ArtifactKey(self.name, v)
+            try:
+                self.store.read_envelope(key)
+                continue
+            except FtstoreError:
+                pass
+            try:
+                health = self.store.check(key)
+                if health.files_damaged:
+                    heal(self.store.backend, key, health, "restore", None)
+            except (FtstoreError, OSError) as e:
+                warnings.warn(f"skipping checkpoint {key.ref}: its envelope is unusable and could not be rebuilt: {e}",
+                              stacklevel=4)
+
     def _candidates(self, step: int | None) -> list[Checkpoint]:
+        self._rebuild_unreadable_envelopes()
         cps = self.checkpoints()
         if step is not None:
             cps = [c for c in cps if c.step == step]

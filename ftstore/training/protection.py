@@ -20,8 +20,9 @@ from ftstore.errors import DamageError
 
 
 class BackgroundProtector:
-    def __init__(self, store_url: str):
+    def __init__(self, store_url: str, overhead: float = 0.10):
         self.store_url = store_url
+        self.overhead = overhead  # the sidecars' repair overhead: what the saver asked for
         self._procs: dict[ArtifactKey, subprocess.Popen] = {}
         self._errors: list[str] = []
         self._lock = threading.Lock()
@@ -29,7 +30,8 @@ class BackgroundProtector:
     def start(self, key: ArtifactKey, artifact_id: str) -> None:
         """Start building the sidecar of ``key`` (committed with protection pending)."""
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ftstore.engine.background", self.store_url, key.name, str(key.version), artifact_id],
+            [sys.executable, "-m", "ftstore.engine.background", self.store_url, key.name, str(key.version), artifact_id,
+             repr(self.overhead)],
             start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         with self._lock:
