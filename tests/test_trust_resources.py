@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import subprocess
 import sys
 import zipfile
@@ -157,6 +158,10 @@ def test_a_payload_grown_sparse_to_4_GiB_is_not_read_past_its_recorded_size(stor
         assert read < 64 << 20 and written < 64 << 20, (args, read, written)
     assert "4294967296 bytes, expected 3000" in err  # the real size, from fstat
     assert not out.exists()
+    rc, read, written, err = _bytes_moved("scrub", "--json", "--store", store.url, tmp=tmp_path)
+    assert rc == 1 and read < 64 << 20, (rc, read, err)
+    counted = [int(n) for n in re.findall(r'"bytes_read": (\d+)', err)]
+    assert counted and max(counted) < 1 << 20, counted  # what --max-rate paces: not the 4 GiB
     rc, read, written, err = _bytes_moved("load", "a", "-o", str(out), "--store", store.url, tmp=tmp_path)
     assert rc == 0 and read < 64 << 20 and written < 64 << 20, (rc, read, written, err)
     assert out.read_bytes() == src.read_bytes()

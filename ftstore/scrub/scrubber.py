@@ -24,6 +24,7 @@ from ftstore.engine.leaves import FolderLeaves, StoredLeaves, read_envelope
 from ftstore.errors import BadInputError, FtstoreError
 from ftstore.scrub.report import ArtifactScrub, DeepCheck, Orphan, ScrubOptions, ScrubReport, Totals
 from ftstore.stores import StoreBackend, open_store
+from ftstore.stores.backend import PAYLOAD, SIDECAR
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,17 @@ def in_subset(ref: str, subset: tuple[int, int] | None) -> bool:
     return zlib.crc32(ref.encode()) % n == k - 1
 
 
+def _bytes_read(sizes: dict[str, int], h: Health) -> int:
+    """What checking the leaves read (what ``--max-rate`` paces): a leaf longer than its
+    envelope records is read one byte past that, never to its end (see ``check``)."""
+    caps = {}
+    if h.envelope is not None:
+        caps[PAYLOAD] = h.envelope.size + 1
+        if h.envelope.raptorq is not None:
+            caps[SIDECAR] = h.envelope.raptorq.sidecar_size + 1
+    return sum(min(n, caps.get(leaf, n)) for leaf, n in sizes.items())
+
+
 def scrub_artifact(task: ScrubTask) -> ArtifactScrub:
     """Check one artifact (streaming, read-only); only when there is work to do (repair,
     protection, a deep probe) are its files checked out locally and worked on."""
@@ -64,7 +76,7 @@ def scrub_artifact(task: ScrubTask) -> ArtifactScrub:
     if task.repair and store.capabilities.local_files:
         _clear_dead_spills(store, task.key)
     sizes = store.leaf_sizes(task.key)
-    result = ArtifactScrub(ref=task.key.ref, status="ok", damage=h.problems, bytes_read=sum(sizes.values()))
+    result = ArtifactScrub(ref=task.key.ref, status="ok", damage=h.problems, bytes_read=_bytes_read(sizes, h))
     if h.problems and not (task.repair and h.files_damaged):
         return msgspec.structs.replace(result, status="failed")
     if not (task.repair or task.deep):
