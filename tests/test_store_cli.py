@@ -177,6 +177,12 @@ def test_save_move_never_takes_a_store_file(store, make_file):
         res = run_cli("save", str(src), "--name", "c", "--move", store=store, check_rc=2)
         assert "store's own files" in res.stderr
         assert src.exists()
+    # spelled through a link and a ``..`` after it: the kernel follows the link first
+    (store.backend.root.parent / "v").symlink_to(a.payload.parent)
+    sneaky = store.backend.root.parent / "v" / ".." / "1" / "payload"
+    res = run_cli("save", str(sneaky), "--name", "c", "--move", store=store, check_rc=2)
+    assert "store's own files" in res.stderr and a.payload.exists()
+    run_cli("load", "a", "-o", str(sneaky), store=store, check_rc=2)
     run_cli("save", str(a.payload), "--name", "c", store=store, check_rc=0)  # a copy is fine
     with store.backend.scratch() as tmp:  # a scratch folder's files are the caller's (Keras, bundles)
         (tmp / "ckpt").write_bytes(b"x" * 5000)

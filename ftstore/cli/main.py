@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(rv if isinstance(rv, int) else 0)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
-    except click.exceptions.NoArgsIsHelpError as e:  # a bare group: its help, as asked for
+    except getattr(click.exceptions, "NoArgsIsHelpError", ()) as e:  # a bare group: its help (click >= 8.2)
         e.show()
         sys.exit(2)
     except click.UsageError as e:

@@ -46,11 +46,15 @@ def main(argv: list[str]) -> int:
         return 2
     url, name, version = argv[:3]
     artifact_id = argv[3] if len(argv) > 3 else None
-    overhead = float(argv[4]) if len(argv) > 4 else DEFAULT_OVERHEAD
     try:
-        protect_in_store(url, name, int(version), artifact_id, overhead)
+        number, overhead = int(version), float(argv[4]) if len(argv) > 4 else DEFAULT_OVERHEAD
+    except ValueError as e:
+        print(f"ftstore protect: {e}", file=sys.stderr)
+        return 2
+    try:
+        protect_in_store(url, name, number, artifact_id, overhead)
     except (FtstoreError, OSError) as e:
-        if _gone(url, name, int(version), artifact_id):
+        if _gone(url, name, number, artifact_id):
             print(f"ftstore protect: {name}@{version} was deleted before its sidecar was built; nothing to do",
                   file=sys.stderr)
             return 0

@@ -160,7 +160,7 @@ def check(leaves: Leaves, verified: dict[str, tuple[str, int]] | None = None) ->
     rq = h.envelope.raptorq
     if rq is None:
         h.pending_protection = True
-        if _hash_of(leaves, SIDECAR, known) is not None:
+        if _hash_of(leaves, SIDECAR, known, 0) is not None:  # only whether it is there
             h.sidecar_problem = f"{h.ref}: sidecar present but the envelope records none"
     else:
         h.sidecar_problem = _problem(_hash_of(leaves, SIDECAR, known, rq.sidecar_size), rq.sidecar_size,

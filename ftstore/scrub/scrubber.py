@@ -58,10 +58,10 @@ def _bytes_read(sizes: dict[str, int], h: Health) -> int:
     """What checking the leaves read (what ``--max-rate`` paces): a leaf longer than its
     envelope records is read one byte past that, never to its end (see ``check``)."""
     caps = {}
-    if h.envelope is not None:
-        caps[PAYLOAD] = h.envelope.size + 1
-        if h.envelope.raptorq is not None:
-            caps[SIDECAR] = h.envelope.raptorq.sidecar_size + 1
+    if h.essentials is not None:  # from the envelope, or from the sidecar when it is unusable
+        caps[PAYLOAD] = h.essentials.size + 1
+    if h.envelope is not None:  # a pending version's sidecar is only looked for: one byte
+        caps[SIDECAR] = h.envelope.raptorq.sidecar_size + 1 if h.envelope.raptorq is not None else 1
     return sum(min(n, caps.get(leaf, n)) for leaf, n in sizes.items())
 
 

@@ -210,17 +210,33 @@ class LocalStore(StoreBackend):
         self.url = str(root)
 
     def holds(self, path: Path) -> bool:
-        """By where the path really leads: its folder resolved (links followed), its own
-        name not, since a link named inside the store is a store entry too. A scratch
-        folder's files (:meth:`scratch`) are the caller's, not the store's: a checkpoint
-        written there is saved with ``move``."""
-        path = Path(os.path.abspath(path))
-        where = Path(os.path.realpath(path.parent)) / path.name if path.name else path
-        root = self.root.resolve()
-        if not where.is_relative_to(root):
+        """By what the path's folders are, not how they are spelled: its folder is resolved
+        (links followed before any ``..``, as the kernel does; its own name is not, since a
+        link named inside the store is a store entry too), then each folder up from it is
+        compared with the store's root by device and inode, which also sees the store
+        through a bind mount or a second mount of its file system. A scratch folder's files
+        (:meth:`scratch`) are the caller's, not the store's: a checkpoint written there is
+        saved with ``move``."""
+        path = Path(path) if Path(path).is_absolute() else Path.cwd() / path
+        node = Path(os.path.realpath(path.parent)) / path.name if path.name not in ("", ".", "..") \
+            else Path(os.path.realpath(path))
+        try:
+            root = os.stat(self.root)
+        except OSError:
             return False
-        parts = where.relative_to(root).parts
-        return not (len(parts) > 2 and parts[0] == "staging" and parts[1].startswith("scratch-"))
+        below: list[str] = []  # the names from the root down to the path, innermost first
+        while True:
+            try:
+                st = os.stat(node)
+            except OSError:
+                st = None  # the path's own name need not exist yet
+            if st is not None and (st.st_dev, st.st_ino) == (root.st_dev, root.st_ino):
+                down = below[::-1]
+                return not (len(down) > 2 and down[0] == "staging" and down[1].startswith("scratch-"))
+            if node.parent == node:
+                return False
+            below.append(node.name)
+            node = node.parent
 
     @classmethod
     def open(cls, location: str, create: bool = False) -> LocalStore:

@@ -22,7 +22,7 @@ from ftstore.errors import DamageError
 class BackgroundProtector:
     def __init__(self, store_url: str, overhead: float = 0.10):
         self.store_url = store_url
-        self.overhead = overhead  # the sidecars' repair overhead: what the saver asked for
+        self.overhead = float(overhead)  # the sidecars' repair overhead: what the saver asked for
         self._procs: dict[ArtifactKey, subprocess.Popen] = {}
         self._errors: list[str] = []
         self._lock = threading.Lock()
