@@ -196,11 +196,12 @@ def test_the_plugin_pickles_like_lightnings_own(store, tmp_path):
     the same store."""
     import pickle
 
-    io = pickle.loads(pickle.dumps(FtstoreCheckpointIO(store, prefix="run1", background=True)))
+    io = pickle.loads(pickle.dumps(FtstoreCheckpointIO(store, prefix="run1", overhead=0.3, background=True)))
     assert (io.store.url, io.prefix, io.background) == (store.url, "run1", True)
     io.save_checkpoint({"global_step": 3, "state_dict": {"w": torch.ones(2)}}, tmp_path / "a.ckpt")
     io.wait_until_finished()
     assert io.load_checkpoint(tmp_path / "a.ckpt")["global_step"] == 3 and store.check(io.artifact_name(tmp_path / "a.ckpt")).intact
+    assert store.read_envelope(io.artifact_name(tmp_path / "a.ckpt")).raptorq.overhead == 0.3  # built in the background
 
 
 def test_any_store_publishes_the_checkpoint_and_removes_it(any_store, tmp_path):
