@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from ftstore.api import Store, load_bundle
 from ftstore.bundles.bundle import bundle_file
-from ftstore.documents import ArtifactKey, parse_ref
+from ftstore.documents import ArtifactKey, Envelope, parse_ref
 from ftstore.engine.load import heal
 from ftstore.errors import BadInputError, DamageError, FtstoreError, NotFoundError
 from ftstore.training.protection import BackgroundProtector
@@ -119,13 +119,14 @@ class CheckpointManager:
         self._protector = BackgroundProtector(self.store.url, self.overhead)
 
     # -- listing ----------------------------------------------------------------
-    def checkpoints(self) -> list[Checkpoint]:
-        """Every checkpoint with a readable envelope, by step (a damaged envelope is skipped)."""
+    def checkpoints(self, rebuild: bool = False) -> list[Checkpoint]:
+        """Every checkpoint with a readable envelope, by step (a damaged envelope is skipped,
+        unless ``rebuild``: see :meth:`_envelope`)."""
         out = []
         for v in self.store.versions(self.name):
             key = ArtifactKey(self.name, v)
             try:
-                env = self.store.read_envelope(key)
+                env = self._envelope(key) if rebuild else self.store.read_envelope(key)
                 step = int(env.metadata[STEP_KEY])
             except (FtstoreError, KeyError, ValueError):
                 continue
@@ -242,29 +243,28 @@ class CheckpointManager:
         return None
 
     # -- restore --------------------------------------------------------------------
-    def _rebuild_unreadable_envelopes(self) -> None:
-        """A version whose envelope is lost or damaged is still a checkpoint while its own
-        sidecar vouches for it: rebuild the envelope, as ``load`` and ``scrub --repair`` do,
-        so that a restore does not pass over the newest checkpoint for an older one. One
-        that cannot be rebuilt is skipped with a warning, like a damaged payload."""
-        for v in self.store.versions(self.name):
-            key = ArtifactKey(self.name, v)
-            try:
-                self.store.read_envelope(key)
-                continue
-            except FtstoreError:
-                pass
-            try:
-                health = self.store.check(key)
-                if health.files_damaged:
-                    heal(self.store.backend, key, health, "restore", None)
-            except (FtstoreError, OSError) as e:
-                warnings.warn(f"skipping checkpoint {key.ref}: its envelope is unusable and could not be rebuilt: {e}",
-                              stacklevel=4)
+    def _envelope(self, key: ArtifactKey) -> Envelope:
+        """``key``'s envelope; a lost or damaged one is rebuilt first, as ``load`` and
+        ``scrub --repair`` do, since its own sidecar still vouches for the checkpoint: a
+        restore must not pass over the newest checkpoint for an older one. One that cannot
+        be rebuilt raises :class:`FtstoreError` (and is skipped), with a warning, like a
+        damaged payload."""
+        try:
+            return self.store.read_envelope(key)
+        except FtstoreError:
+            pass
+        try:
+            health = self.store.check(key)
+            if health.files_damaged:
+                heal(self.store.backend, key, health, "restore", None)
+            return self.store.read_envelope(key)
+        except (FtstoreError, OSError) as e:
+            warnings.warn(f"skipping checkpoint {key.ref}: its envelope is unusable and could not be rebuilt: {e}",
+                          stacklevel=5)
+            raise FtstoreError(str(e)) from None
 
     def _candidates(self, step: int | None) -> list[Checkpoint]:
-        self._rebuild_unreadable_envelopes()
-        cps = self.checkpoints()
+        cps = self.checkpoints(rebuild=True)
         if step is not None:
             cps = [c for c in cps if c.step == step]
             if not cps:
