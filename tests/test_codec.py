@@ -7,8 +7,13 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ftstore.codec import check_and_decode, patch_in_place, read_meta, write_sidecar
+from ftstore.codec.encoder import read_stripes
+from ftstore.codec.layout import Layout, stripe_count
+from ftstore.codec.parallel import chunks
 from ftstore.documents import ArtifactEssentials
 from ftstore.errors import UnrecoverableError
 from ftstore.hashing import hash_bytes
@@ -155,3 +160,40 @@ def test_the_recorded_raptorq_release_is_the_installed_one_whichever_way_it_is_r
 
     monkeypatch.setattr(rq.os, "scandir", unreadable)
     assert rq.library_version.__wrapped__() == installed
+
+
+def _stripes_the_plain_way(data: bytes, lay: Layout, stripes: tuple[int, ...]) -> dict[int, bytes]:
+    data, t, S = data[: lay.size], lay.symbol_size, lay.stripes
+    return {
+        s: b"".join(data[(i * S + s) * t : (i * S + s + 1) * t].ljust(t, b"\0") for i in range(lay.stripe_k(s)))
+        for s in stripes
+    }
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    size=st.integers(1, 3 << 20),
+    symbol_exp=st.integers(8, 14),
+    extra_stripes=st.integers(0, 4),
+    per_task=st.integers(1, 3),
+    on_disk=st.sampled_from(["as recorded", "truncated", "grown"]),
+    cut=st.floats(0, 1),
+)
+def test_stripes_read_from_the_payload_are_the_recorded_bytes_zero_padded(
+    tmp_path_factory, size, symbol_exp, extra_stripes, per_task, on_disk, cut
+):
+    """Each stripe object is its symbols in stripe order: never a byte past the recorded size
+    (a grown file), and zeros where a truncated file ends or the last symbol is short."""
+    t = 1 << symbol_exp
+    stripes = min(-(-size // t), stripe_count(size, t) + extra_stripes)
+    lay = Layout.plan(size, 0.1, t, stripes)
+    rng = random.Random(size ^ symbol_exp)
+    actual = {"as recorded": size, "truncated": int(size * cut), "grown": size + 1 + int(cut * 3 * t)}[on_disk]
+    data = rng.randbytes(actual)
+    path = tmp_path_factory.mktemp("stripes") / "payload"
+    path.write_bytes(data)
+    with open(path, "rb") as f:
+        for group in chunks(range(lay.stripes), per_task):
+            got = read_stripes(f, lay, tuple(group))
+            assert all(type(obj) is bytes for obj in got.values())
+            assert got == _stripes_the_plain_way(data, lay, tuple(group))
