@@ -454,8 +454,15 @@ def remove_tree(path: Path) -> None:
 
 
 def is_disk_full(e: OSError) -> bool:
-    return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    """Out of room: no space, a quota, or a file over the filesystem's or the process's
+    size limit (``ulimit -f``), which the kernel reports without a file name."""
+    return e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def disk_full(e: OSError, what: str) -> StorageFullError:
+    if e.errno == errno.EFBIG:
+        return StorageFullError(
+            f"a file grew past the filesystem's or this process's file-size limit (ulimit -f) while {what}; "
+            "the store was left as it was"
+        )
     return StorageFullError(f"no space left while {what}; the store was left as it was")

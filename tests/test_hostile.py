@@ -3,6 +3,7 @@
 import errno
 import os
 import random
+import resource
 import signal
 import struct
 import subprocess
@@ -190,6 +191,31 @@ def test_full_disk_save_fails_cleanly_and_the_store_stays_intact(tmp_path, make_
         assert res.returncode == 1 and "no space left" in res.stderr and "Traceback" not in res.stderr
     finally:
         subprocess.run(["umount", str(mnt)])
+
+
+def test_a_file_size_limit_stops_save_and_load_with_a_message_that_says_so(tmp_path, make_file):
+    """``ulimit -f`` (EFBIG, which the kernel reports without a file name) on the copy, on
+    the sidecar the workers write (100% overhead, with the payload under the limit), and on
+    a load's output: exit 1 with one line naming the cause, and the store as it was."""
+    store_dir, out = tmp_path / "store", tmp_path / "out"
+    kept = make_file(3_000_000, seed=3)
+    cli = [sys.executable, "-m", "ftstore.cli"]
+    assert subprocess.run([*cli, "save", str(kept), "--name", "kept", "--store", str(store_dir)]).returncode == 0
+    big = make_file(40_000_000, seed=4)
+
+    def limited(kib: int, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*cli, *args, "--store", str(store_dir)], capture_output=True, text=True,
+                              preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (kib * 1024,) * 2))
+
+    for kib, args in [(2_000, ("save", str(big), "--name", "big")),
+                      (39_300, ("save", str(big), "--name", "big", "--overhead", "1.0")),
+                      (2_000, ("load", "kept", "-o", str(out)))]:
+        res = limited(kib, *args)
+        assert res.returncode == 1, (args, res.stderr)
+        assert "file-size limit (ulimit -f)" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    store = Store.open(store_dir)
+    assert [p.ref for p in store.keys()] == ["kept@1"] and not any(store.backend.staging_dir.iterdir())
+    assert not out.exists() and verify(store)[0].intact
 
 
 def test_enospc_anywhere_in_save_is_a_clean_error(store, make_file, monkeypatch):

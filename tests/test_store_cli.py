@@ -79,11 +79,13 @@ def test_flipped_byte_makes_verify_exit_1_and_no_heal_load_refuse(store, make_fi
         (["save", "FILE"], "Missing option '--name'"),
         (["scrub", "--max-rate", "0"], "--max-rate"),
         (["frobnicate"], "No such command"),
+        (["ls", "--store", ""], "store location is empty"),
+        (["copy", "STORE", ""], "store location is empty"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_no_traceback(store, make_file, args, msg):
     src = make_file(10)
-    args = [str(src) if a == "FILE" else a for a in args]
+    args = [{"FILE": str(src), "STORE": store.url}.get(a, a) for a in args]
     res = run_cli(*args, store=store, check_rc=2)
     assert msg in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr  # click's usage errors too

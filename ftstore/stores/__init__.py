@@ -24,6 +24,8 @@ SCHEMES: dict[str, str] = {"s3": "ftstore.stores.s3:S3Store"}
 def open_store(location: str | os.PathLike | None = None, create: bool = False) -> StoreBackend:
     """The store at ``location`` (``$FTSTORE_STORE`` or ``./ftstore-store`` when None): a
     ``scheme://`` URL with a registered scheme, or a local directory."""
+    if location is not None and not os.fspath(location):
+        raise BadInputError("the store location is empty (leave it out for $FTSTORE_STORE or ./ftstore-store)")
     text = str(location or os.environ.get("FTSTORE_STORE") or DEFAULT_STORE)
     scheme, sep, _ = text.partition("://")
     if not sep:
