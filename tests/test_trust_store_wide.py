@@ -8,13 +8,14 @@ artifacts report that entry and go on, with a result for every artifact they cou
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 from pathlib import Path
 
 import msgspec
 import pytest
 
-from ftstore import Store, load, verify
+from ftstore import CheckpointManager, Store, load, verify
 from ftstore.api import list_artifacts, scrub
 from ftstore.documents import ArtifactKey
 from ftstore.hashing import hash_file
@@ -137,6 +138,34 @@ def test_a_read_only_store_is_checked_and_loads_right_bytes_without_writing(smal
         assert (tmp_path / n).read_bytes() == data[n]
     run_cli("verify", store=store, check_rc=1)
     run_cli("ls", store=store, check_rc=0)
+
+
+@pytest.mark.parametrize("into", ["file", "memory"])
+def test_restore_from_a_read_only_store_rebuilds_a_lost_envelope_privately(small_fs, make_file, tmp_path, into):
+    """The newest checkpoint's envelope lost, its payload damaged too, and the store then
+    mounted read-only: restore still resumes the newest step, with the right bytes, from a
+    private repair, and writes nothing to the store."""
+    store = Store.open(small_fs / "store", create=True)
+    m = CheckpointManager(store, "run")
+    if into == "file":
+        m.save(1, make_file(50_000, seed=1))
+        newest = make_file(50_000, seed=2)
+    else:
+        m.save(1, {"step": 1, "blob": "a" * 50_000})
+        newest = {"step": 2, "blob": "".join(random.Random(2).choices("xyz", k=50_000))}
+    m.save(2, newest)
+    paths = files(store, "run@2")
+    paths.envelope.unlink()
+    _damage(paths.payload)
+    damaged = paths.payload.read_bytes()
+    assert subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], capture_output=True).returncode == 0
+    reader = CheckpointManager(Store.open(small_fs / "store"), "run")
+    if into == "file":
+        assert reader.restore(tmp_path / "out").step == 2
+        assert (tmp_path / "out").read_bytes() == newest.read_bytes()
+    else:
+        assert reader.restore() == newest and reader.restored.step == 2
+    assert not paths.envelope.exists() and paths.payload.read_bytes() == damaged
 
 
 def test_a_full_store_reports_what_it_could_check_and_repair(small_fs, make_file, tmp_path):

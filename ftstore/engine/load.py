@@ -8,9 +8,10 @@ working copy (in place on a local store), and read out again, with the same chec
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TypeVar
@@ -48,6 +49,31 @@ def heal(store: StoreBackend, key: ArtifactKey, health: Health, reason: str, job
         files = FolderLeaves(folder, key, store)
         local_health = health if store.capabilities.local_files else check(files)
         return repair(files, local_health, reason=reason, jobs=jobs)
+
+
+def repaired_envelope(store: StoreBackend, key: ArtifactKey, health: Health, reason: str,
+                      jobs: int | None) -> Envelope:
+    """The envelope of a version whose files are damaged (its envelope lost or altered, say),
+    rebuilt from its sidecar: in place where the store can be written, else (read-only, full)
+    in a private copy that is then dropped, as :func:`load` would, which reads the version
+    the same way. Raises :class:`UnrecoverableError` when the payload cannot be brought back."""
+    try:
+        result = heal(store, key, health, reason, jobs)
+    except (OSError, StorageError):
+        with _privately_repaired(store, key, reason, jobs) as (_, result):
+            pass
+    assert result.envelope is not None
+    return result.envelope
+
+
+@contextlib.contextmanager
+def _privately_repaired(store: StoreBackend, key: ArtifactKey, reason: str,
+                        jobs: int | None) -> Iterator[tuple[FolderLeaves, RepairResult]]:
+    """A copy of the version's files in a private folder, repaired there; the store is left
+    as it is."""
+    with held_temp_dir(reason) as tmp:
+        files = download_leaves(store, key, Path(tmp))
+        yield files, repair(files, check(files), reason=reason, jobs=jobs)
 
 
 def load(
@@ -122,9 +148,7 @@ def _verified(store: StoreBackend, key: ArtifactKey, self_heal: bool, jobs: int 
     try:
         result = heal(store, key, health, "load", jobs)  # raises unless the payload verifies again
     except (OSError, StorageError):
-        with held_temp_dir("load") as tmp:
-            files = download_leaves(store, key, Path(tmp))
-            result = repair(files, check(files), reason="load", jobs=jobs)
+        with _privately_repaired(store, key, "load", jobs) as (files, result):
             assert result.envelope is not None
             if (got := attempt(result.envelope, lambda: open_regular(files.payload))) is None:
                 raise DamageError(f"{key.ref}: the repaired private copy did not verify; {unwritten}")
@@ -170,4 +194,4 @@ def _write_verified(open_payload: Opener, env: Envelope, out: Path, progress) ->
         tmp.unlink(missing_ok=True)
 
 
-__all__ = ["LoadResult", "heal", "load", "load_bytes"]
+__all__ = ["LoadResult", "heal", "load", "load_bytes", "repaired_envelope"]

@@ -32,7 +32,7 @@ from typing import Any, Literal
 from ftstore.api import Store, load_bundle
 from ftstore.bundles.bundle import bundle_file
 from ftstore.documents import ArtifactKey, Envelope, parse_ref
-from ftstore.engine.load import heal
+from ftstore.engine.load import repaired_envelope
 from ftstore.errors import BadInputError, DamageError, FtstoreError, NotFoundError
 from ftstore.training.protection import BackgroundProtector
 from ftstore.training.state import FORMAT_KEY, TORCH_STATE, check_state, read_state, write_state
@@ -245,8 +245,9 @@ class CheckpointManager:
     # -- restore --------------------------------------------------------------------
     def _envelope(self, key: ArtifactKey) -> Envelope:
         """``key``'s envelope; a lost or damaged one is rebuilt first, as ``load`` and
-        ``scrub --repair`` do, since its own sidecar still vouches for the checkpoint: a
-        restore must not pass over the newest checkpoint for an older one. One that cannot
+        ``scrub --repair`` do (in a private copy where the store cannot be written), since
+        its own sidecar still vouches for the checkpoint: a restore must not pass over the
+        newest checkpoint for an older one. One that cannot
         be rebuilt raises :class:`FtstoreError` (and is skipped), with a warning, like a
         damaged payload."""
         try:
@@ -255,9 +256,9 @@ class CheckpointManager:
             pass
         try:
             health = self.store.check(key)
-            if health.files_damaged:
-                heal(self.store.backend, key, health, "restore", None)
-            return self.store.read_envelope(key)
+            if not health.files_damaged:  # rewritten while it was read: read it again
+                return self.store.read_envelope(key)
+            return repaired_envelope(self.store.backend, key, health, "restore", None)
         except (FtstoreError, OSError) as e:
             warnings.warn(f"skipping checkpoint {key.ref}: its envelope is unusable and could not be rebuilt: {e}",
                           stacklevel=5)
