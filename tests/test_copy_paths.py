@@ -13,9 +13,13 @@ from pathlib import Path
 import blake3
 import pytest
 
+from ftstore.codec import write_sidecar
+from ftstore.documents.envelope import essentials_of
 from ftstore.durable import COPY_CHUNK, COPY_METHODS, KernelCopy, copy_hashing
 from ftstore.errors import BadInputError
 from ftstore.hashing import READ_CHUNK, format_hash
+
+from .conftest import files
 
 PATHS = {
     "kernel first": COPY_METHODS,
@@ -190,3 +194,22 @@ def test_a_saved_copy_reads_back_as_the_source(store, make_file, protect):
     env = store.save(src, "m", protect=protect)
     assert env.source_hash == format_hash(blake3.blake3(src.read_bytes()).digest())
     assert store.load_bytes(f"m@{env.version}")[0].getvalue() == src.read_bytes()
+
+
+@pytest.mark.parametrize("size", [1, 16_385, COPY_CHUNK + 99, 3 * COPY_CHUNK + 12_345])
+@pytest.mark.parametrize("methods", ["kernel first", "read/write"])
+def test_a_sidecar_whose_source_hashes_were_taken_during_the_copy_is_the_one_the_encoder_alone_writes(
+    store, make_file, tmp_path, monkeypatch, size, methods
+):
+    """A save hashes the source symbols as the copy is read back, and the encoders skip
+    them: the sidecar is byte for byte the one the codec writes from the stored payload on
+    its own, across copy chunks, read chunks, and a short last symbol."""
+    import ftstore.stores.local as local
+
+    monkeypatch.setattr(local, "copy_hashing", lambda *a, **k: copy_hashing(*a, **k, methods=PATHS[methods]))
+    env = store.save(make_file(size, seed=size), "m")
+    stored = files(store, f"m@{env.version}")
+    alone = tmp_path / "alone.sidecar"
+    write_sidecar(stored.payload, alone, essentials_of(env), env.raptorq.overhead, None, jobs=2,
+                  version=env.version)
+    assert alone.read_bytes() == stored.sidecar.read_bytes()

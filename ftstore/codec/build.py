@@ -97,11 +97,13 @@ class SidecarBuild:
             artifact=essentials,
         )
 
-    def encode(self, source: Path, jobs: int | None) -> bytes:
-        """Write every repair symbol; returns the source-symbol hash table."""
+    def encode(self, source: Path, jobs: int | None, source_table: bytes | None = None) -> bytes:
+        """Write every repair symbol; returns the source-symbol hash table (``source_table``
+        where the caller hashed ``source``'s symbols already, see :class:`SymbolHasher`)."""
         with open(self.dest, "xb") as f:
             f.truncate(sidecar_size(self.block_len, self.layout))
-        self.source_table, self.repair_table = encode_sidecar_body(source, self.dest, self.layout, self.block_len, jobs)
+        self.source_table, self.repair_table = encode_sidecar_body(source, self.dest, self.layout, self.block_len,
+                                                                   jobs, source_table)
         return self.source_table
 
     def finish(self, essentials: ArtifactEssentials, version: int | None = None) -> SidecarInfo:

@@ -27,6 +27,7 @@ class EncodeTask:
     layout: Layout
     repair_base: int  # offset of the repair region in the sidecar
     stripes: tuple[int, ...]  # contiguous
+    hash_source: bool = True  # False: the caller has the source-symbol hashes already
 
 
 def read_stripes(f, layout: Layout, stripes: tuple[int, ...]) -> dict[int, bytes]:
@@ -68,7 +69,7 @@ def _encode_group(task: EncodeTask) -> dict[int, tuple[bytes, bytes]]:
         for s in task.stripes:
             obj = objs.pop(s)
             k = lay.stripe_k(s)
-            src = b"".join(symbol_hash(memoryview(obj)[i * t : (i + 1) * t]) for i in range(k))
+            src = b"".join(symbol_hash(memoryview(obj)[i * t : (i + 1) * t]) for i in range(k)) if task.hash_source else b""
             repair = encode_repair(obj, t, k, lay.repair_counts[s])
             del obj
             block = b"".join(repair)
@@ -83,19 +84,26 @@ def _encode_group(task: EncodeTask) -> dict[int, tuple[bytes, bytes]]:
 
 
 def encode_sidecar_body(
-    payload: str | os.PathLike, sidecar: str | os.PathLike, layout: Layout, repair_base: int, jobs: int | None
+    payload: str | os.PathLike, sidecar: str | os.PathLike, layout: Layout, repair_base: int, jobs: int | None,
+    source_table: bytes | None = None,
 ) -> tuple[bytes, bytes]:
     """Write every repair symbol into ``sidecar`` and return (source hashes, repair hashes)
-    in file-symbol order and repair-region order."""
+    in file-symbol order and repair-region order. ``source_table``: the source hashes, taken
+    by the caller from the same file (a copy hashes them as it lands, on a core the copy
+    leaves idle), so the encoders do not hash the source again."""
+    h = SYMBOL_HASH_BYTES
+    if source_table is not None and len(source_table) != layout.source_symbols * h:
+        raise ValueError(f"a source-symbol table of {len(source_table)} bytes for {layout.source_symbols} symbols")
     tasks = [
-        EncodeTask(os.fspath(payload), os.fspath(sidecar), layout, repair_base, tuple(g))
+        EncodeTask(os.fspath(payload), os.fspath(sidecar), layout, repair_base, tuple(g), source_table is None)
         for g in chunks(range(layout.stripes), STRIPES_PER_TASK)
     ]
-    src_table = bytearray(layout.source_symbols * SYMBOL_HASH_BYTES)
+    src_table = bytearray(layout.source_symbols * h)
     rep_parts: dict[int, bytes] = {}
-    h = SYMBOL_HASH_BYTES
     for result in pmap(_encode_group, tasks, jobs, parallel=layout.size >= PARALLEL_MIN_BYTES):
         for s, (src, rep) in result.items():
-            layout.put_stripe_entries(src_table, s, h, src)
+            if source_table is None:
+                layout.put_stripe_entries(src_table, s, h, src)
             rep_parts[s] = rep
-    return bytes(src_table), b"".join(rep_parts[s] for s in range(layout.stripes))
+    repair_table = b"".join(rep_parts[s] for s in range(layout.stripes))
+    return (bytes(src_table) if source_table is None else source_table), repair_table

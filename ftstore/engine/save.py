@@ -32,6 +32,7 @@ import msgspec
 
 from ftstore.codec import DEFAULT_OVERHEAD, MAX_OVERHEAD, MIN_OVERHEAD, SidecarBuild, SymbolHasher
 from ftstore.codec.encoder import PARALLEL_MIN_BYTES
+from ftstore.codec.layout import default_symbol_size
 from ftstore.codec.parallel import warm as warm_workers
 from ftstore.documents import (
     ARTIFACT_TYPES,
@@ -205,26 +206,31 @@ def _copied_then_encoded(staging: Staging, src: Path, template: ArtifactEssentia
                          jobs: int | None, progress: Progress | None,
                          protect: bool) -> tuple[ArtifactEssentials, SidecarBuild | None]:
     """Copy into the staging folder, then encode the private copy while the disk flushes
-    it: on two cores this beats encoding the source alongside the copy by a third."""
+    it: on two cores this beats encoding the source alongside the copy by a third. The
+    copy's source-symbol hashes are taken as it is read back for its BLAKE3, by the thread
+    that waits on the kernel's copy most of the time, so the encoders only encode."""
     before = watch(src)
-    digest, size = staging.copy_in(PAYLOAD, src, progress, None, durable=not protect)
+    symbols = SymbolHasher(default_symbol_size(template.size)) if protect else None
+    digest, size = staging.copy_in(PAYLOAD, src, progress, symbols, durable=not protect)
     if size != template.size or (FileState.of(src) != before if before is not None else hash_file(src)[0] != digest):
         raise _refuse_changed(src)
     essentials = msgspec.structs.replace(template, source_hash=digest)
-    if not protect:
+    if symbols is None:
         return essentials, None
-    return essentials, encode_staged(staging, essentials, overhead, jobs, lambda: staging.sync(PAYLOAD))
+    return essentials, encode_staged(staging, essentials, overhead, jobs, lambda: staging.sync(PAYLOAD),
+                                     symbols.table())
 
 
 def encode_staged(staging: Staging, essentials: ArtifactEssentials, overhead: float, jobs: int | None,
-                  flush: Callable[[], object]) -> SidecarBuild:
+                  flush: Callable[[], object], source_table: bytes | None = None) -> SidecarBuild:
     """Encode the sidecar of the payload in the staging folder while ``flush`` makes it
     durable (or sends it on), so the encoder reads it back from the page cache. The build
-    is finished (bound to its version) at the commit."""
+    is finished (bound to its version) at the commit. ``source_table``: the payload's
+    source-symbol hashes, where the caller took them while writing it."""
     build = SidecarBuild(staging.workdir / SIDECAR, essentials, overhead, version=staging.expected_version())
     with ThreadPoolExecutor(1) as ex:
         flushed = ex.submit(flush)
-        build.encode(staging.workdir / PAYLOAD, jobs)
+        build.encode(staging.workdir / PAYLOAD, jobs, source_table)
         flushed.result()
     return build
 
