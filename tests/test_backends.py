@@ -3,8 +3,10 @@
 import io
 import json
 import os
+import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,6 +92,30 @@ def test_shape_mismatch_is_an_error_and_params_roll_back(store):
     with pytest.raises(ValueError, match="do not fit"):
         load_bundle(store, "tb", "pytorch", builders={"autoencoder": wrong, "diffraction_to_obj": wrong})
     assert params.cfg == before
+
+
+def test_a_failing_builder_that_changed_values_in_place_leaves_params_as_they_were(store):
+    """Values the bundle does not overwrite, changed in place by a builder that then fails,
+    are put back into the same objects: code holding ``cfg['history']`` sees its old list."""
+    _torch_bundle(store)
+    history, extra, mask = ["run-1"], {"lr": 0.1, "nested": {"a": [1]}}, np.zeros(4)
+    params.cfg.clear()
+    params.cfg.update(history=history, extra=extra, mask=mask, N=64)
+
+    def meddling(cfg):
+        cfg["history"].append("meddled")
+        cfg["extra"]["nested"]["a"].append(2)
+        cfg["extra"]["lr"] = 5.0
+        cfg["mask"][:] = 7
+        cfg["added"] = True
+        raise RuntimeError("builder failed")
+
+    with pytest.raises(RuntimeError, match="builder failed"):
+        load_bundle(store, "tb", "pytorch", builders={"autoencoder": meddling, "diffraction_to_obj": meddling})
+    assert list(params.cfg) == ["history", "extra", "mask", "N"] and params.cfg["N"] == 64
+    assert params.cfg["history"] is history and history == ["run-1"]
+    assert params.cfg["extra"] is extra and extra == {"lr": 0.1, "nested": {"a": [1]}}
+    assert params.cfg["mask"] is mask and not mask.any()
 
 
 def test_documented_errors(store, monkeypatch):
@@ -286,3 +312,112 @@ def test_save_and_load_name_the_params_dict_by_module_path(store, tmp_path, monk
     with pytest.raises(ValueError, match="not both"):
         load_bundle(store, "by-path", "pytorch", builders=TORCH_BUILDERS, params="mycfg:cfg", target={})
     sys.modules.pop("mycfg", None)
+
+
+def files_path(store, ref: str):
+    return files(store, ref).payload
+
+
+def test_legacy_params_that_share_values_are_stored_once_or_refused_when_they_would_explode(store, tmp_path):
+    """A params.dill that shares an array 300 times stores it once (and loads it back shared);
+    one that shares each list level twice, 40 levels deep (a 2 KB pickle, 2**40 values
+    written out), is refused at once instead of running for ever."""
+    dill = pytest.importorskip("dill")
+    models = {k: b(TRAIN_CFG) for k, b in TORCH_BUILDERS.items()}
+    big = np.arange(50_000, dtype="<f8")
+    nested: list = [0, 0]
+    for _ in range(40):
+        nested = [nested, nested]
+    for name, extra, rc in [("shared", {"views": [big] * 300}, 0), ("exploding", {"bomb": nested}, 2)]:
+        files = {}
+        for m_name, m in models.items():
+            buf = io.BytesIO()
+            torch.save(m.state_dict(), buf)
+            files[f"{m_name}/model.pth"] = buf.getvalue()
+            files[f"{m_name}/params.dill"] = dill.dumps({**TRAIN_CFG, **extra})
+        arch = tmp_path / f"{name}.zip"
+        _legacy_archive(arch, "2.0-pytorch", files)
+        res = run_cli("import-legacy", str(arch), "--name", name, store=store, check_rc=rc, timeout=60)
+        if rc:
+            assert "more than 1000000 values" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    with zipfile.ZipFile(files_path(store, "shared@1")) as z:
+        npy = [n for n in z.namelist() if n.endswith(".npy")]
+        assert sum(z.getinfo(n).file_size for n in npy) < 3 * big.nbytes  # not 300 copies
+    out = load_bundle(store, "shared", "pytorch", builders=TORCH_BUILDERS)
+    views = out.params["views"]
+    assert len(views) == 300 and all(v is views[0] for v in views) and np.array_equal(views[0], big)
+    assert [k.ref for k in store.keys()] == ["shared@1"]
+
+
+def test_a_params_member_referenced_many_times_is_read_once(store, tmp_path):
+    """A bundle made by hand whose params.json names one 1 MiB .npy 2000 times: read and
+    held once, not 2000 times (2 GiB)."""
+    _torch_bundle(store, "tb")
+    src = files_path(store, "tb@1")
+    buf = io.BytesIO()
+    np.save(buf, np.arange(1 << 17, dtype="<f8"))
+    with zipfile.ZipFile(src) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    doc = json.loads(members["params.json"])
+    ref = {"type": "tensor", "member": "params/999.npy", "dtype": "<f8", "shape": [1 << 17]}
+    doc["values"]["many"] = {"type": "list", "items": [ref] * 2000}
+    members["params.json"] = json.dumps(doc).encode()
+    members["params/999.npy"] = buf.getvalue()
+    hand_made = tmp_path / "hand-made.zip"
+    with zipfile.ZipFile(hand_made, "w") as z:
+        for n, data in members.items():
+            z.writestr(n, data)
+    code = ("import resource, sys; from ftstore import Store; from ftstore.bundles import load_bundle; "
+            f"import tests.test_backends as t; r = load_bundle(Store.open({str(store.url)!r}), 'hm', 'pytorch', "
+            "builders=t.TORCH_BUILDERS, params={}); many = r.params['many']; "
+            "assert len(many) == 2000 and all(m is many[0] for m in many); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)")
+    run_cli("save", str(hand_made), "--name", "hm", store=store, check_rc=0)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    assert res.returncode == 0, res.stderr
+    assert int(res.stdout.split()[-1]) < 1500  # MiB, with torch imported; 2000 reads held ~2 GiB more
+
+
+@pytest.mark.parametrize(
+    "npy, why",
+    [
+        (b"\x93NUMPY\x01\x00v\x00{'descr': '<f8', 'fortran_order': False, 'shape': (1000000000000,), }".ljust(128 + 10 - 1, b" ") + b"\n" + bytes(16),
+         "header describes 8000000000000 bytes"),
+        (b"PK\x03\x04 an npz, not an npy", "magic string is not correct"),
+        (b"\x93NUMPY\x01\x00v\x00{'descr': '|O', 'fortran_order': False, 'shape': (1,), }".ljust(128 + 10 - 1, b" ") + b"\n" + bytes(8),
+         "not a plain .npy array"),
+    ],
+)
+def test_a_params_npy_that_is_not_what_it_claims_is_refused_in_one_line(store, tmp_path, npy, why):
+    """numpy allocates what an .npy header claims before reading (a 100-byte file claiming
+    8 TB gave MemoryError, exit 3), and np.load of a zip returns an NpzFile."""
+    _torch_bundle(store, "tb")
+    with zipfile.ZipFile(files_path(store, "tb@1")) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    doc = json.loads(members["params.json"])
+    doc["values"]["x"] = {"type": "tensor", "member": "params/999.npy", "dtype": "<f8", "shape": [3]}
+    members["params.json"], members["params/999.npy"] = json.dumps(doc).encode(), npy
+    hostile = tmp_path / "hostile.zip"
+    with zipfile.ZipFile(hostile, "w") as z:
+        for n, data in members.items():
+            z.writestr(n, data)
+    res = run_cli("save", str(hostile), "--name", "h", store=store, check_rc=2)
+    assert why in res.stderr and "params/999.npy" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("weights", [b"not safetensors at all", (1 << 40).to_bytes(8, "little") + b"{}"])
+def test_weights_that_are_not_safetensors_are_a_clear_error_on_load(store, tmp_path, weights):
+    """A bundle made by hand: its checksum proves only that it is what was saved."""
+    _torch_bundle(store, "tb")
+    with zipfile.ZipFile(files_path(store, "tb@1")) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    for n in members:
+        if n.endswith(".safetensors"):
+            members[n] = weights
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(bad, "w") as z:
+        for n, data in members.items():
+            z.writestr(n, data)
+    store.save(bad, "bad")
+    with pytest.raises(BadInputError, match="not a readable safetensors file"):
+        load_bundle(store, "bad", "pytorch", builders=TORCH_BUILDERS, params={})

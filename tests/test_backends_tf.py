@@ -113,3 +113,33 @@ def test_a_tensorflow_tensor_in_params_is_saved_and_restored_as_one(store):
     assert np.array_equal(params.cfg["probe"].numpy(), probe) and isinstance(res.params["probe"], tf.Tensor)
     load_bundle(store, "kb", "tensorflow", builders=BUILDERS, tensors="numpy")
     assert type(params.cfg["probe"]) is np.ndarray and np.array_equal(params.cfg["probe"], probe)
+
+
+@pytest.mark.parametrize("dtype", ["<f8", "<i8", "<f2"])
+def test_weights_stored_in_another_dtype_are_refused_not_cast(store, tmp_path, dtype):
+    """The HDF5 datasets' own dtypes must be the model's, like the manifest's: assigning
+    float64 weights to a float32 model would cast them (1e300 becomes inf)."""
+    import h5py
+
+    from ftstore.bundles.bundle import bundle_file
+    from ftstore.errors import BadInputError
+
+    def build(cfg):
+        return keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+
+    bundle = bundle_file({"m": build({})}, "tensorflow", {"N": 8, "gridsize": 1}, tmp_path)
+    with zipfile.ZipFile(bundle) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    h5 = tmp_path / "w.h5"
+    with h5py.File(h5, "w") as f:
+        f.create_dataset("w/000000", data=np.full((2, 2), 1e300 if dtype == "<f8" else 3, dtype))
+        f.create_dataset("w/000001", data=np.zeros(2, "f4"))
+    weights = next(n for n in members if n.endswith(".h5"))
+    members[weights] = h5.read_bytes()
+    recast = tmp_path / "recast.zip"
+    with zipfile.ZipFile(recast, "w") as z:
+        for n, data in members.items():
+            z.writestr(n, data)
+    store.save(recast, "recast")
+    with pytest.raises(BadInputError, match=f"holds tensor 0 as {np.dtype(dtype).name}, the model and manifest say float32"):
+        load_bundle(store, "recast", "tensorflow", builders={"m": build}, params={})

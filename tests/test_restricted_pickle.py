@@ -3,6 +3,8 @@ it refuses, and that hostile streams cost time linear in their size."""
 
 import os
 import pickle
+import re
+import struct
 import subprocess
 import sys
 import textwrap
@@ -208,3 +210,71 @@ def test_refuse_calls_passes_a_pickle_that_only_names_things_and_refuses_one_tha
             refuse_calls(pickle.dumps({"x": Evil()}, protocol=proto), "custom_objects.dill")
     with pytest.raises(BadInputError, match="not a readable pickle"):
         refuse_calls(b"\x80\x04garbage", "custom_objects.dill")
+
+
+def _global(module: str, name: str) -> bytes:
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def _text(s: str) -> bytes:
+    return b"X" + struct.pack("<I", len(s.encode())) + s.encode()
+
+
+_RELU = _text("relu") + _global("tensorflow.nn", "relu") + b"s"  # {'relu': tf.nn.relu}, as PtychoPINN writes
+
+
+@pytest.mark.parametrize(
+    "stream, why",
+    [
+        (_global("os", "environ") + _text("LD_PRELOAD") + _text("/tmp/evil.so") + b"s0", "SETITEM on os.environ"),
+        (_global("sys", "path") + b"(" + _text("/tmp/attacker") + b"e0", "APPENDS on sys.path"),
+        (_global("sys", "path") + _text("/tmp/attacker") + b"a0", "APPEND on sys.path"),
+        # the named object laundered through the memo, then changed
+        (_global("os", "environ") + b"q\x050" + b"h\x05" + _text("K") + _text("V") + b"s0", "SETITEM on os.environ"),
+        (_global("builtins", "__dict__") + _text("input") + _global("os", "system") + b"s0", "the name builtins.__dict__"),
+        (_text("os") + _text("system.__globals__") + b"\x93" + b"0", "the name os.system.__globals__"),
+        # a key that is not a string: hashing it calls its class's __hash__
+        (_global("collections", "UserString") + _text("x") + b"s", "SETITEM with a key or member that is not a string"),
+        (b"\x8f(" + _global("collections", "UserString") + b"\x90" + b"0", "ADDITEMS with a key or member that is not"),
+        (_global("gc", "garbage") + b"\x85" + b"(" + _text("x") + b"\x90" + b"0", "ADDITEMS on an object it did not build"),
+        (_global("copyreg", "_extension_registry") + b"0\x82\x01" + b"0", "EXT1"),
+    ],
+)
+def test_refuse_calls_refuses_a_pickle_that_changes_what_it_names(stream, why):
+    """Setting an item on, or appending to, an object the stream only names calls that
+    object's methods when PtychoPINN's loader reads the file (``os.environ[...] = ...``
+    calls putenv; replacing ``builtins.__import__`` runs code at the next name): refused
+    however the object is reached, while a dict of names, as PtychoPINN writes, passes."""
+    from ftstore.bundles.restricted_pickle import refuse_calls
+
+    refuse_calls(b"\x80\x02}" + _RELU + b".", "custom_objects.dill")
+    with pytest.raises(UnsafePickleError, match=re.escape(f"would run code when unpickled ({why}")):
+        refuse_calls(b"\x80\x02}" + stream + _RELU + b".", "custom_objects.dill")
+
+
+def test_build_is_refused_on_anything_but_the_numpy_stand_ins():
+    """BUILD on the tensor stand-in would set its attributes, ``__class__`` among them, and
+    pass any object (a cycle, a partial bound to the unpickler) off as an array."""
+    scalar = (_global("numpy.core.multiarray", "scalar") + _global("numpy", "dtype") + _text("f8") + b"\x89\x88\x87R"
+              + b"C\x08" + bytes(8) + b"\x86R")
+    tensor = _global("tensorflow.python.framework.ops", "convert_to_tensor") + scalar + b"\x85R"
+    state = (b"}" + _text("array") + b"]q\x00h\x00a" + b"s"
+             + b"}" + _text("__class__") + _global("numpy.core.multiarray", "_reconstruct") + b"s" + b"\x86")
+    stream = b"\x80\x02}" + _text("x") + tensor + state + b"b" + b"s."
+    with pytest.raises(UnsafePickleError, match="BUILD on _TensorFromArray"):
+        loads_plain(stream, "params.dill", tensors="keep")
+    assert loads_plain(b"\x80\x02}" + _text("x") + tensor + b"s.", "params.dill", tensors="keep")["x"].value == 0.0
+
+
+def test_an_ordered_dict_of_colliding_keys_is_refused_before_it_is_built():
+    """``OrderedDict(pairs)`` (protocol 2's way) hashes every key: counted like any other."""
+    import collections
+
+    pairs = pickle.dumps([(i * (2**61 - 1), 0) for i in range(30_000)], protocol=2)  # one hash value
+    stream = b"\x80\x02" + _global("collections", "OrderedDict") + pairs[2:-1] + b"\x85R."
+    t = time.perf_counter()
+    with pytest.raises(UnsafePickleError, match="dict keys or set members"):
+        loads_plain(stream, "params.dill")
+    assert time.perf_counter() - t < 3  # built first, then counted: about 10 s
+    small = collections.OrderedDict([("a", 1), (2, [3])])
+    assert loads_plain(pickle.dumps(small, protocol=2), "params.dill") == {"a": 1, 2: [3]}

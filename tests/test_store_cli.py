@@ -76,6 +76,10 @@ def test_flipped_byte_makes_verify_exit_1_and_no_heal_load_refuse(store, make_fi
         (["save", "FILE", "--name", "x", "--meta", "novalue"], "KEY=VALUE"),
         (["save", "FILE", "--name", "x", "--type", "weights"], "Invalid value"),
         (["verify", "x@0"], "invalid version"),
+        (["show", "x@" + "9" * 5000], "invalid version"),  # past Python's int-from-text limit
+        (["load", "x@9223372036854775808", "-o", "o"], "invalid version"),
+        (["scrub", "--subset", "1/" + "9" * 5000], "--subset"),
+        (["scrub", "--subset", "\u00b2/3"], "--subset"),
         (["save", "FILE"], "Missing option '--name'"),
         (["scrub", "--max-rate", "0"], "--max-rate"),
         (["frobnicate"], "No such command"),

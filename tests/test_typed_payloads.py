@@ -76,3 +76,28 @@ def test_conformance_snapshots_are_validated_and_shown(store, tmp_path):
     assert "status" in res.stderr
     p.write_text("{not json")
     run_cli("save", str(p), "--name", "snap", "--type", "conformance_snapshot", store=store, check_rc=2)
+
+
+@pytest.mark.parametrize("spoil", ["encrypted", "unknown compression", "corrupt deflate"])
+def test_a_zip_whose_manifest_cannot_be_read_is_saved_as_a_plain_file(store, tmp_path, spoil):
+    """Every save without --type looks for a bundle manifest; a zip whose manifest.json is
+    encrypted, compressed by an unknown method or corrupt is just a file, never exit 3."""
+    import struct
+    import zipfile
+
+    path = tmp_path / "other.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED if spoil == "corrupt deflate" else zipfile.ZIP_STORED) as z:
+        z.writestr("manifest.json", b'{"format": "ftstore-bundle"}' * 10)
+    data = bytearray(path.read_bytes())
+    local, central = data.find(b"PK\x03\x04"), data.find(b"PK\x01\x02")
+    if spoil == "encrypted":
+        data[local + 6] |= 1
+        data[central + 8] |= 1
+    elif spoil == "unknown compression":
+        data[local + 8 : local + 10] = data[central + 10 : central + 12] = struct.pack("<H", 97)
+    else:
+        start = local + 30 + struct.unpack("<H", data[local + 26 : local + 28])[0]
+        data[start : start + 4] = b"\xff\xff\xff\xff"
+    path.write_bytes(bytes(data))
+    run_cli("save", str(path), "--name", "z", store=store, check_rc=0)
+    assert json.loads(run_cli("show", "z", "--json", store=store).stdout)["envelope"]["artifact_type"] == "file"

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from ftstore.documents import Envelope
 from ftstore.engine.store import Store
+from ftstore.bundles.rollback import ParamsRollback
 from ftstore.errors import BadInputError, MissingDependencyError, NotFoundError
 from ftstore.payloads.bundle_format import (
     BACKENDS,
@@ -215,7 +216,7 @@ def load_bundle(
             if absent:
                 raise ModelNotFoundError(f"model(s) {absent} not in {res.ref}; it holds: {sorted(available)}")
             mod.require()
-            snapshot = dict(cfg)
+            before = ParamsRollback(cfg)
             try:
                 cfg.update(saved_params)
                 built = {}
@@ -230,7 +231,6 @@ def load_bundle(
                     mod.load_weights(model, wfile, entry)
                     built[model_name] = model
             except BaseException:
-                cfg.clear()
-                cfg.update(snapshot)
+                before.restore()
                 raise
     return LoadedBundle(built, dict(saved_params), backend, manifest, res.envelope, legacy_metadata)

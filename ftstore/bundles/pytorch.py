@@ -45,9 +45,13 @@ def write_weights(model: Any, path: Path) -> None:
 
 
 def load_weights(model: Any, path: Path, entry: ModelEntry) -> None:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    loaded = load_file(str(path), device="cpu")
+    try:
+        loaded = load_file(str(path), device="cpu")
+    except (SafetensorError, ValueError, OSError) as e:  # a bundle made by hand: its checksum proves nothing
+        raise BadInputError(f"model {entry.name!r}: the weights are not a readable safetensors file ({e})") from None
     have = model.state_dict()
     missing = sorted(set(have) - set(loaded))
     extra = sorted(set(loaded) - set(have))

@@ -225,6 +225,15 @@ class _Restricted(pickle._Unpickler):  # type: ignore[name-defined]
             raise pickle.UnpicklingError("pickle data was truncated")
         self.append(buf)
 
+    def _load_build(self) -> None:
+        """BUILD only on the two stand-ins that take a state: on any other object it would
+        set attributes, ``__class__`` among them, and turn one stand-in into another."""
+        state = self.stack.pop()
+        target = self.stack[-1]
+        if type(target) not in (_DType, _ArrayBuilder):
+            raise UnsafePickleError(f"BUILD on {type(target).__name__}: only numpy dtypes and arrays take a state")
+        target.__setstate__(state)
+
     # Every opcode that hashes keys or members charges them first.
     def _load_setitem(self) -> None:
         value, key = self.stack.pop(), self.stack.pop()
@@ -266,6 +275,7 @@ class _Restricted(pickle._Unpickler):  # type: ignore[name-defined]
 
     dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
     dispatch[pickle.BYTEARRAY8[0]] = _load_bytearray8
+    dispatch[pickle.BUILD[0]] = _load_build
     dispatch[pickle.SETITEM[0]] = _load_setitem
     dispatch[pickle.SETITEMS[0]] = _load_setitems
     dispatch[pickle.DICT[0]] = _load_dict
@@ -281,7 +291,19 @@ class _Restricted(pickle._Unpickler):  # type: ignore[name-defined]
             return lambda type_name: self._counted(_dill_load_type(type_name))
         return self._counted(found)
 
+    def _new_dict(self, *args: Any) -> dict:
+        """``OrderedDict(pairs)`` as protocol 2 writes it, its keys charged before hashing."""
+        if len(args) > 1:
+            raise UnsafePickleError("OrderedDict built from more than one argument")
+        pairs = list(args[0]) if args else []
+        if not all(type(p) in (list, tuple) and len(p) == 2 for p in pairs):
+            raise UnsafePickleError("OrderedDict built from something other than key-value pairs")
+        self.charge(p[0] for p in pairs)
+        return dict(pairs)
+
     def _counted(self, found: Any) -> Any:
+        if found is dict:
+            return self._new_dict
         return functools.partial(self._new_set, found) if found is set or found is frozenset else found
 
     def persistent_load(self, pid: Any) -> Any:
@@ -342,23 +364,24 @@ class _Finisher:
         return result
 
     def _convert(self, obj: Any, depth: int) -> Any:
-        if isinstance(obj, _ArrayBuilder):
-            if obj.array is None:
+        kind = type(obj)  # exact types: no stand-in or subclass passes for another
+        if kind is _ArrayBuilder:
+            if type(obj.array) is not self.arrays[0]:
                 raise UnsafePickleError("numpy array without data")
             return obj.array
-        if isinstance(obj, _TensorFromArray):
+        if kind is _TensorFromArray:
             return self._tensor(self.finish(obj.value, depth))
-        if isinstance(obj, dict):
+        if kind is dict:
             self.unpickler.charge(obj)  # rebuilt below: hashed again
             return {self.finish(k, depth): self.finish(v, depth) for k, v in obj.items()}
-        if isinstance(obj, list):
+        if kind is list:
             return [self.finish(v, depth) for v in obj]
-        if isinstance(obj, tuple):
+        if kind is tuple:
             return tuple(self.finish(v, depth) for v in obj)
-        if isinstance(obj, (set, frozenset)):
+        if kind is set or kind is frozenset:
             self.unpickler.charge(obj)
-            return type(obj)(self.finish(v, depth) for v in obj)
-        raise UnsafePickleError(f"{type(obj).__name__} is not plain data")
+            return kind(self.finish(v, depth) for v in obj)
+        raise UnsafePickleError(f"{kind.__name__} is not plain data")
 
     def _tensor(self, value: Any) -> Any:
         if not isinstance(value, self.arrays):
@@ -370,28 +393,109 @@ class _Finisher:
         return value
 
 
-_CALLING_OPCODES = {"REDUCE", "NEWOBJ", "NEWOBJ_EX", "INST", "OBJ", "BUILD", "PERSID", "BINPERSID"}
+_CALLING_OPCODES = {"REDUCE", "NEWOBJ", "NEWOBJ_EX", "INST", "OBJ", "BUILD", "PERSID", "BINPERSID",
+                    "EXT1", "EXT2", "EXT4"}  # EXTn: a name from the loader's registry, unseen here
+_MUTATING_OPCODES = {"SETITEM", "SETITEMS", "APPEND", "APPENDS", "ADDITEMS"}
+_FRESH_OPCODES = {"EMPTY_DICT", "EMPTY_LIST", "EMPTY_SET", "DICT", "LIST"}
+_PUT_OPCODES = {"PUT", "BINPUT", "LONG_BINPUT"}
+_GET_OPCODES = {"GET", "BINGET", "LONG_BINGET"}
+
+
+class _Item:
+    """What :func:`refuse_calls` knows of a stack entry: its kind ("mark", "fresh" for a
+    dict, list or set the stream built itself, "str", "global", or "other") and, for a
+    string, its text."""
+
+    __slots__ = ("kind", "text")
+
+    def __init__(self, kind: str, text: str | None = None):
+        self.kind, self.text = kind, text
+
+
+_MARK = _Item("mark")
+
+
+def _dunder(name: str) -> bool:
+    return any(part.startswith("__") and part.endswith("__") for part in name.split("."))
 
 
 def refuse_calls(data: bytes, source: str) -> None:
-    """Refuse a pickle that would call anything when unpickled, by reading its opcodes only
-    (nothing is imported, built or run). A pickle that merely names classes and functions,
-    as PtychoPINN's ``custom_objects.dill`` does, passes; ftstore never unpickles it."""
-    strings: list[str] = []
+    """Refuse a pickle that would run code when unpickled, by reading its opcodes only
+    (nothing is imported, built or run). A pickle that merely names classes and functions
+    and files them in dicts, lists and sets it builds itself, as PtychoPINN's
+    ``custom_objects.dill`` does, passes; ftstore never unpickles it.
+
+    Refused: every opcode that calls what it is given (REDUCE, BUILD, ...); a set-item,
+    append or add on anything but a container the stream built (on a named object, such
+    as ``os.environ`` or a module's ``__dict__``, it calls that object's methods); a key
+    or set member that is not a string (hashing it calls its ``__hash__``); and a name
+    with a dunder part (``__dict__``, ``__globals__``: the way to a module's internals).
+    The stack and memo are followed kind by kind, so a reference fetched back from the
+    memo is judged as what it is."""
     named = "nothing named"
+    stack: list[_Item] = []
+    memo: dict[int, _Item] = {}
+
+    def refuse(why: str) -> UnsafePickleError:
+        return UnsafePickleError(f"{source}: would run code when unpickled ({why}); refusing the archive "
+                                 "(ftstore never unpickles this file, but PtychoPINN's loader would)")
+
     try:
         for op, arg, _ in pickletools.genops(data):
-            if isinstance(arg, str) and "UNICODE" in op.name:
-                strings = [*strings[-1:], arg]
-            elif op.name == "GLOBAL":
-                named = str(arg).replace(" ", ".")
-            elif op.name == "STACK_GLOBAL" and len(strings) == 2:
-                named = ".".join(strings)
-            elif op.name in _CALLING_OPCODES:
-                raise UnsafePickleError(
-                    f"{source}: would run code when unpickled ({op.name} after {named}); refusing the archive "
-                    "(ftstore never unpickles this file, but PtychoPINN's loader would)"
-                )
+            name = op.name
+            if name in _CALLING_OPCODES:
+                raise refuse(f"{name} after {named}")
+            if name in _PUT_OPCODES:
+                memo[int(arg)] = stack[-1]
+                continue
+            if name == "MEMOIZE":
+                memo[len(memo)] = stack[-1]
+                continue
+            if name in _GET_OPCODES:
+                stack.append(memo[int(arg)])
+                continue
+            if name == "DUP":
+                stack.append(stack[-1])
+                continue
+            before = op.stack_before
+            if pickletools.markobject in before:
+                at = len(stack) - 1 - stack[::-1].index(_MARK)
+                popped = stack[at - before.index(pickletools.markobject) :]
+                top = stack[at + 1 :]
+                del stack[at - before.index(pickletools.markobject) :]
+            else:
+                if len(stack) < len(before):
+                    raise ValueError("stack underflow")
+                popped = stack[len(stack) - len(before) :] if before else []
+                top = popped[1:]  # what a set-item or append files (popped[0]: its target)
+                del stack[len(stack) - len(before) :]
+            pushed: _Item
+            if name in _MUTATING_OPCODES:
+                target = popped[0]
+                if target.kind != "fresh":
+                    raise refuse(f"{name} on {named if target.kind == 'global' else 'an object it did not build'}")
+                keys = top[0::2] if name in ("SETITEM", "SETITEMS") else top if name == "ADDITEMS" else []
+                if any(k.kind != "str" for k in keys):
+                    raise refuse(f"{name} with a key or member that is not a string")
+                pushed = target
+            elif name in ("GLOBAL", "STACK_GLOBAL"):
+                if name == "GLOBAL":
+                    module, _, attr = str(arg).partition(" ")
+                elif all(p.kind == "str" for p in popped):
+                    module, attr = popped[0].text or "", popped[1].text or ""
+                else:
+                    raise refuse("STACK_GLOBAL with a name that is not a string")
+                named = f"{module}.{attr}"
+                if _dunder(module) or _dunder(attr):
+                    raise refuse(f"the name {named}")
+                pushed = _Item("global")
+            elif name in _FRESH_OPCODES:
+                pushed = _Item("fresh")
+            elif "UNICODE" in name:
+                pushed = _Item("str", str(arg))
+            else:
+                pushed = _Item("other")
+            stack.extend(_MARK if s is pickletools.markobject else pushed for s in op.stack_after)
     except UnsafePickleError:
         raise
     except Exception as e:  # pickletools raises ValueError and others on malformed streams

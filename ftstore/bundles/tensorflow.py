@@ -77,8 +77,11 @@ def load_weights(model: Any, path: Path, entry: ModelEntry) -> None:
         arrays = []
         for i, (v, info) in enumerate(zip(model.weights, entry.tensors)):
             ds = f.get(f"w/{i:06d}")
-            if ds is None or list(ds.shape) != info.shape:
+            if not isinstance(ds, h5py.Dataset) or list(ds.shape) != info.shape:
                 raise BadInputError(f"model {entry.name!r}: weights file lacks tensor {i} of shape {info.shape}")
+            if ds.dtype.name != info.dtype:  # assigning would cast: 1e300 in float64 becomes inf
+                raise BadInputError(f"model {entry.name!r}: weights file holds tensor {i} as {ds.dtype}, "
+                                    f"the model and manifest say {info.dtype}")
             arrays.append(ds[()])
         if len(f.get("w", {})) != len(arrays):
             raise BadInputError(f"model {entry.name!r}: weights file holds extra tensors")

@@ -52,9 +52,13 @@ def check_name(name: str) -> str:
     return name
 
 
+MAX_VERSION = 2**63 - 1  # what an envelope's integer can hold
+
+
 def version_of(text: str) -> int | None:
-    """The version a folder or key segment names: ASCII digits, no leading zero, >= 1."""
-    if text.isascii() and text.isdigit() and text[0] != "0":
+    """The version a folder or key segment names: ASCII digits, no leading zero, 1 to
+    :data:`MAX_VERSION` (read without converting thousands of digits, which Python refuses)."""
+    if text.isascii() and text.isdigit() and text[0] != "0" and len(text) <= 19 and int(text) <= MAX_VERSION:
         return int(text)
     return None
 
@@ -66,8 +70,8 @@ def parse_ref(text: str) -> Ref:
         return Ref(name)
     version = version_of(ver)
     if version is None:
-        raise BadInputError(f"invalid version {ver!r} in {text!r}: versions are positive integers")
+        raise BadInputError(f"invalid version {ver[:40]!r} in {text[:80]!r}: versions are positive integers up to {MAX_VERSION}")
     return Ref(name, version)
 
 
-__all__ = ["NAME_PATTERN", "NAME_RE", "ArtifactKey", "Ref", "check_name", "is_name", "parse_ref", "version_of"]
+__all__ = ["MAX_VERSION", "NAME_PATTERN", "NAME_RE", "ArtifactKey", "Ref", "check_name", "is_name", "parse_ref", "version_of"]

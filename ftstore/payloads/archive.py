@@ -45,7 +45,9 @@ class ArchiveError(BadInputError):
     """A hostile or broken archive."""
 
 
-_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, NotImplementedError, ValueError, KeyError)
+ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, NotImplementedError, ValueError, KeyError,
+              RuntimeError)  # RuntimeError: an encrypted member
+"""What :mod:`zipfile` raises for a broken, encrypted or unsupported archive or member."""
 
 
 class SafeZip:
@@ -54,7 +56,7 @@ class SafeZip:
         self.limits = limits or ArchiveLimits.from_env()
         try:
             self._zf = zipfile.ZipFile(self.path)
-        except (OSError, *_ZIP_ERRORS) as e:
+        except (OSError, *ZIP_ERRORS) as e:
             raise ArchiveError(f"{self.path}: not a readable zip archive ({e})") from None
         try:
             self.members = self._vet(self._zf.infolist())
@@ -121,7 +123,7 @@ class SafeZip:
         try:
             with self._zf.open(info) as f:
                 data = f.read(info.file_size + 1)
-        except (OSError, *_ZIP_ERRORS) as e:  # a corrupt offset makes zipfile seek before the file start
+        except (OSError, *ZIP_ERRORS) as e:  # a corrupt offset makes zipfile seek before the file start
             raise ArchiveError(f"{self.path}: member {name!r} is damaged or lies about its size ({e})") from None
         if len(data) != info.file_size:
             raise ArchiveError(f"{self.path}: member {name!r} does not hold the {info.file_size} bytes its header claims")
@@ -135,7 +137,7 @@ class SafeZip:
                 n = 0
                 while chunk := f.read(1 << 20):
                     n += len(chunk)
-        except (OSError, *_ZIP_ERRORS) as e:
+        except (OSError, *ZIP_ERRORS) as e:
             raise ArchiveError(f"{self.path}: member {name!r} is damaged or lies about its size ({e})") from None
         if n != info.file_size:
             raise ArchiveError(f"{self.path}: member {name!r} does not hold the {info.file_size} bytes its header claims")
@@ -148,7 +150,7 @@ class SafeZip:
                 shutil.copyfileobj(src, out, 1 << 20)
                 if out.tell() != info.file_size:
                     raise ArchiveError(f"{self.path}: member {name!r} does not hold the bytes its header claims")
-        except (OSError, *_ZIP_ERRORS) as e:
+        except (OSError, *ZIP_ERRORS) as e:
             dest.unlink(missing_ok=True)
             if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise

@@ -159,15 +159,27 @@ def _tensorflow_value(v: Any) -> np.ndarray | np.generic | None:
     return None
 
 
+MAX_SNAPSHOT_VALUES = 1_000_000
+"""Values one params snapshot may hold once written out. The snapshot is a tree, so a
+value referenced from several places is written at each: a dict sharing each level twice,
+40 levels deep (a 2 KB pickle), would be 2**40 values."""
+
+
 def to_snapshot(params: dict[str, Any], prefix: str = "params") -> tuple[ParamsSnapshot, dict[str, np.ndarray]]:
     """Typed snapshot of a params dict, plus the arrays to store as .npy members
-    (``<prefix>/<i>.npy``)."""
+    (``<prefix>/<i>.npy``). An array referenced from several places is stored once."""
     import numpy as np
     arrays: dict[str, np.ndarray] = {}
+    members: dict[int, tuple[Any, str]] = {}  # id of an array seen -> (it, kept alive; its member)
     version = 1
+    count = 0
 
     def conv(v: Any, where: str) -> Value:
-        nonlocal version
+        nonlocal version, count
+        count += 1
+        if count > MAX_SNAPSHOT_VALUES:
+            raise BadInputError(f"params: more than {MAX_SNAPSHOT_VALUES} values once shared references are "
+                                "written out; refusing")
         if isinstance(v, bool):
             return BoolV(value=v)
         tf_value = _tensorflow_value(v)
@@ -180,8 +192,12 @@ def to_snapshot(params: dict[str, Any], prefix: str = "params") -> tuple[ParamsS
             arr = np.asarray(v)
             if arr.dtype.hasobject:
                 raise BadInputError(f"params[{where}]: object arrays cannot be stored")
-            member = f"{prefix}/{len(arrays)}.npy"
-            arrays[member] = arr
+            if id(v) in members:
+                member = members[id(v)][1]
+            else:
+                member = f"{prefix}/{len(arrays)}.npy"
+                arrays[member] = arr
+                members[id(v)] = (v, member)
             return TensorV(member=member, dtype=arr.dtype.str, shape=list(arr.shape), scalar=isinstance(v, np.generic))
         if isinstance(v, int):
             return IntV(value=v)
@@ -212,8 +228,16 @@ def to_snapshot(params: dict[str, Any], prefix: str = "params") -> tuple[ParamsS
 
 
 def from_snapshot(snap: ParamsSnapshot, load_array, as_tensor: Callable[[Any], Any] | None = None) -> dict[str, Any]:
-    """Python values of a snapshot; ``load_array(TensorV)`` reads one .npy member.
-    Values saved as TensorFlow tensors go through ``as_tensor`` (default: left numpy)."""
+    """Python values of a snapshot; ``load_array(TensorV)`` reads one .npy member, once
+    however often the snapshot refers to it (a member referenced 2000 times was read, and
+    held in memory, 2000 times). Values saved as TensorFlow tensors go through
+    ``as_tensor`` (default: left numpy)."""
+    loaded: dict[str, Any] = {}
+
+    def array(t: TensorV) -> Any:
+        if t.member not in loaded:
+            loaded[t.member] = load_array(t)
+        return loaded[t.member]
 
     def conv(v: Value) -> Any:
         if isinstance(v, (IntV, BoolV, StrV)):
@@ -230,7 +254,7 @@ def from_snapshot(snap: ParamsSnapshot, load_array, as_tensor: Callable[[Any], A
             return tuple(conv(x) for x in v.items)
         if isinstance(v, DictV):
             return {k: conv(x) for k, x in v.items.items()}
-        arr = load_array(v)
+        arr = array(v)
         if arr.dtype.str != v.dtype or list(arr.shape) != v.shape:
             raise BadInputError(f"{v.member}: array is {arr.dtype.str}{list(arr.shape)}, params.json says {v.dtype}{v.shape}")
         value = arr[()] if v.scalar else arr
@@ -326,8 +350,27 @@ def read_legacy_metadata(z: SafeZip, manifest: BundleManifest) -> dict[str, dict
 
 
 def _read_npy(z: SafeZip, t: TensorV) -> np.ndarray:
+    return read_plain_npy(z.read(t.member), t.member)
+
+
+def read_plain_npy(data: bytes, source: str) -> np.ndarray:
+    """A ``.npy`` file's array, only if its header describes exactly the bytes that follow:
+    numpy allocates what the header claims before it reads (a 100-byte file claiming
+    terabytes), and ``np.load`` of anything else (an ``.npz`` zip) is not an array."""
     import numpy as np
+    f = io.BytesIO(data)
     try:
-        return np.load(io.BytesIO(z.read(t.member)), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise BadInputError(f"{t.member}: not a plain .npy array ({e})") from None
+        version = np.lib.format.read_magic(f)
+        readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in readers:  # 3.0 is for structured dtypes with non-Latin-1 names: never plain
+            raise ValueError(f".npy format version {version[0]}.{version[1]}")
+        shape, _, dtype = readers[version](f)
+        if dtype.hasobject:
+            raise ValueError("an array of Python objects")
+        want = math.prod(shape) * dtype.itemsize
+        if want != len(data) - f.tell():
+            raise ValueError(f"its header describes {want} bytes of data, the file has {len(data) - f.tell()}")
+        f.seek(0)
+        return np.load(f, allow_pickle=False)
+    except (ValueError, OSError, EOFError, TypeError) as e:
+        raise BadInputError(f"{source}: not a plain .npy array ({e})") from None

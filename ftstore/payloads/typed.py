@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from ftstore.errors import BadInputError
+from ftstore.payloads.archive import ZIP_ERRORS
 from ftstore.payloads.bundle_format import read_bundle
 from ftstore.payloads.reports import parse_typed
 
@@ -25,7 +26,7 @@ def detect_type(path: Path) -> str:
         with zipfile.ZipFile(path) as zf, zf.open("manifest.json") as manifest:
             if b'"ftstore-bundle"' in manifest.read(4096):  # never inflates more than this
                 return "model_bundle"
-    except (OSError, zipfile.BadZipFile, KeyError, ValueError):
+    except (OSError, *ZIP_ERRORS):  # not a zip, no manifest, or one that cannot be read: a file
         pass
     return "file"
 

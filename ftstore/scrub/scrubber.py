@@ -41,9 +41,13 @@ def parse_subset(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
     k, sep, n = text.partition("/")
-    if not sep or not k.isdigit() or not n.isdigit() or not (1 <= int(k) <= int(n)):
-        raise BadInputError(f"--subset {text!r}: expected K/N with 1 <= K <= N")
+    if not (sep and _small_number(k) and _small_number(n) and 1 <= int(k) <= int(n)):
+        raise BadInputError(f"--subset {text[:40]!r}: expected K/N with 1 <= K <= N <= 999999999")
     return int(k), int(n)
+
+
+def _small_number(text: str) -> bool:
+    return text.isascii() and text.isdigit() and len(text) <= 9
 
 
 def in_subset(ref: str, subset: tuple[int, int] | None) -> bool:
