@@ -52,6 +52,24 @@ def test_zip_bombs_are_refused_by_ratio(tmp_path):
         SafeZip(p)
 
 
+def test_members_whose_data_overlap_are_refused(tmp_path):
+    """The overlapping zip bomb: central entries pointing into one compressed stream each
+    pass the ratio check. Members laid end to end, with names of any encoding, pass."""
+    import struct
+
+    names = ["a", "b", "caf\u00e9", "\u00e7\u00e0"]
+    p = _zip(tmp_path / "a.zip", [(n, bytes(1000)) for n in names])
+    with SafeZip(p) as z:
+        assert sorted(z.names()) == sorted(names)
+    data = bytearray(p.read_bytes())
+    first = data.find(b"PK\x01\x02")
+    second = data.find(b"PK\x01\x02", first + 1)
+    data[second + 42 : second + 46] = data[first + 42 : first + 46]  # b's data is a's
+    p.write_bytes(bytes(data))
+    with pytest.raises(ArchiveError, match="overlap"):
+        SafeZip(p)
+
+
 def test_member_count_and_total_size_limits(tmp_path):
     p = _zip(tmp_path / "a.zip", [(f"m{i}", b"x" * 10) for i in range(20)])
     with pytest.raises(ArchiveError, match="over the limit"):

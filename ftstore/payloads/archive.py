@@ -98,7 +98,18 @@ class SafeZip:
                     f"(limit {lim.max_ratio}x): refusing a likely zip bomb"
                 )
             out[key] = info
+        self._check_no_overlap(infos)
         return out
+
+    def _check_no_overlap(self, infos: list[zipfile.ZipInfo]) -> None:
+        """Members whose data overlap (several central entries pointing into one compressed
+        stream, the "overlapping" zip bomb) are refused: each would pass the ratio check
+        while the archive expands far past what its size allows."""
+        spans = sorted((i.header_offset, i.header_offset + 30 + len(i.orig_filename.encode("utf-8" if i.flag_bits & 0x800 else "cp437"))
+                        + i.compress_size, i.filename) for i in infos)
+        for (_, end, name), (start, _, other) in zip(spans, spans[1:]):
+            if start < end:
+                raise ArchiveError(f"{self.path}: members {name!r} and {other!r} overlap: refusing a likely zip bomb")
 
     def _check_name(self, name: str) -> None:
         bad = (
