@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -129,9 +128,18 @@ def download_leaves(store: StoreBackend, key: ArtifactKey, folder: Path) -> Fold
             stream = store.open_leaf(key, leaf)
         except BadInputError:
             continue
-        if stream is not None:
-            with stream, open(folder / leaf, "xb") as f:
-                shutil.copyfileobj(stream, f, CHUNK)
+        if stream is None:
+            continue
+        limit = MAX_ENVELOPE_BYTES if leaf == ENVELOPE else None  # an envelope of gigabytes is damage
+        with stream, open(folder / leaf, "xb") as f:
+            copied = 0
+            while chunk := stream.read(CHUNK if limit is None else min(CHUNK, limit + 1 - copied)):
+                f.write(chunk)
+                copied += len(chunk)
+                if limit is not None and copied > limit:
+                    break
+        if limit is not None and copied > limit:
+            (folder / leaf).unlink()  # left out, as damaged: a repair writes it anew
     return files
 
 

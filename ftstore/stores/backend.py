@@ -27,7 +27,7 @@ from ftstore.documents.envelope_json import MAX_ENVELOPE_BYTES
 from ftstore.documents.names import ArtifactKey
 from ftstore.documents.strict_json import DECODE_ERRORS, reject_duplicate_keys
 from ftstore.errors import BadInputError, FtstoreError, StorageError
-from ftstore.hashing import CHUNK, hash_file
+from ftstore.hashing import CHUNK, hash_bytes, hash_file
 from ftstore.tempdirs import HeldTempDir
 
 PAYLOAD, SIDECAR, ENVELOPE = "payload", "sidecar.ftrq", "envelope.json"
@@ -180,6 +180,18 @@ class StoreBackend(ABC):
     def write_leaf(self, key: ArtifactKey, leaf: str, data: bytes | Path) -> None:
         """Replace (or create) one leaf of a committed version atomically and durably."""
 
+    def leaf_tags(self, key: ArtifactKey) -> dict[str, str]:
+        """An opaque tag for each leaf the version has, which changes whenever the leaf is
+        replaced (an S3 ETag); empty where the backend keeps none."""
+        return {}
+
+    def write_leaf_if(self, key: ArtifactKey, leaf: str, data: Path, tag: str | None) -> bool:
+        """:meth:`write_leaf`, only if the leaf is still the one ``tag`` names (None: only if
+        it is absent); False, writing nothing, if it is not. Without conditional writes, the
+        leaf is written."""
+        self.write_leaf(key, leaf, data)
+        return True
+
     @abstractmethod
     def delete_leaf(self, key: ArtifactKey, leaf: str) -> None:
         """Remove one leaf of a committed version (absent is fine)."""
@@ -208,17 +220,42 @@ class StoreBackend(ABC):
                 gone = [leaf for leaf in (PAYLOAD, ENVELOPE) if now_all[leaf] is None and before[leaf] is not None]
                 if not held.intact() or gone:
                     raise StorageError(f"the working copy {tmp} was removed while in use; nothing was written back")
-                for leaf in LEAVES:  # envelope last: it vouches for the others
+                changed = [leaf for leaf in LEAVES if now_all[leaf] != before[leaf]]  # envelope last
+                tags = self.leaf_tags(key) if changed else {}
+                if changed:  # after the tags: a change between the two is caught by either
+                    self._check_unchanged(key, before)
+                for leaf in changed:
                     now = now_all[leaf]
-                    if now == before[leaf]:
-                        continue
                     if now is None:
                         if before[leaf] != ("oversized", -1):  # one never downloaded is not deleted
                             self.delete_leaf(key, leaf)
-                    else:
-                        self.write_leaf(key, leaf, tmp / leaf)
+                    elif not self.write_leaf_if(key, leaf, tmp / leaf, tags.get(leaf)):
+                        raise StorageError(f"{key.ref} changed in {self.url} while its repair was written back "
+                                           f"(at {leaf}); the rest was not written")
         finally:
             held.remove()
+
+    def _check_unchanged(self, key: ArtifactKey, before: dict[str, tuple[str, int] | None]) -> None:
+        """Refuse to write back over a version that changed since it was downloaded: deleted
+        (a write-back would bring back an envelope without data), or deleted and its number
+        taken by a new save (whose envelope it would overwrite), or repaired by another
+        process meanwhile. Compared: the envelope's bytes, and which leaves exist at what
+        size."""
+        sizes = self.leaf_sizes(key)
+        now_envelope = None
+        if ENVELOPE in sizes and sizes[ENVELOPE] <= MAX_ENVELOPE_BYTES:
+            data = self.read_leaf(key, ENVELOPE, MAX_ENVELOPE_BYTES)
+            now_envelope = None if data is None else (hash_bytes(data), len(data))
+        elif ENVELOPE in sizes:
+            now_envelope = ("oversized", -1)
+        same = now_envelope == before[ENVELOPE] and all(
+            (sizes.get(leaf) is None) == (before[leaf] is None)
+            and (before[leaf] is None or before[leaf] == ("oversized", -1) or sizes[leaf] == before[leaf][1])
+            for leaf in (PAYLOAD, SIDECAR)
+        )
+        if not same or key.version not in self.versions(key.name):
+            raise StorageError(f"{key.ref} changed in {self.url} while it was being repaired (deleted, replaced by a "
+                               "new save, or repaired by another process); nothing was written back")
 
     def _download(self, key: ArtifactKey, leaf: str, dest: Path, limit: int | None) -> tuple[str, int] | None:
         """Copy one leaf into the working copy; one over ``limit`` bytes (an envelope of

@@ -54,6 +54,7 @@ KNOWN = {*LEAVES, CLAIM, COMMITTED}
 CLAIM_LEASE_SECONDS = 6 * 3600  # a save still uploading after this long is taken for dead
 MAX_MARKER_BYTES = 4096
 _MISSING = ("NoSuchKey", "404", "NotFound")
+_SINGLE_PUT_BYTES = 5 << 30  # S3's limit for one PUT
 _FULL = ("InsufficientStorage", "507", "QuotaExceeded", "XMinioStorageFull")
 _DENIED = ("403", "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch")
 
@@ -146,6 +147,7 @@ class S3Staging(Staging):
         self.store, self.name = store, name
         self.version = store._claim(name, version, owner)
         self.uploaded: dict[str, int] = {}  # leaf -> size
+        self.committed = False
         self._held = HeldTempDir("s3stage")
         self.workdir = self._held.path
 
@@ -175,17 +177,25 @@ class S3Staging(Staging):
             if self.store._size(self._rel(leaf)) != size:
                 raise StorageError(f"{self.store.url}: {self._rel(leaf)} vanished before the commit (removed as an "
                                    "orphan?); nothing was committed")
-        self.store._put(self._rel(ENVELOPE), envelope_for(self.version))
-        self.store._put(self._rel(COMMITTED), b"")
+        self.store._put(self._rel(ENVELOPE), envelope_for(self.version))  # the commit
+        self.committed = True
+        with contextlib.suppress(StorageError):  # a marker only: the envelope alone commits
+            self.store._put(self._rel(COMMITTED), b"")
         self._cleanup()
         return self.version
 
     def abort(self) -> None:
-        """The claim and what was uploaded stay: the server may be gone. They are an orphan
-        once the claim's lease runs out."""
-        with contextlib.suppress(StorageError):
-            for leaf in (PAYLOAD, SIDECAR, CLAIM):
-                self.store._delete(self._rel(leaf))
+        """Remove what was uploaded, and the claim, unless the version is committed: by this
+        staging (interrupted after its envelope went in, or during that request) or by
+        another writer that took the claim over (a copy of the same artifact). Where the
+        server cannot say, nothing is removed: what stays is an orphan once the claim's
+        lease runs out."""
+        try:
+            if not self.committed and self.store._size(self._rel(ENVELOPE)) is None:
+                for leaf in (PAYLOAD, SIDECAR, CLAIM):
+                    self.store._delete(self._rel(leaf))
+        except StorageError:
+            pass
         self._cleanup()
 
     def _cleanup(self) -> None:
@@ -348,6 +358,38 @@ class S3Store(StoreBackend):
             self._upload(self._vkey(key, leaf), data)
         if leaf == ENVELOPE:
             self._put(self._vkey(key, COMMITTED), b"")
+
+    def leaf_tags(self, key: ArtifactKey) -> dict[str, str]:
+        from botocore.exceptions import ClientError
+
+        out = {}
+        for leaf in LEAVES:
+            with _translated(self.url, f"checking {leaf}"):
+                try:
+                    out[leaf] = self.s3.head_object(Bucket=self.bucket, Key=self._key(self._vkey(key, leaf)))["ETag"]
+                except ClientError as e:
+                    if _code(e) not in _MISSING:
+                        raise
+        return out
+
+    def write_leaf_if(self, key: ArtifactKey, leaf: str, data: Path, tag: str | None) -> bool:
+        """One conditional PUT (``If-Match`` the tag, or ``If-None-Match: *``): a version
+        deleted meanwhile, or whose number a new save took, is never written over. The
+        commit marker is left as it is: the envelope alone commits."""
+        from botocore.exceptions import ClientError
+
+        if data.stat().st_size > _SINGLE_PUT_BYTES:  # past one PUT: multipart, checked just before only
+            self._upload(self._vkey(key, leaf), data)
+            return True
+        condition = {"IfMatch": tag} if tag is not None else {"IfNoneMatch": "*"}
+        with _translated(self.url, f"writing {leaf}"), open(data, "rb") as body:
+            try:
+                self.s3.put_object(Bucket=self.bucket, Key=self._key(self._vkey(key, leaf)), Body=body, **condition)
+            except ClientError as e:
+                if _code(e) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409", *_MISSING):
+                    return False
+                raise
+        return True
 
     def delete_leaf(self, key: ArtifactKey, leaf: str) -> None:
         self._delete(self._vkey(key, leaf))

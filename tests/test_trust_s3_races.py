@@ -1,0 +1,124 @@
+"""An S3 store at the exact protocol steps where another writer, an interrupt or a delete
+can cut in: a committed version is never deleted by the save or copy that committed it,
+and a repair written back never lands on a version that changed meanwhile. The real
+SeaweedFS server answers every request; a hook only chooses the moment."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+from ftstore import Store
+from ftstore.api import copy, scrub
+from ftstore.documents import ArtifactKey
+from ftstore.engine.leaves import download_leaves
+from ftstore.stores.backend import ENVELOPE, PAYLOAD, SIDECAR
+from ftstore.stores.s3 import S3Store
+
+from .conftest import ArtifactFiles
+
+
+@pytest.fixture
+def s3(seaweed) -> Store:
+    return Store.open(f"s3://ftstore-tests/races-{os.getpid()}-{random.random():.8f}", create=True)
+
+
+@pytest.mark.parametrize("moment", ["during the envelope PUT", "before the commit marker"])
+def test_a_save_interrupted_once_its_envelope_is_in_stays_committed(s3, make_file, monkeypatch, moment):
+    """Ctrl-C after the envelope PUT (the commit point) used to abort the staging, which
+    deleted the payload and sidecar of the committed version: listed, never loadable."""
+    src = make_file(200_000, seed=1)
+    real_put = S3Store._put
+
+    def put(self, rel, data):
+        if moment == "during the envelope PUT" and rel.endswith(ENVELOPE):
+            real_put(self, rel, data)  # the server has it; the client never hears back
+            raise KeyboardInterrupt
+        if moment == "before the commit marker" and rel.endswith("/committed"):
+            raise KeyboardInterrupt
+        real_put(self, rel, data)
+
+    monkeypatch.setattr(S3Store, "_put", put)
+    with pytest.raises(KeyboardInterrupt):
+        s3.save(src, "m")
+    monkeypatch.undo()
+    assert s3.versions("m") == [1]
+    assert s3.load_bytes("m@1")[0].getvalue() == src.read_bytes()
+    assert scrub(s3).totals.ok == 1
+
+
+def test_a_copy_that_took_over_a_claim_never_deletes_what_the_other_committed(s3, make_file, tmp_path):
+    """Two copies of one artifact: B takes over A's claim (as a re-run does), A commits,
+    then B is interrupted. B's abort used to delete A's committed payload and sidecar."""
+    local = Store.open(tmp_path / "local", create=True)
+    src = make_file(150_000, seed=2)
+    env = local.save(src, "m")
+    folder = local.backend.version_dir(ArtifactKey("m", 1))
+    a = s3.backend.stage("m", 1, owner=env.artifact_id)
+    b = s3.backend.stage("m", 1, owner=env.artifact_id)  # the claim taken over
+    b.add(PAYLOAD, folder / PAYLOAD)
+    a.add(PAYLOAD, folder / PAYLOAD)
+    a.add(SIDECAR, folder / SIDECAR)
+    a.commit(lambda v: (folder / ENVELOPE).read_bytes())
+    b.abort()
+    assert s3.load_bytes("m@1")[0].getvalue() == src.read_bytes()
+    assert scrub(s3).totals.ok == 1
+
+
+@pytest.mark.parametrize("meanwhile", ["deleted", "deleted and saved anew"])
+@pytest.mark.parametrize("when", ["before the check", "between the check and the PUT"])
+def test_a_repair_is_never_written_back_over_a_version_that_changed(s3, make_file, monkeypatch, meanwhile, when):
+    """scrub --repair holds a working copy of m@2 while m@2 is deleted (its number then free
+    for the next save): writing back used to overwrite the new save's envelope with the old
+    one (the new artifact lost), or bring the deleted version back as an envelope alone."""
+    s3.save(make_file(100_000, seed=3), "m")
+    s3.save(make_file(100_000, seed=4), "m")
+    key = ArtifactKey("m", 2)
+    ArtifactFiles(s3, key).delete(SIDECAR)  # something for the scrub to write back
+    newer = make_file(120_000, seed=5)
+    other = Store.open(s3.url)
+    hooked = {"leaf_tags": "before the check", "write_leaf_if": "between the check and the PUT"}
+    real = {name: getattr(S3Store, name) for name in hooked}
+
+    def cut_in(name):
+        def hook(self, *args):
+            if hooked[name] == when and args[0] == key and not hook.done:
+                hook.done = True
+                other.delete("m@2")
+                if meanwhile == "deleted and saved anew":
+                    assert other.save(newer, "m").version == 2
+            return real[name](self, *args)
+
+        hook.done = False
+        return hook
+
+    for name in hooked:
+        monkeypatch.setattr(S3Store, name, cut_in(name))
+    report = scrub(s3, repair=True)
+    monkeypatch.undo()
+    by_ref = {a.ref: a for a in report.artifacts}
+    assert by_ref["m@2"].status == "failed" and "changed" in by_ref["m@2"].error
+    if meanwhile == "deleted":
+        # not brought back (a sidecar written just before the delete is an orphan, at most)
+        assert s3.versions("m") == [1] and not {ENVELOPE, PAYLOAD} & set(s3.backend.leaf_sizes(key))
+    else:
+        assert s3.load_bytes("m@2")[0].getvalue() == newer.read_bytes()
+    assert scrub(s3).totals.failed == 0
+
+
+def test_a_private_copy_leaves_out_an_envelope_over_the_limit(s3, make_file, tmp_path):
+    """A 20 MiB object where the envelope should be is damage: it is not downloaded whole
+    into a private copy (copy, a load that cannot repair in place), and the version is
+    still repaired from its sidecar."""
+    src = make_file(50_000, seed=6)
+    s3.save(src, "m")
+    key = ArtifactKey("m", 1)
+    ArtifactFiles(s3, key).write(ENVELOPE, b"{" + b" " * (20 << 20) + b"}")
+    files = download_leaves(s3.backend, key, tmp_path)
+    assert not (tmp_path / ENVELOPE).exists() and (tmp_path / PAYLOAD).exists()
+    dest = Store.open(tmp_path / "dest", create=True)
+    results = copy(s3, dest, [])
+    assert [r.status for r in results] == ["repaired"] and files.key == key
+    assert dest.load_bytes("m@1")[0].getvalue() == src.read_bytes()
