@@ -176,3 +176,58 @@ def test_steps_are_non_negative_and_a_step_saved_again_supersedes_the_old_one(st
         m.save(-1, _ckpt(make_file, 1))
     with pytest.raises(ValueError):
         CheckpointManager(store, "run", keep_best=1)
+
+
+@pytest.mark.parametrize("how", ["rolled back", "a new run under the same name"])
+def test_saves_below_the_highest_stored_step_are_kept_and_resumed(store, make_file, tmp_path, how):
+    """Retention ranked by step used to delete each new save at once (it was never among
+    the last N steps), and restore() brought back the abandoned run."""
+    old = CheckpointManager(store, "run", keep_last=2)
+    for step in (100, 200, 300):
+        old.save(step, _ckpt(make_file, step))
+    m = CheckpointManager(store, "run", keep_last=2)
+    if how == "rolled back":
+        assert m.restore(tmp_path / "o", step=200).step == 200
+    saved = {}
+    for step in (210, 220, 230) if how == "rolled back" else (1, 2, 3):
+        saved[step] = make_file(20_000, seed=1000 + step)
+        cp = m.save(step, saved[step])
+        assert m.latest() == cp  # never deleted by its own save's retention
+    newest = max(saved)
+    assert m.steps() == [newest - (10 if how == "rolled back" else 1), newest]
+    assert m.restore(tmp_path / "out").step == newest
+    assert (tmp_path / "out").read_bytes() == saved[newest].read_bytes()
+
+
+def test_two_writers_of_one_step_keep_the_later_save(store, make_file):
+    """Two managers (two ranks, or an old job beside its restart) save step 5: each save
+    supersedes the other writer's older save of it, never the newer one, so one survives
+    however their clean-ups interleave."""
+    a, b = CheckpointManager(store, "run"), CheckpointManager(store, "run")
+    first = a.save(5, make_file(10_000, seed=1))
+    later = make_file(10_000, seed=2)
+    second = b.save(5, later)
+    a._after_save(first)  # a's clean-up, running late
+    assert [c.version for c in a.checkpoints()] == [second.version]
+    assert store.load_bytes(second.ref)[0].getvalue() == later.read_bytes()
+
+
+def test_a_restore_takes_over_protection_that_died_with_the_previous_run(store, make_file, tmp_path):
+    """The protector of the newest checkpoint killed with the trainer's job: the resumed
+    run's restore builds the missing sidecar instead of leaving it unprotected."""
+    m = CheckpointManager(store, "run", background=True)
+    m.save(1, make_file(3_000_000, seed=1))
+    m.save(2, make_file(3_000_000, seed=2))
+    m.wait_until_finished()
+    lost = make_file(3_000_000, seed=3)
+    m._protector.start = lambda key, artifact_id: None  # the protector dies at once
+    third = m.save(3, lost)
+    assert read_envelope(files(store, third.ref)).raptorq is None
+    resumed = CheckpointManager(store, "run")
+    resumed.restore(tmp_path / "out")
+    resumed.wait_until_finished()
+    assert read_envelope(files(store, third.ref)).raptorq is not None
+    with open(files(store, third.ref).payload, "r+b") as f:
+        f.write(b"\xff" * 1000)  # now within what its sidecar repairs
+    assert resumed.restore(tmp_path / "out2").step == 3
+    assert (tmp_path / "out2").read_bytes() == lost.read_bytes()

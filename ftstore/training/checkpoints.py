@@ -6,11 +6,14 @@ state (nested dicts/lists of tensors, arrays, numbers, strings: written straight
 store by ``torch.save`` while it is hashed, restored with ``weights_only``), a file, or a
 model bundle.
 
-A newer save of a step supersedes the older ones of that step, once it is committed: a run
-resumed from an earlier checkpoint (past a damaged one, say) saves its steps again, as
-Lightning overwrites a path. Retention keeps the union of the last N, every K-th step and
-the best N by a metric (NaN is never best), and never deletes the newest checkpoint that
-verifies. With ``background=True`` a save returns once payload and envelope are durable; a
+Checkpoints are ordered as they were saved (by version), not by step: a run rolled back to
+an earlier step, or a new run under the same name, saves steps below ones already stored,
+and those saves are the newest, the ones to keep and to resume from. A newer save of a step
+supersedes the older ones of that step, once it is committed (never a newer one: two
+writers of one step keep the later save); a run resumed from an earlier checkpoint saves
+its steps again, as Lightning overwrites a path. Retention keeps the union of the last N
+saved, every K-th step and the best N by a metric (NaN is never best), and never deletes
+the newest checkpoint that verifies. With ``background=True`` a save returns once payload and envelope are durable; a
 separate process (its own session, so it outlives a killed trainer) builds the repair
 sidecar, a worker thread deletes what was superseded or falls out of retention (deleting a
 version first cancels its pending protection), and :meth:`wait_until_finished` waits for
@@ -47,6 +50,8 @@ class Checkpoint:
     version: int
     ref: str
     metrics: dict[str, float]
+    protected: bool = True  # False: its repair sidecar is still to be built
+    artifact_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -81,18 +86,18 @@ class RetentionPolicy:
         return any(v is not None for v in (self.keep_last, self.keep_every, self.keep_best))
 
     def keep(self, cps: list[Checkpoint]) -> set[int]:
-        """Steps to keep, from checkpoints sorted by step."""
+        """Versions to keep, from checkpoints in save order."""
         if not self.deletes_anything:
-            return {c.step for c in cps}
+            return {c.version for c in cps}
         kept: set[int] = set()
         if self.keep_last:
-            kept |= {c.step for c in cps[-self.keep_last :]}
+            kept |= {c.version for c in cps[-self.keep_last :]}
         if self.keep_every:
-            kept |= {c.step for c in cps if c.step % self.keep_every == 0}
+            kept |= {c.version for c in cps if c.step % self.keep_every == 0}
         if self.keep_best:  # NaN is never best: it compares false with everything
             scored = [c for c in cps if self.best_metric in c.metrics and not math.isnan(c.metrics[self.best_metric])]
             scored.sort(key=lambda c: c.metrics[self.best_metric], reverse=self.best_mode == "max")
-            kept |= {c.step for c in scored[: self.keep_best]}
+            kept |= {c.version for c in scored[: self.keep_best]}
         return kept
 
 
@@ -120,8 +125,8 @@ class CheckpointManager:
 
     # -- listing ----------------------------------------------------------------
     def checkpoints(self, rebuild: bool = False) -> list[Checkpoint]:
-        """Every checkpoint with a readable envelope, by step (a damaged envelope is skipped,
-        unless ``rebuild``: see :meth:`_envelope`)."""
+        """Every checkpoint with a readable envelope, in save order (a damaged envelope is
+        skipped, unless ``rebuild``: see :meth:`_envelope`)."""
         out = []
         for v in self.store.versions(self.name):
             key = ArtifactKey(self.name, v)
@@ -131,13 +136,15 @@ class CheckpointManager:
             except (FtstoreError, KeyError, ValueError):
                 continue
             metrics = {k[len(METRIC_PREFIX) :]: float(x) for k, x in env.metadata.items() if k.startswith(METRIC_PREFIX)}
-            out.append(Checkpoint(step, v, key.ref, metrics))
-        return sorted(out, key=lambda c: (c.step, c.version))
+            out.append(Checkpoint(step, v, key.ref, metrics, env.raptorq is not None, env.artifact_id))
+        return sorted(out, key=lambda c: c.version)
 
     def steps(self) -> list[int]:
+        """The steps stored, in save order."""
         return [c.step for c in self.checkpoints()]
 
     def latest(self) -> Checkpoint | None:
+        """The checkpoint saved last."""
         cps = self.checkpoints()
         return cps[-1] if cps else None
 
@@ -168,7 +175,8 @@ class CheckpointManager:
                                           self.overhead, protect=protect)
         else:
             raise BadInputError(f"a checkpoint is a state dict, a file path or a BundleSpec, not a {type(what).__name__}")
-        cp = Checkpoint(step, env.version, f"{env.name}@{env.version}", {k: float(v) for k, v in (metrics or {}).items()})
+        cp = Checkpoint(step, env.version, f"{env.name}@{env.version}", {k: float(v) for k, v in (metrics or {}).items()},
+                        env.raptorq is not None, env.artifact_id)
         if protect:
             self._after_save(cp)
         else:  # sidecar, superseded versions and retention all off the critical path
@@ -202,10 +210,10 @@ class CheckpointManager:
     # -- supersede and retention -------------------------------------------------------
     def _after_save(self, saved: Checkpoint) -> None:
         cps = self.checkpoints()
-        for c in cps:
-            if c.step == saved.step and c.version != saved.version:
-                self._delete(c)
-        cps = [c for c in cps if c.step != saved.step or c.version == saved.version]
+        superseded = [c for c in cps if c.step == saved.step and c.version < saved.version]
+        for c in superseded:
+            self._delete(c)
+        cps = [c for c in cps if c not in superseded]
         if self.policy.deletes_anything:
             self._apply_retention(cps, known_good=saved.version)
 
@@ -214,7 +222,7 @@ class CheckpointManager:
             return
         cps = self.checkpoints() if cps is None else cps
         keep = self.policy.keep(cps)
-        doomed = [c for c in cps if c.step not in keep]
+        doomed = [c for c in cps if c.version not in keep]
         if not doomed:
             return
         newest_valid = self._newest_valid(cps, known_good)
@@ -292,6 +300,19 @@ class CheckpointManager:
         self._first_good(step, attempt)
         return loaded["state"]
 
+    def _protect_pending(self) -> None:
+        """Start building the sidecars still missing: a resumed run takes over protection
+        that died with the previous one (its protector killed with the job's cgroup, by the
+        OOM killer, by a power loss), instead of leaving its newest checkpoints unprotected
+        while retention removes the protected ones. A protector of the previous run still
+        at work costs only time: encoding is deterministic, and a sidecar already built
+        makes a new protector return at once."""
+        running = set(self._protector.pending())
+        for c in self.checkpoints():
+            key = ArtifactKey(self.name, c.version)
+            if not c.protected and key not in running:
+                self._protector.start(key, c.artifact_id)
+
     def restore_bundle(self, backend: str, step: int | None = None, **kw: Any):
         """Like :meth:`restore`, for bundle checkpoints: returns (Checkpoint, LoadedBundle)."""
         loaded = {}
@@ -308,6 +329,7 @@ class CheckpointManager:
             try:
                 attempt(c)
                 self.restored = c
+                self._protect_pending()
                 return c
             except DamageError as e:
                 warnings.warn(f"skipping damaged checkpoint {c.ref} (step {c.step}): {e}", stacklevel=3)
