@@ -4,6 +4,7 @@ failure beyond it without touching the payload."""
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
@@ -197,3 +198,19 @@ def test_stripes_read_from_the_payload_are_the_recorded_bytes_zero_padded(
             got = read_stripes(f, lay, tuple(group))
             assert all(type(obj) is bytes for obj in got.values())
             assert got == _stripes_the_plain_way(data, lay, tuple(group))
+
+
+def test_a_repair_in_place_keeps_the_payloads_modification_time(tmp_path):
+    """Bit rot does not touch a file's mtime, so undoing it must not either: tools order
+    checkpoint files by it (Lightning's ``ckpt_path="last"`` among ``last*.ckpt``), and a
+    Lightning checkpoint file is the stored payload itself."""
+    data, payload, sidecar, meta = _protected(tmp_path, 300_000)
+    os.utime(payload, ns=(1_600_000_000_000_000_000, 1_600_000_000_123_456_789))
+    before = payload.stat()
+    with open(payload, "r+b") as f:
+        f.seek(5000)
+        f.write(b"\xff" * 16)
+    os.utime(payload, ns=(before.st_atime_ns, before.st_mtime_ns))  # rot, not a write
+    outcomes = check_and_decode(payload, sidecar, meta, jobs=1)
+    patch_in_place(payload, meta, outcomes)
+    assert payload.read_bytes() == data and payload.stat().st_mtime_ns == before.st_mtime_ns
