@@ -67,6 +67,8 @@ def test_every_kind_of_value_a_state_may_hold_comes_back(store):
         "scalars": [np.float16(1.5), np.uint64(2**63), np.bool_(False), np.str_("s"), np.bytes_(b"")],
         "bf16": torch.ones(3, dtype=torch.bfloat16), "param": torch.nn.Parameter(torch.ones(2)),
         "sparse": torch.eye(3).to_sparse(), "view": torch.arange(10)[2:8:2], "empty_tensor": torch.zeros(0, 5),
+        "shape": torch.Size([2, 3]), "dtype": torch.bfloat16, "device": torch.device("cpu"),
+        "set": {1, "a"},
     }
     m = CheckpointManager(store, "run")
     m.save(1, state)
@@ -81,6 +83,7 @@ def test_every_kind_of_value_a_state_may_hold_comes_back(store):
         else:
             assert _equal(a, b), k
     assert type(back["param"]) is torch.nn.Parameter and list(back["ordered"]) == ["b", "a"]
+    assert type(back["shape"]) is torch.Size and type(back["set"]) is set
 
 
 def test_a_state_saved_after_dill_was_imported_is_restored(store):
@@ -131,6 +134,8 @@ def test_what_cannot_be_restored_without_running_code_is_refused_at_save_naming_
         m.save(1, {"a": np.array([{}, 1], dtype=object)})
     with pytest.raises(BadInputError, match="not a set"):
         m.save(1, {1, 2})
+    with pytest.raises(BadInputError, match=r"state\['f'\]: a builtins.frozenset"):  # torch.load refuses it
+        m.save(1, {"f": frozenset({1})})
     assert m.steps() == []
 
 

@@ -45,7 +45,8 @@ def check_state(state: Any) -> None:
 def _tensor_types() -> tuple[type, ...]:
     import torch
 
-    return (torch.Tensor, torch.nn.Parameter)
+    # and what torch.load(weights_only=True) reads besides: shapes (ints only), dtypes, devices
+    return (torch.Tensor, torch.nn.Parameter, torch.Size, torch.dtype, torch.device)
 
 
 def _check(x: Any, where: str, depth: int, tensors: tuple[type, ...], np: types.ModuleType) -> None:
@@ -66,13 +67,14 @@ def _check(x: Any, where: str, depth: int, tensors: tuple[type, ...], np: types.
                 raise BadInputError(f"{where}: key {k!r} is a {type(k).__name__}; keys are strings or numbers")
             _check(v, f"{where}[{k!r}]", depth + 1, tensors, np)
         return
-    if t in (list, tuple):
+    if t in (list, tuple, set):
         for i, v in enumerate(x):
             _check(v, f"{where}[{i}]", depth + 1, tensors, np)
         return
     raise BadInputError(
         f"{where}: a {t.__module__}.{t.__qualname__} cannot be checkpointed as state "
-        "(dicts, lists, tuples, tensors, numpy arrays, numbers, strings and None can)"
+        "(dicts, lists, tuples, sets, tensors, torch shapes, dtypes and devices, numpy arrays, numbers, strings "
+        "and None can)"
     )
 
 
