@@ -16,8 +16,7 @@ from typing import BinaryIO, Protocol
 from ftstore.documents import MAX_ENVELOPE_BYTES, ArtifactKey, Envelope, decode_envelope, encode_envelope
 from ftstore.durable import open_regular, write_atomic
 from ftstore.errors import BadInputError, EnvelopeError, FtstoreError
-from ftstore.hashing import CHUNK
-from ftstore.stores.backend import ENVELOPE, PAYLOAD, SIDECAR, StoreBackend
+from ftstore.stores.backend import ENVELOPE, PAYLOAD, SIDECAR, StoreBackend, copy_capped
 
 
 class Leaves(Protocol):
@@ -128,18 +127,8 @@ def download_leaves(store: StoreBackend, key: ArtifactKey, folder: Path) -> Fold
             stream = store.open_leaf(key, leaf)
         except BadInputError:
             continue
-        if stream is None:
-            continue
-        limit = MAX_ENVELOPE_BYTES if leaf == ENVELOPE else None  # an envelope of gigabytes is damage
-        with stream, open(folder / leaf, "xb") as f:
-            copied = 0
-            while chunk := stream.read(CHUNK if limit is None else min(CHUNK, limit + 1 - copied)):
-                f.write(chunk)
-                copied += len(chunk)
-                if limit is not None and copied > limit:
-                    break
-        if limit is not None and copied > limit:
-            (folder / leaf).unlink()  # left out, as damaged: a repair writes it anew
+        if stream is not None:  # an envelope of gigabytes is damage: left out, a repair writes it anew
+            copy_capped(stream, folder / leaf, MAX_ENVELOPE_BYTES if leaf == ENVELOPE else None)
     return files
 
 

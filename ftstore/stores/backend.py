@@ -263,15 +263,7 @@ class StoreBackend(ABC):
         stream = self.open_leaf(key, leaf)
         if stream is None:
             return None
-        with stream, open(dest, "xb") as out:
-            copied = 0
-            while chunk := stream.read(CHUNK if limit is None else min(CHUNK, limit + 1 - copied)):
-                out.write(chunk)
-                copied += len(chunk)
-                if limit is not None and copied > limit:
-                    break
-        if limit is not None and copied > limit:
-            dest.unlink()
+        if not copy_capped(stream, dest, limit):
             return ("oversized", -1)
         return _fingerprint(dest)
 
@@ -306,6 +298,22 @@ class StoreBackend(ABC):
         """Keep a report (a scrub's) in the store."""
 
 
+def copy_capped(stream: BinaryIO, dest: Path, limit: int | None) -> bool:
+    """Copy ``stream`` (closed after) into a new file ``dest``; False, and no file, where it
+    holds more than ``limit`` bytes: no more than one byte past the limit is read."""
+    with stream, open(dest, "xb") as out:
+        copied = 0
+        while chunk := stream.read(CHUNK if limit is None else min(CHUNK, limit + 1 - copied)):
+            out.write(chunk)
+            copied += len(chunk)
+            if limit is not None and copied > limit:
+                break
+    if limit is not None and copied > limit:
+        dest.unlink()
+        return False
+    return True
+
+
 def _fingerprint(path: Path) -> tuple[str, int] | None:
     """(BLAKE3, size) of a working-copy file, None if absent: a hash, not a stat, because a
     repair may rewrite bytes within one timestamp tick and keep the size."""
@@ -330,4 +338,5 @@ __all__ = [
     "StoreMarker",
     "VersionTakenError",
     "check_marker",
+    "copy_capped",
 ]
