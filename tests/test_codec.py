@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -214,3 +217,37 @@ def test_a_repair_in_place_keeps_the_payloads_modification_time(tmp_path):
     outcomes = check_and_decode(payload, sidecar, meta, jobs=1)
     patch_in_place(payload, meta, outcomes)
     assert payload.read_bytes() == data and payload.stat().st_mtime_ns == before.st_mtime_ns
+
+
+def test_a_repair_by_a_user_who_may_write_but_does_not_own_the_payload_succeeds():
+    """Keeping the mtime needs the owner; a group-writable store's other users repair all
+    the same (the mtime then moves)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act as two users")
+    shared = Path(tempfile.mkdtemp(prefix="ftstore-shared-"))  # pytest's own folder is private to root
+    try:
+        _repair_as_another_user(shared)
+    finally:
+        shutil.rmtree(shared)
+
+
+def _repair_as_another_user(shared: Path) -> None:
+    data, payload, sidecar, meta = _protected(shared, 200_000)
+    with open(payload, "r+b") as f:
+        f.seek(3000)
+        f.write(b"\x00" * 32)
+    for p in (shared, payload, sidecar):
+        os.chmod(p, 0o777 if p == shared else 0o666)
+    os.chown(payload, 1000, 1000)
+    pid = os.fork()
+    if pid == 0:  # the repair, as another user
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            patch_in_place(payload, meta, check_and_decode(payload, sidecar, meta, jobs=1))
+            os._exit(0)
+        except BaseException as e:
+            os.write(2, f"{type(e).__name__}: {e}\n".encode())
+            os._exit(1)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert payload.read_bytes() == data

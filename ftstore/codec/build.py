@@ -325,11 +325,19 @@ def patch_in_place(payload: Path, meta: SidecarMeta, outcomes: list[StripeOutcom
                 _pwrite_all(fd, symbols.data(p), p.off)
             if os.fstat(fd).st_size != lay.size:
                 os.ftruncate(fd, lay.size)
-            # Undoing damage is not a change: the file keeps the time it was last modified,
-            # as after bit rot, for tools that order files by it (Lightning's "last").
-            os.utime(fd, ns=(found.st_atime_ns, found.st_mtime_ns))
             os.fsync(fd)
             _check_written(fd, meta, patches, payload)
+            _keep_mtime(fd, found)
+
+
+def _keep_mtime(fd: int, found: os.stat_result) -> None:
+    """Undoing damage is not a change: the file keeps the time it was last modified, as
+    after bit rot, for tools that order files by it (Lightning's "last"). Setting a time
+    needs the file's owner: another user who may write the file repairs it all the same."""
+    try:
+        os.utime(fd, ns=(found.st_atime_ns, found.st_mtime_ns))
+    except PermissionError:
+        pass
 
 
 def _check_written(fd: int, meta: SidecarMeta, patches: list[_Patch], payload: Path) -> None:
