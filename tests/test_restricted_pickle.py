@@ -236,6 +236,9 @@ _RELU = _text("relu") + _global("tensorflow.nn", "relu") + b"s"  # {'relu': tf.n
         # a key that is not a string: hashing it calls its class's __hash__
         (_global("collections", "UserString") + _text("x") + b"s", "SETITEM with a key or member that is not a string"),
         (b"\x8f(" + _global("collections", "UserString") + b"\x90" + b"0", "ADDITEMS with a key or member that is not"),
+        (b"(" + _global("json", "JSONEncoder") + b"I1\nd" + b"0", "DICT with a key or member that is not"),
+        (b"(" + _global("json", "JSONEncoder") + b"\x91" + b"0", "FROZENSET with a key or member that is not"),
+        (_global("__builtin__", "__import__") + b"0", "the name __builtin__.__import__"),
         (_global("gc", "garbage") + b"\x85" + b"(" + _text("x") + b"\x90" + b"0", "ADDITEMS on an object it did not build"),
         (_global("copyreg", "_extension_registry") + b"0\x82\x01" + b"0", "EXT1"),
     ],
@@ -250,6 +253,25 @@ def test_refuse_calls_refuses_a_pickle_that_changes_what_it_names(stream, why):
     refuse_calls(b"\x80\x02}" + _RELU + b".", "custom_objects.dill")
     with pytest.raises(UnsafePickleError, match=re.escape(f"would run code when unpickled ({why}")):
         refuse_calls(b"\x80\x02}" + stream + _RELU + b".", "custom_objects.dill")
+
+
+@pytest.mark.parametrize("protocol", range(6))
+@pytest.mark.parametrize("dumps", ["pickle", "dill"])
+def test_refuse_calls_passes_names_filed_by_reference_at_every_protocol(protocol, dumps):
+    """What a custom_objects.dill can genuinely hold: functions and classes by reference,
+    builtins among them (protocol 2 names them ``__builtin__``; dill names builtin types
+    through its ``_load_type``), with string and number keys, nested and shared."""
+    import collections
+    import json
+
+    from ftstore.bundles.restricted_pickle import refuse_calls
+
+    dill = pytest.importorskip("dill")
+    shared = {"relu": np.maximum}
+    objects = {"abs": abs, "float": float, "JSONEncoder": json.JSONEncoder, "OrderedDict": collections.OrderedDict,
+               "nested": {"inner": shared, "again": shared}, 3: "three", "list": [len, np.ndarray]}
+    data = (dill.dumps if dumps == "dill" else pickle.dumps)(objects, protocol=protocol)
+    refuse_calls(data, "custom_objects.dill")
 
 
 def test_build_is_refused_on_anything_but_the_numpy_stand_ins():

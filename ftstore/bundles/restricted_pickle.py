@@ -397,14 +397,19 @@ _CALLING_OPCODES = {"REDUCE", "NEWOBJ", "NEWOBJ_EX", "INST", "OBJ", "BUILD", "PE
                     "EXT1", "EXT2", "EXT4"}  # EXTn: a name from the loader's registry, unseen here
 _MUTATING_OPCODES = {"SETITEM", "SETITEMS", "APPEND", "APPENDS", "ADDITEMS"}
 _FRESH_OPCODES = {"EMPTY_DICT", "EMPTY_LIST", "EMPTY_SET", "DICT", "LIST"}
+_PLAIN_OPCODES = {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "FLOAT", "BINFLOAT", "NONE",
+                  "NEWTRUE", "NEWFALSE", "STRING", "BINSTRING", "SHORT_BINSTRING", "BINBYTES", "SHORT_BINBYTES",
+                  "BINBYTES8"}  # values whose hash and equality are the interpreter's own
+_HASHING_OPCODES = {"SETITEM", "SETITEMS", "ADDITEMS", "DICT", "FROZENSET"}
 _PUT_OPCODES = {"PUT", "BINPUT", "LONG_BINPUT"}
 _GET_OPCODES = {"GET", "BINGET", "LONG_BINGET"}
 
 
 class _Item:
     """What :func:`refuse_calls` knows of a stack entry: its kind ("mark", "fresh" for a
-    dict, list or set the stream built itself, "str", "global", or "other") and, for a
-    string, its text."""
+    dict, list or set the stream built itself, "str", "plain" for a number, bool, None or
+    bytes, "global", "str1" for a tuple of one string, or "other") and, for a string, a
+    global or a tuple of one string, its text."""
 
     __slots__ = ("kind", "text")
 
@@ -417,6 +422,9 @@ _MARK = _Item("mark")
 
 def _dunder(name: str) -> bool:
     return any(part.startswith("__") and part.endswith("__") for part in name.split("."))
+
+
+_LOAD_TYPE = "dill._dill._load_type"  # dill's name for a builtin type: a call, with one string
 
 
 def refuse_calls(data: bytes, source: str) -> None:
@@ -443,6 +451,12 @@ def refuse_calls(data: bytes, source: str) -> None:
     try:
         for op, arg, _ in pickletools.genops(data):
             name = op.name
+            if name == "REDUCE" and len(stack) >= 2 and stack[-2].kind == "global" and stack[-2].text == _LOAD_TYPE \
+                    and stack[-1].kind == "str1":  # how dill names ``float``: _load_type('float')
+                type_name = stack[-1].text
+                del stack[-2:]
+                stack.append(_Item("global", f"builtins.{type_name}"))
+                continue
             if name in _CALLING_OPCODES:
                 raise refuse(f"{name} after {named}")
             if name in _PUT_OPCODES:
@@ -469,14 +483,15 @@ def refuse_calls(data: bytes, source: str) -> None:
                 popped = stack[len(stack) - len(before) :] if before else []
                 top = popped[1:]  # what a set-item or append files (popped[0]: its target)
                 del stack[len(stack) - len(before) :]
+            if name in _HASHING_OPCODES:  # hashing a key calls its class's __hash__ (and __eq__)
+                keys = top[0::2] if name in ("SETITEM", "SETITEMS", "DICT") else top
+                if any(k.kind not in ("str", "plain") for k in keys):
+                    raise refuse(f"{name} with a key or member that is not a string or number")
             pushed: _Item
             if name in _MUTATING_OPCODES:
                 target = popped[0]
                 if target.kind != "fresh":
                     raise refuse(f"{name} on {named if target.kind == 'global' else 'an object it did not build'}")
-                keys = top[0::2] if name in ("SETITEM", "SETITEMS") else top if name == "ADDITEMS" else []
-                if any(k.kind != "str" for k in keys):
-                    raise refuse(f"{name} with a key or member that is not a string")
                 pushed = target
             elif name in ("GLOBAL", "STACK_GLOBAL"):
                 if name == "GLOBAL":
@@ -486,13 +501,19 @@ def refuse_calls(data: bytes, source: str) -> None:
                 else:
                     raise refuse("STACK_GLOBAL with a name that is not a string")
                 named = f"{module}.{attr}"
-                if _dunder(module) or _dunder(attr):
+                if (_dunder(module) and module != "__builtin__") or _dunder(attr):  # protocol 2's name for builtins
                     raise refuse(f"the name {named}")
-                pushed = _Item("global")
+                pushed = _Item("global", named)
             elif name in _FRESH_OPCODES:
                 pushed = _Item("fresh")
             elif "UNICODE" in name:
                 pushed = _Item("str", str(arg))
+            elif name in _PLAIN_OPCODES:
+                pushed = _Item("plain")
+            elif name == "TUPLE1" and popped[0].kind == "str":
+                pushed = _Item("str1", popped[0].text)
+            elif name == "TUPLE" and len(top) == 1 and top[0].kind == "str":  # protocols 0 and 1
+                pushed = _Item("str1", top[0].text)
             else:
                 pushed = _Item("other")
             stack.extend(_MARK if s is pickletools.markobject else pushed for s in op.stack_after)
