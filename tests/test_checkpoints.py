@@ -223,7 +223,7 @@ def test_a_restore_takes_over_protection_that_died_with_the_previous_run(store, 
     m._protector.start = lambda key, artifact_id: None  # the protector dies at once
     third = m.save(3, lost)
     assert read_envelope(files(store, third.ref)).raptorq is None
-    resumed = CheckpointManager(store, "run")
+    resumed = CheckpointManager(store, "run", background=True)
     resumed.restore(tmp_path / "out")
     resumed.wait_until_finished()
     assert read_envelope(files(store, third.ref)).raptorq is not None

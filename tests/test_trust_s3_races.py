@@ -36,9 +36,12 @@ def test_a_save_interrupted_once_its_envelope_is_in_stays_committed(s3, make_fil
         if moment == "during the envelope PUT" and rel.endswith(ENVELOPE):
             real_put(self, rel, data)  # the server has it; the client never hears back
             raise KeyboardInterrupt
-        if moment == "before the commit marker" and rel.endswith("/committed"):
+        if moment == "before the commit marker" and rel.endswith("/committed") and not interrupted:
+            interrupted.append(rel)  # once: the abort that follows may put the marker
             raise KeyboardInterrupt
         real_put(self, rel, data)
+
+    interrupted: list[str] = []
 
     monkeypatch.setattr(S3Store, "_put", put)
     with pytest.raises(KeyboardInterrupt):
@@ -47,6 +50,10 @@ def test_a_save_interrupted_once_its_envelope_is_in_stays_committed(s3, make_fil
     assert s3.versions("m") == [1]
     assert s3.load_bytes("m@1")[0].getvalue() == src.read_bytes()
     assert scrub(s3).totals.ok == 1
+    # the abort finished the commit with its marker, which keeps the version an artifact
+    # should its envelope be lost
+    ArtifactFiles(s3, ArtifactKey("m", 1)).delete(ENVELOPE)
+    assert s3.versions("m") == [1] and s3.load_bytes("m@1")[0].getvalue() == src.read_bytes()
 
 
 def test_a_copy_that_took_over_a_claim_never_deletes_what_the_other_committed(s3, make_file, tmp_path):

@@ -187,11 +187,13 @@ class S3Staging(Staging):
     def abort(self) -> None:
         """Remove what was uploaded, and the claim, unless the version is committed: by this
         staging (interrupted after its envelope went in, or during that request) or by
-        another writer that took the claim over (a copy of the same artifact). Where the
-        server cannot say, nothing is removed: what stays is an orphan once the claim's
-        lease runs out."""
+        another writer that took the claim over (a copy of the same artifact); a committed
+        one gets its commit marker. Where the server cannot say, nothing is removed: what
+        stays is an orphan once the claim's lease runs out."""
         try:
-            if not self.committed and self.store._size(self._rel(ENVELOPE)) is None:
+            if self.committed or self.store._size(self._rel(ENVELOPE)) is not None:
+                self.store._put(self._rel(COMMITTED), b"")  # the commit stands: finish it
+            else:
                 for leaf in (PAYLOAD, SIDECAR, CLAIM):
                     self.store._delete(self._rel(leaf))
         except StorageError:
@@ -374,8 +376,9 @@ class S3Store(StoreBackend):
 
     def write_leaf_if(self, key: ArtifactKey, leaf: str, data: Path, tag: str | None) -> bool:
         """One conditional PUT (``If-Match`` the tag, or ``If-None-Match: *``): a version
-        deleted meanwhile, or whose number a new save took, is never written over. The
-        commit marker is left as it is: the envelope alone commits."""
+        deleted meanwhile, or whose number a new save took, is never written over. After an
+        envelope, the commit marker is put too, as :meth:`write_leaf` does: it keeps the
+        version an artifact should its envelope be lost later."""
         from botocore.exceptions import ClientError
 
         if data.stat().st_size > _SINGLE_PUT_BYTES:  # past one PUT: multipart, checked just before only
@@ -389,6 +392,8 @@ class S3Store(StoreBackend):
                 if _code(e) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409", *_MISSING):
                     return False
                 raise
+        if leaf == ENVELOPE:
+            self._put(self._vkey(key, COMMITTED), b"")
         return True
 
     def delete_leaf(self, key: ArtifactKey, leaf: str) -> None:

@@ -10,7 +10,7 @@ Checkpoints are ordered as they were saved (by version), not by step: a run roll
 an earlier step, or a new run under the same name, saves steps below ones already stored,
 and those saves are the newest, the ones to keep and to resume from. A newer save of a step
 supersedes the older ones of that step, once it is committed (never a newer one: two
-writers of one step keep the later save); a run resumed from an earlier checkpoint saves
+writers of one step never lose both); a run resumed from an earlier checkpoint saves
 its steps again, as Lightning overwrites a path. Retention keeps the union of the last N
 saved, every K-th step and the best N by a metric (NaN is never best), and never deletes
 the newest checkpoint that verifies. With ``background=True`` a save returns once payload and envelope are durable; a
@@ -300,18 +300,27 @@ class CheckpointManager:
         self._first_good(step, attempt)
         return loaded["state"]
 
+    RESUMED_PROTECTION = 2
+    """Checkpoints without a sidecar whose protection a restore takes over: the newest, which
+    a resumed run depends on; ``scrub --repair`` protects any older ones."""
+
     def _protect_pending(self) -> None:
-        """Start building the sidecars still missing: a resumed run takes over protection
-        that died with the previous one (its protector killed with the job's cgroup, by the
-        OOM killer, by a power loss), instead of leaving its newest checkpoints unprotected
-        while retention removes the protected ones. A protector of the previous run still
-        at work costs only time: encoding is deterministic, and a sidecar already built
-        makes a new protector return at once."""
-        running = set(self._protector.pending())
-        for c in self.checkpoints():
-            key = ArtifactKey(self.name, c.version)
-            if not c.protected and key not in running:
-                self._protector.start(key, c.artifact_id)
+        """Start building the newest sidecars still missing: a resumed run (with background
+        protection, as its predecessor had) takes over protection that died with the
+        previous one (its protector killed with the job's cgroup, by the OOM killer, by a
+        power loss), instead of leaving its newest checkpoints unprotected while retention
+        removes the protected ones. A protector of the previous run still at work costs
+        only time: encoding is deterministic, and a sidecar already built makes a new
+        protector return at once. The restore has succeeded: a failure here only warns."""
+        try:
+            running = set(self._protector.pending())
+            pending = [c for c in self.checkpoints() if not c.protected][-self.RESUMED_PROTECTION :]
+            for c in pending:
+                key = ArtifactKey(self.name, c.version)
+                if key not in running:
+                    self._protector.start(key, c.artifact_id)
+        except (FtstoreError, OSError) as e:
+            warnings.warn(f"could not start protecting {self.name}'s unprotected checkpoints: {e}", stacklevel=4)
 
     def restore_bundle(self, backend: str, step: int | None = None, **kw: Any):
         """Like :meth:`restore`, for bundle checkpoints: returns (Checkpoint, LoadedBundle)."""
@@ -329,7 +338,8 @@ class CheckpointManager:
             try:
                 attempt(c)
                 self.restored = c
-                self._protect_pending()
+                if self.background:
+                    self._protect_pending()
                 return c
             except DamageError as e:
                 warnings.warn(f"skipping damaged checkpoint {c.ref} (step {c.step}): {e}", stacklevel=3)
