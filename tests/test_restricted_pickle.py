@@ -300,3 +300,10 @@ def test_an_ordered_dict_of_colliding_keys_is_refused_before_it_is_built():
     assert time.perf_counter() - t < 3  # built first, then counted: about 10 s
     small = collections.OrderedDict([("a", 1), (2, [3])])
     assert loads_plain(pickle.dumps(small, protocol=2), "params.dill") == {"a": 1, 2: [3]}
+
+
+def test_complex_numbers_pickled_by_dill_load():
+    """dill writes a complex number as ``_load_type('complex')(real, imag)``."""
+    dill = pytest.importorskip("dill")
+    for protocol in range(6):
+        assert loads_plain(dill.dumps({"c": [1 + 2j]}, protocol=protocol), "params.dill") == {"c": [1 + 2j]}

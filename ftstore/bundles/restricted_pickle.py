@@ -169,7 +169,7 @@ def _bytes(*args: Any) -> bytes:
 def _dill_load_type(name: Any) -> Any:
     """dill's way (at protocol 2) of naming builtin types; only the plain containers.
     (The unpickler swaps set and frozenset for its counting builders.)"""
-    types: dict[str, Any] = {"set": set, "frozenset": frozenset, "bytes": _bytes}
+    types: dict[str, Any] = {"set": set, "frozenset": frozenset, "bytes": _bytes, "complex": complex}
     if name not in types:
         raise UnsafePickleError(f"refusing dill type {name!r}: only plain data is allowed")
     return types[name]
