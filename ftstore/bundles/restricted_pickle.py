@@ -433,13 +433,16 @@ def refuse_calls(data: bytes, source: str) -> None:
     and files them in dicts, lists and sets it builds itself, as PtychoPINN's
     ``custom_objects.dill`` does, passes; ftstore never unpickles it.
 
-    Refused: every opcode that calls what it is given (REDUCE, BUILD, ...); a set-item,
-    append or add on anything but a container the stream built (on a named object, such
-    as ``os.environ`` or a module's ``__dict__``, it calls that object's methods); a key
-    or set member that is not a string (hashing it calls its ``__hash__``); and a name
-    with a dunder part (``__dict__``, ``__globals__``: the way to a module's internals).
-    The stack and memo are followed kind by kind, so a reference fetched back from the
-    memo is judged as what it is."""
+    Refused: every opcode that calls what it is given (REDUCE, BUILD, ...), but dill's
+    ``_load_type('float')``, its name for a builtin type; a set-item, append or add on
+    anything but a container the stream built (on a named object, such as ``os.environ``
+    or a module's ``__dict__``, it calls that object's methods); a key or set member that
+    is not a string or number (hashing it calls its class's ``__hash__``); and a name with
+    a dunder part (``__dict__``, ``__globals__``: the way to a module's internals), but
+    the module ``__builtin__``, protocol 2's name for builtins. The stack and memo are
+    followed kind by kind, so a reference fetched back from the memo is judged as what it
+    is. Which modules are named is not judged: loading imports them, as any pickle by
+    reference does."""
     named = "nothing named"
     stack: list[_Item] = []
     memo: dict[int, _Item] = {}
