@@ -55,6 +55,7 @@ CLAIM_LEASE_SECONDS = 6 * 3600  # a save still uploading after this long is take
 MAX_MARKER_BYTES = 4096
 _MISSING = ("NoSuchKey", "404", "NotFound")
 _SINGLE_PUT_BYTES = 5 << 30  # S3's limit for one PUT
+_CONDITION_FAILED = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
 _FULL = ("InsufficientStorage", "507", "QuotaExceeded", "XMinioStorageFull")
 _DENIED = ("403", "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch")
 
@@ -288,14 +289,21 @@ class S3Store(StoreBackend):
             self.s3.put_object(Bucket=self.bucket, Key=self._key(rel), Body=data)
 
     def _put_if_absent(self, rel: str, data: bytes) -> bool:
+        return self._put_if(rel, data, None)
+
+    def _put_if(self, rel: str, body: bytes | BinaryIO, tag: str | None) -> bool:
+        """PUT only if the object is still the one ``tag`` (an ETag) names, or, with None,
+        only if there is none; False, writing nothing, where it is not."""
         from botocore.exceptions import ClientError
 
+        condition = {"IfMatch": tag} if tag is not None else {"IfNoneMatch": "*"}
+        refused = (*_CONDITION_FAILED, *_MISSING) if tag is not None else _CONDITION_FAILED  # If-Match on none: 404
         with _translated(self.url, f"writing {rel}"):
             try:
-                self.s3.put_object(Bucket=self.bucket, Key=self._key(rel), Body=data, IfNoneMatch="*")
+                self.s3.put_object(Bucket=self.bucket, Key=self._key(rel), Body=body, **condition)
                 return True
             except ClientError as e:
-                if _code(e) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                if _code(e) in refused:
                     return False
                 raise
 
@@ -362,36 +370,20 @@ class S3Store(StoreBackend):
             self._put(self._vkey(key, COMMITTED), b"")
 
     def leaf_tags(self, key: ArtifactKey) -> dict[str, str]:
-        from botocore.exceptions import ClientError
-
-        out = {}
-        for leaf in LEAVES:
-            with _translated(self.url, f"checking {leaf}"):
-                try:
-                    out[leaf] = self.s3.head_object(Bucket=self.bucket, Key=self._key(self._vkey(key, leaf)))["ETag"]
-                except ClientError as e:
-                    if _code(e) not in _MISSING:
-                        raise
-        return out
+        heads = {leaf: self._head(self._vkey(key, leaf)) for leaf in LEAVES}
+        return {leaf: head["ETag"] for leaf, head in heads.items() if head is not None}
 
     def write_leaf_if(self, key: ArtifactKey, leaf: str, data: Path, tag: str | None) -> bool:
         """One conditional PUT (``If-Match`` the tag, or ``If-None-Match: *``): a version
         deleted meanwhile, or whose number a new save took, is never written over. After an
         envelope, the commit marker is put too, as :meth:`write_leaf` does: it keeps the
         version an artifact should its envelope be lost later."""
-        from botocore.exceptions import ClientError
-
         if data.stat().st_size > _SINGLE_PUT_BYTES:  # past one PUT: multipart, checked just before only
             self._upload(self._vkey(key, leaf), data)
             return True
-        condition = {"IfMatch": tag} if tag is not None else {"IfNoneMatch": "*"}
-        with _translated(self.url, f"writing {leaf}"), open(data, "rb") as body:
-            try:
-                self.s3.put_object(Bucket=self.bucket, Key=self._key(self._vkey(key, leaf)), Body=body, **condition)
-            except ClientError as e:
-                if _code(e) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409", *_MISSING):
-                    return False
-                raise
+        with open(data, "rb") as body:
+            if not self._put_if(self._vkey(key, leaf), body, tag):
+                return False
         if leaf == ENVELOPE:
             self._put(self._vkey(key, COMMITTED), b"")
         return True
@@ -474,11 +466,15 @@ class S3Store(StoreBackend):
         return True
 
     def _size(self, rel: str) -> int | None:
+        head = self._head(rel)
+        return None if head is None else head["ContentLength"]
+
+    def _head(self, rel: str) -> dict | None:
         from botocore.exceptions import ClientError
 
         with _translated(self.url, f"checking {rel}"):
             try:
-                return self.s3.head_object(Bucket=self.bucket, Key=self._key(rel))["ContentLength"]
+                return self.s3.head_object(Bucket=self.bucket, Key=self._key(rel))
             except ClientError as e:
                 if _code(e) in _MISSING:
                     return None
