@@ -253,7 +253,8 @@ class StoreBackend(ABC):
             and (before[leaf] is None or before[leaf] == ("oversized", -1) or sizes[leaf] == before[leaf][1])
             for leaf in (PAYLOAD, SIDECAR)
         )
-        if not same or key.version not in self.versions(key.name):
+        # an envelope there before and now is the commit; without one, the commit marker says
+        if not same or (before[ENVELOPE] is None and key.version not in self.versions(key.name)):
             raise StorageError(f"{key.ref} changed in {self.url} while it was being repaired (deleted, replaced by a "
                                "new save, or repaired by another process); nothing was written back")
 
