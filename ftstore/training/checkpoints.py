@@ -272,8 +272,8 @@ class CheckpointManager:
                           stacklevel=5)
             raise FtstoreError(str(e)) from None
 
-    def _candidates(self, step: int | None) -> list[Checkpoint]:
-        cps = self.checkpoints(rebuild=True)
+    def _candidates(self, cps: list[Checkpoint], step: int | None) -> list[Checkpoint]:
+        """What a restore tries, newest first: every checkpoint, or those of ``step``."""
         if step is not None:
             cps = [c for c in cps if c.step == step]
             if not cps:
@@ -304,17 +304,18 @@ class CheckpointManager:
     """Checkpoints without a sidecar whose protection a restore takes over: the newest, which
     a resumed run depends on; ``scrub --repair`` protects any older ones."""
 
-    def _protect_pending(self) -> None:
-        """Start building the newest sidecars still missing: a resumed run (with background
-        protection, as its predecessor had) takes over protection that died with the
-        previous one (its protector killed with the job's cgroup, by the OOM killer, by a
-        power loss), instead of leaving its newest checkpoints unprotected while retention
-        removes the protected ones. A protector of the previous run still at work costs
-        only time: encoding is deterministic, and a sidecar already built makes a new
-        protector return at once. The restore has succeeded: a failure here only warns."""
+    def _protect_pending(self, cps: list[Checkpoint]) -> None:
+        """Start building the newest sidecars ``cps`` (the restore's listing) still miss: a
+        resumed run (with background protection, as its predecessor had) takes over
+        protection that died with the previous one (its protector killed with the job's
+        cgroup, by the OOM killer, by a power loss), instead of leaving its newest
+        checkpoints unprotected while retention removes the protected ones. A protector of
+        the previous run still at work costs only time: encoding is deterministic, and a
+        sidecar already built makes a new protector return at once. The restore has
+        succeeded: a failure here only warns."""
         try:
             running = set(self._protector.pending())
-            pending = [c for c in self.checkpoints() if not c.protected][-self.RESUMED_PROTECTION :]
+            pending = [c for c in cps if not c.protected][-self.RESUMED_PROTECTION :]
             for c in pending:
                 key = ArtifactKey(self.name, c.version)
                 if key not in running:
@@ -334,12 +335,13 @@ class CheckpointManager:
 
     def _first_good(self, step: int | None, attempt: Callable[[Checkpoint], Any]) -> Checkpoint:
         failures = []
-        for c in self._candidates(step):
+        cps = self.checkpoints(rebuild=True)
+        for c in self._candidates(cps, step):
             try:
                 attempt(c)
                 self.restored = c
                 if self.background:
-                    self._protect_pending()
+                    self._protect_pending(cps)
                 return c
             except DamageError as e:
                 warnings.warn(f"skipping damaged checkpoint {c.ref} (step {c.step}): {e}", stacklevel=3)
