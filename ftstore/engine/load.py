@@ -54,26 +54,30 @@ def heal(store: StoreBackend, key: ArtifactKey, health: Health, reason: str, job
 def repaired_envelope(store: StoreBackend, key: ArtifactKey, health: Health, reason: str,
                       jobs: int | None) -> Envelope:
     """The envelope of a version whose files are damaged (its envelope lost or altered, say),
-    rebuilt from its sidecar: in place where the store can be written, else (read-only, full)
-    in a private copy that is then dropped, as :func:`load` would, which reads the version
-    the same way. Raises :class:`UnrecoverableError` when the payload cannot be brought back."""
-    try:
-        result = heal(store, key, health, reason, jobs)
-    except (OSError, StorageError):
-        with _privately_repaired(store, key, reason, jobs) as (_, result):
-            pass
-    assert result.envelope is not None
-    return result.envelope
+    rebuilt from its sidecar as :func:`load` would (see :func:`_repaired`). Raises
+    :class:`UnrecoverableError` when the payload cannot be brought back."""
+    with _repaired(store, key, health, reason, jobs) as (result, _, _):
+        assert result.envelope is not None
+        return result.envelope
 
 
 @contextlib.contextmanager
-def _privately_repaired(store: StoreBackend, key: ArtifactKey, reason: str,
-                        jobs: int | None) -> Iterator[tuple[FolderLeaves, RepairResult]]:
-    """A copy of the version's files in a private folder, repaired there; the store is left
-    as it is."""
+def _repaired(store: StoreBackend, key: ArtifactKey, health: Health, reason: str,
+              jobs: int | None) -> Iterator[tuple[RepairResult, Opener, bool]]:
+    """The version repaired (raises unless its payload verifies again), with an opener of
+    the repaired payload and whether it is a private copy: in place where the store can be
+    written; else (read-only, full, a folder where a leaf should be) in a private folder,
+    held for the caller to read, and the store is left as it is."""
+    try:
+        result = heal(store, key, health, reason, jobs)
+    except (OSError, StorageError):
+        pass
+    else:
+        yield result, (lambda: store.open_leaf(key, PAYLOAD)), False
+        return
     with held_temp_dir(reason) as tmp:
         files = download_leaves(store, key, Path(tmp))
-        yield files, repair(files, check(files), reason=reason, jobs=jobs)
+        yield repair(files, check(files), reason=reason, jobs=jobs), (lambda: open_regular(files.payload)), True
 
 
 def load(
@@ -145,18 +149,12 @@ def _verified(store: StoreBackend, key: ArtifactKey, self_heal: bool, jobs: int 
         raise DamageError(f"{key.ref}: payload changed while it was being read; {unwritten}")
     if not self_heal:
         raise DamageError("; ".join(health.problems))
-    try:
-        result = heal(store, key, health, "load", jobs)  # raises unless the payload verifies again
-    except (OSError, StorageError):
-        with _privately_repaired(store, key, "load", jobs) as (files, result):
-            assert result.envelope is not None
-            if (got := attempt(result.envelope, lambda: open_regular(files.payload))) is None:
-                raise DamageError(f"{key.ref}: the repaired private copy did not verify; {unwritten}")
-            return got, result.envelope, result
-    assert result.envelope is not None
-    if (got := attempt(result.envelope, stored)) is None:
-        raise DamageError(f"{key.ref}: payload changed while it was being read; {unwritten}")
-    return got, result.envelope, result
+    with _repaired(store, key, health, "load", jobs) as (result, repaired_payload, private):
+        assert result.envelope is not None
+        if (got := attempt(result.envelope, repaired_payload)) is None:
+            raise DamageError(f"{key.ref}: the repaired private copy did not verify; {unwritten}" if private
+                              else f"{key.ref}: payload changed while it was being read; {unwritten}")
+        return got, result.envelope, result
 
 
 def _stream_verified(open_payload: Opener, env: Envelope, sink: Callable[[memoryview], object],
