@@ -32,7 +32,6 @@ import msgspec
 
 from ftstore.codec import DEFAULT_OVERHEAD, MAX_OVERHEAD, MIN_OVERHEAD, SidecarBuild, SymbolHasher
 from ftstore.codec.encoder import PARALLEL_MIN_BYTES
-from ftstore.codec.layout import default_symbol_size
 from ftstore.codec.parallel import warm as warm_workers
 from ftstore.documents import (
     ARTIFACT_TYPES,
@@ -210,24 +209,31 @@ def _copied_then_encoded(staging: Staging, src: Path, template: ArtifactEssentia
     copy's source-symbol hashes are taken as it is read back for its BLAKE3, by the thread
     that waits on the kernel's copy most of the time, so the encoders only encode."""
     before = watch(src)
-    symbols = SymbolHasher(default_symbol_size(template.size)) if protect else None
+    build = SidecarBuild(staging.workdir / SIDECAR, template, overhead, version=staging.expected_version()) \
+        if protect else None
+    symbols = SymbolHasher(build.layout.symbol_size) if build is not None else None
     digest, size = staging.copy_in(PAYLOAD, src, progress, symbols, durable=not protect)
     if size != template.size or (FileState.of(src) != before if before is not None else hash_file(src)[0] != digest):
         raise _refuse_changed(src)
     essentials = msgspec.structs.replace(template, source_hash=digest)
-    if symbols is None:
+    if build is None or symbols is None:
         return essentials, None
-    return essentials, encode_staged(staging, essentials, overhead, jobs, lambda: staging.sync(PAYLOAD),
-                                     symbols.table())
+    return essentials, _encode_flushing(build, staging, jobs, lambda: staging.sync(PAYLOAD), symbols.table())
 
 
 def encode_staged(staging: Staging, essentials: ArtifactEssentials, overhead: float, jobs: int | None,
-                  flush: Callable[[], object], source_table: bytes | None = None) -> SidecarBuild:
+                  flush: Callable[[], object]) -> SidecarBuild:
     """Encode the sidecar of the payload in the staging folder while ``flush`` makes it
     durable (or sends it on), so the encoder reads it back from the page cache. The build
-    is finished (bound to its version) at the commit. ``source_table``: the payload's
-    source-symbol hashes, where the caller took them while writing it."""
+    is finished (bound to its version) at the commit."""
     build = SidecarBuild(staging.workdir / SIDECAR, essentials, overhead, version=staging.expected_version())
+    return _encode_flushing(build, staging, jobs, flush, None)
+
+
+def _encode_flushing(build: SidecarBuild, staging: Staging, jobs: int | None, flush: Callable[[], object],
+                     source_table: bytes | None) -> SidecarBuild:
+    """``build`` encoded from the staged payload while ``flush`` runs; ``source_table``: the
+    payload's source-symbol hashes, where the caller took them while writing it."""
     with ThreadPoolExecutor(1) as ex:
         flushed = ex.submit(flush)
         build.encode(staging.workdir / PAYLOAD, jobs, source_table)
