@@ -1,12 +1,15 @@
 """Saving by taking a file over (``move=True`` / ``ftstore save --move``)."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 import ftstore.engine.save as store_mod
 from ftstore import load, verify
+from ftstore.stores.local import LocalStaging
 
 from .conftest import change_source_once_encoded, run_cli, files
 
@@ -97,3 +100,46 @@ def test_watch_tells_a_write_from_stat_or_says_it_cannot(tmp_path):
     assert FileState.of(p) != state
     os.utime(p, ns=(0, 4 * 10**18))  # an mtime in the future says nothing
     assert watch(p) is None
+
+
+@pytest.mark.parametrize("size", [3_000, 20_000_000])
+def test_a_file_published_at_the_moved_name_meanwhile_is_never_removed(store, make_file, monkeypatch, size):
+    """A trainer writes its next ``last.ckpt`` beside the old one and renames it over the
+    name while the old one is being saved with ``--move``: only the file saved may go."""
+    src = make_file(size)
+    orig = src.read_bytes()
+    nxt = src.with_name("next.tmp")
+    nxt.write_bytes(b"step 2 checkpoint")
+    real = store_mod.commit_staged
+
+    def then_published(*args):
+        env = real(*args)
+        os.replace(nxt, src)  # after the commit, before the source is removed
+        return env
+
+    monkeypatch.setattr(store_mod, "commit_staged", then_published)
+    env = store.save(src, "m", move=True)
+    assert src.read_bytes() == b"step 2 checkpoint"
+    assert files(store, f"m@{env.version}").payload.read_bytes() == orig
+
+
+def test_save_returns_what_it_committed_even_if_the_version_is_deleted_at_once(store, make_file, monkeypatch):
+    """Another process deletes the new version and saves again right after the commit:
+    the save still reports its own artifact (the new one gets the next number)."""
+    src, other = make_file(5_000, seed=1), make_file(6_000, seed=2)
+    real = LocalStaging.commit
+
+    def then_replaced(self, envelope_for, version=None):
+        v = real(self, envelope_for, version)
+        code = ("import sys; from ftstore import Store; s = Store.open(sys.argv[1]); s.delete('m@1'); "
+                "print(s.save(sys.argv[2], 'm').version)")
+        out = subprocess.run([sys.executable, "-c", code, str(store.url), str(other)], check=True,
+                             capture_output=True, text=True).stdout
+        assert out.strip() == "2"
+        return v
+
+    monkeypatch.setattr(LocalStaging, "commit", then_replaced)
+    env = store.save(src, "m")
+    assert env.version == 1 and env.size == 5_000
+    monkeypatch.undo()
+    assert store.versions("m") == [2] and store.read_envelope("m@2").size == 6_000

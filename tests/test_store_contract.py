@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ftstore.documents import ArtifactKey
-from ftstore.errors import BadInputError
+from ftstore.errors import BadInputError, NotFoundError
 from ftstore.stores import StoreBackend
 from ftstore.stores.backend import ENVELOPE, PAYLOAD, SIDECAR, VersionTakenError
 
@@ -120,6 +120,86 @@ def test_delete_removes_exactly_one_version(backend, tmp_path):
     backend.delete(ArtifactKey("a", 1))
     assert backend.versions("a") == [2] and backend.open_leaf(ArtifactKey("a", 1), PAYLOAD) is None
     assert backend.orphans() == []
+
+
+def test_a_deleted_newest_version_keeps_its_number_from_every_later_save(backend, tmp_path):
+    for data in (b"one", b"two", b"three"):
+        _commit(backend, "a", data, tmp_path)
+    backend.delete(ArtifactKey("a", 3))
+    assert backend.versions("a") == [1, 2] and backend.open_leaf(ArtifactKey("a", 3), PAYLOAD) is None
+    assert backend.orphans() == []  # a tombstone is not an orphan, and no scrub removes it
+    assert _commit(backend, "a", b"four", tmp_path) == 4  # never 3 again
+    with pytest.raises(NotFoundError):
+        backend.delete(ArtifactKey("a", 3))
+    backend.delete(ArtifactKey("a", 4))
+    backend.delete(ArtifactKey("a", 2))  # below a tombstone: removed whole
+    backend.delete(ArtifactKey("a", 1))
+    assert backend.names() == [] and backend.versions("a") == []
+    assert _commit(backend, "a", b"five", tmp_path) == 5
+    with pytest.raises(VersionTakenError, match="was deleted"):  # nor a copy, which brings its number
+        _commit(backend, "a", b"copy", tmp_path, version=4)
+    assert backend.versions("a") == [5] and backend.orphans() == []
+
+
+def test_deleting_the_newest_version_drops_the_tombstones_below_it(backend, tmp_path):
+    for data in (b"one", b"two"):
+        _commit(backend, "a", data, tmp_path)
+    backend.delete(ArtifactKey("a", 2))  # a tombstone at 2
+    assert _commit(backend, "a", b"three", tmp_path) == 3
+    backend.delete(ArtifactKey("a", 3))  # a tombstone at 3; the one at 2 goes
+    assert _commit(backend, "a", b"two again", tmp_path, version=2) == 2  # a copy may fill it now
+    assert backend.versions("a") == [1, 2] and _commit(backend, "a", b"four", tmp_path) == 4
+
+
+def test_a_delete_interrupted_after_its_tombstone_leaves_orphans_never_a_version(backend, tmp_path):
+    for data in (b"one", b"two"):
+        _commit(backend, "a", data, tmp_path)
+    key = ArtifactKey("a", 2)
+    payload = backend.read_leaf(key, PAYLOAD, 100)
+    backend.delete(key)
+    backend.write_leaf(key, PAYLOAD, payload)  # as if the delete died before removing it
+    assert backend.versions("a") == [1]
+    orphans = backend.orphans()
+    assert [o.reason for o in orphans] == ["interrupted delete"] and orphans[0].path.endswith(PAYLOAD)
+    assert backend.remove_orphan(orphans[0].path)
+    assert backend.orphans() == [] and backend.versions("a") == [1]
+    assert _commit(backend, "a", b"three", tmp_path) == 3
+
+
+_SAVE_AND_DROP = """
+import sys
+from pathlib import Path
+from ftstore.documents import ArtifactKey
+from ftstore.stores import open_store
+from ftstore.stores.backend import PAYLOAD
+store, who, rounds, folder = open_store(sys.argv[1]), sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
+for i in range(rounds):
+    src = folder / f"{who}-{i}"
+    src.write_bytes(f"{who}-{i}".encode())
+    st = store.stage("a")
+    st.copy_in(PAYLOAD, src, None, None, True)
+    v = st.commit(lambda v: b"env")
+    print(v, src.name, flush=True)
+    if who == "dropper":  # deletes what it just saved, the newest unless the other was quicker
+        store.delete(ArtifactKey("a", v))
+"""
+
+
+def test_no_two_saves_are_ever_given_one_number_while_the_newest_is_deleted(backend, tmp_path):
+    """Two processes save one name; one deletes each of its saves at once. Every number
+    any save was given is distinct, and every kept version reads back its own bytes."""
+    rounds = "25" if backend.capabilities.local_files else "8"
+    procs = [subprocess.Popen([sys.executable, "-c", _SAVE_AND_DROP, backend.url, who, rounds, str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True) for who in ("dropper", "keeper")]
+    given = [line.split() for p in procs for line in p.communicate(timeout=300)[0].splitlines()]
+    assert all(p.returncode == 0 for p in procs) and len(given) == 2 * int(rounds)
+    numbers = [int(v) for v, _ in given]
+    assert len(set(numbers)) == len(numbers), sorted(numbers)
+    kept = {int(v): src for v, src in given if src.startswith("keeper")}
+    assert backend.versions("a") == sorted(kept)
+    for v, src in kept.items():
+        with backend.open_leaf(ArtifactKey("a", v), PAYLOAD) as f:
+            assert f.read() == src.encode()
 
 
 def test_a_save_that_died_is_an_orphan_and_a_live_one_is_not(backend, tmp_path, monkeypatch):

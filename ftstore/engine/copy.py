@@ -67,7 +67,10 @@ def _copy_one(src: StoreBackend, dst: StoreBackend, key: ArtifactKey, jobs: int 
         except UnrecoverableError as e:
             return CopyResult(key.ref, "failed", f"not copied: {e}")
         env = read_envelope(files)
-        staging = dst.stage(key.name, key.version, owner=env.artifact_id)
+        try:
+            staging = dst.stage(key.name, key.version, owner=env.artifact_id)  # S3 claims here
+        except VersionTakenError as e:
+            return CopyResult(key.ref, "conflict", str(e))
         try:
             stored = staging.copy_in(PAYLOAD, files.payload, None, None, durable=True)
             if stored != (env.source_hash, env.size):
@@ -75,9 +78,9 @@ def _copy_one(src: StoreBackend, dst: StoreBackend, key: ArtifactKey, jobs: int 
             if files.sidecar.exists():
                 staging.copy_in(SIDECAR, files.sidecar, None, None, durable=True)
             staging.commit(lambda v: encode_envelope(env))
-        except VersionTakenError:
+        except VersionTakenError as e:
             staging.abort()
-            return CopyResult(key.ref, "conflict", "the destination took this version meanwhile")
+            return CopyResult(key.ref, "conflict", str(e))
         except BaseException:
             staging.abort()
             raise

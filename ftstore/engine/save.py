@@ -37,16 +37,15 @@ from ftstore.documents import (
     ARTIFACT_TYPES,
     ZERO_HASH,
     ArtifactEssentials,
-    ArtifactKey,
     Envelope,
     check_name,
+    decode_envelope,
     encode_envelope,
     envelope_from,
 )
 from ftstore.documents.envelope import MetaKey, MetaValue
 from ftstore.durable import FileState, disk_full, hash_durably, is_disk_full, watch
 from ftstore.engine.integrity import raptorq_section
-from ftstore.engine.leaves import StoredLeaves, read_envelope
 from ftstore.errors import BadInputError
 from ftstore.hashing import hash_file
 from ftstore.stores.backend import PAYLOAD, SIDECAR, Progress, Staging, StoreBackend
@@ -111,17 +110,29 @@ def save(
     """Store ``src`` as the next version of ``name``. ``protect=False`` commits without a
     sidecar (``raptorq: null``, protection pending; ``scrub --repair`` or the background
     protector adds it). ``move=True`` takes ``src`` over: it is removed once the commit is
-    durable, and stays where it was if the save fails."""
+    durable, and stays where it was if the save fails, or if another file was put at its
+    name meanwhile (a trainer publishing its next ``last.ckpt``): only the file saved is
+    ever removed."""
     src, template = validated_request(src, name, artifact_type, metadata, overhead)
     if move and store.holds(src):
         raise BadInputError(f"{src} is one of the store's own files; --move would take it away from {store.url}")
+    taken = _identity(src) if move else None
     if protect and template.size >= PARALLEL_MIN_BYTES:
         warm_workers(jobs)  # started while the files are opened and the copy begins
     env = commit_staged(store, name, lambda staging: _bring_in(store, staging, src, template, overhead, jobs,
                                                                progress, protect, move))
-    if move:
+    if taken is not None and _identity(src) == taken:
         src.unlink(missing_ok=True)
     return env
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at ``path`` itself, or None if there is none."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 BringIn = Callable[[Staging], "tuple[ArtifactEssentials, SidecarBuild | None]"]
@@ -132,6 +143,7 @@ def commit_staged(store: StoreBackend, name: str, bring_in: BringIn) -> Envelope
     (and encode the sidecar) there, and commit with the envelope; any failure aborts the
     staging, so nothing is committed and nothing is left behind."""
     staging = store.stage(name)
+    written = b""
     try:
         essentials, build = bring_in(staging)
         info = build.finish(essentials) if build is not None else None
@@ -141,11 +153,12 @@ def commit_staged(store: StoreBackend, name: str, bring_in: BringIn) -> Envelope
         def envelope_for(v: int) -> bytes:
             """The envelope of version ``v``; the sidecar is bound to ``v`` first, if another
             writer took the version it was made for."""
-            nonlocal info
+            nonlocal info, written
             if build is not None and v != build.version:
                 info = build.finish(essentials, v)
             section = raptorq_section(info) if info is not None else None
-            return encode_envelope(envelope_from(essentials, v, section))
+            written = encode_envelope(envelope_from(essentials, v, section))
+            return written
 
         version = staging.commit(envelope_for)
     except OSError as e:
@@ -156,7 +169,8 @@ def commit_staged(store: StoreBackend, name: str, bring_in: BringIn) -> Envelope
     except BaseException:
         staging.abort()
         raise
-    return read_envelope(StoredLeaves(store, ArtifactKey(name, version)))
+    # what this save committed, not what is at its number now (deleted meanwhile, perhaps)
+    return decode_envelope(written, f"{name}@{version}")
 
 
 def _bring_in(store: StoreBackend, staging: Staging, src: Path, template: ArtifactEssentials, overhead: float,

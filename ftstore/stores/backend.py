@@ -32,6 +32,10 @@ from ftstore.tempdirs import HeldTempDir
 
 PAYLOAD, SIDECAR, ENVELOPE = "payload", "sidecar.ftrq", "envelope.json"
 LEAVES = (PAYLOAD, SIDECAR, ENVELOPE)
+# A deleted version that was the highest of its name keeps its number as a tombstone (an
+# empty ``deleted`` leaf and nothing else), so no later save is given that number: a
+# reference ``NAME@V`` names one artifact, or none, for as long as the store lives.
+DELETED = "deleted"
 MARKER = "ftstore-store.json"
 DEFAULT_STORE = "./ftstore-store"
 
@@ -135,7 +139,8 @@ class Staging(ABC):
 
 
 class VersionTakenError(FtstoreError):
-    """The exact version asked for is already committed (see ``Staging.commit``)."""
+    """The exact version asked for is already committed, or being saved by another writer
+    (see ``Staging.commit``)."""
 
 
 class StoreBackend(ABC):
@@ -151,7 +156,7 @@ class StoreBackend(ABC):
 
     @abstractmethod
     def versions(self, name: str) -> list[int]:
-        """Committed versions of ``name``, ascending."""
+        """Committed versions of ``name``, ascending (never a tombstone)."""
 
     def keys(self) -> list[ArtifactKey]:
         return [ArtifactKey(n, v) for n in self.names() for v in self.versions(n)]
@@ -283,7 +288,11 @@ class StoreBackend(ABC):
     # -- maintenance --------------------------------------------------------------------------
     @abstractmethod
     def delete(self, key: ArtifactKey) -> None:
-        """Remove one committed version; it stops being an artifact at one atomic step."""
+        """Remove one committed version; it stops being an artifact at one atomic step. Its
+        number is never given to a later save: the highest version deleted stays behind as a
+        tombstone (:data:`DELETED`), which a backend may drop once a higher number exists.
+        Only an exact-version save (a copy, which brings its version from another store)
+        may take a tombstone's number."""
 
     @abstractmethod
     def orphans(self) -> list[Orphan]:
@@ -326,6 +335,7 @@ def _fingerprint(path: Path) -> tuple[str, int] | None:
 
 __all__ = [
     "DEFAULT_STORE",
+    "DELETED",
     "ENVELOPE",
     "LEAVES",
     "MARKER",

@@ -5,6 +5,8 @@
         payload                             the bytes the user gave, unchanged
         sidecar.ftrq                        repair sidecar
         envelope.json                       the envelope
+    <root>/artifacts/<name>/<version>/deleted   alone: a tombstone (the highest version
+                                            deleted), whose number no save takes again
     <root>/staging/<id>/                    a save in progress (an orphan once its owner died)
     <root>/staging/<id>.lock                held (flock) by the save's process while it runs
     <root>/trash/<id>/                      a version being deleted (an orphan if the delete died)
@@ -12,8 +14,16 @@
 
 Commit: the leaves are written and fsynced in a staging folder, which is renamed to
 ``artifacts/<name>/<version>``. That rename is the commit point: it is atomic, it fails if
-another writer took the version (the save then takes the next), and nothing outside
-``artifacts/`` is ever shown as an artifact. A save holds an exclusive lock on its
+another writer took the version or a tombstone holds it (the save then takes the next), and
+nothing outside ``artifacts/`` is ever shown as an artifact.
+
+Delete: a version below another numbered folder of its name is renamed into ``trash`` and
+erased there. The highest one instead becomes a tombstone where it is: ``deleted`` is
+created in it (the moment it stops being an artifact), then its leaves are removed. So the
+highest number of a name never goes down, and no save is ever given a number that named
+another artifact: a repair of version ``v`` still writing by path can only meet ``v``
+itself. Tombstones below the one just made are dropped: nothing turns a tombstone back
+into an artifact, so each can only ever be removed. A save holds an exclusive lock on its
 staging folder's lock file until it has committed or cleaned up, so maintenance can tell a
 save in progress (lock held) from a crashed one (lock free) and never removes the former;
 maintenance removes a dead save's folder only while holding that lock itself.
@@ -56,6 +66,7 @@ from ftstore.durable import (
 from ftstore.errors import BadInputError, NotFoundError
 from ftstore.hashing import CHUNK
 from ftstore.stores.backend import (
+    DELETED,
     ENVELOPE,
     LEAVES,
     MARKER,
@@ -141,6 +152,22 @@ def _dead_lease(staging_fd: int, folder: str) -> Iterator[bool]:
         os.close(fd)
 
 
+def _regular(dir_fd: int, name: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def _is_tombstone(version_dir: Path) -> bool:
+    """Whether a version folder holds ``deleted`` as a regular file (a link or folder of
+    that name is a stray entry, and hides nothing)."""
+    try:
+        return stat.S_ISREG(os.stat(version_dir / DELETED, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
 def _kind(dir_fd: int, name: str) -> str | None:
     """"dir", "link", "file" (anything else) or None (absent) for ``name`` in ``dir_fd``."""
     try:
@@ -162,7 +189,7 @@ class LocalStaging(Staging):
             raise
 
     def expected_version(self) -> int:
-        return self.version or (self.store.versions(self.name) or [0])[-1] + 1
+        return self.version or max(self.store._numbered(self.name), default=0) + 1
 
     def copy_in(self, leaf: str, src: Path, progress: Progress | None, sink: ChunkSink | None,
                 durable: bool) -> tuple[str, int]:
@@ -186,15 +213,25 @@ class LocalStaging(Staging):
             try:
                 os.rename(self.workdir, name_dir / str(version))
             except OSError as e:
-                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                # taken: a version, a tombstone, or a stray file or link at the name (ENOTDIR)
+                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
                     raise
                 if self.version is not None:
-                    raise VersionTakenError(f"{self.name}@{version} already exists in {self.store.url}") from None
+                    raise VersionTakenError(self._taken(name_dir, version, e.errno)) from None
                 version += 1
                 continue
             fsync_dir(name_dir)
             self._lease.release()
             return version
+
+    def _taken(self, name_dir: Path, version: int, err: int) -> str:
+        ref = f"{self.name}@{version}"
+        if err == errno.ENOTDIR:
+            return (f"{name_dir / str(version)} is not a version folder; `ftstore scrub --remove-orphans` "
+                    "removes it")
+        if _is_tombstone(name_dir / str(version)):
+            return f"{ref} was deleted from {self.store.url}; a deleted version's number is not given to another artifact"
+        return f"{ref} already exists in {self.store.url}"
 
     def abort(self) -> None:
         remove_tree(self.workdir)
@@ -326,9 +363,14 @@ class LocalStore(StoreBackend):
         return sorted(n for n in self._subdirs(self.artifacts_dir) if is_name(n) and self.versions(n))
 
     def versions(self, name: str) -> list[int]:
+        return sorted(v for v, dead in self._numbered(name).items() if not dead)
+
+    def _numbered(self, name: str) -> dict[int, bool]:
+        """Every numbered folder of ``name``, versions and tombstones: number -> tombstone?"""
         if not is_name(name) or not is_real_dir(self.artifacts_dir):
-            return []
-        return sorted(v for d in self._subdirs(self.artifacts_dir / name) if (v := version_of(d)) is not None)
+            return {}
+        folder = self.artifacts_dir / name
+        return {v: _is_tombstone(folder / d) for d in self._subdirs(folder) if (v := version_of(d)) is not None}
 
     # -- leaves ------------------------------------------------------------------------------
     def open_leaf(self, key: ArtifactKey, leaf: str) -> BinaryIO | None:
@@ -378,6 +420,8 @@ class LocalStore(StoreBackend):
                                 out.write(chunk)
                     out.flush()
                     os.fsync(out.fileno())
+                if _kind(dfd, leaf) == "dir":  # damage a rename cannot replace
+                    remove_entry(dfd, leaf)
                 os.replace(tmp, leaf, src_dir_fd=dfd, dst_dir_fd=dfd)
                 os.fsync(dfd)
             finally:
@@ -420,10 +464,24 @@ class LocalStore(StoreBackend):
 
     # -- maintenance -------------------------------------------------------------------------
     def delete(self, key: ArtifactKey) -> None:
-        """The version's folder is renamed out of ``artifacts/`` (the moment it stops being
-        an artifact), then erased: both through descriptors of real folders of the store."""
-        if key.version not in self.versions(key.name):
+        """Below a higher numbered folder, the version's folder is discarded whole; the
+        highest becomes a tombstone, and the tombstones below it are discarded (see the
+        module docstring). All through descriptors of real folders of the store."""
+        numbered = self._numbered(key.name)
+        if numbered.get(key.version, True):  # absent, or a tombstone already
             raise NotFoundError(f"{key.name} has no version {key.version}")
+        if any(v > key.version for v in numbered):
+            self._discard(key)
+            return
+        self._bury(key)
+        for v, dead in numbered.items():
+            if dead and v < key.version:
+                with contextlib.suppress(NotFoundError):
+                    self._discard(ArtifactKey(key.name, v))
+
+    def _discard(self, key: ArtifactKey) -> None:
+        """Rename the numbered folder out of ``artifacts/`` (the moment it stops being an
+        artifact), then erase it in ``trash/``."""
         self._top("trash", create=True)
         trash = uuid.uuid4().hex
         try:
@@ -434,6 +492,27 @@ class LocalStore(StoreBackend):
         except NotADirectoryError:
             raise StoreLinkError(f"{self.version_dir(key)}: a folder on the way is a symbolic link or a file "
                                  "(never followed)") from None
+        except FileNotFoundError:  # deleted meanwhile by another process
+            raise NotFoundError(f"{key.name} has no version {key.version}") from None
+
+    def _bury(self, key: ArtifactKey) -> None:
+        """Turn the version into a tombstone in place: ``deleted`` is made (exclusively: of
+        two deletes, one does it), the folder fsynced, then everything else removed."""
+        with self._version_fd(key) as fd:
+            if fd is None:
+                raise NotFoundError(f"{key.name} has no version {key.version}")
+            if not _regular(fd, DELETED):
+                remove_entry(fd, DELETED)  # a link or folder planted at the name
+            try:
+                os.close(os.open(DELETED, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                 0o644, dir_fd=fd))
+            except FileExistsError:
+                raise NotFoundError(f"{key.name} has no version {key.version}") from None
+            os.fsync(fd)
+            for entry in os.listdir(fd):
+                if entry != DELETED:
+                    remove_entry(fd, entry)
+            os.fsync(fd)
 
     def orphans(self) -> list[Orphan]:
         out: list[tuple[str, str]] = []
@@ -484,6 +563,10 @@ class LocalStore(StoreBackend):
                             out.append((f"artifacts/{name}/{v}", why))
                             continue
                         with open_dir(self.root, ("artifacts", name, v)) as vfd:
+                            if _regular(vfd, DELETED):  # a tombstone: anything beside it
+                                out += [(f"artifacts/{name}/{v}/{f}", "interrupted delete")
+                                        for f in sorted(os.listdir(vfd)) if f != DELETED]
+                                continue
                             for f in sorted(os.listdir(vfd)):
                                 if f not in LEAVES:
                                     out.append((f"artifacts/{name}/{v}/{f}",

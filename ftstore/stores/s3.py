@@ -13,6 +13,12 @@ marker is a save in progress while its claim is younger than :data:`CLAIM_LEASE_
 and an interrupted save (an orphan) after that. The store refuses servers that ignore
 conditional PUTs.
 
+Delete, as on a local store: a version below a higher committed version or tombstone loses
+all its objects, its claim last; the highest keeps its claim and gets ``deleted`` (the
+moment it stops being an artifact) before its other objects go, so its number is never
+claimed again: a tombstone. Tombstones below the one just made are dropped, ``deleted``
+before the claim.
+
 Every error the server or the network gives becomes a :class:`StorageError` (exit 2) with
 what the server said; only a server that reports it is out of space is a
 :class:`StorageFullError`.
@@ -32,6 +38,7 @@ from ftstore.documents.names import ArtifactKey, is_name, version_of
 from ftstore.errors import BadInputError, NotFoundError, StorageError, StorageFullError
 from ftstore.hashing import format_hash, new_hasher
 from ftstore.stores.backend import (
+    DELETED,
     ENVELOPE,
     LEAVES,
     MARKER,
@@ -51,6 +58,7 @@ from ftstore.tempdirs import HeldTempDir, held_temp_dir
 
 CLAIM, COMMITTED = "claim", "committed"
 KNOWN = {*LEAVES, CLAIM, COMMITTED}
+_TOMBSTONE = {CLAIM, DELETED}
 CLAIM_LEASE_SECONDS = 6 * 3600  # a save still uploading after this long is taken for dead
 MAX_MARKER_BYTES = 4096
 _MISSING = ("NoSuchKey", "404", "NotFound")
@@ -334,7 +342,7 @@ class S3Store(StoreBackend):
 
     @staticmethod
     def _committed(leaves: dict) -> bool:
-        return ENVELOPE in leaves or COMMITTED in leaves
+        return (ENVELOPE in leaves or COMMITTED in leaves) and DELETED not in leaves
 
     # -- listing ---------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -405,8 +413,11 @@ class S3Store(StoreBackend):
             key = ArtifactKey(name, version)
             body = (owner or uuid.uuid4().hex).encode()
             if not self._put_if_absent(self._vkey(key, CLAIM), body):
-                if owner is None or self._committed(self._tree(name).get(key, {})) or \
-                        self._get(self._vkey(key, CLAIM), 256) != body:
+                leaves = self._tree(name).get(key, {})
+                if DELETED in leaves:
+                    raise VersionTakenError(f"{name}@{version} was deleted from {self.url}; a deleted version's "
+                                            "number is not given to another artifact")
+                if owner is None or self._committed(leaves) or self._get(self._vkey(key, CLAIM), 256) != body:
                     raise VersionTakenError(f"{name}@{version} already exists in {self.url}")
                 self._put(self._vkey(key, CLAIM), body)  # taken over: a fresh lease
             return version
@@ -426,12 +437,27 @@ class S3Store(StoreBackend):
 
     # -- maintenance -------------------------------------------------------------------------
     def delete(self, key: ArtifactKey) -> None:
-        """The marker goes first, then the envelope (the moment the version stops being an
-        artifact), then the data; a crash part way leaves an orphan, never half an artifact."""
-        if key.version not in self.versions(key.name):
+        """Below a higher committed version or tombstone: the marker goes first, then the
+        envelope (the moment the version stops being an artifact), then the data and the
+        claim. The highest: its claim is made sure of, ``deleted`` put (the moment), then
+        the rest goes but the claim, and the tombstones below it are dropped. A crash part
+        way leaves an orphan, never half an artifact."""
+        tree = self._tree(key.name)
+        if not self._committed(tree.get(key, {})):
             raise NotFoundError(f"{key.name} has no version {key.version}")
-        for leaf in (COMMITTED, ENVELOPE, PAYLOAD, SIDECAR, CLAIM):
+        if any(k.version > key.version and (self._committed(leaves) or DELETED in leaves)
+               for k, leaves in tree.items()):
+            for leaf in (COMMITTED, ENVELOPE, PAYLOAD, SIDECAR, CLAIM):
+                self._delete(self._vkey(key, leaf))
+            return
+        self._put_if_absent(self._vkey(key, CLAIM), uuid.uuid4().hex.encode())  # a version copied in may lack one
+        self._put(self._vkey(key, DELETED), b"")
+        for leaf in (COMMITTED, ENVELOPE, PAYLOAD, SIDECAR):
             self._delete(self._vkey(key, leaf))
+        for k, leaves in tree.items():
+            if k.version < key.version and DELETED in leaves:
+                for leaf in (DELETED, CLAIM):
+                    self._delete(self._vkey(k, leaf))
 
     def orphans(self) -> list[Orphan]:
         out = []
@@ -444,6 +470,9 @@ class S3Store(StoreBackend):
                 out.append(Orphan(rel, "stray object"))
         now = time.time()
         for prefix, leaves in sorted(tree.items()):
+            if DELETED in leaves:  # a tombstone: anything beside its claim
+                out += [Orphan(prefix + leaf, "interrupted delete") for leaf in sorted(leaves) if leaf not in _TOMBSTONE]
+                continue
             if not self._committed(leaves):
                 if CLAIM in leaves and now - leaves[CLAIM] < CLAIM_LEASE_SECONDS:
                     continue  # a save in progress
@@ -459,7 +488,8 @@ class S3Store(StoreBackend):
             self._delete(path)
             return True
         found = {rel.rsplit("/", 1)[-1]: (rel, mtime) for rel, _, mtime in self._list(path)}
-        if self._committed(found) or (CLAIM in found and time.time() - found[CLAIM][1] < CLAIM_LEASE_SECONDS):
+        if self._committed(found) or DELETED in found or \
+                (CLAIM in found and time.time() - found[CLAIM][1] < CLAIM_LEASE_SECONDS):
             return False
         for leaf, (rel, _) in sorted(found.items(), key=lambda item: item[0] == CLAIM):
             self._delete(rel)
