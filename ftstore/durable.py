@@ -147,19 +147,32 @@ def fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def replace_durably(tmp: Path, final: Path) -> None:
+def replace_durably(tmp: Path, final: Path, leaf: bool = False) -> None:
+    """Rename ``tmp`` over ``final`` and fsync the folder. ``leaf``: ``final`` is a store
+    leaf being rebuilt, so a folder at its name is damage, removed first (as itself: a
+    link is never followed), which a rename could not replace."""
+    if leaf:
+        clear_folder_at(final)
     os.replace(tmp, final)
     fsync_dir(final.parent)
 
 
-def write_atomic(final: Path, data: bytes) -> None:
+def clear_folder_at(path: Path) -> None:
+    """Remove a folder (only a folder) at ``path``, with everything in it, through a
+    descriptor of its parent."""
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISDIR(os.stat(path, follow_symlinks=False).st_mode):
+            remove_tree(path)
+
+
+def write_atomic(final: Path, data: bytes, leaf: bool = False) -> None:
     tmp = tmp_path(final)
     try:
         with open(tmp, "xb") as f:  # exclusive: never through a link planted at the name
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        replace_durably(tmp, final)
+        replace_durably(tmp, final, leaf)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

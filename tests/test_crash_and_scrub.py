@@ -11,6 +11,7 @@ import pytest
 from ftstore import verify
 from ftstore.hashing import hash_file
 from ftstore.api import scrub
+from ftstore.scrub import scrubber
 from ftstore.scrub.drill import FAULTS, drill, inject
 from ftstore.scrub.report import decode_report
 from ftstore.engine.leaves import read_envelope
@@ -130,3 +131,53 @@ def test_drill_on_a_copy_leaves_the_store_untouched(store, make_file):
     res = run_cli("drill", "--from-store", "--seed", "2", "--json", store=store, check_rc=0)
     assert json.loads(res.stdout)["passed"]
     assert {p: p.read_bytes() for p in files(store, "a@1").folder.iterdir()} == before
+
+
+def test_a_drill_damages_payloads_of_zeros_too(store, tmp_path):
+    """Checkpoints are full of zeros: a fault that zeroes a range (or everything, for the
+    beyond-budget case) must still change every byte it covers, or the drill reports a
+    healthy store as failing (it used to: "expected failed got ok")."""
+    src = tmp_path / "zeros"
+    src.write_bytes(bytes(200_000))
+    for i in range(len(FAULTS)):
+        store.save(src, f"z{i}")
+    report = drill(store.backend, seed=1)
+    assert report.passed and {i.fault for i in report.injections} == set(FAULTS)
+    assert all(i.status == i.expected for i in report.injections)
+
+
+def test_a_drill_from_the_store_names_every_version_it_could_not_copy(store, make_file):
+    store.save(make_file(100_000, seed=1), "good")
+    store.save(make_file(100_000, seed=2), "bad")
+    files(store, "bad@1").payload.write_bytes(bytes(100_000))  # beyond its repair budget
+    res = run_cli("drill", "--from-store", "--seed", "3", "--json", store=store, check_rc=1)
+    report = json.loads(res.stdout)
+    assert not report["passed"]
+    missed = [i for i in report["injections"] if i["fault"] == "not_copied"]
+    assert [i["ref"] for i in missed] == ["bad@1"] and "unrecoverable" in missed[0]["detail"]
+    assert [i["passed"] for i in report["injections"] if i["ref"] == "good@1"] == [True]
+
+
+@pytest.mark.parametrize("newest", [False, True])
+def test_a_version_deleted_while_the_scrub_runs_is_not_a_failure(store, make_file, monkeypatch, newest):
+    """Retention deletes a checkpoint (by another process) while a scheduled scrub is
+    about to check it: the scrub is still healthy, exit 0, and says what it left out."""
+    for i in range(3):
+        store.save(make_file(20_000, seed=i), "ck")
+    gone = "ck@3" if newest else "ck@1"
+    real, done, said = scrubber.check, [], []
+
+    def deleted_first(leaves):
+        if leaves.key.ref == gone and not done:
+            done.append(gone)
+            code = f"import sys; from ftstore import Store; Store.open(sys.argv[1]).delete({gone!r})"
+            subprocess.run([sys.executable, "-c", code, str(store.url)], check=True)
+        return real(leaves)
+
+    monkeypatch.setattr(scrubber, "check", deleted_first)
+    report = scrub(store, repair=True, warn=said.append, jobs=1)
+    monkeypatch.undo()
+    assert done and report.health == "healthy" and report.totals.failed == 0
+    assert sorted(a.ref for a in report.artifacts) == sorted({"ck@1", "ck@2", "ck@3"} - {gone})
+    assert said == [f"{gone} was deleted while the scrub ran; not counted"]
+    assert run_cli("scrub", store=store).returncode == 0

@@ -211,3 +211,24 @@ def test_a_server_dying_mid_load_or_mid_copy_is_one_line_never_a_traceback(tmp_p
     else:
         assert not dst.exists() or Store.open(dst).keys() == []
         assert not list(dst.glob("staging/scratch-*")) and not list((tmp_path / "t").iterdir())
+
+
+def test_file_names_that_are_not_utf8_are_shown_as_escapes_never_an_internal_error(tmp_path, make_file):
+    """A store at a path that is not UTF-8, holding an orphan whose name is not either:
+    every store-wide command reports, with the bytes shown as \\xNN (they used to end in
+    exit 3, "surrogates not allowed", after the work was done)."""
+    root = Path(os.fsdecode(bytes(tmp_path) + b"/st\xff"))
+    store = Store.open(root, create=True)
+    store.save(make_file(3000), "c")
+    (root / "staging" / os.fsdecode(b"\xfd")).write_bytes(b"x")
+    env = {**os.environ, "FTSTORE_STORE": os.fsdecode(root)}
+    for args in (["scrub"], ["scrub", "--json"], ["show", "c"], ["verify", "--json"], ["ls", "--json"],
+                 ["scrub", "--repair", "--remove-orphans"]):
+        res = subprocess.run([sys.executable, "-m", "ftstore.cli", *args], capture_output=True, env=env, timeout=120)
+        assert res.returncode == 0 and b"Traceback" not in res.stderr and b"internal error" not in res.stderr, args
+        out = res.stdout.decode("utf-8")  # valid UTF-8, JSON or text
+        if args[0] == "scrub":
+            assert "\\xfd" in out
+    assert not (root / "staging" / os.fsdecode(b"\xfd")).exists()
+    reports = list((root / "reports").iterdir())
+    assert reports and all("\\\\xff" in r.read_text("utf-8") for r in reports)

@@ -10,10 +10,9 @@ import sys
 from pathlib import Path
 
 import click
-import msgspec
 
 from ftstore import api
-from ftstore.cli.output import emit_json, human_size, info, progress
+from ftstore.cli.output import emit_json, human_size, info, printable_streams, progress
 from ftstore.api import ARTIFACT_TYPES, DEFAULT_OVERHEAD
 from ftstore.errors import BadInputError, FtstoreError
 
@@ -113,11 +112,7 @@ def ls_cmd(store_path, as_json):
 @json_option
 def show(ref, store_path, as_json):
     """Print REF's envelope (NAME or NAME@VERSION) and where its files are."""
-    doc = api.show(api.open_store(store_path), ref)
-    if as_json:
-        emit_json(doc)
-        return
-    click.echo(msgspec.json.format(msgspec.json.encode(doc), indent=2).decode())
+    emit_json(api.show(api.open_store(store_path), ref))  # a JSON document either way
 
 
 @cli.command()
@@ -173,6 +168,7 @@ def _one_line(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning every documented error into one line and an exit code."""
+    printable_streams()
     try:
         rv = cli.main(args=argv, prog_name="ftstore", standalone_mode=False)
         sys.exit(rv if isinstance(rv, int) else 0)

@@ -10,10 +10,25 @@ from typing import Any, Callable
 import click
 import msgspec
 
+from ftstore.documents.strict_json import printable_tree  # registers the ftstore-bytes handler
+
 
 def emit_json(obj: Any) -> None:
-    sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(obj), indent=2) + b"\n")
+    try:
+        data = msgspec.json.encode(obj)
+    except UnicodeEncodeError:  # a file name that is not UTF-8: its bytes shown as \xNN
+        data = msgspec.json.encode(printable_tree(msgspec.to_builtins(obj)))
+    sys.stdout.buffer.write(msgspec.json.format(data, indent=2) + b"\n")
     sys.stdout.flush()
+
+
+def printable_streams() -> None:
+    """Text output never fails on a file name that is not UTF-8: its bytes are shown as
+    ``\\xNN`` escapes (:func:`printable`) instead of ending the command with an encoding
+    error."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="ftstore-bytes")  # type: ignore[union-attr]
 
 
 def info(msg: str) -> None:

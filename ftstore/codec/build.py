@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from ftstore.durable import NotRegularFileError, open_regular
+from ftstore.durable import NotRegularFileError, clear_folder_at, open_regular
 from ftstore.errors import UnrecoverableError
 from ftstore.hashing import CHUNK, SYMBOL_HASH_BYTES, format_hash, hash_file, new_hasher, read_ahead, symbol_hash
 from ftstore.codec.decoder import StripeOutcome
@@ -374,6 +374,7 @@ def _replace_whole(payload: Path, lay: Layout, patches: list[_Patch], symbols: S
             out.truncate(lay.size)
             out.flush()
             os.fsync(out.fileno())
+        clear_folder_at(payload)  # a folder at the payload's name is damage; a rename cannot replace it
         os.replace(tmp, payload)
     finally:
         tmp.unlink(missing_ok=True)

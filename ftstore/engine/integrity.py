@@ -331,7 +331,7 @@ def _replace_sidecar(files: FolderLeaves, ess: ArtifactEssentials, overhead: flo
     tmp = tmp_path(files.sidecar)
     try:
         info = write_sidecar(files.payload, tmp, ess, overhead, symbol_size, jobs, version=files.key.version)
-        replace_durably(tmp, files.sidecar)
+        replace_durably(tmp, files.sidecar, leaf=True)
     finally:
         tmp.unlink(missing_ok=True)
     return info
@@ -356,7 +356,7 @@ def protect_pending(files: FolderLeaves, jobs: int | None = None, overhead: floa
         info = write_sidecar(files.payload, tmp, essentials_of(env), overhead, None, jobs, version=files.key.version)
         env = read_envelope(files)  # re-read: a scrub may have written meanwhile, or a delete
         _same_artifact(env, artifact_id, files.key.ref)
-        replace_durably(tmp, files.sidecar)
+        replace_durably(tmp, files.sidecar, leaf=True)
     finally:
         tmp.unlink(missing_ok=True)
     files.write_envelope(msgspec.structs.replace(env, raptorq=raptorq_section(info)))

@@ -114,7 +114,7 @@ class FolderLeaves:
         yield self
 
     def write_envelope(self, env: Envelope) -> None:
-        write_atomic(self.envelope, encode_envelope(env))
+        write_atomic(self.envelope, encode_envelope(env), leaf=True)
 
 
 def download_leaves(store: StoreBackend, key: ArtifactKey, folder: Path) -> FolderLeaves:

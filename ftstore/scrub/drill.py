@@ -92,6 +92,20 @@ def _zero(path: Path, start: int, length: int) -> None:
         f.write(b"\0" * length)
 
 
+_CLOBBER = bytes([0xFF]) + bytes(255)  # byte -> what replaces it: 0 -> 0xFF, anything else -> 0
+
+
+def _clobber(path: Path, start: int, length: int) -> None:
+    """Zero the range, writing 0xFF where a byte is zero already: every byte changes, so a
+    range of zeros (common in checkpoints) is damaged too, not left as it was."""
+    with open(path, "r+b") as f:
+        for off in range(start, start + length, 1 << 20):
+            f.seek(off)
+            chunk = f.read(min(1 << 20, start + length - off))
+            f.seek(off)
+            f.write(chunk.translate(_CLOBBER))
+
+
 def inject(paths: FolderLeaves, fault: str, rng: random.Random) -> _Fault:
     """Damage the files of one artifact on disk as ``fault`` says."""
     meta = read_meta(paths.sidecar)
@@ -113,8 +127,8 @@ def inject(paths: FolderLeaves, fault: str, rng: random.Random) -> _Fault:
         length = min(lay.size, rows * S * t)
         if fault == "zeroed_range":
             start = rng.randrange(0, lay.size - length + 1)
-            _zero(paths.payload, start, length)
-            return _Fault(f"{length} bytes zeroed at offset {start}", "recovered")
+            _clobber(paths.payload, start, length)
+            return _Fault(f"{length} bytes zeroed at offset {start} (0xFF where zero already)", "recovered")
         os.truncate(paths.payload, lay.size - length)
         return _Fault(f"last {length} bytes cut off", "recovered")
     if fault == "sidecar_deleted":
@@ -141,9 +155,9 @@ def inject(paths: FolderLeaves, fault: str, rng: random.Random) -> _Fault:
         _flip(paths.sidecar, bad_repair)
         return _Fault(f"{len(offsets)} payload symbols and {len(bad_repair)} repair symbols flipped", "recovered")
     if fault == "beyond_budget":
-        _zero(paths.payload, 0, lay.size)
-        _zero(paths.sidecar, meta.repair_offset(0, 0), lay.total_repair * t)
-        return _Fault("whole payload and every repair symbol zeroed", "failed")
+        _clobber(paths.payload, 0, lay.size)
+        _clobber(paths.sidecar, meta.repair_offset(0, 0), lay.total_repair * t)
+        return _Fault("whole payload and every repair symbol zeroed (0xFF where zero already)", "failed")
     raise ValueError(f"unknown fault {fault!r}")
 
 
@@ -156,7 +170,9 @@ def drill(
     jobs: int | None = None,
 ) -> DrillReport:
     """Run ``rounds`` of fault injection on scratch copies of ``source`` (a sample store if
-    None). Nothing in ``source`` is modified."""
+    None). Nothing in ``source`` is modified. A version of ``source`` that could not be
+    brought into the scratch copy (beyond repair, or the scratch disk full) is a failed
+    entry, ``not_copied``: a drill never passes over part of a store in silence."""
     held: HeldTempDir | None = None
     if scratch is None:
         held = HeldTempDir("drill")
@@ -170,7 +186,10 @@ def drill(
         if source is None:
             build_sample_store(pristine, seed)
         else:  # a scratch copy of every version that is intact or repairable
-            copy_store(source, LocalStore.open(str(pristine), create=True), jobs=jobs)
+            copied = copy_store(source, LocalStore.open(str(pristine), create=True), jobs=jobs)
+            injections += [Injection(round=0, ref=c.ref, fault="not_copied", detail=f"not drilled: {c.detail}",
+                                     expected="recovered", status=c.status, byte_identical=False, passed=False)
+                           for c in copied if c.status in ("failed", "conflict")]
         for rnd in range(rounds):
             work = base / f"round-{rnd}"
             shutil.copytree(pristine, work)

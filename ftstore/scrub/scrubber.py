@@ -19,6 +19,7 @@ from ftstore.codec import read_meta
 from ftstore.codec.deep import prove_recoverable
 from ftstore.codec.parallel import default_jobs, pmap
 from ftstore.documents import ArtifactKey, ScrubSection, canonical
+from ftstore.documents.strict_json import printable_tree
 from ftstore.engine.integrity import Health, check, protect_pending, remove_dead_spills, repair
 from ftstore.engine.leaves import FolderLeaves, StoredLeaves, read_envelope
 from ftstore.errors import BadInputError, FtstoreError
@@ -196,6 +197,7 @@ def scrub(
         results.append(r)
         if max_rate_mb_s:
             clock = _throttle(clock, r.bytes_read, max_rate_mb_s)
+    results = _without_deleted(store, results, {k.ref: k for k in targets}, warn)
     orphans = _orphans(store, remove_orphans, warn)
     count = {s: sum(1 for r in results if r.status == s) for s in ("ok", "recovered", "failed")}
     report = ScrubReport(
@@ -210,10 +212,33 @@ def scrub(
     )
     if write_report:
         try:
-            store.write_report(f"scrub-{report.finished_unix_ms}.json", canonical(report) + b"\n")
+            store.write_report(f"scrub-{report.finished_unix_ms}.json", _report_bytes(report))
         except (FtstoreError, OSError) as e:
             warn(f"the scrub report could not be kept in the store: {_one_line(e)}")
     return report
+
+
+def _without_deleted(store: StoreBackend, results: list[ArtifactScrub], keys: dict[str, ArtifactKey],
+                     warn: Callable[[str], None]) -> list[ArtifactScrub]:
+    """The results less the versions that failed because they were deleted while the
+    scrub ran (retention pruning old checkpoints beside a scheduled scrub): they are no
+    longer the store's, and a deleted version is not a damaged one."""
+    failed = {keys[r.ref].name for r in results if r.status == "failed"}
+    try:
+        live = {(name, v) for name in failed for v in store.versions(name)}
+    except (FtstoreError, OSError):
+        return results
+    gone = {r.ref for r in results if r.status == "failed" and (keys[r.ref].name, keys[r.ref].version) not in live}
+    for ref in sorted(gone):
+        warn(f"{ref} was deleted while the scrub ran; not counted")
+    return [r for r in results if r.ref not in gone]
+
+
+def _report_bytes(report: ScrubReport) -> bytes:
+    try:
+        return canonical(report) + b"\n"
+    except UnicodeEncodeError:  # a file name in the store that is not UTF-8: kept as \xNN
+        return canonical(printable_tree(msgspec.to_builtins(report))) + b"\n"
 
 
 def _orphans(store: StoreBackend, remove: bool, warn: Callable[[str], None]) -> list[Orphan]:
