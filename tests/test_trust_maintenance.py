@@ -17,6 +17,7 @@ import pytest
 
 from ftstore import Store, verify
 from ftstore.api import scrub
+from ftstore.documents import ArtifactKey
 
 SAVER = r"""
 import json, os, random, sys
@@ -48,6 +49,7 @@ SCRUBBER = r"""
 import os, sys
 from ftstore import Store
 from ftstore.api import scrub
+from ftstore.documents import ArtifactKey
 store = Store.open(sys.argv[1])
 stop = sys.argv[2]
 passes = removed = 0
@@ -245,3 +247,41 @@ def test_a_save_whose_objects_maintenance_removed_is_never_committed(seaweed, tm
     [r] = copy(src, dst)
     assert r.status == "failed" and "vanished before the commit" in r.detail
     assert dst.keys() == []
+
+
+_AT_WORK = """
+import sys, time
+from pathlib import Path
+from ftstore import Store
+from ftstore.documents import ArtifactKey
+store = Store.open(sys.argv[1])
+with store.backend.working_copy(ArtifactKey("a", 1)) as folder:
+    (folder / "payload.spill.tmp-0123456789ab").write_bytes(b"symbols being decoded")
+    (folder / "sidecar.ftrq.tmp-0123456789ab").write_bytes(b"a sidecar being encoded")
+    print("working", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_remove_orphans_never_takes_the_files_a_repair_is_writing(tmp_path, make_file):
+    """A repair or protector writes temporary and spill files in the version's folder for
+    as long as it works: `scrub --remove-orphans` used to remove them (a repairable
+    artifact then failed). It neither lists nor removes them while the work goes on, and
+    removes what a killed worker left once nothing holds the folder."""
+    store = Store.open(tmp_path / "s", create=True)
+    store.save(make_file(50_000), "a")
+    worker = subprocess.Popen([sys.executable, "-c", _AT_WORK, str(store.url)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert worker.stdout.readline().strip() == "working"
+        folder = store.backend.version_dir(ArtifactKey("a", 1))
+        report = scrub(store, remove_orphans=True, warn=lambda _: None)
+        assert report.orphans == [] and len(list(folder.glob("*.tmp-*"))) == 2
+        os.kill(worker.pid, 9)  # killed mid-work: its files are left, and its lock goes with it
+        worker.wait()
+        report = scrub(store, remove_orphans=True, warn=lambda _: None)
+        assert sorted(o.path.rsplit("/", 1)[1] for o in report.orphans if o.removed) == \
+            ["payload.spill.tmp-0123456789ab", "sidecar.ftrq.tmp-0123456789ab"]
+        assert list(folder.glob("*.tmp-*")) == [] and all(h.intact for h in verify(store))
+    finally:
+        worker.kill()

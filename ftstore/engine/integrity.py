@@ -11,7 +11,7 @@ the intact payload), the envelope (rebuilt from the sidecar's copy of its essent
 Sidecar and envelope replace the damaged files atomically. Each repair gets a decode proof.
 
 Decoded symbols never gather in this process: the workers write them into a sparse spill
-file beside the payload (``payload.bin.spill.tmp-*``, held under an flock while in use)
+file beside the payload (``payload.spill.tmp-*``, held under an flock while in use)
 and report only which symbols they recovered; the patch reads them back one at a time,
 each checked against its hash again. A spill file left by a killed repair is recognised
 by its free lock and removed by the next repair or repairing scrub of that version

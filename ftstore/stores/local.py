@@ -168,6 +168,21 @@ def _is_tombstone(version_dir: Path) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _unused(version_fd: int) -> Iterator[bool]:
+    """True, holding the version folder's ``flock`` exclusively, if no working copy holds
+    it (see :meth:`LocalStore.working_copy`); False, at once, if one does."""
+    try:
+        fcntl.flock(version_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        fcntl.flock(version_fd, fcntl.LOCK_UN)
+
+
 def _kind(dir_fd: int, name: str) -> str | None:
     """"dir", "link", "file" (anything else) or None (absent) for ``name`` in ``dir_fd``."""
     try:
@@ -440,11 +455,15 @@ class LocalStore(StoreBackend):
     @contextlib.contextmanager
     def working_copy(self, key: ArtifactKey, writeback: bool = True) -> Iterator[Path]:
         """The version's own folder, once checked to be real folders all the way down:
-        checks and repairs work on the stored files in place."""
+        checks and repairs work on the stored files in place. The folder is held under a
+        shared ``flock`` meanwhile: maintenance takes it exclusively, without waiting,
+        before it lists or removes anything in a version's folder, so the temporary and
+        spill files a repair or a protector is writing there are never taken for orphans."""
         with self._version_fd(key) as fd:
             if fd is None:
                 raise NotFoundError(f"{key.ref} does not exist in {self.url}")
-        yield self.version_dir(key)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            yield self.version_dir(key)
 
     # -- saving ------------------------------------------------------------------------------
     def stage(self, name: str, version: int | None = None, owner: str | None = None) -> LocalStaging:
@@ -562,7 +581,9 @@ class LocalStore(StoreBackend):
                                    _LINK_REASON if kind == "link" else "not a version directory")
                             out.append((f"artifacts/{name}/{v}", why))
                             continue
-                        with open_dir(self.root, ("artifacts", name, v)) as vfd:
+                        with open_dir(self.root, ("artifacts", name, v)) as vfd, _unused(vfd) as unused:
+                            if not unused:
+                                continue  # a repair or protector is at work there
                             if _regular(vfd, DELETED):  # a tombstone: anything beside it
                                 out += [(f"artifacts/{name}/{v}/{f}", "interrupted delete")
                                         for f in sorted(os.listdir(vfd)) if f != DELETED]
@@ -589,8 +610,12 @@ class LocalStore(StoreBackend):
                     return _kind(fd, entry) in (None, "dir")
                 if parent == ["staging"]:
                     return self._remove_from_staging(fd, entry)
-                remove_entry(fd, entry)
-                return _kind(fd, entry) is None
+                in_version = len(parent) == 3 and parent[0] == "artifacts"
+                with _unused(fd) if in_version else contextlib.nullcontext(True) as unused:
+                    if not unused:  # inside a version's folder while a repair works there
+                        return False
+                    remove_entry(fd, entry)
+                    return _kind(fd, entry) is None
         except (FileNotFoundError, NotADirectoryError):
             return False
 
