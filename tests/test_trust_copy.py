@@ -194,3 +194,17 @@ def test_a_leaf_that_is_a_link_is_left_out_of_the_copy_and_rebuilt(tmp_path, mak
     assert files(dst, "empty@1").payload.read_bytes() == b""
     assert files(dst, "small@1").payload.read_bytes() == make_file(5000, seed=9).read_bytes()
     assert outside.read_bytes() == b"outside" * 10 and files(src, "empty@1").payload.is_symlink()
+
+
+@pytest.mark.parametrize("inside", ["artifacts/backup", "staging/x/y", "reports/r"])
+def test_a_store_is_never_made_inside_another_stores_folders(tmp_path, make_file, inside):
+    """`copy S S/artifacts/backup` used to succeed, and the next `scrub --remove-orphans`
+    of S removed the whole copy as an orphan: now exit 2 before anything is written."""
+    src = Store.open(tmp_path / "s", create=True)
+    src.save(make_file(5_000), "m")
+    dest = tmp_path / "s" / inside
+    res = run_cli("copy", str(src.url), str(dest))
+    assert res.returncode == 2 and "inside the store" in res.stderr and not dest.exists()
+    res = run_cli("save", str(make_file(100, seed=2)), "--name", "x", "--store", str(dest))
+    assert res.returncode == 2 and not dest.exists()
+    assert run_cli("copy", str(src.url), str(tmp_path / "s" / "beside")).returncode == 0  # not a store folder

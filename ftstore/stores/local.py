@@ -297,6 +297,7 @@ class LocalStore(StoreBackend):
         if not os.path.lexists(marker):
             if not create:
                 raise NotFoundError(f"no ftstore store at {root} (save something first, or pass --store)")
+            cls._refuse_inside_a_store(root)
             if root.exists() and (not root.is_dir() or any(root.iterdir())):
                 raise BadInputError(f"{root} exists, is not empty and is not an ftstore store")
             root.mkdir(parents=True, exist_ok=True)
@@ -308,6 +309,17 @@ class LocalStore(StoreBackend):
             with f:
                 check_marker(f.read(4096), str(marker))
         return cls(root)
+
+    @staticmethod
+    def _refuse_inside_a_store(root: Path) -> None:
+        """A new store inside another store's own folders (``artifacts``, ``staging``, ...)
+        would be that store's orphan, removed by its next ``scrub --remove-orphans``: say so
+        instead of creating it (a ``copy`` into ``STORE/artifacts/backup``, say)."""
+        path = Path(os.path.realpath(root))
+        for below, above in zip(path.parents, [path, *path.parents]):
+            if above.name in TOP_FOLDERS and os.path.lexists(below / MARKER):
+                raise BadInputError(f"{root} is inside the store {below} ({above.name}/), whose maintenance would "
+                                    "remove it; choose a folder outside it")
 
     # -- layout ----------------------------------------------------------------------------
     @property
