@@ -1,3 +1,4 @@
+import itertools
 import json
 import os
 import random
@@ -112,6 +113,25 @@ def test_max_rate_limits_scrub_speed(store, make_file):
     t = time.monotonic()
     scrub(store, max_rate_mb_s=10, jobs=1, write_report=False)
     assert time.monotonic() - t >= 0.5  # ~6.6 MB at 10 MB/s
+
+
+def test_max_rate_paces_the_reads_of_one_large_artifact_as_they_happen(store, make_file, monkeypatch):
+    """One 12 MB artifact at 20 MB/s: its chunks are read over about 0.6 s, not all at once
+    and then slept for (what a pause after each whole artifact did)."""
+    store.save(make_file(12_000_000), "big")
+    seen: list[tuple[float, int]] = []
+    real = scrubber._Pace.__call__
+
+    def noted(self, nbytes):
+        seen.append((time.monotonic(), nbytes))
+        real(self, nbytes)
+
+    monkeypatch.setattr(scrubber._Pace, "__call__", noted)
+    scrub(store, max_rate_mb_s=20, jobs=1, write_report=False)
+    payload = [t for t, n in seen if n]
+    assert sum(n for _, n in seen) >= 12_000_000 and len(payload) >= 4
+    half = next(t for t, n in zip(payload, itertools.accumulate(n for _, n in seen if n)) if n >= 6_000_000)
+    assert half - payload[0] >= 0.2 and payload[-1] - payload[0] >= 0.45
 
 
 def test_drill_repairs_every_fault_and_is_deterministic(tmp_path):

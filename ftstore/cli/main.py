@@ -281,7 +281,8 @@ def import_legacy_cmd(archive, name, store_path, as_json):
 @click.option("--repair", is_flag=True, help="Repair damaged payloads, sidecars and envelopes; record proofs.")
 @click.option("--deep", is_flag=True, help="Also prove recoverability: erase sampled symbols in memory and decode them.")
 @click.option("--subset", default=None, metavar="K/N", help="Scrub only the deterministic K-th of N slices.")
-@click.option("--max-rate", "max_rate", type=click.FloatRange(min=0.1), default=None, metavar="MB/s", help="Limit read rate.")
+@click.option("--max-rate", "max_rate", type=click.FloatRange(min=0.1), default=None, metavar="MB/s",
+              help="Read at most this fast while checking (paced chunk by chunk); repairs run at full speed.")
 @click.option("--remove-orphans", is_flag=True, help="Delete files that belong to no committed artifact.")
 @store_option
 @jobs_option

@@ -33,7 +33,7 @@ import fcntl
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from dataclasses import dataclass, field
 
@@ -142,10 +142,12 @@ def _section_from_meta(meta: SidecarMeta, digest: str, size: int) -> RaptorQSect
 
 
 # -- check -----------------------------------------------------------------------------------
-def check(leaves: Leaves, verified: dict[str, tuple[str, int]] | None = None) -> Health:
+def check(leaves: Leaves, verified: dict[str, tuple[str, int]] | None = None,
+          pace: Callable[[int], None] | None = None) -> Health:
     """Read-only health of one artifact version. ``verified``: (BLAKE3, size) of leaves a
     repair has just vouched for (:attr:`RepairResult.verified`), taken as known instead of
-    read again."""
+    read again. ``pace`` is told of every chunk of payload and sidecar read, as it is read
+    (it may sleep: a scrub's ``--max-rate``)."""
     h = Health(leaves.key)
     known = verified or {}
     try:
@@ -153,30 +155,31 @@ def check(leaves: Leaves, verified: dict[str, tuple[str, int]] | None = None) ->
     except EnvelopeError as e:
         h.envelope_problem = str(e)
         with leaves.local() as folder:  # without the envelope, the sidecar vouches: random access
-            _check_by_sidecar(folder, h, known)
+            _check_by_sidecar(folder, h, known, pace)
         return h
     h.essentials = essentials_of(h.envelope)
     h.proof_problems = chain_problems(h.envelope.decode_proofs)
     rq = h.envelope.raptorq
     if rq is None:
         h.pending_protection = True
-        if _hash_of(leaves, SIDECAR, known, 0) is not None:  # only whether it is there
+        if _hash_of(leaves, SIDECAR, known, 0, pace) is not None:  # only whether it is there
             h.sidecar_problem = f"{h.ref}: sidecar present but the envelope records none"
     else:
-        h.sidecar_problem = _problem(_hash_of(leaves, SIDECAR, known, rq.sidecar_size), rq.sidecar_size,
+        h.sidecar_problem = _problem(_hash_of(leaves, SIDECAR, known, rq.sidecar_size, pace), rq.sidecar_size,
                                      rq.sidecar_hash, "sidecar", h.ref)
-    h.payload_problem = _problem(_hash_of(leaves, PAYLOAD, known, h.envelope.size), h.envelope.size,
+    h.payload_problem = _problem(_hash_of(leaves, PAYLOAD, known, h.envelope.size, pace), h.envelope.size,
                                  h.envelope.source_hash, "payload", h.ref)
     return h
 
 
 def _hash_of(leaves: Leaves, leaf: str, known: dict[str, tuple[str, int]],
-             size: int | None = None) -> tuple[str, int] | str | None:
+             size: int | None = None, pace: Callable[[int], None] | None = None) -> tuple[str, int] | str | None:
     """The leaf's (BLAKE3, size): as ``known`` says, else read (see :func:`_leaf_hash`)."""
-    return known[leaf] if leaf in known else _leaf_hash(leaves, leaf, size)
+    return known[leaf] if leaf in known else _leaf_hash(leaves, leaf, size, pace)
 
 
-def _check_by_sidecar(folder: FolderLeaves, h: Health, verified: dict[str, tuple[str, int]]) -> None:
+def _check_by_sidecar(folder: FolderLeaves, h: Health, verified: dict[str, tuple[str, int]],
+                      pace: Callable[[int], None] | None) -> None:
     """With no usable envelope: the sidecar's self-checked header says what the payload must
     be (if it is this version's own sidecar), and every repair symbol is checked against
     its hash, since nothing else vouches."""
@@ -188,11 +191,12 @@ def _check_by_sidecar(folder: FolderLeaves, h: Health, verified: dict[str, tuple
     bad = damaged_repair_symbols(folder.sidecar, meta)
     if meta.copies_ok < 2 or bad:
         h.sidecar_problem = f"{h.ref}: sidecar damaged ({2 - meta.copies_ok} of 2 metadata copies, {bad} repair symbols)"
-    h.payload_problem = _problem(_hash_of(folder, PAYLOAD, verified, h.essentials.size), h.essentials.size,
+    h.payload_problem = _problem(_hash_of(folder, PAYLOAD, verified, h.essentials.size, pace), h.essentials.size,
                                  h.essentials.source_hash, "payload", h.ref)
 
 
-def _leaf_hash(leaves: Leaves, leaf: str, size: int | None = None) -> tuple[str, int] | str | None:
+def _leaf_hash(leaves: Leaves, leaf: str, size: int | None = None,
+               pace: Callable[[int], None] | None = None) -> tuple[str, int] | str | None:
     """(BLAKE3, size) of a leaf; None if absent; a sentence if it cannot be read as a file.
     With the ``size`` it should have, no more than one byte past it is read: a leaf grown
     to terabytes (a sparse file costs nothing to make) is known to be wrong from that byte,
@@ -202,7 +206,7 @@ def _leaf_hash(leaves: Leaves, leaf: str, size: int | None = None) -> tuple[str,
         if stream is None:
             return None
         with stream:
-            digest, got = hash_stream(stream, None if size is None else size + 1)
+            digest, got = hash_stream(stream, None if size is None else size + 1, progress=pace)
             if size is not None and got > size:
                 got = stream_length(stream) or got
             return digest, got

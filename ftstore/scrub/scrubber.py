@@ -36,6 +36,7 @@ class ScrubTask:
     deep: bool
     jobs: int
     seed: int
+    rate: float | None = None  # bytes per second this task's check may read (--max-rate's share)
 
 
 def parse_subset(text: str | None) -> tuple[int, int] | None:
@@ -60,8 +61,8 @@ def in_subset(ref: str, subset: tuple[int, int] | None) -> bool:
 
 
 def _bytes_read(sizes: dict[str, int], h: Health) -> int:
-    """What checking the leaves read (what ``--max-rate`` paces): a leaf longer than its
-    envelope records is read one byte past that, never to its end (see ``check``)."""
+    """What checking the leaves read (reported): a leaf longer than its envelope records is
+    read one byte past that, never to its end (see ``check``)."""
     caps = {}
     if h.essentials is not None:  # from the envelope, or from the sidecar when it is unusable
         caps[PAYLOAD] = h.essentials.size + 1
@@ -75,7 +76,7 @@ def scrub_artifact(task: ScrubTask) -> ArtifactScrub:
     protection, a deep probe) are its files checked out locally and worked on."""
     try:
         store = open_store(task.store_url)
-        h = check(StoredLeaves(store, task.key))
+        h = check(StoredLeaves(store, task.key), pace=_Pace(task.rate) if task.rate else None)
     except (FtstoreError, OSError) as e:  # one unreadable entry is reported; the scrub goes on
         return ArtifactScrub(ref=task.key.ref, status="failed", damage=[_one_line(e)], error=_one_line(e))
     if task.repair and store.capabilities.local_files:
@@ -190,13 +191,10 @@ def scrub(
     jobs = jobs or default_jobs()
     targets = [k for k in store.keys() if in_subset(k.ref, part)]
     by_artifact = len(targets) >= 2 * jobs
-    tasks = [ScrubTask(store.url, p, repair, deep, 1 if by_artifact else jobs, seed) for p in targets]
-    results = []
-    clock = time.monotonic()
-    for r in pmap(scrub_artifact, tasks, jobs if by_artifact else 1):
-        results.append(r)
-        if max_rate_mb_s:
-            clock = _throttle(clock, r.bytes_read, max_rate_mb_s)
+    # --max-rate: each of the checks running at once reads at its share, chunk by chunk
+    rate = max_rate_mb_s * 1e6 / (jobs if by_artifact else 1) if max_rate_mb_s else None
+    tasks = [ScrubTask(store.url, p, repair, deep, 1 if by_artifact else jobs, seed, rate) for p in targets]
+    results = list(pmap(scrub_artifact, tasks, jobs if by_artifact else 1))
     results = _without_deleted(store, results, {k.ref: k for k in targets}, warn)
     orphans = _orphans(store, remove_orphans, warn)
     count = {s: sum(1 for r in results if r.status == s) for s in ("ok", "recovered", "failed")}
@@ -259,14 +257,19 @@ def _orphans(store: StoreBackend, remove: bool, warn: Callable[[str], None]) -> 
     return out
 
 
-def _throttle(clock: float, nbytes: int, rate_mb_s: float) -> float:
-    """Sleep so that reads average at most ``rate_mb_s``; returns the new reference time."""
-    due = clock + nbytes / (rate_mb_s * 1e6)
-    now = time.monotonic()
-    if due > now:
-        time.sleep(due - now)
-        return due
-    return now
+class _Pace:
+    """Told of each chunk a check reads, as it reads it, it sleeps as long as the reading
+    is ahead of ``rate`` bytes per second: a large artifact is read at the rate from start
+    to end, not in one burst at full speed followed by a pause."""
+
+    def __init__(self, rate: float):
+        self.rate, self.start, self.done = rate, time.monotonic(), 0
+
+    def __call__(self, nbytes: int) -> None:
+        self.done += nbytes
+        ahead = self.done / self.rate - (time.monotonic() - self.start)
+        if ahead > 0:
+            time.sleep(ahead)
 
 
 __all__ = ["scrub", "scrub_artifact"]
