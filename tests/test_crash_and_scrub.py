@@ -187,12 +187,12 @@ def test_a_version_deleted_while_the_scrub_runs_is_not_a_failure(store, make_fil
     gone = "ck@3" if newest else "ck@1"
     real, done, said = scrubber.check, [], []
 
-    def deleted_first(leaves):
+    def deleted_first(leaves, **kwargs):
         if leaves.key.ref == gone and not done:
             done.append(gone)
             code = f"import sys; from ftstore import Store; Store.open(sys.argv[1]).delete({gone!r})"
             subprocess.run([sys.executable, "-c", code, str(store.url)], check=True)
-        return real(leaves)
+        return real(leaves, **kwargs)
 
     monkeypatch.setattr(scrubber, "check", deleted_first)
     report = scrub(store, repair=True, warn=said.append, jobs=1)
