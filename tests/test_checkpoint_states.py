@@ -2,14 +2,18 @@
 store, restored without running code; a step saved again supersedes the old one; NaN is
 never the best; background protection and retention never race."""
 
+import os
+import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from .conftest import files
+import ftstore
 from ftstore import BadInputError, CheckpointManager
 from ftstore.engine.integrity import check
 from ftstore.engine.leaves import read_envelope
@@ -192,8 +196,8 @@ def test_retention_cancels_pending_protection_instead_of_racing_it(store, monkey
     real_cancel = protection.BackgroundProtector.cancel
 
     def cancel(self, key):
-        proc = self._procs.get(key)
-        running_when_cancelled.append(proc is not None and proc.poll() is None)
+        job = self._procs.get(key)
+        running_when_cancelled.append(job is not None and job.proc.poll() is None)
         real_cancel(self, key)
 
     monkeypatch.setattr(protection.BackgroundProtector, "cancel", cancel)
@@ -225,3 +229,45 @@ def test_a_protector_never_protects_another_artifact_under_a_reused_version(stor
                           env.artifact_id], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert read_envelope(files(store, "run")).raptorq is not None and check(files(store, "run")).intact
+
+
+def test_a_protector_runs_this_ftstore_and_nothing_from_the_working_folder(tmp_path):
+    """A trainer started in a project folder holding its own random.py (or queue.py, ...)
+    and importing ftstore from a folder of its own: its protector runs neither the
+    project's module (``python -m`` would have put the folder first on its path) nor
+    another installed ftstore, and protects the checkpoint."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "random.py").write_text("open(__file__ + '.ran', 'w').write('ran')\nraise SystemExit('shadowed')\n")
+    vendored = tmp_path / "vendored"
+    shutil.copytree(Path(ftstore.__file__).parent, vendored / "ftstore", ignore=shutil.ignore_patterns("__pycache__"))
+    (vendored / "ftstore" / "engine" / "background.py").write_text(
+        (vendored / "ftstore" / "engine" / "background.py").read_text()
+        + "\nimport os\nopen(os.environ['MARK'], 'w').write(__file__)\n")
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(vendored)!r})\n"
+        "import torch\n"
+        "from ftstore import Store, CheckpointManager\n"
+        f"ck = CheckpointManager(Store.open({str(tmp_path / 's')!r}, create=True), 'run', background=True)\n"
+        "ck.save(0, {'w': torch.ones(10)})\n"
+        "ck.wait_until_finished()\n"
+        "print(ck.checkpoints()[0].protected)\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"MARK": str(tmp_path / "mark")}
+    res = subprocess.run([sys.executable, str(script)], cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "True", res.stderr
+    assert not (project / "random.py.ran").exists()
+    assert (tmp_path / "mark").read_text().startswith(str(vendored))
+
+
+def test_a_protector_that_writes_a_lot_never_blocks_the_wait(store, monkeypatch):
+    """Its messages go to a file: PYTHONVERBOSE=2 (hundreds of KiB on stderr) used to fill
+    the pipe and hang wait_until_finished for ever."""
+    monkeypatch.setenv("PYTHONVERBOSE", "2")
+    m = CheckpointManager(store, "run", background=True)
+    m.save(0, _state(0, n=1000))
+    done = threading.Thread(target=m.wait_until_finished, daemon=True)
+    done.start()
+    done.join(120)
+    assert not done.is_alive() and m.checkpoints()[0].protected

@@ -261,10 +261,18 @@ class _Pool:
                 w.kill()
 
 
-def _spawn() -> _Worker:
+def child_env() -> dict[str, str]:
+    """The environment of a process that must run this very ``ftstore`` (a codec worker, a
+    background protector): its folder first on ``PYTHONPATH``, whatever else is installed
+    or the parent put on ``sys.path`` by hand."""
     env = dict(os.environ)
     paths = [_PACKAGE_ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != _PACKAGE_ROOT]
     env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
+
+
+def _spawn() -> _Worker:
+    env = child_env()
     child_in, wfd = os.pipe()
     rfd, child_out = os.pipe()
     try:

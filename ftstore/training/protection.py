@@ -2,8 +2,13 @@
 loop's critical path.
 
 A save with protection pending is valid and verifiable at once (its envelope records the
-payload's BLAKE3); ``python -m ftstore.engine.background`` then builds its sidecar. Each such
-process runs in its own session, so it finishes even if the trainer is killed. Deleting a
+payload's BLAKE3); a process running ``ftstore.engine.background`` then builds its sidecar.
+Each such process runs in its own session, so it finishes even if the trainer is killed.
+It runs this very ``ftstore`` (its folder first on ``PYTHONPATH``) and nothing from the
+trainer's working folder: started with ``-m``, Python would put that folder first on its
+path, and a project's own ``random.py`` or ``queue.py`` would run in place of the
+standard library's. Its messages go to a temporary file, not a pipe, so however much it
+writes it never blocks. Deleting a
 version (retention, a superseding save, Lightning pruning its top-k) first cancels its
 protection, so the two never race: the protector is stopped and reaped before the version
 goes, and nothing reports an error for a version that was deleted on purpose.
@@ -13,41 +18,73 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 import threading
+from dataclasses import dataclass
+from typing import BinaryIO
 
+from ftstore.codec.parallel import child_env
 from ftstore.documents import ArtifactKey
 from ftstore.errors import DamageError
+
+BOOTSTRAP = (
+    "import sys\n"
+    "sys.path[:] = [p for p in sys.path if p]\n"  # not the working folder ('' for -c)
+    "from ftstore.engine.background import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+_SHOWN_BYTES = 4096  # of a failed protector's messages, the last
+
+
+@dataclass
+class _Job:
+    proc: subprocess.Popen
+    err: BinaryIO  # its stderr
+
+    def finish(self) -> str:
+        """What it said (the end of it), once it has exited; closes the file."""
+        try:
+            self.err.seek(0, 2)
+            self.err.seek(max(0, self.err.tell() - _SHOWN_BYTES))
+            return self.err.read().decode(errors="replace").strip()
+        finally:
+            self.err.close()
 
 
 class BackgroundProtector:
     def __init__(self, store_url: str, overhead: float = 0.10):
         self.store_url = store_url
         self.overhead = float(overhead)  # the sidecars' repair overhead: what the saver asked for
-        self._procs: dict[ArtifactKey, subprocess.Popen] = {}
+        self._procs: dict[ArtifactKey, _Job] = {}
         self._errors: list[str] = []
         self._lock = threading.Lock()
 
     def start(self, key: ArtifactKey, artifact_id: str) -> None:
         """Start building the sidecar of ``key`` (committed with protection pending)."""
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ftstore.engine.background", self.store_url, key.name, str(key.version), artifact_id,
-             repr(self.overhead)],
-            start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
+        err = tempfile.TemporaryFile()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", BOOTSTRAP, self.store_url, key.name, str(key.version), artifact_id,
+                 repr(self.overhead)],
+                start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=child_env(),
+            )
+        except BaseException:
+            err.close()
+            raise
         with self._lock:
             self._reap_finished()
-            self._procs[key] = proc
+            self._procs[key] = _Job(proc, err)
 
     def cancel(self, key: ArtifactKey) -> None:
         """Stop building ``key``'s sidecar (before the version is deleted); no error either way."""
         with self._lock:
-            proc = self._procs.pop(key, None)
-        if proc is None:
+            job = self._procs.pop(key, None)
+        if job is None:
             return
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        _close(proc)
+        if job.proc.poll() is None:
+            job.proc.kill()
+        job.proc.wait()
+        job.finish()
 
     def pending(self) -> list[ArtifactKey]:
         with self._lock:
@@ -62,31 +99,25 @@ class BackgroundProtector:
                 if not self._procs:
                     errors, self._errors = self._errors, []
                     break
-                key, proc = next(iter(self._procs.items()))
-            proc.wait()  # its few lines of stderr fit in the pipe: it never blocks on them
+                key, job = next(iter(self._procs.items()))
+            job.proc.wait()
             with self._lock:
-                if self._procs.get(key) is proc:
+                if self._procs.get(key) is job:
                     del self._procs[key]
-                    self._record(key, proc)
+                    self._record(key, job)
         if errors:
             raise DamageError("background protection failed: " + "; ".join(errors))
 
     def _reap_finished(self) -> None:
-        for key, proc in list(self._procs.items()):
-            if proc.poll() is not None:
+        for key, job in list(self._procs.items()):
+            if job.proc.poll() is not None:
                 del self._procs[key]
-                self._record(key, proc)
+                self._record(key, job)
 
-    def _record(self, key: ArtifactKey, proc: subprocess.Popen) -> None:
-        err = proc.stderr.read() if proc.stderr else b""
-        _close(proc)
-        if proc.returncode:
-            self._errors.append(f"{key.ref}: " + (err.decode(errors="replace").strip() or f"exit code {proc.returncode}"))
-
-
-def _close(proc: subprocess.Popen) -> None:
-    if proc.stderr:
-        proc.stderr.close()
+    def _record(self, key: ArtifactKey, job: _Job) -> None:
+        said = job.finish()
+        if job.proc.returncode:
+            self._errors.append(f"{key.ref}: " + (said or f"exit code {job.proc.returncode}"))
 
 
 __all__ = ["BackgroundProtector"]
