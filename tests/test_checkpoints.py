@@ -5,9 +5,10 @@ import textwrap
 import time
 
 import pytest
+import torch
 
 from .conftest import files
-from ftstore import CheckpointManager, DamageError, NotFoundError
+from ftstore import CheckpointManager, DamageError, NotFoundError, Store
 from ftstore.engine.integrity import check
 from ftstore.api import scrub
 from ftstore.engine.leaves import read_envelope
@@ -231,3 +232,39 @@ def test_a_restore_takes_over_protection_that_died_with_the_previous_run(store, 
         f.write(b"\xff" * 1000)  # now within what its sidecar repairs
     assert resumed.restore(tmp_path / "out2").step == 3
     assert (tmp_path / "out2").read_bytes() == lost.read_bytes()
+
+
+_RUN = """
+import sys, warnings
+import torch
+from ftstore import Store, CheckpointManager
+role, root, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+ck = CheckpointManager(Store.open(root), "run", keep_last=1, keep_best=1, best_metric="loss")
+warnings.simplefilter("error")  # a warning for a checkpoint that was only deleted is a defect too
+done = 0
+for s in range(n):
+    if role == "writer":
+        ck.save(s, {"w": torch.full((20_000,), float(s))}, metrics={"loss": float(s % 7)})
+    else:
+        state = ck.restore()
+        assert state["w"][0].item() == ck.restored.step
+    done += 1
+print(done)
+"""
+
+
+def test_writers_and_a_reader_of_one_run_never_fail_on_each_others_retention(tmp_path):
+    """Two ranks save one name with keep_last=1 while an evaluator restores it in a loop:
+    a checkpoint deleted by another process between a listing and its use is neither an
+    error nor a warning (restore, save and retention used to raise NotFoundError or a raw
+    FileNotFoundError, and warn that a deleted envelope "could not be rebuilt")."""
+    root = tmp_path / "s"
+    m = CheckpointManager(Store.open(root, create=True), "run", keep_last=1)
+    m.save(0, {"w": torch.zeros(20_000)})
+    procs = [subprocess.Popen([sys.executable, "-c", _RUN, role, str(root), n], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+             for role, n in (("writer", "40"), ("writer", "40"), ("reader", "60"))]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-2000:] for _, err in outs]
+    assert [out.strip() for out, _ in outs] == ["40", "40", "60"]
+    assert len(m.checkpoints()) in (1, 2) and m.store.backend.orphans() == []

@@ -245,7 +245,10 @@ class CheckpointManager:
         for c in reversed(cps):
             if c.version == known_good:
                 return c
-            h = self.store.check(ArtifactKey(self.name, c.version))
+            try:
+                h = self.store.check(ArtifactKey(self.name, c.version))
+            except NotFoundError:  # deleted meanwhile (another process's retention)
+                continue
             if not (h.payload_problem or h.envelope_problem):
                 return c
         return None
@@ -260,6 +263,8 @@ class CheckpointManager:
         damaged payload."""
         try:
             return self.store.read_envelope(key)
+        except NotFoundError:
+            raise  # deleted since it was listed: nothing to warn about
         except FtstoreError:
             pass
         try:
@@ -267,6 +272,8 @@ class CheckpointManager:
             if not health.files_damaged:  # rewritten while it was read: read it again
                 return self.store.read_envelope(key)
             return repaired_envelope(self.store.backend, key, health, "restore", None)
+        except NotFoundError:
+            raise
         except (FtstoreError, OSError) as e:
             warnings.warn(f"skipping checkpoint {key.ref}: its envelope is unusable and could not be rebuilt: {e}",
                           stacklevel=5)
@@ -333,17 +340,28 @@ class CheckpointManager:
         cp = self._first_good(step, attempt)
         return cp, loaded["b"]
 
+    LISTINGS = 5
+    """How many times a restore lists again when every checkpoint it listed was deleted
+    before it could be read (another process's retention, pruning as its run saves)."""
+
     def _first_good(self, step: int | None, attempt: Callable[[Checkpoint], Any]) -> Checkpoint:
         failures = []
-        cps = self.checkpoints(rebuild=True)
-        for c in self._candidates(cps, step):
-            try:
-                attempt(c)
-                self.restored = c
-                if self.background:
-                    self._protect_pending(cps)
-                return c
-            except DamageError as e:
-                warnings.warn(f"skipping damaged checkpoint {c.ref} (step {c.step}): {e}", stacklevel=3)
-                failures.append(f"step {c.step}: {e}")
+        for _ in range(self.LISTINGS):
+            cps = self.checkpoints(rebuild=True)
+            for c in self._candidates(cps, step):
+                try:
+                    attempt(c)
+                    self.restored = c
+                    if self.background:
+                        self._protect_pending(cps)
+                    return c
+                except NotFoundError:  # deleted since it was listed: the next one, or a new listing
+                    continue
+                except DamageError as e:
+                    warnings.warn(f"skipping damaged checkpoint {c.ref} (step {c.step}): {e}", stacklevel=3)
+                    failures.append(f"step {c.step}: {e}")
+            if failures:
+                break
+        if not failures:
+            raise NotFoundError(f"{self.name}: every checkpoint was deleted while it was being restored")
         raise DamageError(f"no checkpoint of {self.name} could be restored: " + "; ".join(failures))
