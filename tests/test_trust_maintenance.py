@@ -18,6 +18,7 @@ import pytest
 from ftstore import Store, verify
 from ftstore.api import scrub
 from ftstore.documents import ArtifactKey
+from ftstore.errors import BadInputError
 
 SAVER = r"""
 import json, os, random, sys
@@ -50,6 +51,7 @@ import os, sys
 from ftstore import Store
 from ftstore.api import scrub
 from ftstore.documents import ArtifactKey
+from ftstore.errors import BadInputError
 store = Store.open(sys.argv[1])
 stop = sys.argv[2]
 passes = removed = 0
@@ -254,6 +256,7 @@ import sys, time
 from pathlib import Path
 from ftstore import Store
 from ftstore.documents import ArtifactKey
+from ftstore.errors import BadInputError
 store = Store.open(sys.argv[1])
 with store.backend.working_copy(ArtifactKey("a", 1)) as folder:
     (folder / "payload.spill.tmp-0123456789ab").write_bytes(b"symbols being decoded")
@@ -285,3 +288,24 @@ def test_remove_orphans_never_takes_the_files_a_repair_is_writing(tmp_path, make
         assert list(folder.glob("*.tmp-*")) == [] and all(h.intact for h in verify(store))
     finally:
         worker.kill()
+
+
+def test_ranks_creating_one_store_at_once_all_open_it(tmp_path):
+    """Ranks of one job (or a job array) start together and each opens the store with
+    create=True: none may take the others' half-made store for a foreign folder (2 of 8
+    rounds of 4 used to fail with "exists, is not empty and is not an ftstore store")."""
+    code = ("import sys\nfrom ftstore import Store\n"
+            "Store.open(sys.argv[1], create=True).save(sys.argv[2], 'r')\n")
+    src = tmp_path / "src"
+    src.write_bytes(b"x" * 1000)
+    for r in range(8):
+        root = tmp_path / f"store{r}"
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(root), str(src)], stderr=subprocess.PIPE, text=True)
+                 for _ in range(4)]
+        errs = [p.communicate(timeout=120)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0] * 4, errs
+        assert Store.open(root).versions("r") == [1, 2, 3, 4]
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    with pytest.raises(BadInputError, match="not an ftstore store"):
+        Store.open(tmp_path / "foreign", create=True)

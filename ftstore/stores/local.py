@@ -168,6 +168,13 @@ def _is_tombstone(version_dir: Path) -> bool:
         return False
 
 
+def _made_by_a_new_store(entry: str) -> bool:
+    """What another process creating the same store at the same moment (ranks of one job
+    starting together) may already have made there: the marker, its temporary file, the
+    top folders. A folder holding only these is taken as a store being created."""
+    return entry in TOP_FOLDERS or entry == MARKER or entry.startswith(MARKER + TMP_MARK)
+
+
 @contextlib.contextmanager
 def _unused(version_fd: int) -> Iterator[bool]:
     """True, holding the version folder's ``flock`` exclusively, if no working copy holds
@@ -298,7 +305,7 @@ class LocalStore(StoreBackend):
             if not create:
                 raise NotFoundError(f"no ftstore store at {root} (save something first, or pass --store)")
             cls._refuse_inside_a_store(root)
-            if root.exists() and (not root.is_dir() or any(root.iterdir())):
+            if root.exists() and (not root.is_dir() or any(not _made_by_a_new_store(e.name) for e in root.iterdir())):
                 raise BadInputError(f"{root} exists, is not empty and is not an ftstore store")
             root.mkdir(parents=True, exist_ok=True)
             write_atomic(marker, MARKER_BYTES)
