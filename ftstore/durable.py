@@ -159,10 +159,18 @@ def replace_durably(tmp: Path, final: Path, leaf: bool = False) -> None:
 
 def clear_folder_at(path: Path) -> None:
     """Remove a folder (only a folder) at ``path``, with everything in it, through a
-    descriptor of its parent."""
-    with contextlib.suppress(FileNotFoundError):
-        if stat.S_ISDIR(os.stat(path, follow_symlinks=False).st_mode):
-            remove_tree(path)
+    descriptor of its parent opened without following a link: a version folder swapped
+    for a link meanwhile leads nowhere, and nothing outside the store is removed."""
+    try:
+        parent = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return  # gone, or now a link: the rename that follows fails, and says so
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISDIR(os.stat(path.name, dir_fd=parent, follow_symlinks=False).st_mode):
+                remove_entry(parent, path.name)
+    finally:
+        os.close(parent)
 
 
 def write_atomic(final: Path, data: bytes, leaf: bool = False) -> None:

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -309,3 +310,50 @@ def test_ranks_creating_one_store_at_once_all_open_it(tmp_path):
     (tmp_path / "foreign" / "notes.txt").write_text("mine")
     with pytest.raises(BadInputError, match="not an ftstore store"):
         Store.open(tmp_path / "foreign", create=True)
+
+
+_DELETE_THEN_COPY = """
+import sys
+from ftstore import Store, api
+main, other = Store.open(sys.argv[1]), Store.open(sys.argv[2])
+main.save(sys.argv[3], "a")            # a@5
+main.delete("a@5")                     # a tombstone at 5; the ones at 3 and 4 are dropped
+print([r.status for r in api.copy(other, main, ["a@3"])])
+"""
+
+
+def test_a_delete_acts_on_what_is_there_not_on_what_it_listed(tmp_path, make_file, monkeypatch):
+    """Delete A is slow between making its tombstone and dropping the older ones; another
+    process deletes meanwhile (dropping the tombstone at 3) and copies a version into 3.
+    A must not then discard that copy as the tombstone it listed: deletes hold the name's
+    lock, so the other process waits for A."""
+    from ftstore.stores import local
+
+    main, other = Store.open(tmp_path / "m", create=True), Store.open(tmp_path / "o", create=True)
+    for i in range(3):
+        main.save(make_file(1000, seed=i), "a")
+        other.save(make_file(1000, seed=10 + i), "a")
+    main.delete("a@3")  # the highest: a tombstone
+    main.save(make_file(1000, seed=3), "a")  # a@4
+    main.delete("a@2")  # below: discarded whole; now 1, (3), 4
+    paused, go = threading.Event(), threading.Event()
+    real = local.LocalStore._bury
+
+    def slow_bury(self, key):
+        real(self, key)
+        paused.set()
+        go.wait(30)
+
+    monkeypatch.setattr(local.LocalStore, "_bury", slow_bury)
+    a = threading.Thread(target=main.delete, args=("a@4",))
+    a.start()
+    assert paused.wait(30)
+    b = subprocess.Popen([sys.executable, "-c", _DELETE_THEN_COPY, str(main.url), str(other.url),
+                          str(make_file(1000, seed=99))], stdout=subprocess.PIPE, text=True)
+    time.sleep(1.5)  # B is now waiting for the name's lock (it used to go ahead)
+    go.set()
+    a.join(30)
+    assert b.communicate(timeout=120)[0].strip() == "['copied']"
+    monkeypatch.undo()
+    assert main.versions("a") == [1, 3]
+    assert main.load_bytes("a@3")[0].getvalue() == other.load_bytes("a@3")[0].getvalue()

@@ -181,7 +181,7 @@ def _unused(version_fd: int) -> Iterator[bool]:
     it (see :meth:`LocalStore.working_copy`); False, at once, if one does."""
     try:
         fcntl.flock(version_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    except OSError:  # held; or not to be had on this file system (NFS): never taken for unused
         yield False
         return
     try:
@@ -233,14 +233,15 @@ class LocalStaging(Staging):
         while True:
             write_atomic(self.workdir / ENVELOPE, envelope_for(version))  # fsyncs the folder too
             try:
-                os.rename(self.workdir, name_dir / str(version))
+                with self.store._name_locked(self.name) if self.version is not None else contextlib.nullcontext():
+                    os.rename(self.workdir, name_dir / str(version))
             except OSError as e:
                 # taken: a version, a tombstone, or a stray file or link at the name (ENOTDIR)
                 if e.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
                     raise
                 if self.version is not None:
                     raise VersionTakenError(self._taken(name_dir, version, e.errno)) from None
-                version += 1
+                version = max(version + 1, self.expected_version())  # listed again: never into a gap below
                 continue
             fsync_dir(name_dir)
             self._lease.release()
@@ -442,6 +443,8 @@ class LocalStore(StoreBackend):
         with self._version_fd(key) as dfd:
             if dfd is None:
                 raise NotFoundError(f"{key.ref} does not exist in {self.url}")
+            with contextlib.suppress(OSError):  # its temporary file is not an orphan (see working_copy)
+                fcntl.flock(dfd, fcntl.LOCK_SH)
             tmp = f"{leaf}{TMP_MARK}{uuid.uuid4().hex[:12]}"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd)
             try:
@@ -481,7 +484,8 @@ class LocalStore(StoreBackend):
         with self._version_fd(key) as fd:
             if fd is None:
                 raise NotFoundError(f"{key.ref} does not exist in {self.url}")
-            fcntl.flock(fd, fcntl.LOCK_SH)
+            with contextlib.suppress(OSError):  # no such locks (NFS): maintenance then never takes it for unused
+                fcntl.flock(fd, fcntl.LOCK_SH)
             yield self.version_dir(key)
 
     # -- saving ------------------------------------------------------------------------------
@@ -504,18 +508,42 @@ class LocalStore(StoreBackend):
     def delete(self, key: ArtifactKey) -> None:
         """Below a higher numbered folder, the version's folder is discarded whole; the
         highest becomes a tombstone, and the tombstones below it are discarded (see the
-        module docstring). All through descriptors of real folders of the store."""
-        numbered = self._numbered(key.name)
-        if numbered.get(key.version, True):  # absent, or a tombstone already
-            raise NotFoundError(f"{key.name} has no version {key.version}")
-        if any(v > key.version for v in numbered):
-            self._discard(key)
+        module docstring). All through descriptors of real folders of the store, under
+        the name's lock, so what it decides on is what is there."""
+        with self._name_locked(key.name):
+            numbered = self._numbered(key.name)
+            if numbered.get(key.version, True):  # absent, or a tombstone already
+                raise NotFoundError(f"{key.name} has no version {key.version}")
+            if any(v > key.version for v in numbered):
+                self._discard(key)
+                return
+            self._bury(key)
+            for v, dead in numbered.items():
+                if dead and v < key.version:
+                    with contextlib.suppress(NotFoundError):
+                        self._discard(ArtifactKey(key.name, v))
+
+    @contextlib.contextmanager
+    def _name_locked(self, name: str) -> Iterator[None]:
+        """An exclusive ``flock`` of ``artifacts/<name>``, held by deletes and by saves of an
+        exact version (copies): the only two that act on a number below the highest, so
+        a delete never discards a tombstone that a copy's version has meanwhile replaced.
+        Saves of the next version need no lock. Where the file system has no such locks
+        (NFS), it goes on without."""
+        try:
+            cm = open_dir(self.root, ("artifacts", name))
+            fd = cm.__enter__()
+        except FileNotFoundError:
+            yield
             return
-        self._bury(key)
-        for v, dead in numbered.items():
-            if dead and v < key.version:
-                with contextlib.suppress(NotFoundError):
-                    self._discard(ArtifactKey(key.name, v))
+        except NotADirectoryError:
+            raise StoreLinkError(f"{self.artifacts_dir / name}: {_LINK_REASON}") from None
+        try:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            cm.__exit__(None, None, None)  # closing it releases the lock
 
     def _discard(self, key: ArtifactKey) -> None:
         """Rename the numbered folder out of ``artifacts/`` (the moment it stops being an

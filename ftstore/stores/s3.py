@@ -16,8 +16,8 @@ conditional PUTs.
 Delete, as on a local store: a version below a higher committed version or tombstone loses
 all its objects, its claim last; the highest keeps its claim and gets ``deleted`` (the
 moment it stops being an artifact) before its other objects go, so its number is never
-claimed again: a tombstone. Tombstones below the one just made are dropped, ``deleted``
-before the claim.
+claimed again: a tombstone. Unlike a local store's, tombstones stay (two empty objects
+each): without a lock, dropping one could meet a copy that claimed its number meanwhile.
 
 Every error the server or the network gives becomes a :class:`StorageError` (exit 2) with
 what the server said; only a server that reports it is out of space is a
@@ -440,8 +440,8 @@ class S3Store(StoreBackend):
         """Below a higher committed version or tombstone: the marker goes first, then the
         envelope (the moment the version stops being an artifact), then the data and the
         claim. The highest: its claim is made sure of, ``deleted`` put (the moment), then
-        the rest goes but the claim, and the tombstones below it are dropped. A crash part
-        way leaves an orphan, never half an artifact."""
+        the rest goes but the claim. A crash part way leaves an orphan, never half an
+        artifact."""
         tree = self._tree(key.name)
         if not self._committed(tree.get(key, {})):
             raise NotFoundError(f"{key.name} has no version {key.version}")
@@ -454,10 +454,6 @@ class S3Store(StoreBackend):
         self._put(self._vkey(key, DELETED), b"")
         for leaf in (COMMITTED, ENVELOPE, PAYLOAD, SIDECAR):
             self._delete(self._vkey(key, leaf))
-        for k, leaves in tree.items():
-            if k.version < key.version and DELETED in leaves:
-                for leaf in (DELETED, CLAIM):
-                    self._delete(self._vkey(k, leaf))
 
     def orphans(self) -> list[Orphan]:
         out = []
