@@ -75,13 +75,31 @@ def test_keras_callback_checkpoints_and_training_resumes(store):
     manager = CheckpointManager(store, "keras-run", keep_last=2)
     model = build()
     model.fit(x, y, epochs=3, verbose=0, callbacks=[FtstoreCheckpoint(manager)])
-    assert manager.steps() == [1, 2]
+    assert manager.steps() == [2, 3]  # epochs numbered as Keras does, from 1
     assert "loss" in manager.latest().metrics
     _damage(files(store, "keras-run"))
     fresh = build()
     cp = restore_weights(manager, fresh)
-    assert cp.step == 2
+    assert cp.step == 3
     for a, b in zip(fresh.get_weights(), model.get_weights()):
         np.testing.assert_array_equal(a, b)
-    hist = fresh.fit(x, y, initial_epoch=cp.step + 1, epochs=5, verbose=0, callbacks=[FtstoreCheckpoint(manager)])
-    assert len(hist.history["loss"]) == 2 and manager.steps() == [3, 4]
+    hist = fresh.fit(x, y, initial_epoch=cp.step, epochs=5, verbose=0, callbacks=[FtstoreCheckpoint(manager)])
+    assert len(hist.history["loss"]) == 2 and manager.steps() == [4, 5]
+
+
+def test_keras_epochs_are_numbered_as_keras_does_so_keep_every_keeps_them(store, tmp_path):
+    """every_n_epochs=5 with keep_every=5 used to keep none of the 5th epochs (they were
+    saved as steps 4, 9, ...); and a best_metric missing from the logs is warned about."""
+    keras = pytest.importorskip("keras")
+    from ftstore.integrations.keras import FtstoreCheckpoint
+
+    m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    m.compile(optimizer="adam", loss="mse")
+    x, y = np.zeros((8, 4), "float32"), np.zeros((8, 1), "float32")
+    control = keras.callbacks.ModelCheckpoint(str(tmp_path / "ctl-{epoch:02d}.weights.h5"), save_weights_only=True,
+                                              save_freq="epoch")
+    manager = CheckpointManager(store, "run", keep_last=1, keep_every=5, best_metric="val_acc", keep_best=1)
+    with pytest.warns(UserWarning, match="val_acc"):
+        m.fit(x, y, epochs=20, verbose=0, callbacks=[FtstoreCheckpoint(manager, every_n_epochs=5), control])
+    assert manager.steps() == [5, 10, 15, 20]
+    assert sorted(p.name for p in tmp_path.glob("ctl-*"))[4] == "ctl-05.weights.h5"  # Keras's numbering

@@ -6,11 +6,15 @@
     ...                                                # killed; a new process:
     model = build_and_compile()
     cp = restore_training(manager, model)              # newest checkpoint that verifies
-    model.fit(x, y, initial_epoch=cp.step + 1, epochs=10, callbacks=[FtstoreCheckpoint(manager)])
+    model.fit(x, y, initial_epoch=cp.step, epochs=10, callbacks=[FtstoreCheckpoint(manager)])
 
 Each checkpoint is the model's Keras ``.weights.h5`` file (HDF5, no code, never a pickle):
 the layers' weights and the optimizer's variables (its iteration count, learning rate,
-moments); its step is the epoch, and the epoch's finite logs are its metrics. It is built in
+moments); its step is the epoch as Keras numbers it (1 after the first; what
+``ModelCheckpoint`` puts in ``{epoch}``), so ``every_n_epochs=5`` saves steps 5, 10, ...
+which ``keep_every=5`` keeps, and a resume passes ``initial_epoch=cp.step``. The epoch's
+finite logs are its metrics; a ``best_metric`` missing from them is warned about once, as
+``ModelCheckpoint`` does, since no checkpoint can then be kept as the best. It is built in
 the store's scratch folder and taken over without a copy. The restore builds the model's
 optimizer first, so that its variables are loaded too, and refuses a checkpoint whose
 optimizer state does not fit the model's rather than silently skipping it. An epoch run
@@ -40,20 +44,28 @@ class FtstoreCheckpoint(keras.callbacks.Callback):
             raise ValueError("every_n_epochs must be at least 1")
         self.manager = manager
         self.every_n_epochs = every_n_epochs
+        self._warned = False
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if (epoch + 1) % self.every_n_epochs:
+        done = epoch + 1  # Keras's ``epoch`` is 0-based; it shows and names epochs from 1
+        if done % self.every_n_epochs:
             return
         metrics = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float)) and math.isfinite(float(v))}
+        best = self.manager.best_metric
+        if best is not None and best not in (logs or {}) and not self._warned:
+            self._warned = True
+            warnings.warn(f"best_metric {best!r} is not among this epoch's logs ({', '.join(sorted(logs or {}))}): "
+                          "no checkpoint can be kept as the best by it", stacklevel=2)
         with self.manager.store.scratch() as tmp:
             path = Path(tmp) / WEIGHTS_FILE
             self.model.save_weights(path)  # layers and optimizer variables
-            self.manager.save(epoch, path, metrics=metrics, move=True)
+            self.manager.save(done, path, metrics=metrics, move=True)
 
 
 def restore_training(manager: CheckpointManager, model: Any, step: int | None = None) -> Checkpoint:
     """Load the newest checkpoint that verifies (or repairs) into ``model``: weights and
-    optimizer state. Returns the checkpoint; continue with ``initial_epoch=cp.step + 1``."""
+    optimizer state. Returns the checkpoint; continue with ``initial_epoch=cp.step`` (the
+    epochs it had completed)."""
     optimizer = getattr(model, "optimizer", None)
     if optimizer is not None and not optimizer.built:
         optimizer.build(model.trainable_variables)  # else Keras skips the saved optimizer variables

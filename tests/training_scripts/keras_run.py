@@ -38,9 +38,9 @@ class Dump(keras.callbacks.Callback):
     """Each epoch's state, before FtstoreCheckpoint saves it (written atomically)."""
 
     def on_epoch_end(self, epoch, logs=None):
-        tmp = os.path.join(dumps, f".epoch-{epoch}.npz")
+        tmp = os.path.join(dumps, f".epoch-{epoch + 1}.npz")  # named as Keras numbers epochs
         np.savez(tmp, **state(self.model))
-        os.replace(tmp, os.path.join(dumps, f"epoch-{epoch}.npz"))
+        os.replace(tmp, os.path.join(dumps, f"epoch-{epoch + 1}.npz"))
         if mode == "train":
             time.sleep(0.05)
 
@@ -53,6 +53,6 @@ start = 0
 if mode == "resume":
     cp = restore_training(manager, model)
     np.savez(sys.argv[4], epoch=cp.step, **state(model))
-    start = cp.step + 1
+    start = cp.step
 model.fit(x, y, batch_size=16, verbose=0, initial_epoch=start, epochs=start + (10_000 if mode == "train" else 2),
           callbacks=[Dump(), FtstoreCheckpoint(manager)])
