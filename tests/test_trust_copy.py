@@ -197,14 +197,16 @@ def test_a_leaf_that_is_a_link_is_left_out_of_the_copy_and_rebuilt(tmp_path, mak
 
 
 @pytest.mark.parametrize("inside", ["artifacts/backup", "staging/x/y", "reports/r"])
-def test_a_store_is_never_made_inside_another_stores_folders(tmp_path, make_file, inside):
+def test_a_store_is_never_made_inside_another_stores_folders(any_store, tmp_path, make_file, inside):
     """`copy S S/artifacts/backup` used to succeed, and the next `scrub --remove-orphans`
     of S removed the whole copy as an orphan: now exit 2 before anything is written."""
-    src = Store.open(tmp_path / "s", create=True)
+    src = any_store
     src.save(make_file(5_000), "m")
-    dest = tmp_path / "s" / inside
-    res = run_cli("copy", str(src.url), str(dest))
-    assert res.returncode == 2 and "inside the store" in res.stderr and not dest.exists()
-    res = run_cli("save", str(make_file(100, seed=2)), "--name", "x", "--store", str(dest))
-    assert res.returncode == 2 and not dest.exists()
-    assert run_cli("copy", str(src.url), str(tmp_path / "s" / "beside")).returncode == 0  # not a store folder
+    dest = f"{src.url}/{inside}"
+    res = run_cli("copy", str(src.url), dest)
+    assert res.returncode == 2 and "inside the store" in res.stderr, res.stderr
+    res = run_cli("save", str(make_file(100, seed=2)), "--name", "x", "--store", dest)
+    assert res.returncode == 2 and "inside the store" in res.stderr
+    assert run_cli("copy", str(src.url), f"{src.url}/beside").returncode == 0  # not one of its folders
+    report = scrub(src, remove_orphans=True, warn=lambda _: None)
+    assert report.orphans == [] and src.load_bytes("m")[0].getvalue() == (make_file(5_000)).read_bytes()

@@ -37,6 +37,7 @@ LEAVES = (PAYLOAD, SIDECAR, ENVELOPE)
 # reference ``NAME@V`` names one artifact, or none, for as long as the store lives.
 DELETED = "deleted"
 MARKER = "ftstore-store.json"
+TOP_FOLDERS = ("artifacts", "staging", "trash", "reports")  # a store's own folders, under its marker
 DEFAULT_STORE = "./ftstore-store"
 
 Progress = Callable[[int], None]
@@ -342,6 +343,7 @@ __all__ = [
     "MARKER_BYTES",
     "PAYLOAD",
     "SIDECAR",
+    "TOP_FOLDERS",
     "Capabilities",
     "Orphan",
     "Staging",

@@ -75,6 +75,7 @@ from ftstore.stores.backend import (
     ChunkSink,
     Orphan,
     Progress,
+    TOP_FOLDERS,
     Staging,
     StoreBackend,
     VersionTakenError,
@@ -82,7 +83,6 @@ from ftstore.stores.backend import (
 )
 
 LOCK_SUFFIX = ".lock"
-TOP_FOLDERS = ("artifacts", "staging", "trash", "reports")
 _LINK_REASON = "symbolic link or file where a folder of the store should be (never followed)"
 
 

@@ -49,6 +49,7 @@ from ftstore.stores.backend import (
     ChunkSink,
     Orphan,
     Progress,
+    TOP_FOLDERS,
     Staging,
     StoreBackend,
     VersionTakenError,
@@ -245,10 +246,23 @@ class S3Store(StoreBackend):
         if marker is None:
             if not create:
                 raise NotFoundError(f"no ftstore store at {self.url} (save something first)")
+            self._refuse_inside_a_store()
             self._probe_conditional_writes()
             self._put_if_absent(MARKER, MARKER_BYTES)
         else:
             check_marker(marker, f"{self.url}/{MARKER}")
+
+    def _refuse_inside_a_store(self) -> None:
+        """As on a local store: a new store under another store's own folders (``copy S
+        S/artifacts/backup``) would be that store's stray objects, removed by its next
+        ``scrub --remove-orphans``. One HEAD for each such folder on the prefix's way."""
+        parts = self.prefix.strip("/").split("/") if self.prefix else []
+        for i, part in enumerate(parts):
+            outer = "/".join(parts[:i])
+            key = f"{outer}/{MARKER}" if outer else MARKER
+            if part in TOP_FOLDERS and self._head_key(key) is not None:
+                raise BadInputError(f"{self.url} is inside the store s3://{self.bucket}/{outer} ({part}/), whose "
+                                    "maintenance would remove it; choose a prefix outside it")
 
     def _probe_conditional_writes(self) -> None:
         key = f".ftstore-probe-{uuid.uuid4().hex}"
@@ -496,11 +510,15 @@ class S3Store(StoreBackend):
         return None if head is None else head["ContentLength"]
 
     def _head(self, rel: str) -> dict | None:
+        return self._head_key(self._key(rel))
+
+    def _head_key(self, key: str) -> dict | None:
+        """HEAD of an object by its whole key (None if absent)."""
         from botocore.exceptions import ClientError
 
-        with _translated(self.url, f"checking {rel}"):
+        with _translated(self.url, f"checking {key}"):
             try:
-                return self.s3.head_object(Bucket=self.bucket, Key=self._key(rel))
+                return self.s3.head_object(Bucket=self.bucket, Key=key)
             except ClientError as e:
                 if _code(e) in _MISSING:
                     return None
