@@ -32,7 +32,6 @@ import keras
 
 from ftstore.errors import BadInputError
 from ftstore.training.checkpoints import Checkpoint, CheckpointManager
-from ftstore.tempdirs import held_temp_dir
 
 WEIGHTS_FILE = "checkpoint.weights.h5"
 
@@ -69,7 +68,7 @@ def restore_training(manager: CheckpointManager, model: Any, step: int | None = 
     optimizer = getattr(model, "optimizer", None)
     if optimizer is not None and not optimizer.built:
         optimizer.build(model.trainable_variables)  # else Keras skips the saved optimizer variables
-    with held_temp_dir("keras") as tmp:
+    with manager.store.scratch() as tmp:  # beside the store, not in a small /tmp
         path = Path(tmp) / WEIGHTS_FILE
         cp = manager.restore(path, step=step)
         with warnings.catch_warnings(record=True) as caught:
