@@ -19,6 +19,7 @@ import pytest
 
 from ftstore import Store, load, verify
 from ftstore.api import copy, scrub
+from ftstore.errors import BadInputError
 
 from .conftest import ArtifactFiles, files, run_cli
 
@@ -210,3 +211,21 @@ def test_a_store_is_never_made_inside_another_stores_folders(any_store, tmp_path
     assert run_cli("copy", str(src.url), f"{src.url}/beside").returncode == 0  # not one of its folders
     report = scrub(src, remove_orphans=True, warn=lambda _: None)
     assert report.orphans == [] and src.load_bytes("m")[0].getvalue() == (make_file(5_000)).read_bytes()
+
+
+def test_a_folder_that_is_not_empty_is_never_adopted_as_a_new_store(any_store, tmp_path, make_file):
+    """Creating a store where a store is nested (S/artifacts/backup) or where a user keeps
+    folders named like a store's (results/artifacts/best_model.pt) is refused: adopted,
+    the next `scrub --remove-orphans` would have deleted what was there as orphans."""
+    inner = Store.open(f"{any_store.url}/S/artifacts/backup", create=True)
+    inner.save(make_file(1000), "keep")
+    res = run_cli("save", str(make_file(100, seed=2)), "--name", "x", "--store", f"{any_store.url}/S")
+    assert res.returncode == 2 and "not an ftstore store" in res.stderr, res.stderr
+    assert inner.load_bytes("keep")[0].getvalue() == make_file(1000).read_bytes()
+    if any_store.capabilities.local_files:
+        user = tmp_path / "results"
+        (user / "artifacts").mkdir(parents=True)
+        (user / "artifacts" / "best_model.pt").write_bytes(b"weights")
+        with pytest.raises(BadInputError, match="not an ftstore store"):
+            Store.open(user, create=True)
+        assert (user / "artifacts" / "best_model.pt").read_bytes() == b"weights"

@@ -170,9 +170,10 @@ def _is_tombstone(version_dir: Path) -> bool:
 
 def _made_by_a_new_store(entry: str) -> bool:
     """What another process creating the same store at the same moment (ranks of one job
-    starting together) may already have made there: the marker, its temporary file, the
-    top folders. A folder holding only these is taken as a store being created."""
-    return entry in TOP_FOLDERS or entry == MARKER or entry.startswith(MARKER + TMP_MARK)
+    starting together) may have made there since we looked for the marker: the marker's
+    temporary file, or the marker itself. Nothing else is made before the marker, so a
+    folder holding anything else (even folders named like a store's) is not taken over."""
+    return entry == MARKER or entry.startswith(MARKER + TMP_MARK)
 
 
 @contextlib.contextmanager
@@ -305,18 +306,28 @@ class LocalStore(StoreBackend):
         if not os.path.lexists(marker):
             if not create:
                 raise NotFoundError(f"no ftstore store at {root} (save something first, or pass --store)")
-            cls._refuse_inside_a_store(root)
-            if root.exists() and (not root.is_dir() or any(not _made_by_a_new_store(e.name) for e in root.iterdir())):
-                raise BadInputError(f"{root} exists, is not empty and is not an ftstore store")
-            root.mkdir(parents=True, exist_ok=True)
-            write_atomic(marker, MARKER_BYTES)
-        else:
-            f = open_regular(marker)
-            if f is None:
-                raise NotFoundError(f"no ftstore store at {root}")
-            with f:
-                check_marker(f.read(4096), str(marker))
+            cls._create(root)
+        f = open_regular(marker)  # what was there, or what this or another process just made
+        if f is None:
+            raise NotFoundError(f"no ftstore store at {root}")
+        with f:
+            check_marker(f.read(4096), str(marker))
         return cls(root)
+
+    @classmethod
+    def _create(cls, root: Path) -> None:
+        """Make a new store at ``root``: an absent or empty folder. A folder holding only a
+        marker being written is another process making this very store (ranks starting
+        together); one holding anything else is refused, unless its marker has appeared
+        meanwhile (that process got further: then it is opened as it is)."""
+        cls._refuse_inside_a_store(root)
+        marker = root / MARKER
+        if root.exists() and (not root.is_dir() or any(not _made_by_a_new_store(e.name) for e in root.iterdir())):
+            if not os.path.lexists(marker):
+                raise BadInputError(f"{root} exists, is not empty and is not an ftstore store")
+            return
+        root.mkdir(parents=True, exist_ok=True)
+        write_atomic(marker, MARKER_BYTES)
 
     @staticmethod
     def _refuse_inside_a_store(root: Path) -> None:

@@ -66,6 +66,7 @@ _MISSING = ("NoSuchKey", "404", "NotFound")
 _SINGLE_PUT_BYTES = 5 << 30  # S3's limit for one PUT
 _CONDITION_FAILED = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
 _FULL = ("InsufficientStorage", "507", "QuotaExceeded", "XMinioStorageFull")
+_PROBE = ".ftstore-probe-"
 _DENIED = ("403", "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch")
 
 
@@ -247,9 +248,13 @@ class S3Store(StoreBackend):
             if not create:
                 raise NotFoundError(f"no ftstore store at {self.url} (save something first)")
             self._refuse_inside_a_store()
-            self._probe_conditional_writes()
-            self._put_if_absent(MARKER, MARKER_BYTES)
-        else:
+            if self._holds_anything() and (marker := self._get(MARKER, MAX_MARKER_BYTES)) is None:
+                raise BadInputError(f"{self.url} holds objects and is not an ftstore store")
+            if marker is None:
+                self._probe_conditional_writes()
+                self._put_if_absent(MARKER, MARKER_BYTES)
+                marker = self._get(MARKER, MAX_MARKER_BYTES)  # ours, or a racing creator's
+        if marker is not None:
             check_marker(marker, f"{self.url}/{MARKER}")
 
     def _refuse_inside_a_store(self) -> None:
@@ -264,8 +269,14 @@ class S3Store(StoreBackend):
                 raise BadInputError(f"{self.url} is inside the store s3://{self.bucket}/{outer} ({part}/), whose "
                                     "maintenance would remove it; choose a prefix outside it")
 
+    def _holds_anything(self) -> bool:
+        """Whether any object but a creator's probe is under the prefix: a new store is made
+        only where nothing is, as on a local disk (a store nested in it, say, would become
+        its stray objects)."""
+        return any(not rel.startswith(_PROBE) for rel, _, _ in self._list(""))
+
     def _probe_conditional_writes(self) -> None:
-        key = f".ftstore-probe-{uuid.uuid4().hex}"
+        key = f"{_PROBE}{uuid.uuid4().hex}"
         self._put_if_absent(key, b"1")
         try:
             if self._put_if_absent(key, b"2"):
