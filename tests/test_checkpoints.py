@@ -268,3 +268,18 @@ def test_writers_and_a_reader_of_one_run_never_fail_on_each_others_retention(tmp
     assert [p.returncode for p in procs] == [0, 0, 0], [err[-2000:] for _, err in outs]
     assert [out.strip() for out, _ in outs] == ["40", "40", "60"]
     assert len(m.checkpoints()) in (1, 2) and m.store.backend.orphans() == []
+
+
+def test_restore_bundle_of_a_model_the_newest_lacks_is_an_error_not_an_older_checkpoint(store):
+    """Only a checkpoint that is no longer listed is skipped as deleted: a model missing
+    from the newest bundle is the caller's error (it used to restore an older step)."""
+    from ftstore import BundleSpec
+    from ftstore.bundles.bundle import ModelNotFoundError
+
+    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 3)
+    m = CheckpointManager(store, "run")
+    m.save(1, BundleSpec({"a": a, "b": b}, "pytorch", {"N": 64, "gridsize": 1}))
+    m.save(2, BundleSpec({"a": a}, "pytorch", {"N": 64, "gridsize": 1}))
+    with pytest.raises(ModelNotFoundError, match="not in run@2"):
+        m.restore_bundle("pytorch", models=["b"], params={}, builders={"a": lambda: torch.nn.Linear(2, 2),
+                                                                       "b": lambda: torch.nn.Linear(2, 3)})

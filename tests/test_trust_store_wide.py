@@ -169,6 +169,31 @@ def test_restore_from_a_read_only_store_rebuilds_a_lost_envelope_privately(small
     assert not paths.envelope.exists() and paths.payload.read_bytes() == damaged
 
 
+def test_keras_restores_from_a_read_only_store(small_fs):
+    """restore_training writes the checkpoint into the store's scratch folder where it can
+    (a small /tmp could not hold it), and into a temporary folder where it cannot."""
+    keras = pytest.importorskip("keras")
+    import numpy as np
+
+    from ftstore.integrations.keras import FtstoreCheckpoint, restore_training
+
+    def build():
+        keras.utils.set_random_seed(0)
+        m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+        m.compile(optimizer="adam", loss="mse")
+        return m
+
+    model, x = build(), np.ones((8, 4), "float32")
+    model.fit(x, x[:, :1], epochs=2, verbose=0, callbacks=[FtstoreCheckpoint(CheckpointManager(
+        Store.open(small_fs / "store", create=True), "run"))])
+    assert subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], capture_output=True).returncode == 0
+    fresh = build()
+    cp = restore_training(CheckpointManager(Store.open(small_fs / "store"), "run"), fresh)
+    assert cp.step == 2
+    for a, b in zip(fresh.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_a_full_store_reports_what_it_could_check_and_repair(small_fs, make_file, tmp_path):
     store = Store.open(small_fs / "store", create=True)
     data = _three(store, make_file)

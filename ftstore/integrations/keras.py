@@ -23,15 +23,18 @@ again after a resume (past a damaged checkpoint, say) supersedes the old checkpo
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import keras
 
-from ftstore.errors import BadInputError
+from ftstore.errors import BadInputError, FtstoreError
 from ftstore.training.checkpoints import Checkpoint, CheckpointManager
+from ftstore.tempdirs import held_temp_dir
 
 WEIGHTS_FILE = "checkpoint.weights.h5"
 
@@ -61,6 +64,23 @@ class FtstoreCheckpoint(keras.callbacks.Callback):
             self.manager.save(done, path, metrics=metrics, move=True)
 
 
+@contextlib.contextmanager
+def _restore_folder(manager: CheckpointManager) -> Iterator[Path]:
+    """The store's scratch folder (beside the store, not in a small ``/tmp``), or, where the
+    store cannot be written (read-only, full, not ours), a temporary folder."""
+    try:
+        scratch = manager.store.scratch()
+        folder = scratch.__enter__()
+    except (OSError, FtstoreError):
+        with held_temp_dir("keras") as tmp:
+            yield Path(tmp)
+        return
+    try:
+        yield folder
+    finally:
+        scratch.__exit__(None, None, None)
+
+
 def restore_training(manager: CheckpointManager, model: Any, step: int | None = None) -> Checkpoint:
     """Load the newest checkpoint that verifies (or repairs) into ``model``: weights and
     optimizer state. Returns the checkpoint; continue with ``initial_epoch=cp.step`` (the
@@ -68,7 +88,7 @@ def restore_training(manager: CheckpointManager, model: Any, step: int | None = 
     optimizer = getattr(model, "optimizer", None)
     if optimizer is not None and not optimizer.built:
         optimizer.build(model.trainable_variables)  # else Keras skips the saved optimizer variables
-    with manager.store.scratch() as tmp:  # beside the store, not in a small /tmp
+    with _restore_folder(manager) as tmp:
         path = Path(tmp) / WEIGHTS_FILE
         cp = manager.restore(path, step=step)
         with warnings.catch_warnings(record=True) as caught:

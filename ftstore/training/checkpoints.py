@@ -355,8 +355,10 @@ class CheckpointManager:
                     if self.background:
                         self._protect_pending(cps)
                     return c
-                except NotFoundError:  # deleted since it was listed: the next one, or a new listing
-                    continue
+                except NotFoundError:
+                    if c.version in self.store.versions(self.name):
+                        raise  # not a deletion: a model the bundle lacks, say
+                    continue  # deleted since it was listed: the next one, or a new listing
                 except DamageError as e:
                     warnings.warn(f"skipping damaged checkpoint {c.ref} (step {c.step}): {e}", stacklevel=3)
                     failures.append(f"step {c.step}: {e}")
