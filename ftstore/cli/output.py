@@ -10,14 +10,11 @@ from typing import Any, Callable
 import click
 import msgspec
 
-from ftstore.documents.strict_json import printable_tree  # registers the ftstore-bytes handler
+from ftstore.documents.printable import ERRORS, encode_printable
 
 
 def emit_json(obj: Any) -> None:
-    try:
-        data = msgspec.json.encode(obj)
-    except UnicodeEncodeError:  # a file name that is not UTF-8: its bytes shown as \xNN
-        data = msgspec.json.encode(printable_tree(msgspec.to_builtins(obj)))
+    data = encode_printable(msgspec.json.encode, obj)  # a file name that is not UTF-8: \xNN
     sys.stdout.buffer.write(msgspec.json.format(data, indent=2) + b"\n")
     sys.stdout.flush()
 
@@ -28,7 +25,7 @@ def printable_streams() -> None:
     error."""
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(AttributeError, ValueError):
-            stream.reconfigure(errors="ftstore-bytes")  # type: ignore[union-attr]
+            stream.reconfigure(errors=ERRORS)  # type: ignore[union-attr]
 
 
 def info(msg: str) -> None:

@@ -15,7 +15,6 @@ It fails closed: bytes it cannot parse are refused too, never accepted unchecked
 
 from __future__ import annotations
 
-import codecs
 import json
 import re
 
@@ -26,36 +25,6 @@ from ftstore.errors import BadInputError
 DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError)
 """What a strict decode of untrusted JSON can raise: msgspec raises ``RecursionError``, not
 a ``DecodeError``, for nesting deeper than it follows (about 1000 levels, a 2 KB document)."""
-
-def _escape_bytes(e: UnicodeError) -> tuple[str, int]:
-    """The ``ftstore-bytes`` error handler: a byte that was not UTF-8 in a file name (which
-    Python keeps as a lone surrogate, ``\\udc80``-``\\udcff``) becomes ``\\xNN``."""
-    if not isinstance(e, UnicodeEncodeError):
-        raise e
-    bad = e.object[e.start : e.end]
-    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else f"\\u{ord(c):04x}"
-                   for c in bad), e.end
-
-
-codecs.register_error("ftstore-bytes", _escape_bytes)
-
-
-def printable(text: str) -> str:
-    """``text`` with the undecodable bytes of a file name (kept by Python as lone
-    surrogates, which no UTF-8 document or terminal takes) written as ``\\xNN``."""
-    return text.encode("utf-8", "ftstore-bytes").decode("utf-8")
-
-
-def printable_tree(obj: object) -> object:
-    """A document's builtins (``msgspec.to_builtins``) with every string :func:`printable`."""
-    if isinstance(obj, str):
-        return printable(obj)
-    if isinstance(obj, dict):
-        return {printable_tree(k): printable_tree(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [printable_tree(v) for v in obj]
-    return obj
-
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MAX_KEY_SHOWN = 80
@@ -139,4 +108,4 @@ def reject_duplicate_keys(data: bytes | str, source: str, error: type[Exception]
         raise error(f"{source}: duplicate key {_short(found.key)!r} at `{found.path()}`: each key may appear only once")
 
 
-__all__ = ["DECODE_ERRORS", "printable", "printable_tree", "reject_duplicate_keys"]
+__all__ = ["DECODE_ERRORS", "reject_duplicate_keys"]

@@ -19,7 +19,7 @@ from ftstore.codec import read_meta
 from ftstore.codec.deep import prove_recoverable
 from ftstore.codec.parallel import default_jobs, pmap
 from ftstore.documents import ArtifactKey, ScrubSection, canonical
-from ftstore.documents.strict_json import printable_tree
+from ftstore.documents.printable import encode_printable
 from ftstore.engine.integrity import Health, check, protect_pending, remove_dead_spills, repair
 from ftstore.engine.leaves import FolderLeaves, StoredLeaves, read_envelope
 from ftstore.errors import BadInputError, FtstoreError
@@ -210,7 +210,8 @@ def scrub(
     )
     if write_report:
         try:
-            store.write_report(f"scrub-{report.finished_unix_ms}.json", _report_bytes(report))
+            # a file name in the store that is not UTF-8 is kept as \xNN
+            store.write_report(f"scrub-{report.finished_unix_ms}.json", encode_printable(canonical, report) + b"\n")
         except (FtstoreError, OSError) as e:
             warn(f"the scrub report could not be kept in the store: {_one_line(e)}")
     return report
@@ -230,13 +231,6 @@ def _without_deleted(store: StoreBackend, results: list[ArtifactScrub], keys: di
     for ref in sorted(gone):
         warn(f"{ref} was deleted while the scrub ran; not counted")
     return [r for r in results if r.ref not in gone]
-
-
-def _report_bytes(report: ScrubReport) -> bytes:
-    try:
-        return canonical(report) + b"\n"
-    except UnicodeEncodeError:  # a file name in the store that is not UTF-8: kept as \xNN
-        return canonical(printable_tree(msgspec.to_builtins(report))) + b"\n"
 
 
 def _orphans(store: StoreBackend, remove: bool, warn: Callable[[str], None]) -> list[Orphan]:

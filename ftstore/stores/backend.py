@@ -33,8 +33,8 @@ from ftstore.tempdirs import HeldTempDir
 PAYLOAD, SIDECAR, ENVELOPE = "payload", "sidecar.ftrq", "envelope.json"
 LEAVES = (PAYLOAD, SIDECAR, ENVELOPE)
 # A deleted version that was the highest of its name keeps its number as a tombstone (an
-# empty ``deleted`` leaf and nothing else), so no later save is given that number: a
-# reference ``NAME@V`` names one artifact, or none, for as long as the store lives.
+# empty ``deleted`` leaf and nothing else), so no later save is given that number: ``NAME@V``
+# as a save reported it names that artifact, or none, for as long as the store lives.
 DELETED = "deleted"
 MARKER = "ftstore-store.json"
 TOP_FOLDERS = ("artifacts", "staging", "trash", "reports")  # a store's own folders, under its marker
@@ -291,9 +291,10 @@ class StoreBackend(ABC):
     def delete(self, key: ArtifactKey) -> None:
         """Remove one committed version; it stops being an artifact at one atomic step. Its
         number is never given to a later save: the highest version deleted stays behind as a
-        tombstone (:data:`DELETED`), which a backend may drop once a higher number exists.
-        Only an exact-version save (a copy, which brings its version from another store)
-        may take a tombstone's number."""
+        tombstone (:data:`DELETED`), which a backend may drop once a higher one exists. An
+        exact-version save (a copy, which brings its version from another store) into a
+        tombstone is refused; one into a number no folder holds (a lower version deleted
+        whole, a dropped tombstone) is not."""
 
     @abstractmethod
     def orphans(self) -> list[Orphan]:

@@ -152,7 +152,8 @@ def _dead_lease(staging_fd: int, folder: str) -> Iterator[bool]:
         os.close(fd)
 
 
-def _regular(dir_fd: int, name: str) -> bool:
+def _regular(name: str | Path, dir_fd: int | None = None) -> bool:
+    """Whether ``name`` is a regular file itself (not through a link)."""
     try:
         return stat.S_ISREG(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
     except OSError:
@@ -162,10 +163,7 @@ def _regular(dir_fd: int, name: str) -> bool:
 def _is_tombstone(version_dir: Path) -> bool:
     """Whether a version folder holds ``deleted`` as a regular file (a link or folder of
     that name is a stray entry, and hides nothing)."""
-    try:
-        return stat.S_ISREG(os.stat(version_dir / DELETED, follow_symlinks=False).st_mode)
-    except OSError:
-        return False
+    return _regular(version_dir / DELETED)
 
 
 def _made_by_a_new_store(entry: str) -> bool:
@@ -578,7 +576,7 @@ class LocalStore(StoreBackend):
         with self._version_fd(key) as fd:
             if fd is None:
                 raise NotFoundError(f"{key.name} has no version {key.version}")
-            if not _regular(fd, DELETED):
+            if not _regular(DELETED, fd):
                 remove_entry(fd, DELETED)  # a link or folder planted at the name
             try:
                 os.close(os.open(DELETED, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -642,7 +640,7 @@ class LocalStore(StoreBackend):
                         with open_dir(self.root, ("artifacts", name, v)) as vfd, _unused(vfd) as unused:
                             if not unused:
                                 continue  # a repair or protector is at work there
-                            if _regular(vfd, DELETED):  # a tombstone: anything beside it
+                            if _regular(DELETED, vfd):  # a tombstone: anything beside it
                                 out += [(f"artifacts/{name}/{v}/{f}", "interrupted delete")
                                         for f in sorted(os.listdir(vfd)) if f != DELETED]
                                 continue
