@@ -34,12 +34,11 @@ import select
 import selectors
 import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 from typing import Any, TypeVar
 
+from ftstore import interpreter
 from ftstore.codec import worker as worker_program
 from ftstore.errors import WorkerError
 
@@ -50,9 +49,6 @@ WORKER_MODULES: tuple[str, ...] = ("ftstore.",)
 """Modules whose functions may run in a worker. Never ``__main__``: a worker imports the
 module of every function it runs, and importing the host's ``__main__`` runs it."""
 
-# The directory that holds this ``ftstore`` package: first on the workers' PYTHONPATH, so
-# that they run the same code as their parent whatever else is installed.
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 _EXIT_WAIT_S = 2.0
 _DEPTH = 2  # tasks queued per worker
 _PIPE_BYTES = 1 << 20  # asked of the kernel for each task pipe (Linux's unprivileged limit)
@@ -261,27 +257,15 @@ class _Pool:
                 w.kill()
 
 
-def child_env() -> dict[str, str]:
-    """The environment of a process that must run this very ``ftstore`` (a codec worker, a
-    background protector): its folder first on ``PYTHONPATH``, whatever else is installed
-    or the parent put on ``sys.path`` by hand."""
-    env = dict(os.environ)
-    paths = [_PACKAGE_ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != _PACKAGE_ROOT]
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    return env
-
-
 def _spawn() -> _Worker:
-    env = child_env()
     child_in, wfd = os.pipe()
     rfd, child_out = os.pipe()
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-c", worker_program.BOOTSTRAP, str(os.getpid())],
+            interpreter.command("ftstore.codec.worker", str(os.getpid())),
             stdin=child_in,
             stdout=child_out,
             close_fds=True,
-            env=env,
         )
     except BaseException:
         os.close(wfd)

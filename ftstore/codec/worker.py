@@ -1,6 +1,6 @@
 """The codec worker program, and the frames it speaks with its parent.
 
-A worker is its own program (``python -c 'from ftstore.codec.worker import main; main()'``),
+A worker is its own program (:func:`ftstore.interpreter.command` runs its ``main``),
 started by :mod:`ftstore.codec.parallel` with a pipe on its stdin and one on its stdout. It
 never sees the host's ``__main__``: a training script without an ``if __name__ ==
 "__main__"`` guard runs once, in its own process, and nowhere else.
@@ -147,11 +147,11 @@ def _answer(fn: Any, task: Any) -> bytes:
         return dumps(("err", RuntimeError(f"{type(what).__name__}: {what}")))
 
 
-def main() -> None:
-    """Serve tasks until the parent closes the pipe or dies."""
+def main(argv: list[str]) -> None:
+    """Serve tasks until the parent closes the pipe or dies; ``argv`` is the parent's pid."""
     global RUNNING
     RUNNING = True
-    parent = int(sys.argv[1]) if len(sys.argv) > 1 else os.getppid()
+    parent = int(argv[0]) if argv else os.getppid()
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     rfd, wfd = _take_pipes()
@@ -173,16 +173,3 @@ def main() -> None:
             pass
         os._exit(3)
     os._exit(0)
-
-
-# The command line that starts a worker: no script, no ``-m`` (both put a directory the
-# user controls, the script's or the current one, ahead of the installed packages).
-BOOTSTRAP = (
-    "import sys\n"
-    "sys.path[:] = [p for p in sys.path if p]\n"
-    "try:\n"
-    "    from ftstore.codec.worker import main\n"
-    "except Exception as e:\n"
-    "    sys.exit(f'ftstore.codec.worker cannot start: {type(e).__name__}: {e}')\n"
-    "main()\n"
-)

@@ -4,35 +4,27 @@ loop's critical path.
 A save with protection pending is valid and verifiable at once (its envelope records the
 payload's BLAKE3); a process running ``ftstore.engine.background`` then builds its sidecar.
 Each such process runs in its own session, so it finishes even if the trainer is killed.
-It runs this very ``ftstore`` (its folder first on ``PYTHONPATH``) and nothing from the
-trainer's working folder: started with ``-m``, Python would put that folder first on its
-path, and a project's own ``random.py`` or ``queue.py`` would run in place of the
-standard library's. Its messages go to a temporary file, not a pipe, so however much it
-writes it never blocks. Deleting a
-version (retention, a superseding save, Lightning pruning its top-k) first cancels its
-protection, so the two never race: the protector is stopped and reaped before the version
-goes, and nothing reports an error for a version that was deleted on purpose.
+It runs this very ``ftstore``, under the trainer's isolation flags, and nothing from the
+trainer's working folder (see :mod:`ftstore.interpreter`). Its messages go to a temporary
+file, not a pipe, so however much it writes it never blocks. Deleting a version
+(retention, a superseding save, Lightning pruning its top-k) first cancels its
+protection, so the two never race: the protector is stopped and reaped before the
+version goes, and nothing reports an error for a version that was deleted on purpose.
 """
 
 from __future__ import annotations
 
+import signal
 import subprocess
-import sys
 import tempfile
 import threading
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from ftstore.codec.parallel import child_env
+from ftstore import interpreter
 from ftstore.documents import ArtifactKey
 from ftstore.errors import DamageError
 
-BOOTSTRAP = (
-    "import sys\n"
-    "sys.path[:] = [p for p in sys.path if p]\n"  # not the working folder ('' for -c)
-    "from ftstore.engine.background import main\n"
-    "sys.exit(main(sys.argv[1:]))\n"
-)
 _SHOWN_BYTES = 4096  # of a failed protector's messages, the last
 
 
@@ -64,9 +56,9 @@ class BackgroundProtector:
         err = tempfile.TemporaryFile()
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-c", BOOTSTRAP, self.store_url, key.name, str(key.version), artifact_id,
-                 repr(self.overhead)],
-                start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=child_env(),
+                interpreter.command("ftstore.engine.background", self.store_url, key.name, str(key.version),
+                                    artifact_id, repr(self.overhead)),
+                start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
             )
         except BaseException:
             err.close()
@@ -115,9 +107,18 @@ class BackgroundProtector:
                 self._record(key, job)
 
     def _record(self, key: ArtifactKey, job: _Job) -> None:
-        said = job.finish()
-        if job.proc.returncode:
-            self._errors.append(f"{key.ref}: " + (said or f"exit code {job.proc.returncode}"))
+        said, code = job.finish(), job.proc.returncode
+        if code:
+            if code < 0:  # a signal: what it said, if anything, is not why it stopped
+                said = " ".join(filter(None, [said, f"(killed by {_signal_name(-code)})"]))
+            self._errors.append(f"{key.ref}: " + (said or f"exit code {code}"))
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 __all__ = ["BackgroundProtector"]
