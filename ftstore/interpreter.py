@@ -17,7 +17,9 @@ or by the CLI. They must run the code their parent runs, under the rules it runs
   first (on ``PYTHONPATH``, as earlier releases did) let such a module shadow the real one.
 
 The package itself is loaded by file location, so the folder's place on the path only
-matters for the libraries that may be vendored beside it.
+matters for the libraries that may be vendored beside it. Where there is no source file
+to load (a zip archive, a bytecode-only install), the folder goes first on the path
+instead, for the import system to read.
 """
 
 from __future__ import annotations
@@ -32,15 +34,19 @@ _BOOTSTRAP = """\
 import sys
 root = sys.argv.pop(1)
 sys.path[:] = [p for p in sys.path if p]
-if root not in sys.path:
-    sys.path.append(root)
 try:
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        "ftstore", root + "/ftstore/__init__.py", submodule_search_locations=[root + "/ftstore"])
-    package = importlib.util.module_from_spec(spec)
-    sys.modules["ftstore"] = package
-    spec.loader.exec_module(package)
+    import importlib.util, os
+    init = os.path.join(root, "ftstore", "__init__.py")
+    if os.path.isfile(init):
+        if root not in sys.path:
+            sys.path.append(root)
+        spec = importlib.util.spec_from_file_location(
+            "ftstore", init, submodule_search_locations=[os.path.dirname(init)])
+        package = importlib.util.module_from_spec(spec)
+        sys.modules["ftstore"] = package
+        spec.loader.exec_module(package)
+    else:  # a zip archive, bytecode only: what only the import system reads
+        sys.path.insert(0, root)
     from {module} import main
 except Exception as e:
     sys.exit(f"{module} cannot start: {{type(e).__name__}}: {{e}}")
