@@ -4,6 +4,7 @@ import sys
 import textwrap
 import time
 
+import msgspec
 import pytest
 import torch
 
@@ -166,6 +167,24 @@ def test_scrub_repair_protects_an_artifact_left_pending(store, make_file):
     assert scrub(store).artifacts[0].status == "ok" and read_envelope(paths).raptorq is None  # report-only
     report = scrub(store, repair=True)
     assert report.artifacts[0].protected and read_envelope(paths).raptorq is not None
+
+
+@pytest.mark.parametrize("recorded, built", [(None, 0.30), ("0.3x", 0.10), ("9.0", 0.10)])
+def test_a_pending_artifact_gets_the_overhead_its_saver_asked_for(store, make_file, recorded, built):
+    """A trainer asking for 30% that died before its protector finished: the scrub that
+    takes over builds 30%, not the default 10%. A record that is not a usable overhead
+    (written by hand) gives the default."""
+    metadata = {} if recorded is None else {"note": "x"}
+    store.save(make_file(100_000), "run", metadata=metadata, overhead=0.30, protect=False)
+    paths = files(store, "run@1")
+    if recorded is not None:  # as if edited: the sidecar's copy is rebuilt from the envelope
+        env = read_envelope(paths)
+        assert env.metadata["ftstore.overhead"] == "0.3"
+        paths.write_envelope(msgspec.structs.replace(env, metadata={**env.metadata, "ftstore.overhead": recorded}))
+    report = scrub(store, repair=True)
+    assert report.artifacts[0].protected
+    assert read_envelope(paths).raptorq.overhead == pytest.approx(built)
+    assert check(paths).intact
 
 
 def test_steps_are_non_negative_and_a_step_saved_again_supersedes_the_old_one(store, make_file):

@@ -31,7 +31,7 @@ jobs_option = click.option("--jobs", type=click.IntRange(1, 256), default=None, 
 def _health_doc(h: api.Health) -> dict:
     return {
         "ref": h.ref,
-        "status": "ok" if h.intact else "damaged",
+        "status": "ok" if h.intact else "damaged" if h.damaged else "newer_format",
         "problems": h.problems,
         "protection": "pending" if h.pending_protection else "protected",
     }
@@ -121,7 +121,8 @@ def show(ref, store_path, as_json):
 @json_option
 def verify(refs, store_path, as_json):
     """Check REFS (default: every artifact) against their hashes and proof chains.
-    Exits 1 if anything is damaged; repairs nothing (see `scrub --repair`, `load`)."""
+    Exits 1 if anything is damaged, else 2 if a newer ftstore wrote something (this one
+    cannot judge it); repairs nothing (see `scrub --repair`, `load`)."""
     results = api.verify(api.open_store(store_path), refs)
     if as_json:
         emit_json([_health_doc(h) for h in results])
@@ -130,13 +131,15 @@ def verify(refs, store_path, as_json):
             if h.intact:
                 click.echo(f"ok       {h.ref}" + ("  (repair sidecar pending)" if h.pending_protection else ""))
             else:
-                click.echo(f"DAMAGED  {h.ref}")
+                click.echo(f"{'DAMAGED' if h.damaged else 'NEWER':<8} {h.ref}")
                 for p in h.problems:
                     click.echo(f"         - {p}")
-        damaged = sum(1 for h in results if not h.intact)
-        info(f"{len(results)} checked, {damaged} damaged")
-    if any(not h.intact for h in results):
+        damaged, newer = sum(1 for h in results if h.damaged), sum(1 for h in results if h.newer_format)
+        info(f"{len(results)} checked, {damaged} damaged" + (f", {newer} written by a newer ftstore" if newer else ""))
+    if any(h.damaged for h in results):
         sys.exit(1)
+    if any(not h.intact for h in results):
+        sys.exit(2)
 
 
 @cli.command()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import msgspec
 
-from ftstore.errors import EnvelopeError
+from ftstore.errors import EnvelopeError, NewerFormatError
 from ftstore.hashing import hash_bytes
 from ftstore.documents.envelope import ENVELOPE_SCHEMA_VERSION, ZERO_HASH, Envelope
 from ftstore.documents.strict_json import DECODE_ERRORS, reject_duplicate_keys
@@ -55,13 +55,36 @@ def decode_envelope(data: bytes, source: str = "envelope") -> Envelope:
 
 
 def _check_version(data: bytes, source: str) -> None:
-    """Name an unknown schema_version before anything else, so a newer store gets a clear message."""
+    """Name an unknown schema_version before anything else: :class:`NewerFormatError` for
+    an envelope a newer ftstore wrote (left alone), :class:`EnvelopeError` (damage, which a
+    repair rebuilds) for any other."""
     try:
         raw = msgspec.json.decode(data)
     except DECODE_ERRORS as e:
         raise EnvelopeError(f"{source}: malformed envelope JSON: {e}") from None
     if isinstance(raw, dict) and "schema_version" in raw and raw["schema_version"] != ENVELOPE_SCHEMA_VERSION:
+        found = raw["schema_version"]
+        if _from_a_newer_release(raw):
+            raise NewerFormatError(
+                f"{source}: written by a newer ftstore (envelope schema_version {found}; this ftstore reads "
+                f"{ENVELOPE_SCHEMA_VERSION}): upgrade ftstore to use or repair it; nothing was changed"
+            )
         raise EnvelopeError(
-            f"{source}: unsupported `$.schema_version` {raw['schema_version']!r}: "
-            f"this ftstore reads version {ENVELOPE_SCHEMA_VERSION}"
+            f"{source}: unsupported `$.schema_version` {found!r}: this ftstore reads version {ENVELOPE_SCHEMA_VERSION}"
         )
+
+
+def _from_a_newer_release(raw: dict) -> bool:
+    """A later version of the format, not damage: a whole number above ours, in a document
+    of this format that is not one of ours with that number damaged. One flipped bit turns
+    ``1`` into ``3``; such an envelope, its number set back, passes its own checksum, and is
+    damage that a repair rebuilds. A newer release's envelope does not: its fields or their
+    meaning changed with the number, and so does the checksum's input."""
+    found = raw["schema_version"]
+    if type(found) is not int or found <= ENVELOPE_SCHEMA_VERSION or raw.get("format") != "ftstore-envelope":
+        return False
+    try:
+        decode_envelope(msgspec.json.encode({**raw, "schema_version": ENVELOPE_SCHEMA_VERSION}))
+    except EnvelopeError:
+        return True
+    return False

@@ -19,7 +19,7 @@ from ftstore.documents import ArtifactKey, encode_envelope
 from ftstore.engine.integrity import Health, check, repair
 from ftstore.engine.leaves import FolderLeaves, StoredLeaves, download_leaves, read_envelope
 from ftstore.engine.load import heal
-from ftstore.errors import FtstoreError, UnrecoverableError
+from ftstore.errors import FtstoreError, NewerFormatError, UnrecoverableError
 from ftstore.stores.backend import ENVELOPE, PAYLOAD, SIDECAR, StoreBackend, VersionTakenError
 
 
@@ -52,6 +52,8 @@ def _private_intact_copy(src: StoreBackend, key: ArtifactKey, folder: Path, jobs
     intact: nothing is then committed anywhere."""
     files = download_leaves(src, key, folder)
     found = check(files)  # verify on the way
+    if found.newer_format:
+        raise NewerFormatError(found.newer_format)
     if found.files_damaged:
         repair(files, found, reason="copy", jobs=jobs)  # raises if beyond repair
     after = check(files)

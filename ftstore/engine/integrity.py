@@ -40,6 +40,9 @@ from dataclasses import dataclass, field
 import msgspec
 
 from ftstore.codec import (
+    DEFAULT_OVERHEAD,
+    MAX_OVERHEAD,
+    MIN_OVERHEAD,
     SidecarError,
     SidecarInfo,
     SidecarMeta,
@@ -64,7 +67,7 @@ from ftstore.documents import (
 )
 from ftstore.durable import TMP_MARK, replace_durably, tmp_path
 from ftstore.engine.leaves import FolderLeaves, Leaves, read_envelope
-from ftstore.errors import EnvelopeError, FtstoreError, NotFoundError, UnrecoverableError
+from ftstore.errors import EnvelopeError, FtstoreError, NewerFormatError, NotFoundError, UnrecoverableError
 from ftstore.hashing import hash_stream, stream_length
 from ftstore.stores.backend import PAYLOAD, SIDECAR
 
@@ -79,6 +82,8 @@ class Health:
     sidecar_problem: str | None = None
     payload_problem: str | None = None
     proof_problems: list[str] = field(default_factory=list)
+    newer_format: str | None = None
+    """Why the version was not checked: a newer ftstore wrote it. Not damage: never repaired."""
     pending_protection: bool = False
     essentials: ArtifactEssentials | None = None
 
@@ -88,11 +93,17 @@ class Health:
 
     @property
     def problems(self) -> list[str]:
-        return [p for p in (self.envelope_problem, self.sidecar_problem, self.payload_problem) if p] + self.proof_problems
+        files = (self.newer_format, self.envelope_problem, self.sidecar_problem, self.payload_problem)
+        return [p for p in files if p] + self.proof_problems
 
     @property
     def intact(self) -> bool:
         return not self.problems
+
+    @property
+    def damaged(self) -> bool:
+        """Problems other than a newer format (which this ftstore cannot judge)."""
+        return self.files_damaged or bool(self.proof_problems)
 
     @property
     def files_damaged(self) -> bool:
@@ -152,6 +163,9 @@ def check(leaves: Leaves, verified: dict[str, tuple[str, int]] | None = None,
     known = verified or {}
     try:
         h.envelope = read_envelope(leaves)
+    except NewerFormatError as e:  # nothing else is read: what vouches for the rest is unknown here
+        h.newer_format = str(e)
+        return h
     except EnvelopeError as e:
         h.envelope_problem = str(e)
         with leaves.local() as folder:  # without the envelope, the sidecar vouches: random access
@@ -341,17 +355,40 @@ def _replace_sidecar(files: FolderLeaves, ess: ArtifactEssentials, overhead: flo
     return info
 
 
-def protect_pending(files: FolderLeaves, jobs: int | None = None, overhead: float = 0.10,
+PENDING_OVERHEAD_KEY = "ftstore.overhead"
+"""Metadata of a version saved with protection pending: the repair overhead its saver asked
+for, so that whoever builds the sidecar later (its protector, a scrub, a resumed run)
+builds the one asked for."""
+
+
+def pending_metadata(metadata: dict[str, str] | None, overhead: float) -> dict[str, str]:
+    """``metadata`` of a save with protection pending: the overhead asked for recorded."""
+    return {**(metadata or {}), PENDING_OVERHEAD_KEY: repr(float(overhead))}
+
+
+def requested_overhead(env: Envelope) -> float:
+    """The overhead a pending version's saver asked for; the default where none is recorded
+    (a version saved before it was) or the record is not a usable one."""
+    try:
+        value = float(env.metadata.get(PENDING_OVERHEAD_KEY, DEFAULT_OVERHEAD))
+    except ValueError:
+        return DEFAULT_OVERHEAD
+    return value if MIN_OVERHEAD <= value <= MAX_OVERHEAD else DEFAULT_OVERHEAD
+
+
+def protect_pending(files: FolderLeaves, jobs: int | None = None, overhead: float | None = None,
                     artifact_id: str | None = None) -> Envelope:
     """Build the sidecar of an artifact committed with protection pending, after checking
-    its payload; a no-op for one already protected. With ``artifact_id``, only that
-    artifact is protected: :class:`NotFoundError` if the version is now another one (it was
-    deleted and its number reused), checked again before the sidecar goes in."""
+    its payload; a no-op for one already protected. ``overhead``: by default, what its
+    saver asked for. With ``artifact_id``, only that artifact is protected:
+    :class:`NotFoundError` if the version is now another one (it was deleted and its number
+    reused), checked again before the sidecar goes in."""
     env = read_envelope(files)
     _same_artifact(env, artifact_id, files.key.ref)
     artifact_id = env.artifact_id
     if env.raptorq is not None:
         return env
+    overhead = requested_overhead(env) if overhead is None else overhead
     h = check(files)
     if h.payload_problem:
         raise UnrecoverableError(f"{files.key.ref}: payload damaged before its repair sidecar was built: {h.payload_problem}")
@@ -456,5 +493,6 @@ def unrecoverable_message(ref: str, meta: SidecarMeta, outcomes: list[StripeOutc
     )
 
 
-__all__ = ["Health", "RepairResult", "check", "identity_problem", "protect_pending", "raptorq_section",
+__all__ = ["PENDING_OVERHEAD_KEY", "Health", "RepairResult", "check", "identity_problem", "pending_metadata",
+           "protect_pending", "raptorq_section", "requested_overhead",
            "remove_dead_spills", "repair", "sidecar_meta", "spill_path", "trusted_meta", "unrecoverable_message"]

@@ -45,7 +45,7 @@ from ftstore.documents import (
 )
 from ftstore.documents.envelope import MetaKey, MetaValue
 from ftstore.durable import FileState, disk_full, hash_durably, is_disk_full, watch
-from ftstore.engine.integrity import raptorq_section
+from ftstore.engine.integrity import pending_metadata, raptorq_section
 from ftstore.errors import BadInputError
 from ftstore.hashing import hash_file
 from ftstore.stores.backend import PAYLOAD, SIDECAR, Progress, Staging, StoreBackend
@@ -113,6 +113,8 @@ def save(
     durable, and stays where it was if the save fails, or if another file was put at its
     name meanwhile (a trainer publishing its next ``last.ckpt``): only the file saved is
     ever removed."""
+    if not protect:
+        metadata = pending_metadata(metadata, overhead)
     src, template = validated_request(src, name, artifact_type, metadata, overhead)
     if move and store.holds(src):
         raise BadInputError(f"{src} is one of the store's own files; --move would take it away from {store.url}")

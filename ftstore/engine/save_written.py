@@ -18,6 +18,7 @@ import msgspec
 from ftstore.codec import DEFAULT_OVERHEAD, SidecarBuild
 from ftstore.documents import ArtifactEssentials, Envelope
 from ftstore.durable import HashingWriter, write_hashing
+from ftstore.engine.integrity import pending_metadata
 from ftstore.engine.save import check_request, commit_staged, encode_staged, new_essentials
 from ftstore.stores.backend import PAYLOAD, Staging, StoreBackend
 
@@ -37,6 +38,8 @@ def save_written(
     ``name``, a ``file`` artifact. ``protect=False`` commits with protection pending, as
     :func:`ftstore.engine.save.save` does. An exception from ``write`` aborts the save."""
     check_request(name, "file", overhead)
+    if not protect:
+        metadata = pending_metadata(metadata, overhead)
     new_essentials(name, "file", metadata, 0)  # metadata refused before anything is written
 
     def bring_in(staging: Staging) -> tuple[ArtifactEssentials, SidecarBuild | None]:
