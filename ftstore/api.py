@@ -31,7 +31,7 @@ from ftstore.engine.copy import CopyResult, copy_store
 from ftstore.engine.integrity import Health, RepairResult
 from ftstore.engine.load import LoadResult
 from ftstore.engine.store import Store
-from ftstore.errors import BadInputError, DamageError, FtstoreError
+from ftstore.errors import BadInputError, DamageError, FtstoreError, NewerFormatError
 from ftstore.payloads.reports import BenchmarkBaseline, MetricComparison, compare, parse_typed
 from ftstore.payloads.typed import TYPED_DOC_LIMIT, describe_payload, read_capped
 from ftstore.scrub.drill import DrillReport, drill
@@ -83,7 +83,10 @@ class ArtifactRow:
     size: int | None
     created_unix_ms: int | None
     scrub_status: str | None
-    envelope: str  # "ok", or why it cannot be read
+    envelope: str  # "ok", or why it cannot be read (starting with NEWER_FORMAT: a newer ftstore wrote it)
+
+
+NEWER_FORMAT = "newer format: "
 
 
 def list_artifacts(store: Store) -> list[ArtifactRow]:
@@ -93,7 +96,9 @@ def list_artifacts(store: Store) -> list[ArtifactRow]:
             e = store.read_envelope(key)
             rows.append(ArtifactRow(e.name, e.version, e.artifact_type, e.size, e.created_unix_ms, e.scrub.status, "ok"))
         except (FtstoreError, OSError) as err:  # one unreadable entry is a row; the listing goes on
-            rows.append(ArtifactRow(key.name, key.version, None, None, None, None, " ".join(str(err).split())))
+            why = " ".join(str(err).split())
+            rows.append(ArtifactRow(key.name, key.version, None, None, None, None,
+                                    NEWER_FORMAT + why if isinstance(err, NewerFormatError) else why))
     return rows
 
 

@@ -24,13 +24,11 @@ class EnvelopeError(BadInputError):
     """An envelope (or another typed document) that fails strict parsing."""
 
 
-class NewerFormatError(FtstoreError):
+class NewerFormatError(BadInputError):
     """A document written by a newer ftstore, in a format version this one does not know.
     It is neither used nor taken for damage: nothing here rebuilds or rewrites it, since
     that would throw away what the newer release recorded (a team upgrading one machine
     at a time shares its stores with older releases)."""
-
-    exit_code = 2
 
 
 class NotFoundError(FtstoreError, LookupError):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from .conftest import files
-from ftstore import CheckpointManager, DamageError, NotFoundError, Store
+from ftstore import BadInputError, CheckpointManager, DamageError, NotFoundError, Store
 from ftstore.engine.integrity import check
 from ftstore.api import scrub
 from ftstore.engine.leaves import read_envelope
@@ -302,3 +302,35 @@ def test_restore_bundle_of_a_model_the_newest_lacks_is_an_error_not_an_older_che
     with pytest.raises(ModelNotFoundError, match="not in run@2"):
         m.restore_bundle("pytorch", models=["b"], params={}, builders={"a": lambda: torch.nn.Linear(2, 2),
                                                                        "b": lambda: torch.nn.Linear(2, 3)})
+
+
+def test_a_resumed_run_and_a_stray_sidecar_build_the_recorded_overhead(store, make_file, tmp_path):
+    """The protector a resumed run starts passed its own manager's overhead; a repair of a
+    pending version beside an unusable sidecar used 10%. Both now build what the version
+    records."""
+    store.save(make_file(100_000), "run", metadata={"ftstore.step": "1"}, overhead=0.5, protect=False)
+    m = CheckpointManager(store, "run", background=True)  # its own overhead: the default
+    m.restore(tmp_path / "out.bin")
+    m.wait_until_finished()
+    assert read_envelope(files(store, "run@1")).raptorq.overhead == pytest.approx(0.5)
+
+    store.save(make_file(100_000), "other", overhead=0.5, protect=False)
+    paths = files(store, "other@1")
+    paths.sidecar.write_bytes(b"junk")
+    assert scrub(store, repair=True).health == "healthy"
+    assert read_envelope(paths).raptorq.overhead == pytest.approx(0.5) and check(paths).intact
+
+
+def test_metadata_too_large_for_the_sidecar_header_is_refused_before_a_byte_is_written(store, make_file):
+    """17 values of 65,000 characters: the sidecar was written with a header no reader
+    accepts, so verify said ok and 10 damaged bytes were beyond repair."""
+    big = {f"k{i}": "x" * 65_000 for i in range(17)}
+    for protect in (True, False):
+        with pytest.raises(BadInputError, match="metadata takes .* bytes"):
+            store.save(make_file(10_000), "run", metadata=big, protect=protect)
+        with pytest.raises(BadInputError, match="metadata takes .* bytes"):
+            store.save_written(lambda f: f.write(b"x" * 10_000), "run", big, protect=protect)
+    assert store.names() == []
+    small = {f"k{i}": "x" * 65_000 for i in range(8)}
+    store.save(make_file(10_000), "run", metadata=small)
+    assert store.check("run").intact

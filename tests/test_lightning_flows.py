@@ -216,3 +216,23 @@ def test_any_store_publishes_the_checkpoint_and_removes_it(any_store, tmp_path):
     assert io.load_checkpoint(path)["global_step"] == 2
     io.remove_checkpoint(path)
     assert not path.exists() and any_store.names() == []
+
+
+def test_a_sibling_a_newer_ftstore_wrote_is_passed_over_by_the_fallback(store, tmp_path):
+    """It raised NewerFormatError out of the fallback instead of loading the next one."""
+    from .test_newer_format import _newer
+
+    io = FtstoreCheckpointIO(store)
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    for step, n in enumerate("abc"):
+        io.save_checkpoint({"global_step": step, "w": torch.full((1000,), float(step))}, ckpts / f"{n}.ckpt")
+    b = files(store, io.artifact_name(ckpts / "b.ckpt"))
+    b.envelope.write_bytes(_newer(b.envelope.read_bytes(), new_field=True))
+    c = files(store, io.artifact_name(ckpts / "c.ckpt"))
+    c.sidecar.unlink()
+    with open(c.payload, "r+b") as f:
+        f.write(bytes(50))
+    with pytest.warns(UserWarning, match=r"a\.ckpt"):
+        got = io.load_checkpoint(ckpts / "c.ckpt")
+    assert got["global_step"] == 0 and torch.equal(got["w"], torch.zeros(1000))

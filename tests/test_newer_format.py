@@ -90,7 +90,8 @@ def test_every_command_leaves_a_newer_envelope_as_it_is(saved, tmp_path):
     assert res.returncode == 2 and "newer ftstore" in res.stderr
 
     f.sidecar.unlink()  # damage beside it: still nothing is rebuilt from this release's view
-    res = _cli("scrub", "--repair", "--deep", "--store", url, cwd=tmp_path)
+    (f.folder / "shards.json").write_text("{}")  # a file the newer release writes there
+    res = _cli("scrub", "--repair", "--deep", "--remove-orphans", "--store", url, cwd=tmp_path)
     assert res.returncode == 1 and "newer ftstore" in res.stdout + res.stderr, res
     assert "Traceback" not in res.stderr
 
@@ -100,6 +101,7 @@ def test_every_command_leaves_a_newer_envelope_as_it_is(saved, tmp_path):
     assert not (mirror / "artifacts" / "m" / "1").exists()
 
     assert f.envelope.read_bytes() == newer and f.payload.read_bytes() == payload and not f.sidecar.exists()
+    assert (f.folder / "shards.json").read_text() == "{}"
 
 
 def test_one_flipped_bit_in_the_version_is_repaired(saved, tmp_path):
@@ -132,3 +134,48 @@ def test_a_newer_checkpoint_is_passed_over_by_restore(store, tmp_path):
         state = m.restore()
     assert torch.equal(state["w"], torch.ones(3)) and m.restored.step == 1
     assert f.envelope.read_bytes() == newer
+
+
+def test_an_envelope_nested_past_the_stack_is_refused_cleanly(saved, tmp_path):
+    """Nested a little less deep than the decoder allows: checking it once raised
+    RecursionError (exit 3 for verify, ls, scrub and copy, and the rest of the store went
+    unchecked). Each depth is a version of its own, so some land where it once broke."""
+    store, _ = saved
+    src = tmp_path / "small.bin"
+    src.write_bytes(os.urandom(1000))
+    for depth in range(940, 1000, 4):
+        env = store.save(src, "deep")
+        inner = '{"a":' * depth + "1" + "}" * depth
+        files(store, f"deep@{env.version}").envelope.write_text(
+            '{"format":"ftstore-envelope","schema_version":2,"x":' + inner + "}")
+    for args in (["verify"], ["ls"], ["scrub"]):
+        res = _cli(*args, "--store", store.url, cwd=tmp_path)
+        assert res.returncode in (0, 1, 2) and "Traceback" not in res.stderr and "internal" not in res.stderr, res
+    res = _cli("verify", "m", "--store", store.url, cwd=tmp_path)
+    assert res.returncode == 0, res
+
+
+def test_a_repair_refuses_a_version_a_newer_ftstore_wrote(saved):
+    """Whatever calls it (a load or restore on a store whose working copy is checked
+    again, after a newer node rewrote the envelope): nothing is rebuilt."""
+    from ftstore.engine.integrity import check, repair
+
+    store, _ = saved
+    f = files(store, "m@1")
+    newer = _newer(f.envelope.read_bytes(), new_field=True)
+    f.envelope.write_bytes(newer)
+    with open(f.payload, "r+b") as p:
+        p.write(b"\0" * 1000)
+    health = check(f)
+    assert health.newer_format and not health.files_damaged and not health.damaged
+    with pytest.raises(NewerFormatError):
+        repair(f, health, reason="test")
+    assert f.envelope.read_bytes() == newer
+
+
+def test_ls_names_a_newer_version_as_such(saved, tmp_path):
+    store, _ = saved
+    f = files(store, "m@1")
+    f.envelope.write_bytes(_newer(f.envelope.read_bytes(), new_field=False))
+    res = _cli("ls", "--store", store.url, cwd=tmp_path)
+    assert res.returncode == 0 and "written by a newer ftstore" in res.stdout and "scrub --repair" not in res.stdout

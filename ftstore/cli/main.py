@@ -33,7 +33,7 @@ def _health_doc(h: api.Health) -> dict:
         "ref": h.ref,
         "status": "ok" if h.intact else "damaged" if h.damaged else "newer_format",
         "problems": h.problems,
-        "protection": "pending" if h.pending_protection else "protected",
+        "protection": "unknown" if h.newer_format else "pending" if h.pending_protection else "protected",
     }
 
 
@@ -101,7 +101,9 @@ def ls_cmd(store_path, as_json):
         return
     click.echo(f"{'NAME':<32} {'VER':>4}  {'TYPE':<20} {'SIZE':>10}  STATUS")
     for r in rows:
-        status = r["scrub_status"] if r["envelope"] == "ok" else "envelope damaged (run `ftstore scrub --repair`)"
+        status = (r["scrub_status"] if r["envelope"] == "ok"
+                  else "written by a newer ftstore" if r["envelope"].startswith(api.NEWER_FORMAT)
+                  else "envelope damaged (run `ftstore scrub --repair`)")
         size = human_size(r["size"]) if r["size"] is not None else "?"
         click.echo(f"{r['name']:<32} {r['version']:>4}  {r['type'] or '?':<20} {size:>10}  {status}")
 

@@ -31,6 +31,7 @@ _EXPORTS = {
     "SidecarBuild": "build",
     "SidecarInfo": "build",
     "SymbolHasher": "build",
+    "check_header_fits": "build",
     "patch_in_place": "build",
     "patched_digest": "build",
     "write_sidecar": "build",
@@ -47,7 +48,15 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 
 if TYPE_CHECKING:
-    from ftstore.codec.build import SidecarBuild, SidecarInfo, SymbolHasher, patch_in_place, patched_digest, write_sidecar
+    from ftstore.codec.build import (
+        SidecarBuild,
+        SidecarInfo,
+        SymbolHasher,
+        check_header_fits,
+        patch_in_place,
+        patched_digest,
+        write_sidecar,
+    )
     from ftstore.codec.decoder import StripeOutcome, check_and_decode
     from ftstore.codec.layout import DEFAULT_OVERHEAD, MAX_OVERHEAD, MIN_OVERHEAD, Layout
     from ftstore.codec.rq import library_version

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ftstore.durable import NotRegularFileError, clear_folder_at, open_regular
-from ftstore.errors import UnrecoverableError
+from ftstore.errors import BadInputError, UnrecoverableError
 from ftstore.hashing import CHUNK, SYMBOL_HASH_BYTES, format_hash, hash_file, new_hasher, read_ahead, symbol_hash
 from ftstore.codec.decoder import StripeOutcome
 from ftstore.codec.encoder import encode_sidecar_body
@@ -17,6 +17,7 @@ from ftstore.codec.layout import Layout
 from ftstore.codec.rq import library_version
 from ftstore.documents.envelope import ArtifactEssentials
 from ftstore.codec.sidecar import (
+    MAX_HEADER_BYTES,
     SidecarHeader,
     SidecarMeta,
     block_length,
@@ -64,6 +65,35 @@ class SymbolHasher:
         return b"".join(self.parts + tail)
 
 
+# Digits a version may still gain between a build's start and its finish (a save that lost
+# its number to a concurrent writer finishes with the next free one).
+_VERSION_DIGITS_SPARE = 12
+
+
+def check_header_fits(template: ArtifactEssentials, overhead: float, symbol_size: int | None = None) -> None:
+    """Refuse, before a byte is written, an artifact whose sidecar header would outgrow what
+    readers accept (``MAX_HEADER_BYTES``): such a sidecar would be written, and then be
+    refused as unreadable by every repair. The header holds the artifact's metadata and a
+    count per stripe, so too much metadata, or a payload of terabytes, outgrows it."""
+    layout = Layout.plan(template.size, overhead, symbol_size)
+    header = SidecarHeader(library_version=library_version(), payload_size=layout.size,
+                           symbol_size=layout.symbol_size, stripes=layout.stripes,
+                           source_symbols=layout.source_symbols, overhead=overhead,
+                           repair_symbols_per_stripe=list(layout.repair_counts), artifact=template,
+                           artifact_version=1)
+    _check_room(len(header_bytes(header)), template)
+
+
+def _check_room(header_len: int, template: ArtifactEssentials) -> None:
+    if header_len + _VERSION_DIGITS_SPARE <= MAX_HEADER_BYTES:
+        return
+    metadata = len(header_bytes(template.metadata))  # type: ignore[arg-type]
+    why = (f"its metadata takes {metadata} bytes: store less of it" if metadata * 2 > header_len
+           else f"a payload of {template.size} bytes is more than one artifact can protect at this overhead")
+    raise BadInputError(f"the repair sidecar's header would be {header_len} bytes, over the "
+                        f"{MAX_HEADER_BYTES} readers accept; {why}")
+
+
 class SidecarBuild:
     """A sidecar written in two steps: ``encode`` the repair region from a file, then
     ``finish`` with the final essentials (whose ``source_hash`` may be learned meanwhile:
@@ -79,7 +109,9 @@ class SidecarBuild:
         self.overhead = overhead
         self.version = version
         self.layout = Layout.plan(template.size, overhead, symbol_size)
-        self.block_len = block_length(header_bytes(self._header(template)), self.layout)
+        header = header_bytes(self._header(template))
+        _check_room(len(header), template)
+        self.block_len = block_length(header, self.layout)
         self.source_table = b""
         self.repair_table = b""
 

@@ -63,15 +63,22 @@ def _check_version(data: bytes, source: str) -> None:
     except DECODE_ERRORS as e:
         raise EnvelopeError(f"{source}: malformed envelope JSON: {e}") from None
     if isinstance(raw, dict) and "schema_version" in raw and raw["schema_version"] != ENVELOPE_SCHEMA_VERSION:
-        found = raw["schema_version"]
+        found = _shown(raw["schema_version"])
         if _from_a_newer_release(raw):
             raise NewerFormatError(
                 f"{source}: written by a newer ftstore (envelope schema_version {found}; this ftstore reads "
                 f"{ENVELOPE_SCHEMA_VERSION}): upgrade ftstore to use or repair it; nothing was changed"
             )
         raise EnvelopeError(
-            f"{source}: unsupported `$.schema_version` {found!r}: this ftstore reads version {ENVELOPE_SCHEMA_VERSION}"
+            f"{source}: unsupported `$.schema_version` {found}: this ftstore reads version {ENVELOPE_SCHEMA_VERSION}"
         )
+
+
+def _shown(value: object) -> str:
+    """A found version for a one-line message: never a document, never a thousand digits."""
+    if type(value) in (str, bool, float) or (type(value) is int and abs(value) < 10**18):
+        return repr(value)[:40]
+    return "(not a version number)"
 
 
 def _from_a_newer_release(raw: dict) -> bool:
@@ -84,7 +91,7 @@ def _from_a_newer_release(raw: dict) -> bool:
     if type(found) is not int or found <= ENVELOPE_SCHEMA_VERSION or raw.get("format") != "ftstore-envelope":
         return False
     try:
-        decode_envelope(msgspec.json.encode({**raw, "schema_version": ENVELOPE_SCHEMA_VERSION}))
-    except EnvelopeError:
+        env = msgspec.convert({**raw, "schema_version": ENVELOPE_SCHEMA_VERSION}, Envelope)
+    except (msgspec.ValidationError, RecursionError):  # nested deeper than any envelope of ours
         return True
-    return False
+    return env.checksum != envelope_checksum(env)

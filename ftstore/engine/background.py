@@ -1,5 +1,5 @@
 """``python -m ftstore.engine.background STORE_URL NAME VERSION [ARTIFACT_ID [OVERHEAD]]``:
-build a pending sidecar, with the overhead its saver asked for (default 10%).
+build a pending sidecar, with the overhead given, else the one its saver asked for.
 
 Started by the checkpoint manager (and the Lightning plugin) with background protection, in
 its own session, so it finishes even if the training process that started it is killed.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 
-from ftstore.codec.layout import DEFAULT_OVERHEAD
 from ftstore.documents import ArtifactKey, parse_ref
 from ftstore.engine.integrity import protect_pending
 from ftstore.engine.leaves import FolderLeaves, StoredLeaves, read_envelope
@@ -20,7 +19,7 @@ from ftstore.stores import open_store
 
 
 def protect_in_store(store_url: str, name: str, version: int, artifact_id: str | None = None,
-                     overhead: float = DEFAULT_OVERHEAD) -> None:
+                     overhead: float | None = None) -> None:
     store = open_store(store_url)
     key = ArtifactKey(parse_ref(name).name, version)
     with store.working_copy(key) as folder:
@@ -47,7 +46,7 @@ def main(argv: list[str]) -> int:
     url, name, version = argv[:3]
     artifact_id = argv[3] if len(argv) > 3 else None
     try:
-        number, overhead = int(version), float(argv[4]) if len(argv) > 4 else DEFAULT_OVERHEAD
+        number, overhead = int(version), float(argv[4]) if len(argv) > 4 else None
     except ValueError as e:
         print(f"ftstore protect: {e}", file=sys.stderr)
         return 2

@@ -293,6 +293,8 @@ def repair(files: FolderLeaves, health: Health, reason: str, jobs: int | None = 
     the old proofs (they were in the envelope that was lost or refused), so its chain starts
     afresh: the first proof of this repair has ``prev_proof_hash`` null."""
     ref = health.ref
+    if health.newer_format:  # what it would rebuild is this release's idea of the version
+        raise NewerFormatError(health.newer_format)
     res = RepairResult()
     env = health.envelope
     meta, meta_problem = trusted_meta(files, env)
@@ -319,7 +321,8 @@ def repair(files: FolderLeaves, health: Health, reason: str, jobs: int | None = 
 
     rq = env.raptorq if env else None
     if health.sidecar_problem or (env is None and meta is None) or (env is not None and rq is None):
-        overhead = rq.overhead if rq else (meta.header.overhead if meta else 0.1)
+        overhead = (rq.overhead if rq else meta.header.overhead if meta
+                    else requested_overhead(env) if env else DEFAULT_OVERHEAD)
         symbol = rq.symbol_size if rq else (meta.header.symbol_size if meta else None)
         info = _replace_sidecar(files, ess, overhead, symbol, jobs)
         res.verified[SIDECAR] = (info.hash, info.size)

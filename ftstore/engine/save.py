@@ -30,7 +30,7 @@ from pathlib import Path
 
 import msgspec
 
-from ftstore.codec import DEFAULT_OVERHEAD, MAX_OVERHEAD, MIN_OVERHEAD, SidecarBuild, SymbolHasher
+from ftstore.codec import DEFAULT_OVERHEAD, MAX_OVERHEAD, MIN_OVERHEAD, SidecarBuild, SymbolHasher, check_header_fits
 from ftstore.codec.encoder import PARALLEL_MIN_BYTES
 from ftstore.codec.parallel import warm as warm_workers
 from ftstore.documents import (
@@ -59,7 +59,9 @@ def validated_request(src: str | os.PathLike, name: str, artifact_type: str, met
     check_request(name, artifact_type, overhead)
     if not src.is_file():
         raise BadInputError(f"{src}: no such file" if not src.exists() else f"{src}: not a regular file")
-    return src, new_essentials(name, artifact_type, metadata, src.stat().st_size)
+    template = new_essentials(name, artifact_type, metadata, src.stat().st_size)
+    check_header_fits(template, overhead)  # also when protection is left pending: no sidecar could be built later
+    return src, template
 
 
 def check_request(name: str, artifact_type: str, overhead: float) -> None:

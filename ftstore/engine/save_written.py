@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from ftstore.codec import DEFAULT_OVERHEAD, SidecarBuild
+from ftstore.codec import DEFAULT_OVERHEAD, SidecarBuild, check_header_fits
 from ftstore.documents import ArtifactEssentials, Envelope
 from ftstore.durable import HashingWriter, write_hashing
 from ftstore.engine.integrity import pending_metadata
@@ -40,7 +40,8 @@ def save_written(
     check_request(name, "file", overhead)
     if not protect:
         metadata = pending_metadata(metadata, overhead)
-    new_essentials(name, "file", metadata, 0)  # metadata refused before anything is written
+    # metadata refused before anything is written
+    check_header_fits(new_essentials(name, "file", metadata, 0), overhead)
 
     def bring_in(staging: Staging) -> tuple[ArtifactEssentials, SidecarBuild | None]:
         staged = staging.workdir / PAYLOAD

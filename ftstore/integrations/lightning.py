@@ -56,7 +56,7 @@ from ftstore.api import Store
 from ftstore.documents import ArtifactKey, is_name
 from ftstore.durable import fsync_dir, try_link
 from ftstore.hashing import hash_bytes, hash_file
-from ftstore.errors import BadInputError, DamageError, EnvelopeError, NotFoundError
+from ftstore.errors import BadInputError, DamageError, EnvelopeError, NewerFormatError, NotFoundError
 from ftstore.training.protection import BackgroundProtector
 
 _BAD = re.compile(r"[^A-Za-z0-9._-]")
@@ -101,7 +101,7 @@ class FtstoreCheckpointIO(CheckpointIO):
         self.overhead = overhead
         self.background = background
         self.fallback = fallback
-        self._protector = BackgroundProtector(store.url, overhead)
+        self._protector = BackgroundProtector(store.url)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
         self._removed_early: set[str] = set()
@@ -263,7 +263,7 @@ class FtstoreCheckpointIO(CheckpointIO):
                 continue
             try:
                 env = self.store.read_envelope(name)
-            except (EnvelopeError, NotFoundError):
+            except (EnvelopeError, NewerFormatError, NotFoundError):
                 continue
             meta = env.metadata
             if meta.get(DIR_KEY) != folder_key or PATH_KEY not in meta:
@@ -277,7 +277,7 @@ class FtstoreCheckpointIO(CheckpointIO):
     def _step_of(self, key: ArtifactKey) -> int | None:
         try:
             return _int(self.store.read_envelope(key).metadata.get(STEP_KEY))
-        except EnvelopeError:
+        except (EnvelopeError, NewerFormatError):
             return None
 
     # -- remove ----------------------------------------------------------------------------

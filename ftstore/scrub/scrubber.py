@@ -18,11 +18,11 @@ import msgspec
 from ftstore.codec import read_meta
 from ftstore.codec.deep import prove_recoverable
 from ftstore.codec.parallel import default_jobs, pmap
-from ftstore.documents import ArtifactKey, ScrubSection, canonical
+from ftstore.documents import ArtifactKey, ScrubSection, canonical, version_of
 from ftstore.documents.printable import encode_printable
 from ftstore.engine.integrity import Health, check, protect_pending, remove_dead_spills, repair
 from ftstore.engine.leaves import FolderLeaves, StoredLeaves, read_envelope
-from ftstore.errors import BadInputError, FtstoreError
+from ftstore.errors import BadInputError, FtstoreError, NewerFormatError
 from ftstore.scrub.report import ArtifactScrub, DeepCheck, Orphan, ScrubOptions, ScrubReport, Totals
 from ftstore.stores import StoreBackend, open_store
 from ftstore.stores.backend import PAYLOAD, SIDECAR
@@ -239,16 +239,43 @@ def _orphans(store: StoreBackend, remove: bool, warn: Callable[[str], None]) -> 
     except (FtstoreError, OSError) as e:
         warn(f"orphans could not be listed: {_one_line(e)}")
         return []
-    out = []
+    out, newer = [], _NewerVersions(store)
     for o in found:
         removed = False
-        if remove:
+        if remove and newer.holds(o.path):
+            warn(f"{o.path} left in place: its version was written by a newer ftstore, which may have put it there")
+        elif remove:
             try:
                 removed = store.remove_orphan(o.path)
             except (FtstoreError, OSError) as e:
                 warn(f"orphan {o.path} could not be removed: {_one_line(e)}")
         out.append(Orphan(path=o.path, reason=o.reason, removed=removed))
     return out
+
+
+class _NewerVersions:
+    """Which orphan paths lie in a version folder whose envelope a newer ftstore wrote: a
+    file there that this release does not know may be one the newer release writes."""
+
+    def __init__(self, store: StoreBackend):
+        self.store = store
+        self.known: dict[ArtifactKey, bool] = {}
+
+    def holds(self, path: str) -> bool:
+        parts = path.split("/")
+        version = version_of(parts[2]) if len(parts) == 4 and parts[0] == "artifacts" else None
+        if version is None:
+            return False
+        key = ArtifactKey(parts[1], version)
+        if key not in self.known:
+            try:
+                read_envelope(StoredLeaves(self.store, key))
+                self.known[key] = False
+            except NewerFormatError:
+                self.known[key] = True
+            except (FtstoreError, OSError):
+                self.known[key] = False
+        return self.known[key]
 
 
 class _Pace:

@@ -121,7 +121,7 @@ class CheckpointManager:
     def __post_init__(self) -> None:
         parse_ref(self.name)
         self.policy = RetentionPolicy(self.keep_last, self.keep_every, self.keep_best, self.best_metric, self.best_mode)
-        self._protector = BackgroundProtector(self.store.url, self.overhead)
+        self._protector = BackgroundProtector(self.store.url)
 
     # -- listing ----------------------------------------------------------------
     def checkpoints(self, rebuild: bool = False) -> list[Checkpoint]:

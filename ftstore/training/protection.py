@@ -44,9 +44,8 @@ class _Job:
 
 
 class BackgroundProtector:
-    def __init__(self, store_url: str, overhead: float = 0.10):
+    def __init__(self, store_url: str):
         self.store_url = store_url
-        self.overhead = float(overhead)  # the sidecars' repair overhead: what the saver asked for
         self._procs: dict[ArtifactKey, _Job] = {}
         self._errors: list[str] = []
         self._lock = threading.Lock()
@@ -56,8 +55,9 @@ class BackgroundProtector:
         err = tempfile.TemporaryFile()
         try:
             proc = subprocess.Popen(
+                # the overhead is the one the version records: its saver's, whoever starts this
                 interpreter.command("ftstore.engine.background", self.store_url, key.name, str(key.version),
-                                    artifact_id, repr(self.overhead)),
+                                    artifact_id),
                 start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
             )
         except BaseException:
