@@ -236,3 +236,29 @@ def test_a_sibling_a_newer_ftstore_wrote_is_passed_over_by_the_fallback(store, t
     with pytest.warns(UserWarning, match=r"a\.ckpt"):
         got = io.load_checkpoint(ckpts / "c.ckpt")
     assert got["global_step"] == 0 and torch.equal(got["w"], torch.zeros(1000))
+
+
+def test_a_removal_stands_for_a_queued_save_only_where_saves_run_on_another_thread(store, tmp_path):
+    """With Lightning's own (synchronous) saving, removing a path that holds nothing used
+    to drop the next save to that path for good: the trainer believed it saved."""
+    import threading
+
+    io = FtstoreCheckpointIO(store)
+    io.save_checkpoint({"global_step": 1}, tmp_path / "a.ckpt")
+    io.remove_checkpoint(tmp_path / "b.ckpt")
+    io.save_checkpoint({"global_step": 2}, tmp_path / "b.ckpt")
+    assert (tmp_path / "b.ckpt").exists() and store.check(io.artifact_name(tmp_path / "b.ckpt")).intact
+
+    queued = FtstoreCheckpointIO(store)  # as under AsyncCheckpointIO: saves run in its thread
+
+    def save_in_a_thread(step: int, path) -> None:
+        t = threading.Thread(target=queued.save_checkpoint, args=({"global_step": step}, path))
+        t.start()
+        t.join()
+
+    save_in_a_thread(3, tmp_path / "c.ckpt")
+    queued.remove_checkpoint(tmp_path / "d.ckpt")  # pruned while its save waits in the queue
+    save_in_a_thread(4, tmp_path / "d.ckpt")
+    assert not (tmp_path / "d.ckpt").exists() and not store.versions(queued.artifact_name(tmp_path / "d.ckpt"))
+    save_in_a_thread(5, tmp_path / "d.ckpt")  # only that one save is dropped
+    assert (tmp_path / "d.ckpt").exists()

@@ -105,6 +105,7 @@ class FtstoreCheckpointIO(CheckpointIO):
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
         self._removed_early: set[str] = set()
+        self._save_threads: set[int] = set()  # threads that have called save_checkpoint
         self._tidier: ThreadPoolExecutor | None = None
         self._tidy_jobs: list[Future] = []
 
@@ -144,6 +145,8 @@ class FtstoreCheckpointIO(CheckpointIO):
         for key, field in ((STEP_KEY, "global_step"), (EPOCH_KEY, "epoch")):
             if isinstance(checkpoint.get(field), int):
                 meta[key] = str(checkpoint[field])
+        with self._locks_lock:
+            self._save_threads.add(threading.get_ident())
         with self._locked(name):
             if name in self._removed_early:  # removed while this save waited in AsyncCheckpointIO's queue
                 self._removed_early.discard(name)
@@ -284,8 +287,9 @@ class FtstoreCheckpointIO(CheckpointIO):
     def remove_checkpoint(self, path: str | os.PathLike) -> None:
         """Remove the file at ``path`` and its artifact. A symbolic link (``save_last="link"``)
         is only unlinked: the checkpoint it points to is another path's. A path with nothing
-        saved yet is one whose save ``AsyncCheckpointIO`` still has queued: that save is
-        dropped when it comes, so top-k pruning leaves no stray checkpoint behind."""
+        saved yet, where saves run on another thread, is one whose save ``AsyncCheckpointIO``
+        may still have queued: that save is dropped when it comes, so top-k pruning leaves no
+        stray checkpoint behind."""
         target = _Target.of(path)
         if target.local and os.path.islink(target.path):
             os.unlink(target.path)
@@ -294,12 +298,21 @@ class FtstoreCheckpointIO(CheckpointIO):
         with self._locked(name):
             versions = self.store.versions(name)
             if not versions and not target.exists():
-                self._removed_early.add(name)  # its save is still queued: it will not happen
+                if self._saves_may_be_queued():
+                    self._removed_early.add(name)  # its save is still queued: it will not happen
                 return
             if target.fs.exists(target.path):
                 target.fs.rm(target.path, recursive=True)
             for v in versions:
                 self._delete(ArtifactKey(name, v))
+
+    def _saves_may_be_queued(self) -> bool:
+        """Whether a save can still be waiting to be called: not where every save so far
+        ran on the thread that removes (Lightning's own saving, synchronous). There, a path
+        with nothing saved was never going to be: marking it would drop a later save to the
+        same path (a rerun reaching that step again), which the trainer believes made."""
+        with self._locks_lock:
+            return self._save_threads != {threading.get_ident()}
 
     def _delete(self, key: ArtifactKey) -> None:
         self._protector.cancel(key)
