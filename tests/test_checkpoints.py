@@ -334,3 +334,31 @@ def test_metadata_too_large_for_the_sidecar_header_is_refused_before_a_byte_is_w
     small = {f"k{i}": "x" * 65_000 for i in range(8)}
     store.save(make_file(10_000), "run", metadata=small)
     assert store.check("run").intact
+
+
+def test_a_pending_save_written_checks_the_header_for_its_real_size(store):
+    """Checked at size 0 only, a streamed checkpoint saved with protection pending could
+    commit with a header no sidecar could hold: every protector and scrub then failed."""
+    from ftstore.codec import check_header_fits
+    from ftstore.engine.save import new_essentials
+
+    payload = 3_000_000
+
+    def fits(pad: int, size: int) -> bool:
+        meta = {f"k{i}": "x" * 65_000 for i in range(16)} | {"pad": "x" * pad, "ftstore.overhead": "0.1"}
+        try:
+            check_header_fits(new_essentials("a", "file", meta, size), 0.1)
+            return True
+        except BadInputError:
+            return False
+
+    lo, hi = 0, 65_000  # the largest pad that fits at size 0
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid, 0) else (lo, mid - 1)
+    assert fits(lo, 0) and not fits(lo, payload)
+    meta = {f"k{i}": "x" * 65_000 for i in range(16)} | {"pad": "x" * lo, "ftstore.overhead": "0.1"}
+    for protect in (False, True):
+        with pytest.raises(BadInputError, match="header would be"):
+            store.save_written(lambda f: f.write(b"\0" * payload), "a", meta, 0.1, protect=protect)
+    assert store.names() == []

@@ -238,27 +238,30 @@ def test_a_sibling_a_newer_ftstore_wrote_is_passed_over_by_the_fallback(store, t
     assert got["global_step"] == 0 and torch.equal(got["w"], torch.zeros(1000))
 
 
-def test_a_removal_stands_for_a_queued_save_only_where_saves_run_on_another_thread(store, tmp_path):
-    """With Lightning's own (synchronous) saving, removing a path that holds nothing used
-    to drop the next save to that path for good: the trainer believed it saved."""
-    import threading
+def test_a_removal_stands_for_a_queued_save_only_while_a_saving_thread_lives(store, tmp_path):
+    """With Lightning's own (synchronous) saving, and between stages, removing a path that
+    holds nothing used to drop the next save to that path for good, while the trainer
+    believed it saved: OnExceptionCheckpoint removes its path at every teardown."""
+    from concurrent.futures import ThreadPoolExecutor
 
     io = FtstoreCheckpointIO(store)
+    io.remove_checkpoint(tmp_path / "on_exception.ckpt")  # a stage's teardown, nothing saved yet
     io.save_checkpoint({"global_step": 1}, tmp_path / "a.ckpt")
     io.remove_checkpoint(tmp_path / "b.ckpt")
-    io.save_checkpoint({"global_step": 2}, tmp_path / "b.ckpt")
-    assert (tmp_path / "b.ckpt").exists() and store.check(io.artifact_name(tmp_path / "b.ckpt")).intact
+    for path in ("on_exception.ckpt", "b.ckpt"):
+        io.save_checkpoint({"global_step": 2}, tmp_path / path)
+        assert (tmp_path / path).exists() and store.check(io.artifact_name(tmp_path / path)).intact
 
-    queued = FtstoreCheckpointIO(store)  # as under AsyncCheckpointIO: saves run in its thread
-
-    def save_in_a_thread(step: int, path) -> None:
-        t = threading.Thread(target=queued.save_checkpoint, args=({"global_step": step}, path))
-        t.start()
-        t.join()
-
-    save_in_a_thread(3, tmp_path / "c.ckpt")
-    queued.remove_checkpoint(tmp_path / "d.ckpt")  # pruned while its save waits in the queue
-    save_in_a_thread(4, tmp_path / "d.ckpt")
-    assert not (tmp_path / "d.ckpt").exists() and not store.versions(queued.artifact_name(tmp_path / "d.ckpt"))
-    save_in_a_thread(5, tmp_path / "d.ckpt")  # only that one save is dropped
+    executor = ThreadPoolExecutor(1)  # as AsyncCheckpointIO's: its thread lives until the stage ends
+    executor.submit(io.save_checkpoint, {"global_step": 3}, tmp_path / "c.ckpt").result()
+    io.remove_checkpoint(tmp_path / "d.ckpt")  # pruned while its save may wait in the queue
+    executor.submit(io.save_checkpoint, {"global_step": 4}, tmp_path / "d.ckpt").result()
+    assert (tmp_path / "c.ckpt").exists()
+    assert not (tmp_path / "d.ckpt").exists() and not store.versions(io.artifact_name(tmp_path / "d.ckpt"))
+    executor.submit(io.save_checkpoint, {"global_step": 5}, tmp_path / "d.ckpt").result()  # only that one
     assert (tmp_path / "d.ckpt").exists()
+
+    executor.shutdown(wait=True)  # the stage ended: nothing can be queued any more
+    io.remove_checkpoint(tmp_path / "e.ckpt")
+    io.save_checkpoint({"global_step": 6}, tmp_path / "e.ckpt")
+    assert (tmp_path / "e.ckpt").exists()

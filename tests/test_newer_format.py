@@ -179,3 +179,30 @@ def test_ls_names_a_newer_version_as_such(saved, tmp_path):
     f.envelope.write_bytes(_newer(f.envelope.read_bytes(), new_field=False))
     res = _cli("ls", "--store", store.url, cwd=tmp_path)
     assert res.returncode == 0 and "written by a newer ftstore" in res.stdout and "scrub --repair" not in res.stdout
+
+
+def test_remove_orphans_leaves_everything_under_a_newer_version(any_store, tmp_path):
+    """On S3, an object two levels down in a newer version's prefix was removed as a
+    stray object: the guard knew only paths one level down."""
+    from .conftest import ArtifactFiles
+    from ftstore.api import scrub
+
+    src = tmp_path / "p.bin"
+    src.write_bytes(os.urandom(100_000))
+    env = any_store.save(src, "m")
+    key = any_store.resolve("m")
+    leaves = ArtifactFiles(any_store, key)
+    newer = _newer(leaves.read("envelope.json"), new_field=True)
+    leaves.write("envelope.json", newer)
+    if any_store.backend.capabilities.local_files:
+        (any_store.backend.version_dir(key) / "chunks").mkdir()
+        (any_store.backend.version_dir(key) / "chunks" / "0001").write_bytes(b"x")
+        (any_store.backend.version_dir(key) / "newfile").write_bytes(b"y")
+    else:
+        any_store.backend._put(any_store.backend._vkey(key, "chunks/0001"), b"x")
+        any_store.backend._put(any_store.backend._vkey(key, "newfile"), b"y")
+    with pytest.warns(UserWarning, match="newer ftstore"):
+        report = scrub(any_store, repair=True, remove_orphans=True)
+    assert report.orphans and not any(o.removed for o in report.orphans)
+    assert leaves.read("envelope.json") == newer and leaves.read("payload") == src.read_bytes()
+    assert env.version == 1

@@ -16,6 +16,7 @@ from ftstore.codec.encoder import encode_sidecar_body
 from ftstore.codec.layout import Layout
 from ftstore.codec.rq import library_version
 from ftstore.documents.envelope import ArtifactEssentials
+from ftstore.documents.names import MAX_VERSION
 from ftstore.codec.sidecar import (
     MAX_HEADER_BYTES,
     SidecarHeader,
@@ -65,11 +66,6 @@ class SymbolHasher:
         return b"".join(self.parts + tail)
 
 
-# Digits a version may still gain between a build's start and its finish (a save that lost
-# its number to a concurrent writer finishes with the next free one).
-_VERSION_DIGITS_SPARE = 12
-
-
 def check_header_fits(template: ArtifactEssentials, overhead: float, symbol_size: int | None = None) -> None:
     """Refuse, before a byte is written, an artifact whose sidecar header would outgrow what
     readers accept (``MAX_HEADER_BYTES``): such a sidecar would be written, and then be
@@ -80,17 +76,17 @@ def check_header_fits(template: ArtifactEssentials, overhead: float, symbol_size
                            symbol_size=layout.symbol_size, stripes=layout.stripes,
                            source_symbols=layout.source_symbols, overhead=overhead,
                            repair_symbols_per_stripe=list(layout.repair_counts), artifact=template,
-                           artifact_version=1)
-    _check_room(len(header_bytes(header)), template)
+                           artifact_version=MAX_VERSION)  # the number is known only at the commit: the longest
+    _check_room(header_bytes(header), template)
 
 
-def _check_room(header_len: int, template: ArtifactEssentials) -> None:
-    if header_len + _VERSION_DIGITS_SPARE <= MAX_HEADER_BYTES:
+def _check_room(header: bytes, template: ArtifactEssentials) -> None:
+    if len(header) <= MAX_HEADER_BYTES:
         return
     metadata = len(header_bytes(template.metadata))  # type: ignore[arg-type]
-    why = (f"its metadata takes {metadata} bytes: store less of it" if metadata * 2 > header_len
+    why = (f"its metadata takes {metadata} bytes: store less of it" if metadata * 2 > len(header)
            else f"a payload of {template.size} bytes is more than one artifact can protect at this overhead")
-    raise BadInputError(f"the repair sidecar's header would be {header_len} bytes, over the "
+    raise BadInputError(f"the repair sidecar's header would be {len(header)} bytes, over the "
                         f"{MAX_HEADER_BYTES} readers accept; {why}")
 
 
@@ -110,7 +106,7 @@ class SidecarBuild:
         self.version = version
         self.layout = Layout.plan(template.size, overhead, symbol_size)
         header = header_bytes(self._header(template))
-        _check_room(len(header), template)
+        _check_room(header, template)
         self.block_len = block_length(header, self.layout)
         self.source_table = b""
         self.repair_table = b""
@@ -142,6 +138,7 @@ class SidecarBuild:
         if version is not None:
             self.version = version
         hj = header_bytes(self._header(essentials))
+        _check_room(hj, essentials)  # a later version number may have more digits
         block_len = block_length(hj, self.layout)
         if block_len != self.block_len:
             self._move_repair_region(block_len)

@@ -48,6 +48,7 @@ def save_written(
         durable = not protect and store.capabilities.local_files  # else synced while encoding, or uploaded
         digest, size = write_hashing(staged, write, durable=durable)
         essentials = msgspec.structs.replace(new_essentials(name, "file", metadata, size), source_hash=digest)
+        check_header_fits(essentials, overhead)  # its size is known now (a pending one's sidecar comes later)
 
         def flush() -> None:
             staging.add(PAYLOAD, staged)  # a no-op where the staged file is the stored one

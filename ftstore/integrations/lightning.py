@@ -105,7 +105,7 @@ class FtstoreCheckpointIO(CheckpointIO):
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
         self._removed_early: set[str] = set()
-        self._save_threads: set[int] = set()  # threads that have called save_checkpoint
+        self._savers: set[int] = set()  # threads that have saved (AsyncCheckpointIO's, or the trainer's)
         self._tidier: ThreadPoolExecutor | None = None
         self._tidy_jobs: list[Future] = []
 
@@ -139,14 +139,14 @@ class FtstoreCheckpointIO(CheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
         if storage_options is not None:
             raise TypeError("`Trainer.save_checkpoint(..., storage_options=...)` is not supported by FtstoreCheckpointIO")
+        with self._locks_lock:
+            self._savers.add(threading.get_ident())
         target = _Target.of(path)
         name = self._name(target.key)
         meta = {PATH_KEY: target.key, DIR_KEY: target.folder_key}
         for key, field in ((STEP_KEY, "global_step"), (EPOCH_KEY, "epoch")):
             if isinstance(checkpoint.get(field), int):
                 meta[key] = str(checkpoint[field])
-        with self._locks_lock:
-            self._save_threads.add(threading.get_ident())
         with self._locked(name):
             if name in self._removed_early:  # removed while this save waited in AsyncCheckpointIO's queue
                 self._removed_early.discard(name)
@@ -287,9 +287,9 @@ class FtstoreCheckpointIO(CheckpointIO):
     def remove_checkpoint(self, path: str | os.PathLike) -> None:
         """Remove the file at ``path`` and its artifact. A symbolic link (``save_last="link"``)
         is only unlinked: the checkpoint it points to is another path's. A path with nothing
-        saved yet, where saves run on another thread, is one whose save ``AsyncCheckpointIO``
-        may still have queued: that save is dropped when it comes, so top-k pruning leaves no
-        stray checkpoint behind."""
+        saved yet, while another thread that saves is alive, is one whose save
+        ``AsyncCheckpointIO`` may still have queued: that save is dropped when it comes, so
+        top-k pruning leaves no stray checkpoint behind."""
         target = _Target.of(path)
         if target.local and os.path.islink(target.path):
             os.unlink(target.path)
@@ -307,12 +307,16 @@ class FtstoreCheckpointIO(CheckpointIO):
                 self._delete(ArtifactKey(name, v))
 
     def _saves_may_be_queued(self) -> bool:
-        """Whether a save can still be waiting to be called: not where every save so far
-        ran on the thread that removes (Lightning's own saving, synchronous). There, a path
-        with nothing saved was never going to be: marking it would drop a later save to the
-        same path (a rerun reaching that step again), which the trainer believes made."""
+        """Whether a save can still be waiting in ``AsyncCheckpointIO``'s queue: only while
+        a thread other than this one that has saved is alive (its executor's thread, which
+        ``AsyncCheckpointIO`` joins at every stage's end). Not with synchronous saving, nor
+        between stages: there, a path with nothing saved was never going to be, and marking
+        it would drop a later save to it (``OnExceptionCheckpoint`` removes its path at
+        every teardown, and saves to it when a later run fails)."""
+        me = threading.get_ident()
+        alive = {t.ident for t in threading.enumerate()}
         with self._locks_lock:
-            return self._save_threads != {threading.get_ident()}
+            return any(t != me and t in alive for t in self._savers)
 
     def _delete(self, key: ArtifactKey) -> None:
         self._protector.cancel(key)

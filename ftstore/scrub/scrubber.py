@@ -263,7 +263,7 @@ class _NewerVersions:
 
     def holds(self, path: str) -> bool:
         parts = path.split("/")
-        version = version_of(parts[2]) if len(parts) == 4 and parts[0] == "artifacts" else None
+        version = version_of(parts[2]) if len(parts) >= 4 and parts[0] == "artifacts" else None
         if version is None:
             return False
         key = ArtifactKey(parts[1], version)
