@@ -40,6 +40,7 @@ import re
 import threading
 import uuid
 import warnings
+import weakref
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -105,7 +106,9 @@ class FtstoreCheckpointIO(CheckpointIO):
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
         self._removed_early: set[str] = set()
-        self._savers: set[int] = set()  # threads that have saved (AsyncCheckpointIO's, or the trainer's)
+        # threads that have saved (AsyncCheckpointIO's, or the trainer's); the objects, not
+        # their idents, which a new thread often reuses
+        self._savers: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
         self._tidier: ThreadPoolExecutor | None = None
         self._tidy_jobs: list[Future] = []
 
@@ -140,7 +143,7 @@ class FtstoreCheckpointIO(CheckpointIO):
         if storage_options is not None:
             raise TypeError("`Trainer.save_checkpoint(..., storage_options=...)` is not supported by FtstoreCheckpointIO")
         with self._locks_lock:
-            self._savers.add(threading.get_ident())
+            self._savers.add(threading.current_thread())
         target = _Target.of(path)
         name = self._name(target.key)
         meta = {PATH_KEY: target.key, DIR_KEY: target.folder_key}
@@ -313,10 +316,9 @@ class FtstoreCheckpointIO(CheckpointIO):
         between stages: there, a path with nothing saved was never going to be, and marking
         it would drop a later save to it (``OnExceptionCheckpoint`` removes its path at
         every teardown, and saves to it when a later run fails)."""
-        me = threading.get_ident()
-        alive = {t.ident for t in threading.enumerate()}
+        me = threading.current_thread()
         with self._locks_lock:
-            return any(t != me and t in alive for t in self._savers)
+            return any(t is not me and t.is_alive() for t in self._savers)
 
     def _delete(self, key: ArtifactKey) -> None:
         self._protector.cancel(key)
