@@ -24,6 +24,7 @@ instead, for the import system to read.
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -75,4 +76,12 @@ def command(module: str, *args: str) -> list[str]:
     return [sys.executable, *flags(), "-c", _BOOTSTRAP.format(module=module), PACKAGE_ROOT, *args]
 
 
-__all__ = ["PACKAGE_ROOT", "command", "flags"]
+def how_it_ended(returncode: int) -> str:
+    """A child's end in words: ``killed by SIGKILL`` for a signal, else its exit status."""
+    if returncode < 0:
+        number = -returncode
+        return f"killed by {signal.Signals(number).name if number in signal.valid_signals() else number}"
+    return f"exit status {returncode}"
+
+
+__all__ = ["PACKAGE_ROOT", "command", "flags", "how_it_ended"]

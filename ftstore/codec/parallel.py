@@ -125,10 +125,7 @@ class _Worker:
             code = self.proc.wait(timeout=1)
         except subprocess.TimeoutExpired:
             return "its pipe closed"
-        if code < 0:
-            name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
-            return f"killed by {name}" + (", out of memory?" if code == -signal.SIGKILL else "")
-        return f"exit status {code}"
+        return interpreter.how_it_ended(code) + (", out of memory?" if code == -signal.SIGKILL else "")
 
     def close_pipes(self) -> None:
         for fd in (self.wfd, self.rfd):

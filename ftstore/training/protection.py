@@ -14,7 +14,6 @@ version goes, and nothing reports an error for a version that was deleted on pur
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import tempfile
 import threading
@@ -110,15 +109,8 @@ class BackgroundProtector:
         said, code = job.finish(), job.proc.returncode
         if code:
             if code < 0:  # a signal: what it said, if anything, is not why it stopped
-                said = " ".join(filter(None, [said, f"(killed by {_signal_name(-code)})"]))
-            self._errors.append(f"{key.ref}: " + (said or f"exit code {code}"))
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
+                said = " ".join(filter(None, [said, f"({interpreter.how_it_ended(code)})"]))
+            self._errors.append(f"{key.ref}: " + (said or interpreter.how_it_ended(code)))
 
 
 __all__ = ["BackgroundProtector"]
