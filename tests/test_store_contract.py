@@ -167,6 +167,7 @@ def test_a_delete_interrupted_after_its_tombstone_leaves_orphans_never_a_version
     assert backend.versions("a") == [1]
     orphans = backend.orphans()
     assert [o.reason for o in orphans] == ["interrupted delete"] and orphans[0].path.endswith(PAYLOAD)
+    assert orphans[0].version == key  # maintenance asks that version's envelope before touching it
     assert backend.remove_orphan(orphans[0].path)
     assert backend.orphans() == [] and backend.versions("a") == [1]
     assert _commit(backend, "a", b"three", tmp_path) == 3

@@ -18,13 +18,13 @@ import msgspec
 from ftstore.codec import read_meta
 from ftstore.codec.deep import prove_recoverable
 from ftstore.codec.parallel import default_jobs, pmap
-from ftstore.documents import ArtifactKey, ScrubSection, canonical, version_of
+from ftstore.documents import ArtifactKey, ScrubSection, canonical
 from ftstore.documents.printable import encode_printable
 from ftstore.engine.integrity import Health, check, protect_pending, remove_dead_spills, repair
 from ftstore.engine.leaves import FolderLeaves, StoredLeaves, read_envelope
 from ftstore.errors import BadInputError, FtstoreError, NewerFormatError
 from ftstore.scrub.report import ArtifactScrub, DeepCheck, Orphan, ScrubOptions, ScrubReport, Totals
-from ftstore.stores import StoreBackend, open_store
+from ftstore.stores import Orphan as StoreOrphan, StoreBackend, open_store
 from ftstore.stores.backend import PAYLOAD, SIDECAR
 
 
@@ -242,7 +242,7 @@ def _orphans(store: StoreBackend, remove: bool, warn: Callable[[str], None]) -> 
     out, newer = [], _NewerVersions(store)
     for o in found:
         removed = False
-        if remove and newer.holds(o.path):
+        if remove and newer.holds(o):
             warn(f"{o.path} left in place: its version was written by a newer ftstore, which may have put it there")
         elif remove:
             try:
@@ -254,19 +254,17 @@ def _orphans(store: StoreBackend, remove: bool, warn: Callable[[str], None]) -> 
 
 
 class _NewerVersions:
-    """Which orphan paths lie in a version folder whose envelope a newer ftstore wrote: a
-    file there that this release does not know may be one the newer release writes."""
+    """Which orphans lie in a version whose envelope a newer ftstore wrote: a file there
+    that this release does not know may be one the newer release writes."""
 
     def __init__(self, store: StoreBackend):
         self.store = store
         self.known: dict[ArtifactKey, bool] = {}
 
-    def holds(self, path: str) -> bool:
-        parts = path.split("/")
-        version = version_of(parts[2]) if len(parts) >= 4 and parts[0] == "artifacts" else None
-        if version is None:
+    def holds(self, orphan: StoreOrphan) -> bool:
+        key = orphan.version
+        if key is None:
             return False
-        key = ArtifactKey(parts[1], version)
         if key not in self.known:
             try:
                 read_envelope(StoredLeaves(self.store, key))

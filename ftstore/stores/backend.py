@@ -88,6 +88,9 @@ class Orphan:
 
     path: str  # relative to the store, as the backend names it to remove_orphan
     reason: str
+    version: ArtifactKey | None = None
+    """The version whose folder (or prefix) holds it, where it lies in one: a maintenance
+    task asks that version's envelope whether this release may touch it."""
 
 
 class Staging(ABC):

@@ -590,21 +590,21 @@ class LocalStore(StoreBackend):
             os.fsync(fd)
 
     def orphans(self) -> list[Orphan]:
-        out: list[tuple[str, str]] = []
+        out: list[Orphan] = []
         with open_dir(self.root, ()) as root_fd:
             kinds = {top: _kind(root_fd, top) for top in TOP_FOLDERS}
-        out += [(top, _LINK_REASON) for top, k in kinds.items() if k not in (None, "dir")]
+        out += [Orphan(top, _LINK_REASON) for top, k in kinds.items() if k not in (None, "dir")]
         if kinds["staging"] == "dir":
             out += self._staging_orphans()
         if kinds["trash"] == "dir":
             with contextlib.suppress(OSError), open_dir(self.root, ("trash",)) as fd:
-                out += [(f"trash/{n}", "interrupted delete (trash)" if _kind(fd, n) != "link" else _LINK_REASON)
+                out += [Orphan(f"trash/{n}", "interrupted delete (trash)" if _kind(fd, n) != "link" else _LINK_REASON)
                         for n in sorted(os.listdir(fd))]
         if kinds["artifacts"] == "dir":
             out += self._artifact_orphans()
-        return [Orphan(path, why) for path, why in out]
+        return out
 
-    def _staging_orphans(self) -> list[tuple[str, str]]:
+    def _staging_orphans(self) -> list[Orphan]:
         out = []
         with contextlib.suppress(OSError), open_dir(self.root, ("staging",)) as fd:
             for entry in sorted(os.listdir(fd)):
@@ -613,21 +613,21 @@ class LocalStore(StoreBackend):
                     if _kind(fd, folder) is None:
                         with _dead_lease(fd, folder) as dead:
                             if dead:
-                                out.append((f"staging/{entry}", "lock of an interrupted save"))
+                                out.append(Orphan(f"staging/{entry}", "lock of an interrupted save"))
                     continue
                 with _dead_lease(fd, entry) as dead:
                     if dead:
-                        out.append((f"staging/{entry}", "interrupted save (staging)" if _kind(fd, entry) == "dir"
-                                    else "not a save folder" if _kind(fd, entry) == "file" else _LINK_REASON))
+                        out.append(Orphan(f"staging/{entry}", "interrupted save (staging)" if _kind(fd, entry) == "dir"
+                                          else "not a save folder" if _kind(fd, entry) == "file" else _LINK_REASON))
         return out
 
-    def _artifact_orphans(self) -> list[tuple[str, str]]:
+    def _artifact_orphans(self) -> list[Orphan]:
         out = []
         with contextlib.suppress(OSError), open_dir(self.root, ("artifacts",)) as afd:
             for name in sorted(os.listdir(afd)):
                 kind = _kind(afd, name)
                 if kind != "dir" or not is_name(name):
-                    out.append((f"artifacts/{name}", _LINK_REASON if kind == "link" else "not an artifact name"))
+                    out.append(Orphan(f"artifacts/{name}", _LINK_REASON if kind == "link" else "not an artifact name"))
                     continue
                 with open_dir(self.root, ("artifacts", name)) as nfd:
                     for v in sorted(os.listdir(nfd)):
@@ -635,19 +635,20 @@ class LocalStore(StoreBackend):
                         if kind != "dir" or version_of(v) is None:
                             why = ("interrupted write" if TMP_MARK in v else
                                    _LINK_REASON if kind == "link" else "not a version directory")
-                            out.append((f"artifacts/{name}/{v}", why))
+                            out.append(Orphan(f"artifacts/{name}/{v}", why))
                             continue
+                        key = ArtifactKey(name, version_of(v))
                         with open_dir(self.root, ("artifacts", name, v)) as vfd, _unused(vfd) as unused:
                             if not unused:
                                 continue  # a repair or protector is at work there
                             if _regular(DELETED, vfd):  # a tombstone: anything beside it
-                                out += [(f"artifacts/{name}/{v}/{f}", "interrupted delete")
+                                out += [Orphan(f"artifacts/{name}/{v}/{f}", "interrupted delete", key)
                                         for f in sorted(os.listdir(vfd)) if f != DELETED]
                                 continue
                             for f in sorted(os.listdir(vfd)):
                                 if f not in LEAVES:
-                                    out.append((f"artifacts/{name}/{v}/{f}",
-                                                "interrupted write" if TMP_MARK in f else "stray file"))
+                                    out.append(Orphan(f"artifacts/{name}/{v}/{f}",
+                                                      "interrupted write" if TMP_MARK in f else "stray file", key))
         return out
 
     def remove_orphan(self, path: str) -> bool:

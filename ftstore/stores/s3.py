@@ -487,18 +487,19 @@ class S3Store(StoreBackend):
             parts = rel.split("/")
             if len(parts) == 4 and is_name(parts[1]) and version_of(parts[2]) is not None:
                 tree.setdefault("/".join(parts[:3]) + "/", {})[parts[3]] = mtime
-            else:
-                out.append(Orphan(rel, "stray object"))
+            else:  # deeper under a version's prefix, it still lies in that version
+                out.append(Orphan(rel, "stray object", _version_of_path(parts)))
         now = time.time()
         for prefix, leaves in sorted(tree.items()):
+            key = _version_of_path(prefix.split("/"))
             if DELETED in leaves:  # a tombstone: anything beside its claim
-                out += [Orphan(prefix + leaf, "interrupted delete") for leaf in sorted(leaves) if leaf not in _TOMBSTONE]
+                out += [Orphan(prefix + leaf, "interrupted delete", key) for leaf in sorted(leaves) if leaf not in _TOMBSTONE]
                 continue
             if not self._committed(leaves):
                 if CLAIM in leaves and now - leaves[CLAIM] < CLAIM_LEASE_SECONDS:
                     continue  # a save in progress
-                out.append(Orphan(prefix, "interrupted save (no envelope, not committed)"))
-            out += [Orphan(prefix + leaf, "stray object") for leaf in sorted(leaves) if leaf not in KNOWN]
+                out.append(Orphan(prefix, "interrupted save (no envelope, not committed)", key))
+            out += [Orphan(prefix + leaf, "stray object", key) for leaf in sorted(leaves) if leaf not in KNOWN]
         return out
 
     def remove_orphan(self, path: str) -> bool:
@@ -537,6 +538,15 @@ class S3Store(StoreBackend):
 
     def write_report(self, name: str, data: bytes) -> None:
         self._put(f"reports/{name}", data)
+
+
+def _version_of_path(parts: list[str]) -> ArtifactKey | None:
+    """The version an object key (split at ``/``) lies under: ``artifacts/<name>/<v>/...``."""
+    if len(parts) >= 4 and parts[0] == "artifacts" and is_name(parts[1]):
+        version = version_of(parts[2])
+        if version is not None:
+            return ArtifactKey(parts[1], version)
+    return None
 
 
 __all__ = ["CLAIM_LEASE_SECONDS", "S3Staging", "S3Store"]
