@@ -4,7 +4,7 @@ import stat
 
 import pytest
 
-from ftstore import DamageError, NotFoundError, load, verify
+from ftstore import DamageError, NotFoundError, Store, load, verify
 from ftstore.hashing import hash_file
 
 from .conftest import run_cli, files
@@ -209,3 +209,29 @@ def test_save_move_of_a_hard_linked_file_copies_it(store, make_file, tmp_path):
     with open(other, "ab") as f:
         f.write(b"written through the other name")
     run_cli("verify", "h", store=store, check_rc=0)
+
+
+def test_no_command_takes_or_overwrites_another_stores_files(any_store, make_file, tmp_path):
+    """``save --move`` of a file that is another store's committed payload would take that
+    artifact away (the target store can be anywhere, S3 included); ``load -o`` onto one
+    would replace it. Both refused with exit 2 and one line; the other store stays intact,
+    and saving such a file without ``--move`` copies it."""
+    other = Store.open(tmp_path / "other", create=True)
+    other.save(make_file(5000), "mine")
+    theirs = files(other, "mine@1")
+    before = theirs.payload.read_bytes()
+    any_store.save(make_file(3000, seed=2), "b")
+    for src in (theirs.payload, tmp_path / "other" / "ftstore-store.json"):
+        res = run_cli("save", str(src), "--name", "taken", "--move", store=any_store, check_rc=2)
+        assert "inside the ftstore store at" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert src.exists()
+    res = run_cli("load", "b", "-o", str(theirs.payload), store=any_store, check_rc=2)
+    assert "inside the ftstore store at" in res.stderr, res.stderr
+    assert theirs.payload.read_bytes() == before and "taken" not in any_store.names()
+    run_cli("verify", store=other, check_rc=0)
+    run_cli("save", str(theirs.payload), "--name", "copied", store=any_store, check_rc=0)
+    assert theirs.payload.read_bytes() == before and any_store.load_bytes("copied")[0].getvalue() == before
+    with other.scratch() as scratch:  # a scratch folder's files stay their writer's to move
+        (scratch / "ckpt").write_bytes(b"y" * 4000)
+        any_store.save(scratch / "ckpt", "from-scratch", move=True)
+        assert not (scratch / "ckpt").exists()

@@ -23,6 +23,7 @@ from ftstore.engine.leaves import FolderLeaves, StoredLeaves, download_leaves, r
 from ftstore.errors import BadInputError, DamageError, EnvelopeError, StorageError
 from ftstore.hashing import hash_stream
 from ftstore.stores.backend import PAYLOAD, StoreBackend
+from ftstore.stores.local import local_store_holding
 from ftstore.tempdirs import held_temp_dir
 
 T = TypeVar("T")
@@ -102,6 +103,8 @@ def load(
                             "it is replaced by a rename, never written through: give another path")
     if store.holds(out):
         raise BadInputError(f"{out} is inside the store {store.url}; give a path outside it")
+    if (owner := local_store_holding(out)) is not None:
+        raise BadInputError(f"{out} is inside the ftstore store at {owner}; give a path outside it")
 
     def attempt(env: Envelope, open_payload: Opener) -> bool | None:
         return True if _write_verified(open_payload, env, out, progress) else None

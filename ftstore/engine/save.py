@@ -49,6 +49,7 @@ from ftstore.engine.integrity import pending_metadata, raptorq_section
 from ftstore.errors import BadInputError
 from ftstore.hashing import hash_file
 from ftstore.stores.backend import PAYLOAD, SIDECAR, Progress, Staging, StoreBackend
+from ftstore.stores.local import local_store_holding
 
 
 def validated_request(src: str | os.PathLike, name: str, artifact_type: str, metadata: dict[str, str] | None,
@@ -120,6 +121,9 @@ def save(
     src, template = validated_request(src, name, artifact_type, metadata, overhead)
     if move and store.holds(src):
         raise BadInputError(f"{src} is one of the store's own files; --move would take it away from {store.url}")
+    if move and (owner := local_store_holding(src)) is not None:
+        raise BadInputError(f"{src} lies inside the ftstore store at {owner}; --move would take it away from there "
+                            "(save it without --move to copy it)")
     taken = _identity(src) if move else None
     if protect and template.size >= PARALLEL_MIN_BYTES:
         warm_workers(jobs)  # started while the files are opened and the copy begins

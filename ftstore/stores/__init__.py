@@ -16,7 +16,7 @@ import os
 
 from ftstore.errors import BadInputError
 from ftstore.stores.backend import DEFAULT_STORE, Capabilities, Orphan, Staging, StoreBackend
-from ftstore.stores.local import LocalStore
+from ftstore.stores.local import LocalStore, local_store_holding
 
 SCHEMES: dict[str, str] = {"s3": "ftstore.stores.s3:S3Store"}
 
@@ -37,4 +37,4 @@ def open_store(location: str | os.PathLike | None = None, create: bool = False) 
     return getattr(importlib.import_module(module), cls).open(text, create=create)
 
 
-__all__ = ["SCHEMES", "Capabilities", "LocalStore", "Orphan", "Staging", "StoreBackend", "open_store"]
+__all__ = ["SCHEMES", "Capabilities", "LocalStore", "Orphan", "Staging", "StoreBackend", "local_store_holding", "open_store"]

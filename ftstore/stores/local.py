@@ -260,6 +260,31 @@ class LocalStaging(Staging):
         self._lease.release()
 
 
+def local_store_holding(path: str | os.PathLike) -> Path | None:
+    """The root of the local store, any store, whose own files or folders ``path`` names,
+    or None: a folder above it that holds a store marker. A save to one store must not move
+    another store's payload away, nor a load write over one, whichever store it works on
+    (an S3 store's command included). A scratch folder's files are excepted, as in
+    :meth:`LocalStore.holds`. The folders are resolved (links followed); the path's own name
+    is not."""
+    path = Path(path) if Path(path).is_absolute() else Path.cwd() / path
+    node = Path(os.path.realpath(path.parent)) / path.name if path.name not in ("", ".", "..") \
+        else Path(os.path.realpath(path))
+    below: list[str] = []  # the names from the folder being looked at down to the path
+    while node.parent != node:
+        below.append(node.name)
+        node = node.parent
+        try:
+            marker = os.lstat(node / MARKER)
+        except OSError:
+            continue
+        if stat.S_ISREG(marker.st_mode):
+            down = below[::-1]
+            scratch = len(down) > 2 and down[0] == "staging" and down[1].startswith("scratch-")
+            return None if scratch else node
+    return None
+
+
 class LocalStore(StoreBackend):
     capabilities = Capabilities(local_files=True, atomic_rename=True, hard_links=True,
                                 conditional_writes=False, range_reads=True)
@@ -695,4 +720,4 @@ class LocalStore(StoreBackend):
         write_atomic(self._top("reports", create=True) / name, data)
 
 
-__all__ = ["LocalStaging", "LocalStore", "StoreLinkError", "open_regular"]
+__all__ = ["LocalStaging", "LocalStore", "StoreLinkError", "local_store_holding", "open_regular"]
