@@ -15,6 +15,7 @@ same functions, so the same input gets the same validation whichever door it com
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -135,10 +136,15 @@ def run_drill(source: Store | None = None, **kw: Any) -> DrillReport:
 
 
 def parse_threshold(text: str) -> float:
+    """The allowed slowdown as a fraction: finite and not negative, since every comparison
+    with NaN is false and a gate of ``nan`` would pass every metric."""
     try:
-        return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
     except ValueError:
-        raise BadInputError(f"threshold {text!r}: expected a percentage like 5% or a fraction like 0.05") from None
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise BadInputError(f"threshold {text!r}: expected a percentage like 5% or a fraction like 0.05, not negative")
+    return value
 
 
 @dataclass(frozen=True)

@@ -201,3 +201,11 @@ def test_a_version_deleted_while_the_scrub_runs_is_not_a_failure(store, make_fil
     assert sorted(a.ref for a in report.artifacts) == sorted({"ck@1", "ck@2", "ck@3"} - {gone})
     assert said == [f"{gone} was deleted while the scrub ran; not counted"]
     assert run_cli("scrub", store=store).returncode == 0
+
+
+def test_a_max_rate_that_is_not_a_positive_number_is_refused(store, make_file):
+    store.save(make_file(5000), "a")
+    for rate in ("nan", "inf"):
+        res = run_cli("scrub", "--max-rate", rate, store=store, check_rc=2)
+        assert "--max-rate" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    run_cli("scrub", "--max-rate", "50", store=store, check_rc=0)

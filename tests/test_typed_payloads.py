@@ -39,6 +39,9 @@ def test_bench_compare_exit_codes(store, tmp_path):
     assert {m["metric"]: m["verdict"] for m in json.loads(res.stdout)["metrics"]}["tput"] == "regression"
     run_cli("bench", "compare", "perf", str(tmp_path / "nope.json"), store=store, check_rc=2)
     run_cli("bench", "compare", "perf", str(same), "--threshold", "abc", store=store, check_rc=2)
+    for gate in ("nan", "NaN%", "inf", "-5%"):  # NaN passes every comparison: a gate nothing fails
+        res = run_cli("bench", "compare", "perf", str(slow), "--threshold", gate, store=store, check_rc=2)
+        assert "threshold" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ few large artifacts is scrubbed one artifact at a time with process-parallel str
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 import zlib
@@ -186,6 +187,8 @@ def scrub(
     goes on; a store that cannot be written (read-only, full) still gets every result:
     what could not be recorded is said through ``warn`` (default: a Python warning)."""
     warn = warn or (lambda text: warnings.warn(text, stacklevel=3))
+    if max_rate_mb_s is not None and not (math.isfinite(max_rate_mb_s) and max_rate_mb_s > 0):
+        raise BadInputError(f"--max-rate {max_rate_mb_s}: expected a positive number of MB/s")
     started = int(time.time() * 1000)
     part = parse_subset(subset)
     jobs = jobs or default_jobs()
