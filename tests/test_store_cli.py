@@ -64,6 +64,10 @@ def test_flipped_byte_makes_verify_exit_1_and_no_heal_load_refuse(store, make_fi
     with pytest.raises(DamageError):
         load(store, "m", out, self_heal=False)
     assert not out.exists()
+    res = run_cli("load", "m", "-o", str(out), "--json", store=store, check_rc=0)  # repaired where it lies
+    doc = json.loads(res.stdout)
+    assert doc["repaired"] == ["payload"] and doc["repaired_in_store"] is True and out.read_bytes() == src.read_bytes()
+    run_cli("verify", "m", store=store, check_rc=0)
 
 
 @pytest.mark.parametrize(

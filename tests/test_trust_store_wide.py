@@ -135,8 +135,12 @@ def test_a_read_only_store_is_checked_and_loads_right_bytes_without_writing(smal
     assert by_ref["b@1"]["status"] == "ok" and "could not record" in by_ref["b@1"]["error"]
     assert "Read-only" in by_ref["a@1"]["error"] and len(res.stderr.strip().splitlines()) == 1  # the report warning
     for n in ("a", "b", "c"):  # damaged a@1 comes back right from a private repair
-        run_cli("load", n, "-o", str(tmp_path / n), store=store, check_rc=0)
+        res = run_cli("load", n, "-o", str(tmp_path / n), store=store, check_rc=0)
         assert (tmp_path / n).read_bytes() == data[n]
+        if n == "a":  # said to be a private copy: the store still holds the damage
+            assert "private copy" in res.stderr and "still holds the damage" in res.stderr, res.stderr
+    res = run_cli("load", "a", "-o", str(tmp_path / "a2"), "--json", store=store, check_rc=0)
+    assert _json(res)["repaired"] == ["payload"] and _json(res)["repaired_in_store"] is False
     run_cli("verify", store=store, check_rc=1)
     run_cli("ls", store=store, check_rc=0)
 

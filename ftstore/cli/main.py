@@ -157,12 +157,16 @@ def load(ref, out, no_heal, store_path, jobs, as_json):
     repaired = res.repair.repaired if res.repair else []
     if as_json:
         emit_json({"ref": res.ref, "out": str(res.out), "source_hash": res.envelope.source_hash,
-                   "size": res.envelope.size, "repaired": repaired,
+                   "size": res.envelope.size, "repaired": repaired, "repaired_in_store": res.repaired_in_store,
                    "proofs": res.repair.proofs if res.repair else []})
         return
     if repaired:
-        info(f"repaired {', '.join(repaired)} of {res.ref}"
-             + (f" ({res.repair.erased_source} damaged symbols rebuilt)" if res.repair.erased_source else ""))
+        rebuilt = f" ({res.repair.erased_source} damaged symbols rebuilt)" if res.repair.erased_source else ""
+        if res.repaired_in_store:
+            info(f"repaired {', '.join(repaired)} of {res.ref}{rebuilt}")
+        else:
+            info(f"repaired {', '.join(repaired)} of {res.ref} in a private copy{rebuilt}; the store could not be "
+                 f"written and still holds the damage (`ftstore scrub --repair` where it can be written)")
     click.echo(f"loaded {res.ref} -> {res.out}  {human_size(res.envelope.size)}  {res.envelope.source_hash}")
 
 

@@ -36,6 +36,10 @@ class LoadResult:
     key: ArtifactKey
     out: Path | None  # None for a load into memory
     repair: RepairResult | None
+    repaired_in_store: bool = False
+    """Whether the repair (if any) was written back to the store. False when the store
+    could not be written (read-only, full): a private copy was repaired and read, and the
+    stored version is still damaged."""
 
     @property
     def ref(self) -> str:
@@ -109,8 +113,8 @@ def load(
     def attempt(env: Envelope, open_payload: Opener) -> bool | None:
         return True if _write_verified(open_payload, env, out, progress) else None
 
-    _, env, repaired = _verified(store, key, self_heal, jobs, f"{out} was not written", attempt)
-    return LoadResult(env, key, out, repaired)
+    _, env, repaired, in_store = _verified(store, key, self_heal, jobs, f"{out} was not written", attempt)
+    return LoadResult(env, key, out, repaired, in_store)
 
 
 def load_bytes(store: StoreBackend, key: ArtifactKey, *, self_heal: bool = True,
@@ -126,16 +130,17 @@ def load_bytes(store: StoreBackend, key: ArtifactKey, *, self_heal: bool = True,
         buf.seek(0)
         return buf
 
-    buf, env, repaired = _verified(store, key, self_heal, jobs, "nothing was returned", attempt)
-    return buf, LoadResult(env, key, None, repaired)
+    buf, env, repaired, in_store = _verified(store, key, self_heal, jobs, "nothing was returned", attempt)
+    return buf, LoadResult(env, key, None, repaired, in_store)
 
 
 def _verified(store: StoreBackend, key: ArtifactKey, self_heal: bool, jobs: int | None, unwritten: str,
-              attempt: Callable[[Envelope, Opener], T | None]) -> tuple[T, Envelope, RepairResult | None]:
+              attempt: Callable[[Envelope, Opener], T | None]) -> tuple[T, Envelope, RepairResult | None, bool]:
     """``attempt(envelope, opener)`` reads the payload and returns None unless it hashed
     right; if it did not, the version is checked, repaired (unless ``self_heal`` is off) and
     read again. A store that cannot be repaired in place (read-only, full, a folder where a
-    leaf should be) is left as it is: a private copy is repaired and read instead."""
+    leaf should be) is left as it is: a private copy is repaired and read instead. The last
+    item says whether a repair was written to the store."""
     leaves = StoredLeaves(store, key)
 
     def stored() -> BinaryIO | None:
@@ -146,7 +151,7 @@ def _verified(store: StoreBackend, key: ArtifactKey, self_heal: bool, jobs: int 
     except EnvelopeError:
         env = None
     if env is not None and (got := attempt(env, stored)) is not None:
-        return got, env, None
+        return got, env, None, False
     health = check(leaves)
     if not health.files_damaged:
         raise DamageError(f"{key.ref}: payload changed while it was being read; {unwritten}")
@@ -157,7 +162,7 @@ def _verified(store: StoreBackend, key: ArtifactKey, self_heal: bool, jobs: int 
         if (got := attempt(result.envelope, repaired_payload)) is None:
             raise DamageError(f"{key.ref}: the repaired private copy did not verify; {unwritten}" if private
                               else f"{key.ref}: payload changed while it was being read; {unwritten}")
-        return got, result.envelope, result
+        return got, result.envelope, result, not private
 
 
 def _stream_verified(open_payload: Opener, env: Envelope, sink: Callable[[memoryview], object],
