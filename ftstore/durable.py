@@ -384,6 +384,15 @@ def write_hashing(dst: Path, write: Callable[[HashingWriter], object], durable: 
     return sink.result()
 
 
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """Write all of ``data`` at ``offset``. A short write (a disk filling up) is followed by
+    another, which then fails with the real cause (``ENOSPC``) for the caller to report."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
 def start_writeback(fd: int, offset: int, length: int) -> None:
     """Have the kernel start writing these bytes to disk now rather than at the fsync, so
     the disk works while the caller computes (Linux: DONTNEED on dirty pages starts their

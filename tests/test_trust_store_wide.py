@@ -222,3 +222,26 @@ def test_a_full_store_reports_what_it_could_check_and_repair(small_fs, make_file
     filler.unlink()
     assert scrub(store, repair=True, write_report=False).totals.failed == 0
     assert all(h.intact for h in verify(store))
+
+
+def test_a_disk_that_fills_at_any_point_of_a_save_is_reported_as_full(small_fs, make_file):
+    """Whichever write meets the full disk (the payload's copy, the sidecar's repair symbols
+    written by a codec worker, the envelope), the save says the disk is full, exit 1, and
+    the store is left as it was: a worker's short write used to be reported as bad input."""
+    store = Store.open(small_fs / "store", create=True)
+    src = make_file(100_000)
+    outcomes = set()
+    for kib in range(40, 200, 6):  # free space from payload-sized down to sidecar-sized gaps
+        free = os.statvfs(small_fs).f_bavail * os.statvfs(small_fs).f_frsize
+        filler = small_fs / "filler"
+        filler.write_bytes(b"\0" * max(0, free - kib * 1024))
+        res = run_cli("save", str(src), "--name", "b", "--overhead", "0.3", store=store)
+        filler.unlink()
+        assert res.returncode in (0, 1), res.stderr
+        if res.returncode == 1:
+            assert "no space left while saving b" in res.stderr, res.stderr
+        outcomes.add(res.returncode)
+        assert not any((small_fs / "store" / "staging").iterdir())
+    assert outcomes == {0, 1}
+    for v in store.versions("b"):
+        assert store.load_bytes(f"b@{v}")[0].getvalue() == src.read_bytes()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from ftstore.durable import NotRegularFileError, clear_folder_at, open_regular
+from ftstore.durable import NotRegularFileError, clear_folder_at, open_regular, pwrite_all
 from ftstore.errors import BadInputError, UnrecoverableError
 from ftstore.hashing import CHUNK, SYMBOL_HASH_BYTES, format_hash, hash_file, new_hasher, read_ahead, symbol_hash
 from ftstore.codec.decoder import StripeOutcome
@@ -351,7 +351,7 @@ def patch_in_place(payload: Path, meta: SidecarMeta, outcomes: list[StripeOutcom
             for p in patches:
                 if _holds(meta, p, os.pread(fd, p.length, p.off)):
                     continue  # already right (a repair before this one was killed after writing it)
-                _pwrite_all(fd, symbols.data(p), p.off)
+                pwrite_all(fd, symbols.data(p), p.off)
             if os.fstat(fd).st_size != lay.size:
                 os.ftruncate(fd, lay.size)
             os.fsync(fd)
@@ -379,13 +379,6 @@ def _check_written(fd: int, meta: SidecarMeta, patches: list[_Patch], payload: P
     for p in patches:
         if not _holds(meta, p, os.pread(fd, p.length, p.off)):
             raise PatchError(f"{payload}: symbol {p.j} does not read back as written by the repair")
-
-
-def _pwrite_all(fd: int, data: bytes, off: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, off)
-        view, off = view[n:], off + n
 
 
 def _replace_whole(payload: Path, lay: Layout, patches: list[_Patch], symbols: SpilledSymbols) -> None:

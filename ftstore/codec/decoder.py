@@ -21,7 +21,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ftstore.durable import NotRegularFileError, open_regular
+from ftstore.durable import NotRegularFileError, open_regular, pwrite_all
 from ftstore.hashing import SYMBOL_HASH_BYTES, symbol_hash
 from ftstore.codec.encoder import PARALLEL_MIN_BYTES, STRIPES_PER_TASK, read_stripes
 from ftstore.codec.layout import Layout
@@ -143,10 +143,7 @@ def _spill(fd: int, lay: Layout, oc: StripeOutcome) -> None:
     """Write ``oc``'s recovered symbols at their payload offsets; keep only their indices."""
     for i, sym in (oc.recovered or {}).items():
         off, length = lay.symbol_extent(lay.global_index(oc.stripe, i))
-        data = memoryview(sym)[:length]
-        while data:
-            n = os.pwrite(fd, data, off)
-            data, off = data[n:], off + n
+        pwrite_all(fd, memoryview(sym)[:length], off)
     oc.spilled = sorted(oc.recovered)
     oc.recovered = None
 

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 
 from ftstore.hashing import SYMBOL_HASH_BYTES, symbol_hash
-from ftstore.durable import must_open_regular, start_writeback
+from ftstore.durable import must_open_regular, pwrite_all, start_writeback
 from ftstore.codec.layout import Layout
 from ftstore.codec.parallel import chunks, pmap
 from ftstore.codec.rq import encode_repair
@@ -74,8 +74,7 @@ def _encode_group(task: EncodeTask) -> dict[int, tuple[bytes, bytes]]:
             del obj
             block = b"".join(repair)
             offset = task.repair_base + lay.repair_starts[s] * t
-            if os.pwrite(fd, block, offset) != len(block):
-                raise OSError(f"short write to {task.sidecar}")
+            pwrite_all(fd, block, offset)
             start_writeback(fd, offset, len(block))
             out[s] = (src, b"".join(symbol_hash(r) for r in repair))
     finally:
