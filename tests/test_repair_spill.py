@@ -209,13 +209,13 @@ _KILLED_REPAIR = textwrap.dedent("""
             stop("decoded")
         integrity.patched_digest = digest_then_stop
     else:
-        real_write, count = build._pwrite_all, [0]
+        real_write, count = build.pwrite_all, [0]
         def write_then_stop(*a):
             real_write(*a)
             count[0] += 1
             if count[0] == 5:
                 stop("patching")
-        build._pwrite_all = write_then_stop
+        build.pwrite_all = write_then_stop
     files = FolderLeaves(__import__("pathlib").Path(folder), ArtifactKey("a", 1))
     repair(files, check(files), reason="test", jobs=2)
     print("finished", flush=True)
@@ -253,7 +253,7 @@ def test_a_write_that_does_not_read_back_fails_the_repair_and_the_next_one_finis
 
     orig, paths, lay = _saved(store, make_file)
     damaged = _damage_every_stripe(paths, lay)
-    monkeypatch.setattr(build, "_pwrite_all", lambda fd, data, off: None)  # every write is lost
+    monkeypatch.setattr(build, "pwrite_all", lambda fd, data, off: None)  # every write is lost
     with pytest.raises(UnrecoverableError, match="does not read back as written"):
         repair(paths, check(paths), reason="test", jobs=2)
     assert paths.payload.read_bytes() == damaged
