@@ -312,3 +312,19 @@ def test_a_damaged_savedmodel_checkpoint_is_refused_in_one_line(tmp_path, member
     res = run_cli("import-legacy", str(arch), "--name", "x", "--store", str(tmp_path / "s"), check_rc=2)
     assert "autoencoder/variables: not a readable TensorFlow checkpoint" in res.stderr and res.stderr.count("\n") == 1
     assert not (tmp_path / "s").exists()
+
+
+def test_models_whose_params_disagree_are_refused_not_imported_with_one_of_them(tmp_path):
+    """A bundle keeps one params.cfg; an archive whose models carry different ones would
+    have one of them built with the other's configuration (silently, with wrong shapes)."""
+    dill = pytest.importorskip("dill")
+    src = FIXTURES / "tf-keras3-head.zip"
+    with zipfile.ZipFile(src) as z:
+        cfg = dill.loads(z.read("autoencoder/params.dill"))
+    changed = dict(cfg, N=cfg["N"] * 2)
+    arch = _rewrite(src, tmp_path / "wts.h5.zip", {"autoencoder/params.dill": dill.dumps(changed)})
+    res = run_cli("import-legacy", str(arch), "--name", "x", "--store", str(tmp_path / "s"), check_rc=2)
+    assert "params.dill disagrees with" in res.stderr and "params.dill on N:" in res.stderr and res.stderr.count("\n") == 1
+    assert not (tmp_path / "s").exists()
+    same = _rewrite(src, tmp_path / "same.zip", {"autoencoder/params.dill": dill.dumps(dict(cfg))})
+    run_cli("import-legacy", str(same), "--name", "x", "--store", str(tmp_path / "s"), check_rc=0)

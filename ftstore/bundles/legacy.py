@@ -23,6 +23,7 @@ store: ``api.import_legacy`` converts the whole archive first and opens the stor
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,14 @@ def convert_legacy(archive: str | Path, tmp: Path, metadata: dict[str, str] | No
             p = loads_plain(z.read(f"{root}{model}/params.dill", MAX_PICKLE_BYTES), f"{model}/params.dill", tensors="keep")
             if not isinstance(p, dict) or not all(isinstance(k, str) for k in p):
                 raise BadInputError(f"{model}/params.dill: expected a dict with string keys")
-            params = params if params is not None else {k: v for k, v in p.items() if k != "_version"}
+            p = {k: v for k, v in p.items() if k != "_version"}
+            if params is None:
+                params = p
+            elif differ := _differing_keys(params, p):
+                raise BadInputError(
+                    f"{model}/params.dill disagrees with {models[0]}/params.dill on {', '.join(differ[:8])}"
+                    f"{' and more' if len(differ) > 8 else ''}: a bundle keeps one params.cfg for all its models, "
+                    "and building a model with another's would be wrong; nothing was stored")
         assert params is not None
         weights, placeholders = [], []
         for i, model in enumerate(models):
@@ -104,6 +112,37 @@ def convert_legacy(archive: str | Path, tmp: Path, metadata: dict[str, str] | No
     meta = {"backend": backend, "models": ",".join(e.name for e, _ in weights), "imported_from": archive.name,
             **({"placeholders": ",".join(placeholders)} if placeholders else {}), **(metadata or {})}
     return out, meta
+
+
+def _differing_keys(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The keys whose values two ``params.dill`` snapshots do not share. PtychoPINN writes
+    one snapshot of ``params.cfg`` per model at the same moment, so a genuine archive's
+    agree (every fixture's do)."""
+    return sorted(k for k in a.keys() | b.keys() if k not in a or k not in b or not _same(a[k], b[k]))
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as configuration values: containers item by item, NaN equal to NaN, arrays
+    element by element, a recorded tensor by its array."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and a != a:
+        return b != b
+    if dataclasses.is_dataclass(a):  # a recorded tensor: by its value
+        return all(_same(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a))
+    try:
+        equal = a == b
+        if isinstance(equal, bool):
+            return equal
+        import numpy as np  # an array (or anything comparing element-wise)
+
+        return bool(np.shape(a) == np.shape(b) and np.all(equal | ((a != a) & (b != b))))
+    except Exception:  # noqa: BLE001 - values that cannot be compared are not known to agree
+        return False
 
 
 def _check_model_names(models: list[str]) -> None:
