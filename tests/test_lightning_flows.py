@@ -265,3 +265,75 @@ def test_a_removal_stands_for_a_queued_save_only_while_a_saving_thread_lives(sto
     io.remove_checkpoint(tmp_path / "e.ckpt")
     io.save_checkpoint({"global_step": 6}, tmp_path / "e.ckpt")
     assert (tmp_path / "e.ckpt").exists()
+
+
+def test_a_moved_checkpoint_folder_is_still_verified_and_repaired(tmp_path):
+    """Artifacts are named by the path they were saved at; after the folder (with its store
+    inside) is renamed, the file is found by what it is, the stored payload's inode, so
+    rot in it is repaired before the resume instead of loaded unverified."""
+    old, new = tmp_path / "exp", tmp_path / "exp-renamed"
+    io = FtstoreCheckpointIO(Store.open(old / ".ftstore", create=True))
+    model = Tiny()
+    _trainer(io, [ModelCheckpoint(dirpath=old, save_top_k=0, save_last=True)], max_epochs=1).fit(model, _loader())
+    saved = (old / "last.ckpt").read_bytes()
+    os.rename(old, new)
+    last = new / "last.ckpt"
+    found = last.stat()
+    with open(last, "r+b") as f:  # rot under the file, its time left alone
+        f.seek(len(saved) // 2)
+        f.write(bytes([saved[len(saved) // 2] ^ 0x40]))
+    os.utime(last, ns=(found.st_atime_ns, found.st_mtime_ns))
+    moved = FtstoreCheckpointIO(Store.open(new / ".ftstore"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to warn about: it is the stored checkpoint
+        assert moved.open_checkpoint(last).getvalue() == saved
+    assert last.read_bytes() == saved  # repaired in place, through the same inode
+    trainer = _trainer(moved, [ModelCheckpoint(dirpath=new, save_top_k=0, save_last=True)], max_epochs=2)
+    trainer.fit(Tiny(), _loader(), ckpt_path="last")
+    assert trainer.global_step == 8
+
+
+def test_a_checkpoint_put_in_place_of_last_is_resumed_from_as_lightning_would(store, tmp_path):
+    """Rolling back by putting an older checkpoint at last.ckpt: Lightning resumes from it.
+    A rename over the path (a new file where ftstore put its link) was ignored in favour of
+    the stored one; a copy onto it (written through the link) lost the stored one and fell
+    back to the newest sibling."""
+    ckpts = tmp_path / "ckpts"
+    io = FtstoreCheckpointIO(store)
+    _trainer(io, [ModelCheckpoint(dirpath=ckpts, save_top_k=-1, save_last=True)], max_epochs=2).fit(Tiny(), _loader())
+    older = ckpts / "epoch=0-step=4.ckpt"
+    tmp = ckpts / "rollback.tmp"
+    tmp.write_bytes(older.read_bytes())
+    os.replace(tmp, ckpts / "last.ckpt")  # a new file at the path
+    trainer = _trainer(FtstoreCheckpointIO(store), [ModelCheckpoint(dirpath=ckpts, save_last=True)], max_epochs=2)
+    with pytest.warns(UserWarning, match="replaced outside ftstore"):
+        trainer.fit(Tiny(), _loader(), ckpt_path="last")
+    assert trainer.global_step == 8  # resumed at step 4: one more epoch
+
+    edited = ckpts / "epoch=1-step=8.ckpt"  # still the stored payload: an edit in place writes into it
+    assert os.path.samefile(edited, _stored(store, io, edited))
+    state = torch.load(edited, weights_only=True)
+    state["state_dict"]["layer.bias"] = torch.full_like(state["state_dict"]["layer.bias"], 42.0)
+    torch.save(state, edited)
+    with pytest.warns(UserWarning, match="written into after ftstore saved it"):
+        got = FtstoreCheckpointIO(store).load_checkpoint(edited)
+    assert got["state_dict"]["layer.bias"].item() == 42.0 and got["global_step"] == 8
+
+
+def test_resuming_restarts_protection_that_died_with_the_run_before(store, tmp_path, monkeypatch):
+    """With background protection, checkpoints whose protectors were killed with the job
+    stayed without a sidecar until someone ran a scrub; the resumed run now builds them."""
+    from ftstore.training.protection import BackgroundProtector
+
+    ckpts = tmp_path / "ckpts"
+    monkeypatch.setattr(BackgroundProtector, "start", lambda self, key, artifact_id: None)  # killed with the job
+    io = FtstoreCheckpointIO(store, background=True)
+    _trainer(io, [ModelCheckpoint(dirpath=ckpts, save_top_k=-1, save_last=True)], max_epochs=2).fit(Tiny(), _loader())
+    assert [store.read_envelope(k).raptorq for k in store.keys()] == [None] * 3
+    monkeypatch.undo()
+    io = FtstoreCheckpointIO(store, background=True)
+    trainer = _trainer(io, [ModelCheckpoint(dirpath=ckpts, save_top_k=-1, save_last=True)], max_epochs=3)
+    trainer.fit(Tiny(), _loader(), ckpt_path="last")
+    assert trainer.global_step == 12
+    for key in store.keys():  # the old ones too, not only those of this run
+        assert store.read_envelope(key).raptorq is not None and store.check(key).intact, key

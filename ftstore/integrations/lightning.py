@@ -26,8 +26,13 @@ Loading (``trainer.fit(ckpt_path=...)``, or :meth:`open_checkpoint` for
 first if damaged (in place: a linked file at the path is repaired with them), and only then
 hands them to ``torch.load``, with Lightning's own ``weights_only`` and ``map_location``. A
 checkpoint beyond repair falls back, with a warning, to the newest checkpoint of the same
-folder at no later step that verifies. A file this plugin did not save is loaded as
-Lightning would, with a warning that nothing vouched for it.
+folder at no later step that verifies. A file found at a path it was not saved under (the
+folder moved or renamed) is recognised by its inode and verified the same way. Lightning
+loads what is at the path, and so does this plugin, with a warning that ftstore does not
+vouch for it, for a file it did not save, a file put in place of one it saved (a rollback),
+and a file written into in place after its save: the file is the stored payload, so such
+a write overwrites the stored copy too, which is lost (edit a copy instead). Resuming
+restarts the background protection that died with an earlier run.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ import threading
 import uuid
 import warnings
 import weakref
+import zipfile
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -57,7 +63,7 @@ from ftstore.api import Store
 from ftstore.documents import ArtifactKey, is_name
 from ftstore.durable import fsync_dir, try_link
 from ftstore.hashing import hash_bytes, hash_file
-from ftstore.errors import BadInputError, DamageError, EnvelopeError, NewerFormatError, NotFoundError
+from ftstore.errors import BadInputError, DamageError, EnvelopeError, FtstoreError, NewerFormatError, NotFoundError
 from ftstore.training.protection import BackgroundProtector
 
 _BAD = re.compile(r"[^A-Za-z0-9._-]")
@@ -204,43 +210,163 @@ class FtstoreCheckpointIO(CheckpointIO):
         return lightning_load(self.open_checkpoint(path), map_location=map_location, weights_only=weights_only)
 
     def open_checkpoint(self, path: str | os.PathLike) -> io.BytesIO:
-        """The checkpoint saved at ``path``, verified (repaired first if damaged; the newest
-        good one of its folder, with a warning, if beyond repair), as a stream for
-        ``torch.load`` or ``LightningModule.load_from_checkpoint``."""
+        """The checkpoint at ``path`` as Lightning would load it, verified wherever ftstore
+        can vouch for it, as a stream for ``torch.load`` or
+        ``LightningModule.load_from_checkpoint``:
+
+        - the checkpoint ftstore saved there (the file is its payload, or has its bytes):
+          verified, repaired first if damaged; beyond repair, the newest good one of its
+          folder, with a warning;
+        - found by the file itself (the stored payload's inode) when the folder was moved or
+          renamed since, so the path no longer names it;
+        - a file put in its place outside ftstore (a rollback, a rename over it), or written
+          into in place after the save: loaded as Lightning would load it, with a warning
+          that ftstore does not vouch for it. So is a file this plugin never saved.
+
+        Resuming also restarts protection of the folder's checkpoints whose background
+        protection died with the run before (killed with the job, say)."""
         target = _Target.of(path, follow_link=True)
         name = self._name(target.key)
         if not self.store.versions(name):
-            if not target.fs.exists(target.path):
-                raise FileNotFoundError(f"Checkpoint file not found: {path}")
-            warnings.warn(f"{path} was not saved through ftstore ({self.store.url}); it is loaded unverified",
-                          stacklevel=3)
-            with target.fs.open(target.path, "rb") as f:
-                return io.BytesIO(f.read())
+            name = self._stored_as(target)
+            if name is None:
+                if not target.fs.exists(target.path):
+                    raise FileNotFoundError(f"Checkpoint file not found: {path}")
+                warnings.warn(f"{path} was not saved through ftstore ({self.store.url}); it is loaded unverified",
+                              stacklevel=3)
+                return self._file_bytes(target)
+        self._resume_protection(name)
         try:
-            buf, res = self.store.load_bytes(name)
-            self._compare_file(target, res.key, res.envelope.source_hash)
-            return buf
+            key = self._version_at(target, name)
+            buf, res = self.store.load_bytes(key)
         except DamageError as e:
+            if (edited := self._written_in_place(target, name)) is not None:
+                return edited
             if not self.fallback:
                 raise
             return self._fall_back(target, name, e)
+        replaced = self._replacement(target, res.key, res.envelope.source_hash)
+        return replaced if replaced is not None else buf
 
-    def _compare_file(self, target: _Target, key: ArtifactKey, digest: str) -> None:
-        """Warn if the local file at the path is not the stored checkpoint (the same inode, or
-        the same bytes): it went missing, or was written outside ftstore, which then wins not."""
+    @staticmethod
+    def _file_bytes(target: _Target) -> io.BytesIO:
+        with target.fs.open(target.path, "rb") as f:
+            return io.BytesIO(f.read())
+
+    def _payload_of(self, key: ArtifactKey | str) -> str | None:
+        """The stored payload's path, where the store keeps local files."""
+        if not self.store.capabilities.local_files:
+            return None
+        with contextlib.suppress(FtstoreError, OSError):
+            return self.store.describe(key).get("payload")
+        return None
+
+    def _stored_as(self, target: _Target) -> str | None:
+        """The artifact of this plugin whose stored payload the local file at the path is
+        (the same inode: ftstore published it as a hard link), whatever path it was saved
+        under: the checkpoint folder was moved or renamed, or is mounted elsewhere."""
+        if not target.local or not self.store.capabilities.local_files:
+            return None
+        try:
+            here = os.stat(target.path)
+        except OSError:
+            return None
+        for name in self.store.names():
+            if not name.startswith(self.prefix + "-"):
+                continue
+            for v in self.store.versions(name):
+                payload = self._payload_of(ArtifactKey(name, v))
+                with contextlib.suppress(OSError):
+                    if payload is not None and os.path.samestat(os.stat(payload), here):
+                        return name
+        return None
+
+    def _version_at(self, target: _Target, name: str) -> ArtifactKey:
+        """The version whose payload the file at the path is: an older one where a save was
+        committed but killed before its file was put in place (Lightning never saw that save
+        finish); otherwise the newest."""
+        versions = self.store.versions(name)
+        if target.local and len(versions) > 1:
+            for v in versions[:-1]:
+                payload = self._payload_of(ArtifactKey(name, v))
+                with contextlib.suppress(OSError):
+                    if payload is not None and os.path.samefile(payload, target.path):
+                        return ArtifactKey(name, v)
+        return ArtifactKey(name, versions[-1])
+
+    def _replacement(self, target: _Target, key: ArtifactKey, digest: str) -> io.BytesIO | None:
+        """The file at the path, where it is not the stored checkpoint because another file
+        was put there (a new inode where ftstore published a hard link): Lightning loads
+        what is at the path, and so does this plugin, with a warning. None where the file
+        is the stored checkpoint (the same inode, or the same bytes), is missing (the stored
+        one is loaded, with a warning), or is a copy ftstore made on another filesystem that
+        no longer has its bytes (damaged or replaced, which cannot be told apart there: the
+        stored one is loaded, with a warning)."""
         if not target.local:
-            return
+            return None
         if not os.path.lexists(target.path):
             warnings.warn(f"{target.path} is missing; loading the checkpoint stored for it", stacklevel=4)
-            return
-        payload = self.store.describe(key).get("payload") if self.store.capabilities.local_files else None
+            return None
+        payload = self._payload_of(key)
+        linked = False
         with contextlib.suppress(OSError):
             if payload is not None and os.path.samefile(payload, target.path):
-                return
+                return None
             if hash_file(target.path)[0] == digest:
-                return
+                return None
+            linked = payload is not None and os.stat(payload).st_dev == os.stat(target.path).st_dev
+        if linked:
+            warnings.warn(f"{target.path} was replaced outside ftstore after it was saved (another file took its "
+                          "place); loading it as Lightning would, unverified", stacklevel=4)
+            return self._file_bytes(target)
         warnings.warn(f"{target.path} is not the checkpoint ftstore saved there (changed outside it, or damaged); "
                       "loading the stored one", stacklevel=4)
+        return None
+
+    def _written_in_place(self, target: _Target, name: str) -> io.BytesIO | None:
+        """The file at the path, where the stored checkpoint is beyond repair because the
+        file, its hard link, was written into after the save (``torch.save`` to the same
+        path, a copy onto it): modified since the artifact was made (bit rot leaves the time
+        alone), and a whole checkpoint archive again (garbage written over it is not). That
+        overwrote the stored copy, which is lost; Lightning loads the file as it now is, and
+        so does this plugin, with a warning. None otherwise: damage, to fall back from."""
+        payload = self._payload_of(name)
+        if not target.local or payload is None:
+            return None
+        try:
+            env = self.store.read_envelope(name)
+            if not os.path.samefile(payload, target.path):
+                return None
+            written_ms = os.stat(target.path).st_mtime_ns // 1_000_000
+        except (FtstoreError, OSError):
+            return None
+        if written_ms <= env.created_unix_ms or not _whole_torch_archive(target.path):
+            return None  # damage (bit rot keeps the time; a write of garbage leaves no archive)
+        warnings.warn(f"{target.path} was written into after ftstore saved it: the file is the stored checkpoint (a "
+                      "hard link), so that copy was overwritten and is lost; loading the file as Lightning would, "
+                      "unverified", stacklevel=4)
+        return self._file_bytes(target)
+
+    def _resume_protection(self, name: str) -> None:
+        """Start building the sidecars this plugin's checkpoints in the folder of ``name``
+        still miss: their background protection died with an earlier run (killed with the
+        job's processes, say), and nothing else would build them before a scrub. Already
+        protected ones, and ones being protected here, are left alone; a failure only warns."""
+        try:
+            folder = self.store.read_envelope(name).metadata.get(DIR_KEY)
+            running = set(self._protector.pending())
+            for other in self.store.names():
+                if not other.startswith(self.prefix + "-"):
+                    continue
+                for v in self.store.versions(other):
+                    key = ArtifactKey(other, v)
+                    with contextlib.suppress(EnvelopeError, NewerFormatError, NotFoundError):
+                        env = self.store.read_envelope(key)
+                        if env.raptorq is None and env.metadata.get(DIR_KEY) == folder and key not in running:
+                            self._protector.start(key, env.artifact_id)
+        except (FtstoreError, OSError) as e:
+            warnings.warn(f"could not start protecting the unprotected checkpoints of {name}'s folder: {e}",
+                          stacklevel=4)
 
     def _fall_back(self, target: _Target, damaged: str, error: DamageError) -> io.BytesIO:
         """The newest other checkpoint of the same folder, at no later step, that verifies."""
@@ -340,6 +466,17 @@ class FtstoreCheckpointIO(CheckpointIO):
     def teardown(self) -> None:
         """At the end of ``fit``: background work is finished before it returns."""
         self.wait_until_finished()
+
+
+def _whole_torch_archive(path: str) -> bool:
+    """Whether the file is a whole ``torch.save`` archive: a zip whose every member checks
+    against its CRC. What an edit writes is one; zeros or garbage written over a checkpoint
+    are not, and are damage to fall back from."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return bool(z.namelist()) and z.testzip() is None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError, NotImplementedError):
+        return False
 
 
 def _int(text: str | None) -> int | None:
