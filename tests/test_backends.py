@@ -118,6 +118,40 @@ def test_a_failing_builder_that_changed_values_in_place_leaves_params_as_they_we
     assert params.cfg["mask"] is mask and not mask.any()
 
 
+def test_values_changed_in_subtler_ways_are_put_back_too(store):
+    """Dict and list subclasses, arrays reshaped, retyped or made read-only, and lists held
+    in a tuple used to stay changed (skipped in silence)."""
+    import collections
+
+    _torch_bundle(store)
+    od, dd = collections.OrderedDict(b=1, a=2), collections.defaultdict(list, k=[1])
+    shaped, frozen, typed, inner = np.arange(6.0), np.arange(3.0), np.arange(4, dtype=np.int32), [1]
+    held = (inner, "text")
+    params.cfg.clear()
+    params.cfg.update(od=od, dd=dd, shaped=shaped, frozen=frozen, typed=typed, held=held, N=64)
+
+    def meddling(cfg):
+        cfg["od"]["c"] = 3
+        cfg["od"].move_to_end("b")
+        cfg["dd"]["new"].append(2)
+        cfg["shaped"].shape = (2, 3)
+        cfg["shaped"][...] = 9
+        cfg["frozen"][...] = 7
+        cfg["frozen"].flags.writeable = False
+        cfg["typed"].dtype = np.float32
+        cfg["held"][0].append(2)
+        raise RuntimeError("builder failed")
+
+    with pytest.raises(RuntimeError, match="builder failed"):
+        load_bundle(store, "tb", "pytorch", builders={"autoencoder": meddling, "diffraction_to_obj": meddling})
+    assert params.cfg["od"] is od and list(od.items()) == [("b", 1), ("a", 2)]
+    assert params.cfg["dd"] is dd and dict(dd) == {"k": [1]} and dd.default_factory is list
+    assert params.cfg["shaped"] is shaped and shaped.shape == (6,) and (shaped == np.arange(6.0)).all()
+    assert params.cfg["frozen"] is frozen and frozen.flags.writeable and (frozen == np.arange(3.0)).all()
+    assert params.cfg["typed"] is typed and typed.dtype == np.int32 and (typed == np.arange(4)).all()
+    assert params.cfg["held"] is held and inner == [1]
+
+
 def test_documented_errors(store, monkeypatch):
     _torch_bundle(store)
     params.cfg.clear()

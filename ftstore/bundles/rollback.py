@@ -2,45 +2,76 @@
 
 ``load_bundle`` writes the archived params into a live dict (PtychoPINN's ``params.cfg``)
 before the builders run, and a builder may change values in place: append to a list,
-edit a nested dict, write into an array. Restoring the keys alone would leave those
-changes behind, so the contents of every mutable plain value (list, dict, set,
-bytearray, numpy array) are copied first and written back into the same object: code
-that holds a reference to ``cfg['probe']`` still sees the very array, with its old values.
-Other values (tensors, user objects) get their reference back only. Values nested in a
-container come back as equal copies.
+edit a nested dict, write into an array, reshape it or make it read-only. Restoring the
+keys alone would leave those changes behind, so the contents of every mutable value are
+copied first and written back into the same object: code that holds a reference to
+``cfg['probe']`` still sees the very array, with its old values, shape and flags.
+
+- lists, dicts, sets and bytearrays, their subclasses too (``OrderedDict``,
+  ``defaultdict``): their contents; values nested in them come back as equal copies;
+- numpy arrays: their values, shape, dtype and ``writeable`` flag;
+- tuples: each item that is one of the above, in place (the tuple cannot change);
+- anything else (tensors, user objects): the reference only.
+
+A value that cannot be put back as it was (an array whose memory another array now
+shapes, say) is named in a warning: the load is failing already, and its own error, not a
+new one, is what the caller gets.
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
-_OPAQUE = object()
+_CONTENTS, _ARRAY, _TUPLE = "contents", "array", "tuple"
+Snapshot = tuple[Any, ...] | None
 
 
 def _is_ndarray(v: Any) -> bool:
-    return type(v).__name__ == "ndarray" and type(v).__module__ == "numpy"  # numpy is never imported here
+    """numpy is never imported here: an array is known by its class (or a base class)."""
+    return any(c.__name__ == "ndarray" and c.__module__ == "numpy" for c in type(v).__mro__)
 
 
-def _contents(v: Any) -> Any:
+def _snapshot(v: Any) -> Snapshot:
+    """What :func:`_put_back` needs to make ``v`` what it is now; None for a value whose
+    reference alone is kept."""
     try:
-        if type(v) in (list, dict, set, bytearray):
-            return copy.deepcopy(v)
+        if isinstance(v, (list, dict, set, bytearray)):
+            return (_CONTENTS, copy.deepcopy(v))
         if _is_ndarray(v):
-            return v.copy()
-    except Exception:  # a value that cannot be copied (holds a lock, say): its reference only
+            return (_ARRAY, v.copy(), v.shape, v.dtype, bool(v.flags.writeable))
+        if isinstance(v, tuple):
+            items = [_snapshot(x) for x in v]
+            return (_TUPLE, items) if any(s is not None for s in items) else None
+    except Exception:  # noqa: BLE001 - a value that cannot be copied (holds a lock, say): its reference only
         pass
-    return _OPAQUE
+    return None
 
 
-def _put_back(v: Any, contents: Any) -> None:
-    if type(v) in (list, bytearray):
-        v[:] = contents
-    elif type(v) in (dict, set):
-        v.clear()
-        v.update(contents)
-    elif v.shape == contents.shape and v.dtype == contents.dtype and v.flags.writeable:
-        v[...] = contents
+def _put_back(v: Any, snap: tuple[Any, ...]) -> None:
+    """Make ``v`` what ``snap`` recorded, in place; raises where it cannot."""
+    kind = snap[0]
+    if kind == _CONTENTS:
+        if isinstance(v, (list, bytearray)):
+            v[:] = snap[1]
+        else:
+            v.clear()
+            v.update(snap[1])
+    elif kind == _ARRAY:
+        _, values, shape, dtype, writeable = snap
+        if v.dtype != dtype:
+            v.dtype = dtype
+        if v.shape != shape:
+            v.shape = shape
+        if not v.flags.writeable:
+            v.flags.writeable = True
+        v[...] = values
+        v.flags.writeable = writeable
+    else:
+        for item, item_snap in zip(v, snap[1]):
+            if item_snap is not None:
+                _put_back(item, item_snap)
 
 
 class ParamsRollback:
@@ -49,11 +80,18 @@ class ParamsRollback:
 
     def __init__(self, cfg: dict[str, Any]):
         self.cfg = cfg
-        self.items = [(k, v, _contents(v)) for k, v in cfg.items()]
+        self.items = [(k, v, _snapshot(v)) for k, v in cfg.items()]
 
     def restore(self) -> None:
         self.cfg.clear()
-        for k, v, contents in self.items:
-            if contents is not _OPAQUE:
-                _put_back(v, contents)
+        failed = []
+        for k, v, snap in self.items:
+            if snap is not None:
+                try:
+                    _put_back(v, snap)
+                except Exception:  # noqa: BLE001 - said below; every other key is still restored
+                    failed.append(k)
             self.cfg[k] = v
+        if failed:
+            warnings.warn(f"params: {', '.join(map(repr, failed))} could not be put back exactly as before the "
+                          "failed load (changed in place in a way that cannot be undone)", stacklevel=3)
