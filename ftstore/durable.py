@@ -130,8 +130,21 @@ def remove_entry(parent_fd: int, name: str) -> None:
             os.unlink(name, dir_fd=parent_fd)
 
 
+NAME_MAX = 255  # bytes in one file name, on every file system ftstore writes to
+
+
+def fitting_name(prefix: str, name: str, suffix: str) -> str:
+    """``prefix + name + suffix``, with ``name`` cut short (at a character) where the whole
+    would pass ``NAME_MAX`` bytes: a temporary file beside a user's long file name (``load
+    -o``, a Lightning checkpoint) must not fail where the name itself is fine."""
+    room = NAME_MAX - len(os.fsencode(prefix + suffix))
+    while len(os.fsencode(name)) > room:
+        name = name[:-1]
+    return prefix + name + suffix
+
+
 def tmp_path(final: Path) -> Path:
-    return final.with_name(f"{final.name}{TMP_MARK}{uuid.uuid4().hex[:12]}")
+    return final.with_name(fitting_name("", final.name, f"{TMP_MARK}{uuid.uuid4().hex[:12]}"))
 
 
 def fsync_dir(path: Path) -> None:

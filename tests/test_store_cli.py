@@ -239,3 +239,15 @@ def test_no_command_takes_or_overwrites_another_stores_files(any_store, make_fil
         (scratch / "ckpt").write_bytes(b"y" * 4000)
         any_store.save(scratch / "ckpt", "from-scratch", move=True)
         assert not (scratch / "ckpt").exists()
+
+
+def test_an_output_with_the_longest_name_the_file_system_allows_is_written(store, make_file, tmp_path):
+    """The temporary file beside ``-o`` took the name plus a suffix, past 255 bytes."""
+    src = make_file(3000)
+    store.save(src, "a")
+    outs = tmp_path / "outs"
+    outs.mkdir()
+    for name in ("x" * 255, "é" * 127):  # 255 and 254 bytes
+        run_cli("load", "a", "-o", str(outs / name), store=store, check_rc=0)
+        assert (outs / name).read_bytes() == src.read_bytes()
+    assert sorted(p.name for p in outs.iterdir()) == sorted(["x" * 255, "é" * 127])  # no temporary file left

@@ -61,7 +61,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 
 from ftstore.api import Store
 from ftstore.documents import ArtifactKey, is_name
-from ftstore.durable import fsync_dir, try_link
+from ftstore.durable import fitting_name, fsync_dir, try_link
 from ftstore.hashing import hash_bytes, hash_file
 from ftstore.errors import BadInputError, DamageError, EnvelopeError, FtstoreError, NewerFormatError, NotFoundError
 from ftstore.training.protection import BackgroundProtector
@@ -194,7 +194,7 @@ class FtstoreCheckpointIO(CheckpointIO):
             with target.fs.open(target.path, "wb") as f:
                 f.write(buf.getbuffer())
             return
-        tmp = Path(target.path).with_name(f".{Path(target.path).name}.ftstore-{uuid.uuid4().hex[:12]}")
+        tmp = Path(target.path).with_name(fitting_name(".", Path(target.path).name, f".ftstore-{uuid.uuid4().hex[:12]}"))
         try:
             payload = self.store.describe(key).get("payload") if self.store.capabilities.local_files else None
             if payload is None or not try_link(Path(payload), tmp):
