@@ -251,3 +251,30 @@ def test_an_output_with_the_longest_name_the_file_system_allows_is_written(store
         run_cli("load", "a", "-o", str(outs / name), store=store, check_rc=0)
         assert (outs / name).read_bytes() == src.read_bytes()
     assert sorted(p.name for p in outs.iterdir()) == sorted(["x" * 255, "é" * 127])  # no temporary file left
+
+
+def test_a_refused_command_creates_no_store(store, make_file, tmp_path):
+    """Every check of a save or a copy runs before the store it names is created."""
+    src = make_file(3000)
+    store.save(src, "a")
+    not_json = tmp_path / "baseline.txt"
+    not_json.write_text("not json")
+    cases = [
+        ["save", str(src), "--name", "bad!"],
+        ["save", str(src), "--name", "ok", "--overhead", "5"],
+        ["save", str(not_json), "--name", "b", "--type", "benchmark_baseline"],
+        ["save", str(src), "--name", "m", "--meta", "k=" + "v" * 70000],
+        ["copy", store.url, "DEST", "a@0"],
+        ["copy", store.url, "DEST", "nope"],
+        ["copy", store.url, "DEST", "bad!"],
+    ]
+    for i, args in enumerate(cases):
+        dest = tmp_path / f"new{i}"
+        args = [str(dest) if a == "DEST" else a for a in args]
+        if args[0] == "save":
+            args += ["--store", str(dest)]
+        res = run_cli(*args, check_rc=2)
+        assert len(res.stderr.strip().splitlines()) == 1 and not dest.exists(), (args, res.stderr)
+    run_cli("save", str(src), "--name", "fine", "--store", str(tmp_path / "made"), check_rc=0)
+    run_cli("copy", store.url, str(tmp_path / "copied"), "a", check_rc=0)
+    assert (tmp_path / "made" / "ftstore-store.json").exists() and (tmp_path / "copied" / "ftstore-store.json").exists()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -14,7 +15,7 @@ import click
 from ftstore import api
 from ftstore.cli.output import emit_json, human_size, info, printable_streams, progress
 from ftstore.api import ARTIFACT_TYPES, DEFAULT_OVERHEAD
-from ftstore.errors import BadInputError, FtstoreError
+from ftstore.errors import BadInputError, FtstoreError, NotFoundError
 
 store_option = click.option(
     "--store",
@@ -72,7 +73,7 @@ def save(path, name, artifact_type, meta, overhead, move, store_path, jobs, as_j
     if not path.is_file():
         raise BadInputError(f"{path}: no such file")
     metadata = _parse_meta(meta)
-    store = api.open_store(store_path, create=True)
+    store = _store_to_save_to(store_path, lambda: api.Store.check_save(path, name, artifact_type, metadata, overhead))
     with progress(path.stat().st_size, "saving") as cb:
         env = api.save(store, path, name, artifact_type, metadata, overhead=overhead, jobs=jobs, progress=cb, move=move)
     if as_json:
@@ -84,6 +85,16 @@ def save(path, name, artifact_type, meta, overhead, move, store_path, jobs, as_j
         f"  repair: {rq.repair_symbols} symbols of {rq.symbol_size} B over {rq.stripes} stripes "
         f"({rq.overhead:.0%} overhead, sidecar {human_size(rq.sidecar_size)})"
     )
+
+
+def _store_to_save_to(store_path: str | None, check: Callable[[], object]) -> api.Store:
+    """The store a command saves to, created if it does not exist yet, but only once the
+    command's request has passed ``check``: a refused command leaves no new store behind."""
+    try:
+        return api.open_store(store_path)
+    except NotFoundError:
+        check()
+        return api.open_store(store_path, create=True)
 
 
 @cli.command(name="ls")
@@ -249,7 +260,9 @@ def bench_compare(baseline_ref, new, threshold, store_path, as_json):
 def copy_cmd(src, dst, refs, jobs, as_json):
     """Copy artifacts (REFS, default all) from store SRC to store DST, e.g. a local
     directory and s3://bucket/prefix. Verifies on the way, repairs at the destination."""
-    results = api.copy(api.open_store(src), api.open_store(dst, create=True), refs, jobs=jobs)
+    source = api.open_store(src)
+    keys = [source.resolve(r) for r in refs]  # a bad ref is refused before the destination is made
+    results = api.copy(source, _store_to_save_to(dst, lambda: None), keys, jobs=jobs)
     bad = [r for r in results if r.status in ("conflict", "failed")]
     if as_json:
         emit_json([r.__dict__ for r in results])
