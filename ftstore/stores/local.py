@@ -198,6 +198,25 @@ def _kind(dir_fd: int, name: str) -> str | None:
     return "dir" if stat.S_ISDIR(mode) else "link" if stat.S_ISLNK(mode) else "file"
 
 
+def _names_a_version_or_name(parent: list[str], entry: str) -> bool:
+    """Whether ``artifacts/<parent>/<entry>`` is where a real name or version folder goes:
+    listed as an orphan, it was a file or link there, and may be a folder by now."""
+    return (not parent and is_name(entry)) or (len(parent) == 1 and version_of(entry) is not None)
+
+
+def _unlink_not_a_folder(dir_fd: int, entry: str) -> bool:
+    """Remove a stray file or link where a name or version folder goes, never the folder a
+    save may have made there since the orphan was listed (``unlink`` refuses folders, so
+    no check can go stale before it)."""
+    try:
+        os.unlink(entry, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return True
+    except (IsADirectoryError, PermissionError):  # a folder now: a committed name or version
+        return False
+    return True
+
+
 class LocalStaging(Staging):
     def __init__(self, store: LocalStore, name: str, version: int | None):
         self.store, self.name, self.version = store, name, version
@@ -692,10 +711,14 @@ class LocalStore(StoreBackend):
                     return _kind(fd, entry) in (None, "dir")
                 if parent == ["staging"]:
                     return self._remove_from_staging(fd, entry)
+                if parent[0] == "artifacts" and _names_a_version_or_name(parent[1:], entry):
+                    return _unlink_not_a_folder(fd, entry)
                 in_version = len(parent) == 3 and parent[0] == "artifacts"
                 with _unused(fd) if in_version else contextlib.nullcontext(True) as unused:
                     if not unused:  # inside a version's folder while a repair works there
                         return False
+                    if in_version and entry in LEAVES and not _regular(DELETED, fd):
+                        return False  # no tombstone here (any more): a committed version's own leaf
                     remove_entry(fd, entry)
                     return _kind(fd, entry) is None
         except (FileNotFoundError, NotADirectoryError):
