@@ -209,3 +209,38 @@ def test_a_max_rate_that_is_not_a_positive_number_is_refused(store, make_file):
         res = run_cli("scrub", "--max-rate", rate, store=store, check_rc=2)
         assert "--max-rate" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
     run_cli("scrub", "--max-rate", "50", store=store, check_rc=0)
+
+
+@pytest.mark.parametrize("builder", ["protector", "scrub"])
+def test_a_payload_that_changes_while_its_sidecar_is_built_gets_no_sidecar(store, make_file, monkeypatch, builder):
+    """The payload of a pending version was checked, then encoded: a change in between
+    (a writer through a hard link, rot) gave a sidecar of other bytes, installed as if it
+    protected the recorded ones, and every repair then failed in a puzzling way. Now the
+    bytes encoded are checked afterwards and no such sidecar is installed."""
+    from ftstore.codec.build import SidecarBuild
+    from ftstore.engine.integrity import protect_pending
+    from ftstore.engine.leaves import FolderLeaves
+    from ftstore.errors import UnrecoverableError
+
+    src = make_file(3_000_000)
+    env = store.save(src, "m", protect=False)
+    f = files(store, "m@1")
+    real_encode = SidecarBuild.encode
+
+    def encode_then_change(self, source, jobs, source_table=None):
+        table = real_encode(self, source, jobs, source_table)
+        with open(f.payload, "r+b") as p:  # the byte changes just after the encoders read it
+            p.seek(1_000_000)
+            byte = p.read(1)
+            p.seek(1_000_000)
+            p.write(bytes([byte[0] ^ 1]))
+        return table
+
+    monkeypatch.setattr(SidecarBuild, "encode", encode_then_change)
+    if builder == "protector":
+        with pytest.raises(UnrecoverableError, match="no sidecar was installed"):
+            protect_pending(FolderLeaves(store.backend.version_dir(store.resolve("m@1")), store.resolve("m@1"), store.backend))
+    else:
+        report = scrub(store, repair=True, write_report=False)
+        assert report.artifacts[0].error and "no sidecar was installed" in report.artifacts[0].error
+    assert not f.sidecar.exists() and read_envelope(f).raptorq is None and env.raptorq is None

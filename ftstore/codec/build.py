@@ -10,7 +10,8 @@ from typing import BinaryIO
 
 from ftstore.durable import NotRegularFileError, clear_folder_at, open_regular, pwrite_all
 from ftstore.errors import BadInputError, UnrecoverableError
-from ftstore.hashing import CHUNK, SYMBOL_HASH_BYTES, format_hash, hash_file, new_hasher, read_ahead, symbol_hash
+from ftstore.hashing import (CHUNK, SYMBOL_HASH_BYTES, format_hash, hash_file, hash_stream, new_hasher, read_ahead,
+                             symbol_hash)
 from ftstore.codec.decoder import StripeOutcome
 from ftstore.codec.encoder import encode_sidecar_body
 from ftstore.codec.layout import Layout
@@ -182,11 +183,36 @@ def write_sidecar(
     version: int,
 ) -> SidecarInfo:
     """Encode ``payload`` into a new sidecar file ``dest`` (fsynced) for artifact version
-    ``version``. ``payload`` must already hold exactly ``essentials.size`` bytes matching
-    ``essentials.source_hash``."""
+    ``version``. ``payload`` must hold exactly ``essentials.size`` bytes matching
+    ``essentials.source_hash`` while it is encoded: what the encoders read is checked
+    afterwards (:func:`check_encoded`), and :class:`UnrecoverableError` raised, with no
+    sidecar finished, where it was not."""
     build = SidecarBuild(dest, essentials, overhead, symbol_size, version=version)
-    build.encode(payload, jobs)
+    table = build.encode(payload, jobs)
+    check_encoded(payload, essentials, build.layout.symbol_size, table)
     return build.finish(essentials)
+
+
+def check_encoded(payload: Path, essentials: ArtifactEssentials, symbol_size: int, table: bytes) -> None:
+    """Check that the bytes the encoders read were the recorded payload: the payload is read
+    again, and its BLAKE3 and every symbol's hash must match ``essentials`` and ``table``
+    (the hashes the encoders took of exactly what they encoded). A sidecar built after the
+    payload was checked, while a writer (through a hard link) or rot changed it, would
+    describe other bytes: useless to repair them, where the recorded bytes' sidecar would
+    repair that very change. Raises :class:`UnrecoverableError` then."""
+    hasher = SymbolHasher(symbol_size)
+    try:
+        f = open_regular(payload)
+        if f is None:
+            raise FileNotFoundError(payload)
+        with f:
+            got = hash_stream(f, essentials.size + 1, sink=hasher)
+    except (OSError, NotRegularFileError) as e:
+        raise UnrecoverableError(f"{payload}: the payload could not be read back after its sidecar was encoded ({e}); "
+                                 "no sidecar was installed") from None
+    if got != (essentials.source_hash, essentials.size) or hasher.table() != table:
+        raise UnrecoverableError(f"{payload}: the payload does not match its recorded BLAKE3, or changed while its repair "
+                                 "sidecar was being built; no sidecar was installed")
 
 
 @dataclass(frozen=True)

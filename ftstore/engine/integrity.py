@@ -392,10 +392,7 @@ def protect_pending(files: FolderLeaves, jobs: int | None = None, overhead: floa
     if env.raptorq is not None:
         return env
     overhead = requested_overhead(env) if overhead is None else overhead
-    h = check(files)
-    if h.payload_problem:
-        raise UnrecoverableError(f"{files.key.ref}: payload damaged before its repair sidecar was built: {h.payload_problem}")
-    tmp = tmp_path(files.sidecar)
+    tmp = tmp_path(files.sidecar)  # the payload is checked as it was encoded (see write_sidecar)
     try:
         info = write_sidecar(files.payload, tmp, essentials_of(env), overhead, None, jobs, version=files.key.version)
         env = read_envelope(files)  # re-read: a scrub may have written meanwhile, or a delete
