@@ -82,8 +82,8 @@ class Seaweed:
             try:
                 try:
                     s3.create_bucket(Bucket="ftstore-ready")
-                except s3.exceptions.BucketAlreadyOwnedByYou:
-                    pass
+                except (s3.exceptions.BucketAlreadyOwnedByYou, s3.exceptions.BucketAlreadyExists):
+                    pass  # a restarted server has it already
                 s3.put_object(Bucket="ftstore-ready", Key="probe", Body=b"1")
                 return
             except Exception as e:  # not up yet: connection refused, no volumes yet, ...

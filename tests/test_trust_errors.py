@@ -232,3 +232,48 @@ def test_file_names_that_are_not_utf8_are_shown_as_escapes_never_an_internal_err
     assert not (root / "staging" / os.fsdecode(b"\xfd")).exists()
     reports = list((root / "reports").iterdir())
     assert reports and all("\\\\xff" in r.read_text("utf-8") for r in reports)
+
+
+def test_a_server_dying_mid_repair_stops_the_scrub_with_exit_2_and_judges_nothing(tmp_path, monkeypatch, capsys):
+    """It was reported as a failed (unrecoverable) version and a damaged store, exit 1,
+    although nothing was known about the version; after a restart the same scrub repairs it."""
+    from .seaweed import Seaweed, weed_binary
+    from ftstore.api import scrub
+    from ftstore.cli.main import main
+    from ftstore.scrub import scrubber
+
+    if weed_binary() is None:
+        pytest.skip("SeaweedFS is not installed")
+    server = Seaweed(tmp_path / "weed")
+    server.start()
+    try:
+        for k, v in server.env().items():
+            monkeypatch.setenv(k, v)
+        store = Store.open("s3://dying/store", create=True)
+        src = tmp_path / "p"
+        src.write_bytes(random.Random(1).randbytes(3 * 1024 * 1024))
+        store.save(src, "m")
+        key = store.resolve("m@1")
+        data = bytearray(store.backend.read_leaf(key, "payload", 4 << 20))
+        data[10] ^= 1
+        store.backend._put(store.backend._vkey(key, "payload"), bytes(data))
+        assert not store.check("m@1").intact
+        real_repair = scrubber.repair
+
+        def dies_first(*args, **kw):
+            server.kill()
+            return real_repair(*args, **kw)
+
+        monkeypatch.setattr(scrubber, "repair", dies_first)
+        with pytest.raises(SystemExit) as exited:
+            main(["scrub", "--repair", "--jobs", "1", "--store", store.url])
+        err = capsys.readouterr().err
+        assert exited.value.code == 2 and "object storage error" in err and len(err.strip().splitlines()) == 1, err
+        monkeypatch.setattr(scrubber, "repair", real_repair)
+        server.start()
+        assert store.read_envelope("m@1").scrub.status != "failed"
+        report = scrub(store, repair=True, write_report=False)
+        assert [a.status for a in report.artifacts] == ["recovered"]
+        assert store.load_bytes("m@1")[0].getvalue() == src.read_bytes()
+    finally:
+        server.stop()
