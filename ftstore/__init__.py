@@ -48,6 +48,7 @@ _EXPORTS = {
     "NotFoundError": "errors",
     "StorageError": "errors",
     "StorageFullError": "errors",
+    "StoreUnreachableError": "errors",
     "UnrecoverableError": "errors",
 }
 
@@ -67,6 +68,7 @@ if TYPE_CHECKING:
         NotFoundError,
         StorageError,
         StorageFullError,
+        StoreUnreachableError,
         UnrecoverableError,
     )
     from ftstore.training.checkpoints import BundleSpec, Checkpoint, CheckpointManager

@@ -61,9 +61,16 @@ class StorageFullError(FtstoreError, OSError):
 
 class StorageError(FtstoreError):
     """The store could not be used: a server refused (permissions, credentials, a missing
-    bucket), could not be reached, or broke off mid-transfer. Nothing was committed."""
+    bucket), could not be reached, or broke off mid-transfer; or a version changed under an
+    operation on it (deleted or saved anew meanwhile). Nothing was committed."""
 
     exit_code = 2
+
+
+class StoreUnreachableError(StorageError):
+    """The object store failed the request itself (not reachable, broke off mid-transfer,
+    refused it). It says nothing about the data: a scrub stops instead of judging a version
+    by it."""
 
 
 class WorkerError(FtstoreError):

@@ -15,7 +15,7 @@ import click
 from ftstore import api
 from ftstore.cli.output import emit_json, human_size, info, printable_streams, progress
 from ftstore.api import ARTIFACT_TYPES, DEFAULT_OVERHEAD
-from ftstore.errors import BadInputError, FtstoreError, NotFoundError
+from ftstore.errors import BadInputError, FtstoreError, NotFoundError, StorageError
 
 store_option = click.option(
     "--store",
@@ -92,7 +92,7 @@ def _store_to_save_to(store_path: str | None, check: Callable[[], object]) -> ap
     command's request has passed ``check``: a refused command leaves no new store behind."""
     try:
         return api.open_store(store_path)
-    except NotFoundError:
+    except (NotFoundError, StorageError):  # no store there yet (on S3, maybe no bucket either)
         check()
         return api.open_store(store_path, create=True)
 

@@ -67,7 +67,7 @@ from ftstore.documents import (
 )
 from ftstore.durable import TMP_MARK, replace_durably, tmp_path
 from ftstore.engine.leaves import FolderLeaves, Leaves, read_envelope
-from ftstore.errors import (EnvelopeError, FtstoreError, NewerFormatError, NotFoundError, StorageError,
+from ftstore.errors import (EnvelopeError, FtstoreError, NewerFormatError, NotFoundError, StoreUnreachableError,
                             UnrecoverableError)
 from ftstore.hashing import hash_stream, stream_length
 from ftstore.stores.backend import PAYLOAD, SIDECAR
@@ -225,7 +225,7 @@ def _leaf_hash(leaves: Leaves, leaf: str, size: int | None = None,
             if size is not None and got > size:
                 got = stream_length(stream) or got
             return digest, got
-    except StorageError:  # the store's server went away or refused: nothing is known about the leaf
+    except StoreUnreachableError:  # the store's server went away or refused: nothing is known about the leaf
         raise
     except (FtstoreError, OSError) as e:  # a link, FIFO or folder; a read error: that leaf is damaged
         return str(e)

@@ -23,7 +23,7 @@ from ftstore.documents import ArtifactKey, ScrubSection, canonical
 from ftstore.documents.printable import encode_printable
 from ftstore.engine.integrity import Health, check, protect_pending, remove_dead_spills, repair
 from ftstore.engine.leaves import FolderLeaves, StoredLeaves, read_envelope
-from ftstore.errors import BadInputError, FtstoreError, NewerFormatError, StorageError
+from ftstore.errors import BadInputError, FtstoreError, NewerFormatError, StoreUnreachableError
 from ftstore.scrub.report import ArtifactScrub, DeepCheck, Orphan, ScrubOptions, ScrubReport, Totals
 from ftstore.stores import Orphan as StoreOrphan, StoreBackend, open_store
 from ftstore.stores.backend import PAYLOAD, SIDECAR
@@ -78,7 +78,7 @@ def scrub_artifact(task: ScrubTask) -> ArtifactScrub:
     try:
         store = open_store(task.store_url)
         h = check(StoredLeaves(store, task.key), pace=_Pace(task.rate) if task.rate else None)
-    except StorageError:  # the store itself went away (a server down): the scrub stops, nothing is judged
+    except StoreUnreachableError:  # the store itself went away (a server down): the scrub stops, nothing is judged
         raise
     except (FtstoreError, OSError) as e:  # one unreadable entry is reported; the scrub goes on
         return ArtifactScrub(ref=task.key.ref, status="failed", damage=[_one_line(e)], error=_one_line(e))
@@ -94,7 +94,7 @@ def scrub_artifact(task: ScrubTask) -> ArtifactScrub:
         with store.working_copy(task.key, writeback=task.repair) as folder:
             files = FolderLeaves(folder, task.key, store)
             return _work_on(files, h if store.capabilities.local_files else check(files), result, task)
-    except StorageError:
+    except StoreUnreachableError:
         raise
     except (FtstoreError, OSError) as e:
         return msgspec.structs.replace(result, status="failed", error=_one_line(e))
@@ -116,7 +116,7 @@ def _work_on(files: FolderLeaves, h: Health, result: ArtifactScrub, task: ScrubT
     if h.files_damaged:
         try:
             res = repair(files, h, reason="scrub", jobs=task.jobs)
-        except StorageError:  # not the version's fault: it is neither marked nor reported failed
+        except StoreUnreachableError:  # not the version's fault: it is neither marked nor reported failed
             raise
         except (FtstoreError, OSError) as e:
             _mark(files, "failed", now)

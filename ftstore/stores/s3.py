@@ -19,8 +19,8 @@ moment it stops being an artifact) before its other objects go, so its number is
 claimed again: a tombstone. Unlike a local store's, tombstones stay (two empty objects
 each): without a lock, dropping one could meet a copy that claimed its number meanwhile.
 
-Every error the server or the network gives becomes a :class:`StorageError` (exit 2) with
-what the server said; only a server that reports it is out of space is a
+Every error the server or the network gives becomes a :class:`StoreUnreachableError`
+(exit 2) with what the server said; only a server that reports it is out of space is a
 :class:`StorageFullError`.
 """
 
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ftstore.documents.names import ArtifactKey, is_name, version_of
-from ftstore.errors import BadInputError, NotFoundError, StorageError, StorageFullError
+from ftstore.errors import BadInputError, NotFoundError, StorageError, StorageFullError, StoreUnreachableError
 from ftstore.hashing import format_hash, new_hasher
 from ftstore.stores.backend import (
     DELETED,
@@ -107,7 +107,7 @@ def _translated(url: str, doing: str) -> Iterator[None]:
         if _code(e) in _FULL:
             raise StorageFullError(f"{url}: the object store is out of space while {doing}: {e}") from None
         hint = " (permission or credentials: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)" if _code(e) in _DENIED else ""
-        raise StorageError(f"{url}: object storage error while {doing}: {e}{hint}") from None
+        raise StoreUnreachableError(f"{url}: object storage error while {doing}: {e}{hint}") from None
 
 
 class _Body(io.RawIOBase):
