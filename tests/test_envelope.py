@@ -104,3 +104,25 @@ def test_proof_chain_detects_tampering():
     forged = msgspec.structs.replace(p1, reason="other")
     assert chain_problems([forged, p2])
     assert chain_problems([p2])
+
+
+def _doc_string(text: str) -> str:
+    """A JSON string as docs/format.md's canonical form writes it, from the document alone."""
+    short = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+    return '"' + "".join(short.get(c) or (f"\\u{ord(c):04x}" if ord(c) < 0x20 else c) for c in text) + '"'
+
+
+def test_canonical_strings_and_key_order_are_what_the_format_document_says():
+    """The checksum covers every byte, so an independent writer must escape and sort as the
+    document says: only quote, backslash and control characters escaped (lowercase hex),
+    nothing else (not '/', '<', U+007F, U+2028, non-ASCII), keys by code point."""
+    metadata = {"😀": "x", "｡": "y", "B": 'a"\\\x01\x1f\x7f/<>&\u2028é\n\t', "a": ""}
+    env = seal(Envelope(artifact_id="0" * 32, artifact_type="file", name="m", version=1, size=0,
+                        source_hash="blake3:" + "0" * 64, created_unix_ms=0, metadata=metadata))
+    from ftstore.documents import canonical
+
+    by_doc = "{" + ",".join(f"{_doc_string(k)}:{_doc_string(metadata[k])}" for k in sorted(metadata)) + "}"
+    assert sorted(metadata) == ["B", "a", "｡", "😀"]  # code point order: U+FF61 before U+1F600
+    assert f'"metadata":{by_doc},'.encode() in canonical(env)
+    assert b"\\u001f" in canonical(env) and b"\x7f" in canonical(env) and "\u2028".encode() in canonical(env)
+    assert decode_envelope(encode_envelope(env)) == env

@@ -78,6 +78,7 @@ def test_flipped_byte_makes_verify_exit_1_and_no_heal_load_refuse(store, make_fi
         (["show", "bad name"], "invalid artifact name"),
         (["save", "FILE", "--name", "x", "--overhead", "5"], "overhead"),
         (["save", "FILE", "--name", "x", "--meta", "novalue"], "KEY=VALUE"),
+        (["save", "FILE", "--name", "x", "--meta", "k=1", "--meta", "k=2"], "given twice"),
         (["save", "FILE", "--name", "x", "--type", "weights"], "Invalid value"),
         (["verify", "x@0"], "invalid version"),
         (["show", "x@" + "9" * 5000], "invalid version"),  # past Python's int-from-text limit

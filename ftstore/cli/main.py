@@ -44,6 +44,8 @@ def _parse_meta(pairs: tuple[str, ...]) -> dict[str, str]:
         key, sep, value = p.partition("=")
         if not sep or not key:
             raise BadInputError(f"--meta {p!r}: expected KEY=VALUE")
+        if key in out and out[key] != value:  # which one was meant is not for ftstore to guess
+            raise BadInputError(f"--meta {key!r} given twice, as {out[key]!r} and {value!r}")
         out[key] = value
     return out
 
