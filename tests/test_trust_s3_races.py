@@ -132,3 +132,25 @@ def test_a_private_copy_leaves_out_an_envelope_over_the_limit(s3, make_file, tmp
     results = copy(s3, dest, [])
     assert [r.status for r in results] == ["repaired"] and files.key == key
     assert dest.load_bytes("m@1")[0].getvalue() == src.read_bytes()
+
+
+def test_an_upload_a_killed_save_left_unfinished_is_aborted_by_maintenance(s3, make_file, monkeypatch):
+    """A save killed mid-upload leaves a multipart upload whose parts the server keeps (and
+    bills) for good: no listing of objects shows it. Once older than a save's lease it is an
+    orphan, and ``--remove-orphans`` aborts it; a live one is left alone."""
+    backend = s3.backend
+    s3.save(make_file(3000), "kept")
+    key = backend._key("artifacts/big/1/payload")
+    upload = backend.s3.create_multipart_upload(Bucket=backend.bucket, Key=key)["UploadId"]
+    backend.s3.upload_part(Bucket=backend.bucket, Key=key, UploadId=upload, PartNumber=1, Body=b"x" * (5 << 20))
+
+    def unfinished() -> list[str]:
+        found = backend.s3.list_multipart_uploads(Bucket=backend.bucket, Prefix=backend._key("")).get("Uploads", [])
+        return [u["UploadId"] for u in found]
+
+    assert scrub(s3, remove_orphans=True, write_report=False).orphans == []  # within the lease: maybe a live save
+    assert unfinished() == [upload]
+    monkeypatch.setattr("ftstore.stores.s3.CLAIM_LEASE_SECONDS", 0)
+    report = scrub(s3, remove_orphans=True, write_report=False)
+    assert [(o.path, o.removed) for o in report.orphans] == [(f"artifacts/big/1/payload?uploadId={upload}", True)]
+    assert unfinished() == [] and report.totals.failed == 0 and s3.names() == ["kept"]

@@ -86,6 +86,11 @@ def _client():
                                             connect_timeout=5, read_timeout=60))
 
 
+_UPLOAD_MARK = "?uploadId="
+"""Between an object key and an upload id in the path of an orphan that is an interrupted
+multipart upload (``artifacts/a/1/payload?uploadId=...``), as a URL names one."""
+
+
 def _code(e: BaseException) -> str:
     return str(getattr(e, "response", {}).get("Error", {}).get("Code", ""))
 
@@ -500,12 +505,32 @@ class S3Store(StoreBackend):
                     continue  # a save in progress
                 out.append(Orphan(prefix, "interrupted save (no envelope, not committed)", key))
             out += [Orphan(prefix + leaf, "stray object", key) for leaf in sorted(leaves) if leaf not in KNOWN]
+        out += [Orphan(f"{rel}{_UPLOAD_MARK}{upload}", "interrupted upload (its parts are kept, and billed, until "
+                       "aborted)", _version_of_path(rel.split("/")))
+                for rel, upload, started in self._uploads() if now - started >= CLAIM_LEASE_SECONDS]
         return out
+
+    def _uploads(self) -> Iterator[tuple[str, str, float]]:
+        """(key relative to the store, upload id, start time) of every multipart upload under
+        the store never completed nor aborted: a save killed mid-upload leaves one, whose
+        parts the server keeps (and bills) until it is aborted."""
+        with _translated(self.url, "listing unfinished uploads"):
+            pages = self.s3.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket,
+                                                                             Prefix=self._key("artifacts/"))
+            for page in pages:
+                for up in page.get("Uploads", []):
+                    yield up["Key"][len(self.prefix):], up["UploadId"], up["Initiated"].timestamp()
 
     def remove_orphan(self, path: str) -> bool:
         """Remove a stray object, or an interrupted save's objects (its claim last) -- after
         checking again that the save is not committed and its claim has not been renewed
-        since :meth:`orphans` listed it."""
+        since :meth:`orphans` listed it -- or abort an interrupted multipart upload (one
+        older than a save's lease: no live save still sends its parts)."""
+        if _UPLOAD_MARK in path:
+            rel, _, upload = path.partition(_UPLOAD_MARK)
+            with _translated(self.url, f"aborting the upload of {rel}"):
+                self.s3.abort_multipart_upload(Bucket=self.bucket, Key=self._key(rel), UploadId=upload)
+            return True
         if not path.endswith("/"):
             self._delete(path)
             return True
