@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ftstore.errors import BadInputError, StorageFullError
-from ftstore.hashing import READ_CHUNK, format_hash, hash_stream, new_hasher
+from ftstore.hashing import READ_CHUNK, aligned_buffer, format_hash, hash_stream, new_hasher
 
 TMP_MARK = ".tmp-"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -250,7 +250,7 @@ class KernelCopy:
         if method == "sendfile":
             return os.sendfile(self.fd_out, self.fd_in, None, want)
         if self._buf is None:
-            self._buf = memoryview(bytearray(READ_CHUNK))
+            self._buf = aligned_buffer(READ_CHUNK)
         n = os.readv(self.fd_in, [self._buf[: min(want, READ_CHUNK)]])
         done = 0
         while done < n:
@@ -311,7 +311,7 @@ def _copy_and_hash(copier: KernelCopy, progress: Callable[[int], None] | None,
     thread = threading.Thread(target=copy, name="ftstore-copy", daemon=True)
     thread.start()
     h = new_hasher(single_thread=True)  # the other core is copying
-    view = memoryview(bytearray(READ_CHUNK))
+    view = aligned_buffer(READ_CHUNK)
     hashed = 0
     try:
         while (end := copied.get()) is not None:

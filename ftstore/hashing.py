@@ -6,6 +6,7 @@ memory, and use BLAKE3's multithreaded mode on large chunks, where it pays for i
 
 from __future__ import annotations
 
+import ctypes
 import os
 import queue
 import threading
@@ -76,6 +77,33 @@ def hash_stream(
     return format_hash(h.digest()), total
 
 
+_ALIGN = 4096
+
+
+def aligned_buffer(size: int) -> memoryview:
+    """A buffer of ``size`` bytes for ``read`` to fill, starting on a page boundary. Where
+    the kernel copies out of the page cache with ``rep movsb`` (AMD EPYC, measured in a VM),
+    a destination that is not 64-byte aligned makes the copy four times slower: 0.27 s
+    instead of 0.07 s per 512 MiB read. A ``bytearray`` or ``bytes`` of a few MiB starts 16
+    bytes (or 48) past a page, so every bulk read goes into one of these instead. It is a
+    view into a ``bytearray`` (memory the allocator reuses, where a fresh mapping would
+    cost a page fault per page, dear in a VM), from its first page boundary on."""
+    raw = bytearray(size + _ALIGN)
+    skip = -ctypes.addressof(ctypes.c_char.from_buffer(raw)) % _ALIGN
+    return memoryview(raw)[skip : skip + size]
+
+
+def read_at(fd: int, buf: memoryview, offset: int) -> memoryview:
+    """Fill ``buf`` from ``fd`` at ``offset``; the part filled, shorter only at end of file."""
+    got = 0
+    while got < len(buf):
+        n = os.preadv(fd, [buf[got:]], offset + got)
+        if n <= 0:
+            break
+        got += n
+    return buf[:got]
+
+
 def read_ahead(f: BinaryIO, limit: int | None = None) -> Iterator[memoryview]:
     """The file's bytes (up to ``limit``) in chunks that a helper thread reads one step
     ahead, so the copy out of the page cache (or the wait for the disk) overlaps hashing:
@@ -84,17 +112,17 @@ def read_ahead(f: BinaryIO, limit: int | None = None) -> Iterator[memoryview]:
 
     Memory-mapping would be faster still, but a bad sector under a mapping kills the
     process with SIGBUS, where ``read`` returns EIO; a tool for damaged storage reads."""
-    free: queue.Queue[bytearray | None] = queue.Queue()
-    full: queue.Queue[tuple[bytearray | None, int, BaseException | None]] = queue.Queue()
+    free: queue.Queue[memoryview | None] = queue.Queue()
+    full: queue.Queue[tuple[memoryview | None, int, BaseException | None]] = queue.Queue()
     for _ in range(READ_AHEAD_BUFFERS):
-        free.put(bytearray(READ_CHUNK))
+        free.put(aligned_buffer(READ_CHUNK))
 
     def reader() -> None:
         left = limit
         try:
             while (buf := free.get()) is not None:
                 want = READ_CHUNK if left is None else min(READ_CHUNK, left)
-                n = (f.readinto(memoryview(buf)[:want]) or 0) if want else 0
+                n = (f.readinto(buf[:want]) or 0) if want else 0
                 full.put((buf, n, None))
                 if not n:
                     return
@@ -112,7 +140,7 @@ def read_ahead(f: BinaryIO, limit: int | None = None) -> Iterator[memoryview]:
                 raise err
             if not n or buf is None:
                 return
-            yield memoryview(buf)[:n]
+            yield buf[:n]
             free.put(buf)
     finally:
         free.put(None)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ftstore.durable import NotRegularFileError, open_regular, pwrite_all
-from ftstore.hashing import SYMBOL_HASH_BYTES, symbol_hash
+from ftstore.hashing import SYMBOL_HASH_BYTES, aligned_buffer, read_at, symbol_hash
 from ftstore.codec.encoder import PARALLEL_MIN_BYTES, STRIPES_PER_TASK, read_stripes
 from ftstore.codec.layout import Layout
 from ftstore.codec.parallel import chunks, pmap
@@ -153,7 +153,7 @@ def _read_repair(task: DecodeTask, s: int, oc: StripeOutcome) -> list[tuple[int,
     lay, t, h = task.layout, task.layout.symbol_size, SYMBOL_HASH_BYTES
     want = task.repair_hashes[s]
     good = []
-    data = b""
+    data = memoryview(b"")
     if task.sidecar is not None:
         try:
             sf = open_regular(task.sidecar)
@@ -161,7 +161,7 @@ def _read_repair(task: DecodeTask, s: int, oc: StripeOutcome) -> list[tuple[int,
             sf = None
         if sf is not None:
             with sf:
-                data = os.pread(sf.fileno(), oc.r * t, task.repair_base + lay.repair_starts[s] * t)
+                data = read_at(sf.fileno(), aligned_buffer(oc.r * t), task.repair_base + lay.repair_starts[s] * t)
     for i in range(oc.r):
         sym = data[i * t : (i + 1) * t]
         if len(sym) == t and symbol_hash(sym) == want[i * h : (i + 1) * h]:
