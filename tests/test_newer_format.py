@@ -206,3 +206,19 @@ def test_remove_orphans_leaves_everything_under_a_newer_version(any_store, tmp_p
     assert report.orphans and not any(o.removed for o in report.orphans)
     assert leaves.read("envelope.json") == newer and leaves.read("payload") == src.read_bytes()
     assert env.version == 1
+
+
+def test_a_copy_onto_a_newer_version_at_the_destination_says_so_and_leaves_it(saved, tmp_path):
+    """It was reported as a conflict whose envelope and sidecar 'say no artifact'."""
+    from ftstore.api import copy
+
+    store, _ = saved
+    mirror = Store.open(tmp_path / "mirror", create=True)
+    assert [r.status for r in copy(store, mirror)] == ["copied"]
+    f = files(mirror, "m@1")
+    newer = _newer(f.envelope.read_bytes(), new_field=True)
+    f.envelope.write_bytes(newer)
+    f.sidecar.unlink()
+    results = copy(store, mirror)
+    assert [(r.status, "newer ftstore" in (r.detail or "")) for r in results] == [("conflict", True)]
+    assert f.envelope.read_bytes() == newer and not f.sidecar.exists()

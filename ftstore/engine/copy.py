@@ -100,6 +100,9 @@ def _existing(src: StoreBackend, dst: StoreBackend, key: ArtifactKey, jobs: int 
     dst_id = _artifact_id(health)
     if src_id is None:
         return CopyResult(key.ref, "failed", "neither the source's envelope nor its sidecar says which artifact it is")
+    if health.newer_format:  # this release cannot tell what the newer one wrote there
+        return CopyResult(key.ref, "conflict", "the destination has this version, written by a newer ftstore; "
+                                               "not overwritten")
     if dst_id is None:
         return CopyResult(key.ref, "conflict", "the destination has this version, but neither its envelope nor its "
                                                "sidecar says which artifact it is; not overwritten")
