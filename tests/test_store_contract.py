@@ -285,3 +285,21 @@ def test_a_tombstone_orphan_is_not_removed_once_a_copy_committed_that_version(ba
     assert _commit(backend, "a", b"copied in", tmp_path, version=2) == 2  # ...and a copy fills the number
     assert not backend.remove_orphan(listed[0])
     assert backend.read_leaf(key, PAYLOAD, 100) == b"copied in"
+
+
+def test_a_stray_entry_named_like_the_tombstone_marker_is_not_removed_once_it_is_one(backend, tmp_path):
+    """Listed as a stray folder named ``deleted`` in a live version; the version is then
+    deleted (``deleted`` becomes the tombstone's marker): removing it from the old listing
+    brought the deleted version back as a damaged one."""
+    if not backend.capabilities.local_files:
+        pytest.skip("no folders on S3: an object named deleted is the marker itself")
+    for data in (b"one", b"two"):
+        _commit(backend, "m", data, tmp_path)
+    key = ArtifactKey("m", 2)
+    (backend.version_dir(key) / "deleted").mkdir()
+    listed = [o.path for o in backend.orphans()]
+    assert listed == ["artifacts/m/2/deleted"]
+    shutil.rmtree(backend.version_dir(key) / "deleted")
+    backend.delete(key)
+    assert not backend.remove_orphan(listed[0])
+    assert backend.versions("m") == [1] and backend.orphans() == []

@@ -243,7 +243,11 @@ def test_killing_the_server_mid_save_leaves_no_committed_partial_artifact(tmp_pa
         monkeypatch.setattr("ftstore.stores.s3.CLAIM_LEASE_SECONDS", 0)
         report = scrub(store, remove_orphans=True)
         assert report.totals.ok == 1 and report.totals.failed == 0
-        assert [o.path for o in report.orphans] == ["artifacts/big/1/"] and report.orphans[0].removed
+        paths = [o.path for o in report.orphans]
+        assert paths[0] == "artifacts/big/1/" and all(o.removed for o in report.orphans)
+        # the killed upload's parts, kept by the server until aborted: aborted now
+        assert all(p.startswith("artifacts/big/1/payload?uploadId=") for p in paths[1:])
+        assert not s3.list_multipart_uploads(Bucket="killed").get("Uploads")
         assert store.save(small, "big").version >= 1
     finally:
         server.stop()

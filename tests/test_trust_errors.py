@@ -234,9 +234,13 @@ def test_file_names_that_are_not_utf8_are_shown_as_escapes_never_an_internal_err
     assert reports and all("\\\\xff" in r.read_text("utf-8") for r in reports)
 
 
-def test_a_server_dying_mid_repair_stops_the_scrub_with_exit_2_and_judges_nothing(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("dies_at", ["repair", "orphans"])
+def test_a_server_dying_mid_repair_stops_the_scrub_with_exit_2_and_judges_nothing(tmp_path, monkeypatch, capsys,
+                                                                                  dies_at):
     """It was reported as a failed (unrecoverable) version and a damaged store, exit 1,
-    although nothing was known about the version; after a restart the same scrub repairs it."""
+    although nothing was known about the version (or as a healthy store with a warning, when
+    it died as orphans were listed); after a restart the same scrub repairs it."""
+    from ftstore.stores.s3 import S3Store
     from .seaweed import Seaweed, weed_binary
     from ftstore.api import scrub
     from ftstore.cli.main import main
@@ -258,18 +262,22 @@ def test_a_server_dying_mid_repair_stops_the_scrub_with_exit_2_and_judges_nothin
         data[10] ^= 1
         store.backend._put(store.backend._vkey(key, "payload"), bytes(data))
         assert not store.check("m@1").intact
-        real_repair = scrubber.repair
+        owner, attr = (scrubber, "repair") if dies_at == "repair" else (S3Store, "orphans")
+        real = getattr(owner, attr)
 
         def dies_first(*args, **kw):
             server.kill()
-            return real_repair(*args, **kw)
+            return real(*args, **kw)
 
-        monkeypatch.setattr(scrubber, "repair", dies_first)
+        monkeypatch.setattr(owner, attr, dies_first)
+        args = ["--repair"] if dies_at == "repair" else ["--remove-orphans"]  # the versions are checked first
         with pytest.raises(SystemExit) as exited:
-            main(["scrub", "--repair", "--jobs", "1", "--store", store.url])
+            main(["scrub", *args, "--jobs", "1", "--store", store.url])
         err = capsys.readouterr().err
         assert exited.value.code == 2 and "object storage error" in err and len(err.strip().splitlines()) == 1, err
-        monkeypatch.setattr(scrubber, "repair", real_repair)
+        monkeypatch.undo()
+        for k, v in server.env().items():
+            monkeypatch.setenv(k, v)
         server.start()
         assert store.read_envelope("m@1").scrub.status != "failed"
         report = scrub(store, repair=True, write_report=False)

@@ -154,3 +154,12 @@ def test_an_upload_a_killed_save_left_unfinished_is_aborted_by_maintenance(s3, m
     report = scrub(s3, remove_orphans=True, write_report=False)
     assert [(o.path, o.removed) for o in report.orphans] == [(f"artifacts/big/1/payload?uploadId={upload}", True)]
     assert unfinished() == [] and report.totals.failed == 0 and s3.names() == ["kept"]
+
+
+def test_a_stray_object_whose_key_looks_like_an_upload_is_still_removed(s3):
+    """Only a listed multipart upload is aborted; an object whose key happens to hold
+    ``?uploadId=`` is a stray object like any other."""
+    s3.backend._put("artifacts/m/1/junk?uploadId=abc", b"x")
+    report = scrub(s3, remove_orphans=True, write_report=False)
+    assert ("artifacts/m/1/junk?uploadId=abc", True) in [(o.path, o.removed) for o in report.orphans]
+    assert scrub(s3, remove_orphans=True, write_report=False).orphans == []

@@ -118,22 +118,35 @@ def _differing_keys(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """The keys whose values two ``params.dill`` snapshots do not share. PtychoPINN writes
     one snapshot of ``params.cfg`` per model at the same moment, so a genuine archive's
     agree (every fixture's do)."""
-    return sorted(k for k in a.keys() | b.keys() if k not in a or k not in b or not _same(a[k], b[k]))
+    seen: dict[tuple[int, int], bool] = {}
+    return sorted(k for k in a.keys() | b.keys() if k not in a or k not in b or not _same(a[k], b[k], seen))
 
 
-def _same(a: Any, b: Any) -> bool:
+def _same(a: Any, b: Any, seen: dict[tuple[int, int], bool]) -> bool:
     """Equal as configuration values: containers item by item, NaN equal to NaN, arrays
-    element by element, a recorded tensor by its array."""
+    element by element, a recorded tensor by its array. Each pair of objects is compared
+    once (``seen``): a pickle that shares its containers (2 KB can describe 2**40 values)
+    is compared in time linear in its size."""
+    if a is b:
+        return True
+    pair = (id(a), id(b))
+    if pair not in seen:
+        seen[pair] = True  # a cycle back to this pair adds no difference of its own
+        seen[pair] = _compare(a, b, seen)
+    return seen[pair]
+
+
+def _compare(a: Any, b: Any, seen: dict[tuple[int, int], bool]) -> bool:
     if type(a) is not type(b):
         return False
     if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+        return a.keys() == b.keys() and all(_same(a[k], b[k], seen) for k in a)
     if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(_same(x, y, seen) for x, y in zip(a, b))
     if isinstance(a, float) and a != a:
         return b != b
     if dataclasses.is_dataclass(a):  # a recorded tensor: by its value
-        return all(_same(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a))
+        return all(_same(getattr(a, f.name), getattr(b, f.name), seen) for f in dataclasses.fields(a))
     try:
         equal = a == b
         if isinstance(equal, bool):

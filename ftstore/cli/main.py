@@ -75,7 +75,8 @@ def save(path, name, artifact_type, meta, overhead, move, store_path, jobs, as_j
     if not path.is_file():
         raise BadInputError(f"{path}: no such file")
     metadata = _parse_meta(meta)
-    store = _store_to_save_to(store_path, lambda: api.Store.check_save(path, name, artifact_type, metadata, overhead))
+    store = _store_to_save_to(store_path,
+                              lambda: api.Store.check_save(path, name, artifact_type, metadata, overhead, move))
     with progress(path.stat().st_size, "saving") as cb:
         env = api.save(store, path, name, artifact_type, metadata, overhead=overhead, jobs=jobs, progress=cb, move=move)
     if as_json:

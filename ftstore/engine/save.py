@@ -65,6 +65,14 @@ def validated_request(src: str | os.PathLike, name: str, artifact_type: str, met
     return src, template
 
 
+def refuse_other_stores_file(src: Path) -> None:
+    """A ``move`` must not take a file that lies inside a store (any store's committed
+    payload, its marker): that artifact would be lost."""
+    if (owner := local_store_holding(src)) is not None:
+        raise BadInputError(f"{src} lies inside the ftstore store at {owner}; --move would take it away from there "
+                            "(save it without --move to copy it)")
+
+
 def check_request(name: str, artifact_type: str, overhead: float) -> None:
     """Refuse a bad name, artifact type or overhead."""
     check_name(name)
@@ -121,9 +129,8 @@ def save(
     src, template = validated_request(src, name, artifact_type, metadata, overhead)
     if move and store.holds(src):
         raise BadInputError(f"{src} is one of the store's own files; --move would take it away from {store.url}")
-    if move and (owner := local_store_holding(src)) is not None:
-        raise BadInputError(f"{src} lies inside the ftstore store at {owner}; --move would take it away from there "
-                            "(save it without --move to copy it)")
+    if move:
+        refuse_other_stores_file(src)
     taken = _identity(src) if move else None
     if protect and template.size >= PARALLEL_MIN_BYTES:
         warm_workers(jobs)  # started while the files are opened and the copy begins

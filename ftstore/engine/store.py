@@ -91,18 +91,22 @@ class Store:
         """Store ``src`` as the next version of ``name`` (see :func:`ftstore.engine.save.save`).
         ``artifact_type`` None: ``model_bundle`` for an ftstore bundle, else ``file``. A typed
         payload is parsed strictly first; a malformed one is refused, nothing written."""
-        artifact_type = self.check_save(src, name, artifact_type, metadata, overhead)
+        artifact_type = self.check_save(src, name, artifact_type, metadata, overhead, move)
         return save_engine.save(self.backend, Path(src), name, artifact_type, metadata, overhead, jobs, progress,
                                 protect, move)
 
     @staticmethod
     def check_save(src: str | os.PathLike, name: str, artifact_type: str | None = None,
-                   metadata: dict[str, str] | None = None, overhead: float = DEFAULT_OVERHEAD) -> str:
+                   metadata: dict[str, str] | None = None, overhead: float = DEFAULT_OVERHEAD,
+                   move: bool = False) -> str:
         """Refuse a save that :meth:`save` would refuse for its request alone (name, type,
-        metadata, overhead, the file and a typed payload's contents), touching no store: a
-        command checks this before it creates one. Returns the artifact type."""
+        metadata, overhead, the file and a typed payload's contents, a ``move`` of another
+        store's file), touching no store: a command checks this before it creates one.
+        Returns the artifact type."""
         path = Path(src)
         save_engine.validated_request(path, name, artifact_type or "file", metadata, overhead)
+        if move:
+            save_engine.refuse_other_stores_file(path)
         artifact_type = artifact_type or detect_type(path)
         validate_typed_payload(path, artifact_type)
         return artifact_type

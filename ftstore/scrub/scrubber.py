@@ -245,6 +245,8 @@ def _without_deleted(store: StoreBackend, results: list[ArtifactScrub], keys: di
 def _orphans(store: StoreBackend, remove: bool, warn: Callable[[str], None]) -> list[Orphan]:
     try:
         found = store.orphans()
+    except StoreUnreachableError:  # the store went away: the scrub stops, as for its versions
+        raise
     except (FtstoreError, OSError) as e:
         warn(f"orphans could not be listed: {_one_line(e)}")
         return []
@@ -256,6 +258,8 @@ def _orphans(store: StoreBackend, remove: bool, warn: Callable[[str], None]) -> 
         elif remove:
             try:
                 removed = store.remove_orphan(o.path)
+            except StoreUnreachableError:
+                raise
             except (FtstoreError, OSError) as e:
                 warn(f"orphan {o.path} could not be removed: {_one_line(e)}")
         out.append(Orphan(path=o.path, reason=o.reason, removed=removed))

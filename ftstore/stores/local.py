@@ -719,6 +719,8 @@ class LocalStore(StoreBackend):
                         return False
                     if in_version and entry in LEAVES and not _regular(DELETED, fd):
                         return False  # no tombstone here (any more): a committed version's own leaf
+                    if in_version and entry == DELETED and _regular(DELETED, fd):
+                        return False  # listed as a stray entry, it is the tombstone's marker now
                     remove_entry(fd, entry)
                     return _kind(fd, entry) is None
         except (FileNotFoundError, NotADirectoryError):

@@ -510,13 +510,14 @@ class S3Store(StoreBackend):
                 for rel, upload, started in self._uploads() if now - started >= CLAIM_LEASE_SECONDS]
         return out
 
-    def _uploads(self) -> Iterator[tuple[str, str, float]]:
+    def _uploads(self, rel_prefix: str = "artifacts/") -> Iterator[tuple[str, str, float]]:
         """(key relative to the store, upload id, start time) of every multipart upload under
-        the store never completed nor aborted: a save killed mid-upload leaves one, whose
-        parts the server keeps (and bills) until it is aborted."""
+        ``rel_prefix`` never completed nor aborted: a save killed mid-upload leaves one, whose
+        parts the server keeps (and bills) until it is aborted. (A stray object whose key
+        holds ``?uploadId=`` is no upload: it is found in no such listing.)"""
         with _translated(self.url, "listing unfinished uploads"):
             pages = self.s3.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket,
-                                                                             Prefix=self._key("artifacts/"))
+                                                                             Prefix=self._key(rel_prefix))
             for page in pages:
                 for up in page.get("Uploads", []):
                     yield up["Key"][len(self.prefix):], up["UploadId"], up["Initiated"].timestamp()
@@ -526,8 +527,8 @@ class S3Store(StoreBackend):
         checking again that the save is not committed and its claim has not been renewed
         since :meth:`orphans` listed it -- or abort an interrupted multipart upload (one
         older than a save's lease: no live save still sends its parts)."""
-        if _UPLOAD_MARK in path:
-            rel, _, upload = path.partition(_UPLOAD_MARK)
+        rel, _, upload = path.partition(_UPLOAD_MARK)
+        if upload and any(u == upload for r, u, _ in self._uploads(rel) if r == rel):
             with _translated(self.url, f"aborting the upload of {rel}"):
                 self.s3.abort_multipart_upload(Bucket=self.bucket, Key=self._key(rel), UploadId=upload)
             return True
