@@ -455,3 +455,17 @@ def test_weights_that_are_not_safetensors_are_a_clear_error_on_load(store, tmp_p
     store.save(bad, "bad")
     with pytest.raises(BadInputError, match="not a readable safetensors file"):
         load_bundle(store, "bad", "pytorch", builders=TORCH_BUILDERS, params={})
+
+
+def test_an_untouched_read_only_array_is_no_cause_for_a_rollback_warning(store, recwarn):
+    _torch_bundle(store)
+    frozen = np.frombuffer(bytes(range(16)), dtype=np.uint8)  # read-only, and cannot be made writable
+    params.cfg.clear()
+    params.cfg.update(frozen=frozen, N=64)
+
+    def failing(cfg):
+        raise RuntimeError("builder failed")
+
+    with pytest.raises(RuntimeError):
+        load_bundle(store, "tb", "pytorch", builders={"autoencoder": failing, "diffraction_to_obj": failing})
+    assert params.cfg["frozen"] is frozen and not [w for w in recwarn if "put back" in str(w.message)]

@@ -306,7 +306,7 @@ def test_a_checkpoint_put_in_place_of_last_is_resumed_from_as_lightning_would(st
     tmp.write_bytes(older.read_bytes())
     os.replace(tmp, ckpts / "last.ckpt")  # a new file at the path
     trainer = _trainer(FtstoreCheckpointIO(store), [ModelCheckpoint(dirpath=ckpts, save_last=True)], max_epochs=2)
-    with pytest.warns(UserWarning, match="replaced outside ftstore"):
+    with pytest.warns(UserWarning, match="another one was put there since"):
         trainer.fit(Tiny(), _loader(), ckpt_path="last")
     assert trainer.global_step == 8  # resumed at step 4: one more epoch
 
@@ -315,9 +315,14 @@ def test_a_checkpoint_put_in_place_of_last_is_resumed_from_as_lightning_would(st
     state = torch.load(edited, weights_only=True)
     state["state_dict"]["layer.bias"] = torch.full_like(state["state_dict"]["layer.bias"], 42.0)
     torch.save(state, edited)
-    with pytest.warns(UserWarning, match="written into after ftstore saved it"):
+    with pytest.warns(UserWarning, match="another one was put there since"):
         got = FtstoreCheckpointIO(store).load_checkpoint(edited)
     assert got["state_dict"]["layer.bias"].item() == 42.0 and got["global_step"] == 8
+    name = io.artifact_name(edited)  # kept as that path's checkpoint now: protected, the file its payload
+    assert store.check(name).intact and os.path.samefile(edited, _stored(store, io, edited))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert FtstoreCheckpointIO(store).load_checkpoint(edited)["state_dict"]["layer.bias"].item() == 42.0
 
 
 def test_resuming_restarts_protection_that_died_with_the_run_before(store, tmp_path, monkeypatch):
@@ -335,8 +340,33 @@ def test_resuming_restarts_protection_that_died_with_the_run_before(store, tmp_p
     trainer = _trainer(io, [ModelCheckpoint(dirpath=ckpts, save_top_k=-1, save_last=True)], max_epochs=3)
     trainer.fit(Tiny(), _loader(), ckpt_path="last")
     assert trainer.global_step == 12
-    for key in store.keys():  # the old ones too, not only those of this run
-        assert store.read_envelope(key).raptorq is not None and store.check(key).intact, key
+    unprotected = [store.read_envelope(k).metadata["lightning.global_step"] for k in store.keys()
+                   if store.read_envelope(k).raptorq is None]
+    assert unprotected == ["4"]  # the newest two of the run before are taken over; older ones are a scrub's
+    assert all(store.check(k).intact for k in store.keys())
+
+
+def test_a_restarted_protection_that_fails_only_warns(store, tmp_path, monkeypatch):
+    """An earlier run's checkpoint whose payload rotted before its sidecar was built: the
+    resumed run's teardown raised DamageError for a checkpoint it never used."""
+    from ftstore.training.protection import BackgroundProtector
+
+    ckpts = tmp_path / "ckpts"
+    monkeypatch.setattr(BackgroundProtector, "start", lambda self, key, artifact_id: None)
+    _trainer(FtstoreCheckpointIO(store, background=True),
+             [ModelCheckpoint(dirpath=ckpts, save_top_k=-1, save_last=True)], max_epochs=2).fit(Tiny(), _loader())
+    monkeypatch.undo()
+    rotten = ckpts / "epoch=1-step=8.ckpt"
+    data = bytearray(rotten.read_bytes())
+    data[len(data) // 2] ^= 1
+    found = rotten.stat()
+    rotten.write_bytes(bytes(data))
+    os.utime(rotten, ns=(found.st_atime_ns, found.st_mtime_ns))
+    trainer = _trainer(FtstoreCheckpointIO(store, background=True),
+                       [ModelCheckpoint(dirpath=ckpts, save_top_k=-1, save_last=True)], max_epochs=3)
+    with pytest.warns(UserWarning, match="background protection failed.*epoch_1-step_8.*earlier run"):
+        trainer.fit(Tiny(), _loader(), ckpt_path="last")
+    assert trainer.global_step == 12
 
 
 def test_a_checkpoint_with_the_longest_file_name_allowed_is_saved(store, tmp_path):
@@ -347,3 +377,38 @@ def test_a_checkpoint_with_the_longest_file_name_allowed_is_saved(store, tmp_pat
     io.save_checkpoint({"global_step": 5, "w": torch.ones(3)}, path)
     assert path.exists() and io.load_checkpoint(path)["global_step"] == 5
     assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+def test_rot_in_a_published_copy_is_not_taken_for_a_checkpoint_put_there(store, tmp_path, monkeypatch):
+    """Where the file at the path is a copy (no hard link: another filesystem, or one that
+    refuses links), rot in it must not pass for a checkpoint someone put there: it is no
+    whole archive any more, and the stored checkpoint is loaded."""
+    monkeypatch.setattr("ftstore.integrations.lightning.try_link", lambda src, dst: False)
+    io = FtstoreCheckpointIO(store)
+    path = tmp_path / "ckpts" / "a.ckpt"
+    state = {"global_step": 3, "w": torch.arange(4096, dtype=torch.float32)}
+    io.save_checkpoint(state, path)
+    assert not os.path.samefile(path, _stored(store, io, path))  # a copy
+    data = bytearray(path.read_bytes())
+    at = bytes(data).find(state["w"].numpy().tobytes()) + 100
+    data[at] ^= 0x04
+    found = path.stat()
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(found.st_atime_ns, found.st_mtime_ns))
+    with pytest.warns(UserWarning, match="not a whole checkpoint"):
+        got = io.load_checkpoint(path)
+    assert torch.equal(got["w"], state["w"])
+
+
+def test_a_checkpoint_put_at_a_remote_path_is_loaded_as_lightning_would(store):
+    fsspec = pytest.importorskip("fsspec")
+    fs = fsspec.filesystem("memory")
+    io = FtstoreCheckpointIO(store)
+    io.save_checkpoint({"global_step": 4, "w": torch.zeros(8)}, "memory://rb/step4.ckpt")
+    io.save_checkpoint({"global_step": 8, "w": torch.ones(8)}, "memory://rb/last.ckpt")
+    with fs.open("/rb/last.ckpt", "wb") as f:  # rolled back by hand
+        f.write(fs.cat("/rb/step4.ckpt"))
+    with pytest.warns(UserWarning, match="another one was put there since"):
+        assert io.load_checkpoint("memory://rb/last.ckpt")["global_step"] == 4
+    assert FtstoreCheckpointIO(store).load_checkpoint("memory://rb/last.ckpt")["global_step"] == 4
+    fs.rm("/rb", recursive=True)

@@ -60,6 +60,8 @@ def _put_back(v: Any, snap: tuple[Any, ...]) -> None:
             v.update(snap[1])
     elif kind == _ARRAY:
         _, values, shape, dtype, writeable = snap
+        if (v.dtype, v.shape, bool(v.flags.writeable)) == (dtype, shape, writeable) and v.tobytes() == values.tobytes():
+            return  # untouched (a read-only array over bytes could not even be made writable)
         if v.dtype != dtype:
             v.dtype = dtype
         if v.shape != shape:

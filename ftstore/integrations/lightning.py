@@ -29,10 +29,12 @@ checkpoint beyond repair falls back, with a warning, to the newest checkpoint of
 folder at no later step that verifies. A file found at a path it was not saved under (the
 folder moved or renamed) is recognised by its inode and verified the same way. Lightning
 loads what is at the path, and so does this plugin, with a warning that ftstore does not
-vouch for it, for a file it did not save, a file put in place of one it saved (a rollback),
-and a file written into in place after its save: the file is the stored payload, so such
-a write overwrites the stored copy too, which is lost (edit a copy instead). Resuming
-restarts the background protection that died with an earlier run.
+vouch for it, for a file it did not save, and for a checkpoint put there since the save
+(a rollback, an edit in place: a whole ``torch.save`` archive written after the save, which
+rot is not); such a checkpoint is then saved as that path's. An edit in place writes into
+the stored payload itself (the same inode), so the checkpoint that was saved is gone (edit
+a copy to keep it). Loading restarts the background protection that died with an earlier
+run, for the newest checkpoints of the folder.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import io
 import os
 import posixpath
 import re
+import struct
 import threading
 import uuid
 import warnings
@@ -62,8 +65,9 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from ftstore.api import Store
 from ftstore.documents import ArtifactKey, is_name
 from ftstore.durable import fitting_name, fsync_dir, try_link
-from ftstore.hashing import hash_bytes, hash_file
+from ftstore.hashing import hash_bytes
 from ftstore.errors import BadInputError, DamageError, EnvelopeError, FtstoreError, NewerFormatError, NotFoundError
+from ftstore.engine.integrity import PENDING_OVERHEAD_KEY
 from ftstore.training.protection import BackgroundProtector
 
 _BAD = re.compile(r"[^A-Za-z0-9._-]")
@@ -109,6 +113,7 @@ class FtstoreCheckpointIO(CheckpointIO):
         self.background = background
         self.fallback = fallback
         self._protector = BackgroundProtector(store.url)
+        self._resumed = BackgroundProtector(store.url)  # an earlier run's checkpoints: failures only warn
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
         self._removed_early: set[str] = set()
@@ -214,17 +219,17 @@ class FtstoreCheckpointIO(CheckpointIO):
         can vouch for it, as a stream for ``torch.load`` or
         ``LightningModule.load_from_checkpoint``:
 
-        - the checkpoint ftstore saved there (the file is its payload, or has its bytes):
-          verified, repaired first if damaged; beyond repair, the newest good one of its
-          folder, with a warning;
+        - the checkpoint ftstore saved there: verified, repaired first if damaged (the file
+          at the path too, where it is the stored payload); beyond repair, the newest good
+          one of its folder, with a warning; missing, the stored one, with a warning;
         - found by the file itself (the stored payload's inode) when the folder was moved or
-          renamed since, so the path no longer names it;
-        - a file put in its place outside ftstore (a rollback, a rename over it), or written
-          into in place after the save: loaded as Lightning would load it, with a warning
-          that ftstore does not vouch for it. So is a file this plugin never saved.
+          renamed since, so that the path no longer names it;
+        - a checkpoint someone else put there since the save (:meth:`_put_there`: an edit in
+          place, a rollback): loaded as Lightning would load it, with a warning, and saved as
+          the path's checkpoint from then on. So is a file this plugin never saved, unsaved.
 
-        Resuming also restarts protection of the folder's checkpoints whose background
-        protection died with the run before (killed with the job, say)."""
+        Loading also restarts the protection that an earlier run's kill left unfinished, for
+        the newest checkpoints of the folder (:meth:`_resume_protection`)."""
         target = _Target.of(path, follow_link=True)
         name = self._name(target.key)
         if not self.store.versions(name):
@@ -235,18 +240,19 @@ class FtstoreCheckpointIO(CheckpointIO):
                 warnings.warn(f"{path} was not saved through ftstore ({self.store.url}); it is loaded unverified",
                               stacklevel=3)
                 return self._file_bytes(target)
+        key = self._version_at(target, name)
+        if (theirs := self._put_there(target, key)) is not None:
+            return theirs
         self._resume_protection(name)
         try:
-            key = self._version_at(target, name)
-            buf, res = self.store.load_bytes(key)
+            buf, _ = self.store.load_bytes(key)
         except DamageError as e:
-            if (edited := self._written_in_place(target, name)) is not None:
-                return edited
             if not self.fallback:
                 raise
             return self._fall_back(target, name, e)
-        replaced = self._replacement(target, res.key, res.envelope.source_hash)
-        return replaced if replaced is not None else buf
+        if target.local and not os.path.lexists(target.path):
+            warnings.warn(f"{target.path} is missing; loading the checkpoint stored for it", stacklevel=3)
+        return buf
 
     @staticmethod
     def _file_bytes(target: _Target) -> io.BytesIO:
@@ -294,67 +300,74 @@ class FtstoreCheckpointIO(CheckpointIO):
                         return ArtifactKey(name, v)
         return ArtifactKey(name, versions[-1])
 
-    def _replacement(self, target: _Target, key: ArtifactKey, digest: str) -> io.BytesIO | None:
-        """The file at the path, where it is not the stored checkpoint because another file
-        was put there (a new inode where ftstore published a hard link): Lightning loads
-        what is at the path, and so does this plugin, with a warning. None where the file
-        is the stored checkpoint (the same inode, or the same bytes), is missing (the stored
-        one is loaded, with a warning), or is a copy ftstore made on another filesystem that
-        no longer has its bytes (damaged or replaced, which cannot be told apart there: the
-        stored one is loaded, with a warning)."""
-        if not target.local:
-            return None
-        if not os.path.lexists(target.path):
-            warnings.warn(f"{target.path} is missing; loading the checkpoint stored for it", stacklevel=4)
-            return None
-        payload = self._payload_of(key)
+    def _put_there(self, target: _Target, key: ArtifactKey) -> io.BytesIO | None:
+        """The file at the path, where someone other than ftstore put a checkpoint there
+        since the save: its bytes are not the stored checkpoint's, it was written after the
+        save (another inode than the stored payload's, or a later modification time: rot
+        leaves the time alone), and it is a whole ``torch.save`` archive (every zip member
+        checks against its CRC: rot, zeros or garbage over a checkpoint do not). That is an
+        edit in place, a rollback, a tool's rewrite: Lightning loads it, so this plugin does,
+        with a warning, and saves it as the path's checkpoint (the stored one is what the
+        file replaced; where the file was the stored payload, it is gone already). None
+        otherwise: the stored checkpoint is loaded, verified, repaired if damaged."""
         linked = False
-        with contextlib.suppress(OSError):
-            if payload is not None and os.path.samefile(payload, target.path):
-                return None
-            if hash_file(target.path)[0] == digest:
-                return None
-            linked = payload is not None and os.stat(payload).st_dev == os.stat(target.path).st_dev
-        if linked:
-            warnings.warn(f"{target.path} was replaced outside ftstore after it was saved (another file took its "
-                          "place); loading it as Lightning would, unverified", stacklevel=4)
-            return self._file_bytes(target)
-        warnings.warn(f"{target.path} is not the checkpoint ftstore saved there (changed outside it, or damaged); "
-                      "loading the stored one", stacklevel=4)
-        return None
-
-    def _written_in_place(self, target: _Target, name: str) -> io.BytesIO | None:
-        """The file at the path, where the stored checkpoint is beyond repair because the
-        file, its hard link, was written into after the save (``torch.save`` to the same
-        path, a copy onto it): modified since the artifact was made (bit rot leaves the time
-        alone), and a whole checkpoint archive again (garbage written over it is not). That
-        overwrote the stored copy, which is lost; Lightning loads the file as it now is, and
-        so does this plugin, with a warning. None otherwise: damage, to fall back from."""
-        payload = self._payload_of(name)
-        if not target.local or payload is None:
-            return None
         try:
-            env = self.store.read_envelope(name)
-            if not os.path.samefile(payload, target.path):
-                return None
-            written_ms = os.stat(target.path).st_mtime_ns // 1_000_000
+            env = self.store.read_envelope(key)
+            if target.local:
+                if not os.path.lexists(target.path):
+                    return None
+                found = os.stat(target.path)
+                payload = self._payload_of(key)
+                linked = payload is not None and os.path.samestat(os.stat(payload), found)
+                if linked and found.st_mtime_ns // 1_000_000 <= env.created_unix_ms:
+                    return None  # not written since the save: rot, if anything, repaired as such
+            data = self._file_bytes(target).getvalue()
         except (FtstoreError, OSError):
             return None
-        if written_ms <= env.created_unix_ms or not _whole_torch_archive(target.path):
-            return None  # damage (bit rot keeps the time; a write of garbage leaves no archive)
-        warnings.warn(f"{target.path} was written into after ftstore saved it: the file is the stored checkpoint (a "
-                      "hard link), so that copy was overwritten and is lost; loading the file as Lightning would, "
-                      "unverified", stacklevel=4)
-        return self._file_bytes(target)
+        if (hash_bytes(data), len(data)) == (env.source_hash, env.size) or not _whole_torch_archive(data):
+            if target.local and not linked and hash_bytes(data) != env.source_hash:
+                warnings.warn(f"{target.path} is not the checkpoint ftstore saved there and not a whole checkpoint "
+                              "(damaged); loading the stored one", stacklevel=4)
+            return None
+        warnings.warn(f"{target.path} is not the checkpoint ftstore saved there: another one was put there since "
+                      f"(edited in place, or replaced); loading it as Lightning would, unverified, and keeping it "
+                      f"as the checkpoint of that path", stacklevel=4)
+        self._adopt(target, key, env, data)
+        return io.BytesIO(data)
+
+    def _adopt(self, target: _Target, key: ArtifactKey, env: Any, data: bytes) -> None:
+        """Save ``data``, the checkpoint someone put at the path, as that path's newest
+        version, published at the path and protected; the versions it replaced go. Where
+        the store cannot take it (read-only, full) this only warns: the load goes on."""
+        try:
+            with self._locked(key.name):
+                meta = {k: v for k, v in env.metadata.items() if k != PENDING_OVERHEAD_KEY}
+                new = self.store.save_written(lambda f: f.write(data), key.name, meta, self.overhead,
+                                              protect=not self.background)
+                new_key = ArtifactKey(new.name, new.version)
+                if self.background:
+                    self._protector.start(new_key, new.artifact_id)
+                self._publish(new_key, target)
+                self._drop_older(new_key)
+        except (FtstoreError, OSError) as e:
+            warnings.warn(f"{target.path}: could not keep it in {self.store.url} ({e}); it stays unprotected",
+                          stacklevel=5)
+
+    RESUMED_PROTECTION = 2
+    """Checkpoints of the folder (the newest by step) whose unfinished protection a load
+    restarts, as a checkpoint manager's restore does; ``scrub --repair`` protects older ones."""
 
     def _resume_protection(self, name: str) -> None:
-        """Start building the sidecars this plugin's checkpoints in the folder of ``name``
-        still miss: their background protection died with an earlier run (killed with the
-        job's processes, say), and nothing else would build them before a scrub. Already
-        protected ones, and ones being protected here, are left alone; a failure only warns."""
+        """Start building the sidecars the newest checkpoints of ``name``'s folder still
+        miss: their background protection died with an earlier run (killed with the job's
+        processes, say), and nothing else would build them before a scrub. At most
+        :attr:`RESUMED_PROTECTION` at once; ones already protected, or being protected here,
+        are left alone. Their failures only warn (:meth:`wait_until_finished`), as does a
+        failure here: the load goes on."""
         try:
             folder = self.store.read_envelope(name).metadata.get(DIR_KEY)
-            running = set(self._protector.pending())
+            running = set(self._protector.pending()) | set(self._resumed.pending())
+            pending = []
             for other in self.store.names():
                 if not other.startswith(self.prefix + "-"):
                     continue
@@ -363,7 +376,9 @@ class FtstoreCheckpointIO(CheckpointIO):
                     with contextlib.suppress(EnvelopeError, NewerFormatError, NotFoundError):
                         env = self.store.read_envelope(key)
                         if env.raptorq is None and env.metadata.get(DIR_KEY) == folder and key not in running:
-                            self._protector.start(key, env.artifact_id)
+                            pending.append((_int(env.metadata.get(STEP_KEY)) or -1, env.created_unix_ms, key, env))
+            for _, _, key, env in sorted(pending, key=lambda p: p[:2], reverse=True)[: self.RESUMED_PROTECTION]:
+                self._resumed.start(key, env.artifact_id)
         except (FtstoreError, OSError) as e:
             warnings.warn(f"could not start protecting the unprotected checkpoints of {name}'s folder: {e}",
                           stacklevel=4)
@@ -448,6 +463,7 @@ class FtstoreCheckpointIO(CheckpointIO):
 
     def _delete(self, key: ArtifactKey) -> None:
         self._protector.cancel(key)
+        self._resumed.cancel(key)
         try:
             self.store.delete(key)
         except NotFoundError:
@@ -461,6 +477,10 @@ class FtstoreCheckpointIO(CheckpointIO):
             jobs, self._tidy_jobs = self._tidy_jobs, []
         for job in jobs:
             job.result()
+        try:
+            self._resumed.wait()
+        except DamageError as e:  # not this run's checkpoints: said, and left to a scrub to report
+            warnings.warn(f"{e} (checkpoints an earlier run saved; `ftstore scrub` reports them)", stacklevel=3)
         self._protector.wait()
 
     def teardown(self) -> None:
@@ -468,15 +488,75 @@ class FtstoreCheckpointIO(CheckpointIO):
         self.wait_until_finished()
 
 
-def _whole_torch_archive(path: str) -> bool:
-    """Whether the file is a whole ``torch.save`` archive: a zip whose every member checks
-    against its CRC. What an edit writes is one; zeros or garbage written over a checkpoint
-    are not, and are damage to fall back from."""
+_LOCAL_HEADER = struct.Struct("<4sHHHHHLLLHH")
+_END_RECORD = struct.Struct("<4sHHHHLLH")
+_ZIP64_END = struct.Struct("<4sQHHLLQQQQ")
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")
+
+
+def _whole_torch_archive(data: bytes) -> bool:
+    """Whether ``data`` is a whole ``torch.save`` archive, as a writer leaves one: a zip
+    whose every member checks against its CRC; whose every local header, and data
+    descriptor, agrees with its entry in the central directory; and whose end records sit
+    right after that directory and say so. What an edit writes is one. Rot, zeros or
+    garbage written over a checkpoint are not: a CRC-32 misses a random change once in four
+    billion, and the bytes no CRC covers are checked against their second copy, all but
+    header padding and fields of the directory no reader uses, which change nothing
+    ``torch.load`` reads."""
     try:
-        with zipfile.ZipFile(path) as z:
-            return bool(z.namelist()) and z.testzip() is None
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError, NotImplementedError):
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            infos = z.infolist()
+            if not infos or z.testzip() is not None:
+                return False
+            if not all(_local_copy_agrees(data, info) for info in infos):
+                return False
+            directory = sum(46 + len(i.orig_filename.encode("utf-8" if i.flag_bits & 0x800 else "cp437"))
+                            + len(i.extra) + len(i.comment) for i in infos)
+            return _end_records_agree(data, z.start_dir, directory, len(infos))
+    except (zipfile.BadZipFile, struct.error, OSError, EOFError, ValueError, RuntimeError, NotImplementedError):
         return False
+
+
+def _local_copy_agrees(data: bytes, info: zipfile.ZipInfo) -> bool:
+    """The member's local header (and its data descriptor, if it has one) say what its
+    central directory entry says."""
+    sig, version, flags, method, time_, date, crc, _, _, name_len, extra_len = \
+        _LOCAL_HEADER.unpack_from(data, info.header_offset)
+    y, mo, d, h, mi, sec = info.date_time
+    if (sig, version, flags, method, date, time_) != (b"PK\x03\x04", info.extract_version, info.flag_bits,
+                                                      info.compress_type, (y - 1980) << 9 | mo << 5 | d,
+                                                      h << 11 | mi << 5 | sec // 2):
+        return False
+    if not flags & 0x08:
+        return crc == info.CRC
+    at = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len + info.compress_size
+    if data[at : at + 4] == b"PK\x07\x08":
+        at += 4
+    wide = info.compress_size >= 0xFFFFFFFF or info.file_size >= 0xFFFFFFFF or info.header_offset >= 0xFFFFFFFF
+    fields = struct.unpack_from("<LQQ" if wide else "<LLL", data, at)
+    narrow = struct.unpack_from("<LLL", data, at)
+    return fields == (info.CRC, info.compress_size, info.file_size) or \
+        narrow == (info.CRC, info.compress_size & 0xFFFFFFFF, info.file_size & 0xFFFFFFFF) or \
+        struct.unpack_from("<LQQ", data, at) == (info.CRC, info.compress_size, info.file_size)
+
+
+def _end_records_agree(data: bytes, start: int, size: int, entries: int) -> bool:
+    """The end record (after a zip64 end record and locator, where there is one) follows
+    the central directory and gives its offset, size and entry count; nothing follows it."""
+    end = start + size
+    if data[end : end + 4] == b"PK\x06\x06":
+        sig, _, _, _, _, _, here, total, size64, start64 = _ZIP64_END.unpack_from(data, end)
+        if (here, total, size64, start64) != (entries, entries, size, start):
+            return False
+        locator = end + _ZIP64_END.size
+        sig, _, where, _ = _ZIP64_LOCATOR.unpack_from(data, locator)
+        if sig != b"PK\x06\x07" or where != end:
+            return False
+        end = locator + _ZIP64_LOCATOR.size
+    sig, _, _, here, total, size32, start32, comment = _END_RECORD.unpack_from(data, end)
+    return (sig == b"PK\x05\x06" and end + _END_RECORD.size + comment == len(data)
+            and here in (entries, 0xFFFF) and total in (entries, 0xFFFF)
+            and size32 in (size, 0xFFFFFFFF) and start32 in (start, 0xFFFFFFFF))
 
 
 def _int(text: str | None) -> int | None:
