@@ -158,13 +158,20 @@ def test_deleting_the_newest_version_drops_the_tombstones_below_it_on_a_local_st
     assert _commit(backend, "a", b"four", tmp_path) == 4
 
 
-def test_a_delete_interrupted_after_its_tombstone_leaves_orphans_never_a_version(backend, tmp_path):
+def _interrupted_delete(backend: StoreBackend, tmp_path: Path) -> ArtifactKey:
+    """a@1 and a@2 saved, a@2 deleted by a delete that died after its tombstone, before it
+    removed the payload."""
     for data in (b"one", b"two"):
         _commit(backend, "a", data, tmp_path)
     key = ArtifactKey("a", 2)
     payload = backend.read_leaf(key, PAYLOAD, 100)
     backend.delete(key)
-    backend.write_leaf(key, PAYLOAD, payload)  # as if the delete died before removing it
+    backend.write_leaf(key, PAYLOAD, payload)
+    return key
+
+
+def test_a_delete_interrupted_after_its_tombstone_leaves_orphans_never_a_version(backend, tmp_path):
+    key = _interrupted_delete(backend, tmp_path)
     assert backend.versions("a") == [1]
     orphans = backend.orphans()
     assert [o.reason for o in orphans] == ["interrupted delete"] and orphans[0].path.endswith(PAYLOAD)
@@ -273,12 +280,7 @@ def test_a_tombstone_orphan_is_not_removed_once_a_copy_committed_that_version(ba
     fill the gap), the leaves are the new version's own."""
     if not backend.capabilities.local_files:
         pytest.skip("an S3 store keeps every tombstone: no copy fills its number")
-    for data in (b"one", b"two"):
-        _commit(backend, "a", data, tmp_path)
-    key = ArtifactKey("a", 2)
-    payload = backend.read_leaf(key, PAYLOAD, 100)
-    backend.delete(key)
-    backend.write_leaf(key, PAYLOAD, payload)  # as if the delete died before removing it
+    key = _interrupted_delete(backend, tmp_path)
     listed = [o.path for o in backend.orphans()]
     assert listed == ["artifacts/a/2/payload"]
     shutil.rmtree(backend.version_dir(key))  # the tombstone dropped meanwhile...
