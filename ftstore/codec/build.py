@@ -45,7 +45,7 @@ class SymbolHasher:
 
     def __init__(self, symbol_size: int):
         self.t = symbol_size
-        self.parts: list[bytes] = []
+        self.parts = bytearray()  # 16 bytes a symbol (a list of bytes objects took 65: 13 MiB at 4 GiB)
         self.rest = b""
 
     def __call__(self, chunk: memoryview) -> None:
@@ -56,15 +56,15 @@ class SymbolHasher:
             chunk = chunk[take:]
             if len(self.rest) < t:
                 return
-            self.parts.append(symbol_hash(self.rest))
+            self.parts += symbol_hash(self.rest)
             self.rest = b""
         whole = len(chunk) - len(chunk) % t
-        self.parts.extend(symbol_hash(chunk[i : i + t]) for i in range(0, whole, t))
+        self.parts += b"".join(symbol_hash(chunk[i : i + t]) for i in range(0, whole, t))
         self.rest = bytes(chunk[whole:])
 
     def table(self) -> bytes:
-        tail = [symbol_hash(self.rest + bytes(self.t - len(self.rest)))] if self.rest else []
-        return b"".join(self.parts + tail)
+        tail = symbol_hash(self.rest + bytes(self.t - len(self.rest))) if self.rest else b""
+        return bytes(self.parts) + tail
 
 
 def check_header_fits(template: ArtifactEssentials, overhead: float, symbol_size: int | None = None) -> None:
