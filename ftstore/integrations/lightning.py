@@ -267,24 +267,33 @@ class FtstoreCheckpointIO(CheckpointIO):
             return self.store.describe(key).get("payload")
         return None
 
-    def _stored_as(self, target: _Target) -> str | None:
-        """The artifact of this plugin whose stored payload the local file at the path is
-        (the same inode: ftstore published it as a hard link), whatever path it was saved
-        under: the checkpoint folder was moved or renamed, or is mounted elsewhere."""
-        if not target.local or not self.store.capabilities.local_files:
-            return None
+    def _is_payload_of(self, key: ArtifactKey, found: os.stat_result) -> bool:
+        """Whether ``found`` (a file's ``stat``) is ``key``'s stored payload: the same inode,
+        as ftstore publishes a checkpoint (a hard link)."""
+        payload = self._payload_of(key)
         try:
-            here = os.stat(target.path)
+            return payload is not None and os.path.samestat(os.stat(payload), found)
+        except OSError:
+            return False
+
+    @staticmethod
+    def _stat(target: _Target) -> os.stat_result | None:
+        """The local file at the path, or None (remote, or nothing there)."""
+        try:
+            return os.stat(target.path) if target.local else None
         except OSError:
             return None
+
+    def _stored_as(self, target: _Target) -> str | None:
+        """The artifact of this plugin whose stored payload the local file at the path is,
+        whatever path it was saved under: the checkpoint folder was moved or renamed, or is
+        mounted elsewhere."""
+        if (found := self._stat(target)) is None or not self.store.capabilities.local_files:
+            return None
         for name in self.store.names():
-            if not name.startswith(self.prefix + "-"):
-                continue
-            for v in self.store.versions(name):
-                payload = self._payload_of(ArtifactKey(name, v))
-                with contextlib.suppress(OSError):
-                    if payload is not None and os.path.samestat(os.stat(payload), here):
-                        return name
+            if name.startswith(self.prefix + "-") and any(
+                    self._is_payload_of(ArtifactKey(name, v), found) for v in self.store.versions(name)):
+                return name
         return None
 
     def _version_at(self, target: _Target, name: str) -> ArtifactKey:
@@ -292,12 +301,10 @@ class FtstoreCheckpointIO(CheckpointIO):
         committed but killed before its file was put in place (Lightning never saw that save
         finish); otherwise the newest."""
         versions = self.store.versions(name)
-        if target.local and len(versions) > 1:
+        if len(versions) > 1 and (found := self._stat(target)) is not None:
             for v in versions[:-1]:
-                payload = self._payload_of(ArtifactKey(name, v))
-                with contextlib.suppress(OSError):
-                    if payload is not None and os.path.samefile(payload, target.path):
-                        return ArtifactKey(name, v)
+                if self._is_payload_of(ArtifactKey(name, v), found):
+                    return ArtifactKey(name, v)
         return ArtifactKey(name, versions[-1])
 
     def _put_there(self, target: _Target, key: ArtifactKey) -> io.BytesIO | None:
@@ -314,18 +321,18 @@ class FtstoreCheckpointIO(CheckpointIO):
         try:
             env = self.store.read_envelope(key)
             if target.local:
-                if not os.path.lexists(target.path):
+                if (found := self._stat(target)) is None:
                     return None
-                found = os.stat(target.path)
-                payload = self._payload_of(key)
-                linked = payload is not None and os.path.samestat(os.stat(payload), found)
+                linked = self._is_payload_of(key, found)
                 if linked and found.st_mtime_ns // 1_000_000 <= env.created_unix_ms:
                     return None  # not written since the save: rot, if anything, repaired as such
             data = self._file_bytes(target).getvalue()
         except (FtstoreError, OSError):
             return None
-        if (hash_bytes(data), len(data)) == (env.source_hash, env.size) or not _whole_torch_archive(data):
-            if target.local and not linked and hash_bytes(data) != env.source_hash:
+        if (hash_bytes(data), len(data)) == (env.source_hash, env.size):
+            return None
+        if not _whole_torch_archive(data):
+            if target.local and not linked:
                 warnings.warn(f"{target.path} is not the checkpoint ftstore saved there and not a whole checkpoint "
                               "(damaged); loading the stored one", stacklevel=4)
             return None
@@ -532,11 +539,9 @@ def _local_copy_agrees(data: bytes, info: zipfile.ZipInfo) -> bool:
     at = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len + info.compress_size
     if data[at : at + 4] == b"PK\x07\x08":
         at += 4
-    wide = info.compress_size >= 0xFFFFFFFF or info.file_size >= 0xFFFFFFFF or info.header_offset >= 0xFFFFFFFF
-    fields = struct.unpack_from("<LQQ" if wide else "<LLL", data, at)
-    narrow = struct.unpack_from("<LLL", data, at)
-    return fields == (info.CRC, info.compress_size, info.file_size) or \
-        narrow == (info.CRC, info.compress_size & 0xFFFFFFFF, info.file_size & 0xFFFFFFFF) or \
+    # 4-byte sizes, or 8-byte ones (zip64): either may be written
+    return struct.unpack_from("<LLL", data, at) == (info.CRC, info.compress_size & 0xFFFFFFFF,
+                                                    info.file_size & 0xFFFFFFFF) or \
         struct.unpack_from("<LQQ", data, at) == (info.CRC, info.compress_size, info.file_size)
 
 

@@ -286,9 +286,7 @@ def local_store_holding(path: str | os.PathLike) -> Path | None:
     (an S3 store's command included). A scratch folder's files are excepted, as in
     :meth:`LocalStore.holds`. The folders are resolved (links followed); the path's own name
     is not."""
-    path = Path(path) if Path(path).is_absolute() else Path.cwd() / path
-    node = Path(os.path.realpath(path.parent)) / path.name if path.name not in ("", ".", "..") \
-        else Path(os.path.realpath(path))
+    node = _resolved(path)
     below: list[str] = []  # the names from the folder being looked at down to the path
     while node.parent != node:
         below.append(node.name)
@@ -298,10 +296,22 @@ def local_store_holding(path: str | os.PathLike) -> Path | None:
         except OSError:
             continue
         if stat.S_ISREG(marker.st_mode):
-            down = below[::-1]
-            scratch = len(down) > 2 and down[0] == "staging" and down[1].startswith("scratch-")
-            return None if scratch else node
+            return node if _store_owned(below[::-1]) else None
     return None
+
+
+def _resolved(path: str | os.PathLike) -> Path:
+    """``path`` made absolute with its folders resolved (links followed before any ``..``,
+    as the kernel does), its own name kept: a link named inside a store is a store entry."""
+    path = Path(path) if Path(path).is_absolute() else Path.cwd() / path
+    return Path(os.path.realpath(path.parent)) / path.name if path.name not in ("", ".", "..") \
+        else Path(os.path.realpath(path))
+
+
+def _store_owned(down: list[str]) -> bool:
+    """Whether the entry at ``down`` (names from a store's root) is the store's own: all
+    but a scratch folder's files (:meth:`LocalStore.scratch`), which are their writer's."""
+    return not (len(down) > 2 and down[0] == "staging" and down[1].startswith("scratch-"))
 
 
 class LocalStore(StoreBackend):
@@ -320,9 +330,7 @@ class LocalStore(StoreBackend):
         through a bind mount or a second mount of its file system. A scratch folder's files
         (:meth:`scratch`) are the caller's, not the store's: a checkpoint written there is
         saved with ``move``."""
-        path = Path(path) if Path(path).is_absolute() else Path.cwd() / path
-        node = Path(os.path.realpath(path.parent)) / path.name if path.name not in ("", ".", "..") \
-            else Path(os.path.realpath(path))
+        node = _resolved(path)
         try:
             root = os.stat(self.root)
         except OSError:
@@ -334,8 +342,7 @@ class LocalStore(StoreBackend):
             except OSError:
                 st = None  # the path's own name need not exist yet
             if st is not None and (st.st_dev, st.st_ino) == (root.st_dev, root.st_ino):
-                down = below[::-1]
-                return not (len(down) > 2 and down[0] == "staging" and down[1].startswith("scratch-"))
+                return _store_owned(below[::-1])
             if node.parent == node:
                 return False
             below.append(node.name)
