@@ -362,3 +362,34 @@ def test_a_pending_save_written_checks_the_header_for_its_real_size(store):
         with pytest.raises(BadInputError, match="header would be"):
             store.save_written(lambda f: f.write(b"\0" * payload), "a", meta, 0.1, protect=protect)
     assert store.names() == []
+
+
+def test_states_files_and_bundles_in_one_run_each_restore_the_right_kind(store, tmp_path):
+    """The README's example saves a state, a file and a bundle under one name: ``restore()``
+    took the newest, the bundle, for a state, and failed with torch's unpickling message.
+    It now restores the newest checkpoint that is not a bundle (skipping a damaged one with
+    a warning), ``restore_bundle`` the newest bundle, and either, asked for a step of the
+    other kind, says which call restores it."""
+    from ftstore import BundleSpec
+
+    model = torch.nn.Linear(2, 2)
+    m = CheckpointManager(store, "run-42")
+    m.save(1, {"model": model.state_dict(), "step": 1})
+    path = tmp_path / "model.pt"
+    torch.save({"model": model.state_dict(), "step": 2}, path)
+    m.save(2, str(path))
+    m.save(3, BundleSpec({"autoencoder": model}, "pytorch", {"N": 64, "gridsize": 1}))
+    assert [c.is_bundle for c in m.checkpoints()] == [False, False, True]
+    assert m.restore(map_location="cpu")["step"] == 2 and m.restored.step == 2
+    cp, bundle = m.restore_bundle("pytorch", params={}, builders={"autoencoder": lambda cfg: torch.nn.Linear(2, 2)})
+    assert cp.step == 3 and torch.equal(bundle.models["autoencoder"].weight, model.weight)
+    with pytest.raises(BadInputError, match="step 3 of run-42 is a model bundle: restore it with restore_bundle"):
+        m.restore(step=3)
+    with pytest.raises(BadInputError, match="step 1 of run-42 is not a model bundle: restore it with restore()"):
+        m.restore_bundle("pytorch", step=1)
+    m.restore(tmp_path / "out.zip", step=3)  # written out as a file: any kind
+    assert (tmp_path / "out.zip").stat().st_size > 0
+    payload = files(store, "run-42@2").payload
+    payload.write_bytes(b"\0" * payload.stat().st_size)  # beyond repair
+    with pytest.warns(UserWarning, match="skipping damaged checkpoint run-42@2"):
+        assert m.restore()["step"] == 1

@@ -74,6 +74,9 @@ def test_flipped_byte_makes_verify_exit_1_and_no_heal_load_refuse(store, make_fi
     "args, msg",
     [
         (["save", "/nonexistent/file", "--name", "x"], "no such file"),
+        (["save", "/dev/null", "--name", "x"], "/dev/null: not a regular file"),
+        (["save", "DIR", "--name", "x"], "is a directory"),
+        (["import-legacy", "/dev/null", "--name", "x"], "/dev/null: not a regular file"),
         (["load", "nope", "-o", "x"], "no artifact named"),
         (["show", "bad name"], "invalid artifact name"),
         (["save", "FILE", "--name", "x", "--overhead", "5"], "overhead"),
@@ -94,7 +97,7 @@ def test_flipped_byte_makes_verify_exit_1_and_no_heal_load_refuse(store, make_fi
 )
 def test_bad_input_exits_2_with_one_line_and_no_traceback(store, make_file, args, msg):
     src = make_file(10)
-    args = [{"FILE": str(src), "STORE": store.url}.get(a, a) for a in args]
+    args = [{"FILE": str(src), "STORE": store.url, "DIR": str(src.parent)}.get(a, a) for a in args]
     res = run_cli(*args, store=store, check_rc=2)
     assert msg in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr  # click's usage errors too

@@ -113,6 +113,9 @@ def test_a_4_GiB_sparse_envelope_is_never_read_whole(store, make_file, tmp_path)
     store.save(make_file(1000, seed=1), "b")
     with open(files(store, "a@1").envelope, "r+b") as f:
         f.truncate(4 << 30)
+    rc, _, _, err = _bytes_moved("scrub", "--json", "--store", store.url, tmp=tmp_path)
+    counted = [int(n) for n in re.findall(r'"bytes_read": (\d+)', err)]
+    assert rc == 1 and counted and max(counted) < 1 << 20, (rc, counted)  # the refused envelope is not counted
     for args in (["verify"], ["ls"], ["show", "a"], ["load", "a", "-o", str(tmp_path / "out")],
                  ["scrub", "--repair"], ["verify"]):
         rc, peak, err = _run(*args, "--store", store.url, tmp=tmp_path)

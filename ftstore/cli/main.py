@@ -38,6 +38,11 @@ def _health_doc(h: api.Health) -> dict:
     }
 
 
+def _must_be_a_file(path: Path) -> None:
+    if not path.is_file():
+        raise BadInputError(f"{path}: no such file" if not os.path.lexists(path) else f"{path}: not a regular file")
+
+
 def _parse_meta(pairs: tuple[str, ...]) -> dict[str, str]:
     out = {}
     for p in pairs:
@@ -72,8 +77,7 @@ def cli() -> None:
 @json_option
 def save(path, name, artifact_type, meta, overhead, move, store_path, jobs, as_json):
     """Store a copy of PATH as the next version of NAME (with --move: store PATH itself)."""
-    if not path.is_file():
-        raise BadInputError(f"{path}: no such file")
+    _must_be_a_file(path)
     metadata = _parse_meta(meta)
     store = _store_to_save_to(store_path,
                               lambda: api.Store.check_save(path, name, artifact_type, metadata, overhead, move))
@@ -287,8 +291,7 @@ def import_legacy_cmd(archive, name, store_path, as_json):
 
     Loading it later restores its params into $FTSTORE_PARAMS_TARGET (MODULE:ATTR, e.g.
     ptycho.params:cfg; default ftstore.params:cfg) unless load_bundle is given params=."""
-    if not archive.is_file():
-        raise BadInputError(f"{archive}: no such file")
+    _must_be_a_file(archive)
     # Reading a SavedModel's checkpoint starts TensorFlow in this process: keep its start-up
     # log lines off stderr, where an error must be one line.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

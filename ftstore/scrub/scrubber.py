@@ -19,14 +19,14 @@ import msgspec
 from ftstore.codec import read_meta
 from ftstore.codec.deep import prove_recoverable
 from ftstore.codec.parallel import default_jobs, pmap
-from ftstore.documents import ArtifactKey, ScrubSection, canonical
+from ftstore.documents import MAX_ENVELOPE_BYTES, ArtifactKey, ScrubSection, canonical
 from ftstore.documents.printable import encode_printable
 from ftstore.engine.integrity import Health, check, protect_pending, remove_dead_spills, repair
 from ftstore.engine.leaves import FolderLeaves, StoredLeaves, read_envelope
 from ftstore.errors import BadInputError, FtstoreError, NewerFormatError, StoreUnreachableError
 from ftstore.scrub.report import ArtifactScrub, DeepCheck, Orphan, ScrubOptions, ScrubReport, Totals
 from ftstore.stores import Orphan as StoreOrphan, StoreBackend, open_store
-from ftstore.stores.backend import PAYLOAD, SIDECAR
+from ftstore.stores.backend import ENVELOPE, PAYLOAD, SIDECAR
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,9 @@ def in_subset(ref: str, subset: tuple[int, int] | None) -> bool:
 
 def _bytes_read(sizes: dict[str, int], h: Health) -> int:
     """What checking the leaves read (reported): a leaf longer than its envelope records is
-    read one byte past that, never to its end (see ``check``)."""
-    caps = {}
+    read one byte past that, never to its end (see ``check``); an envelope over its size
+    limit is refused before a byte of it is read."""
+    caps = {ENVELOPE: 0} if sizes.get(ENVELOPE, 0) > MAX_ENVELOPE_BYTES else {}
     if h.essentials is not None:  # from the envelope, or from the sidecar when it is unusable
         caps[PAYLOAD] = h.essentials.size + 1
     if h.envelope is not None:  # a pending version's sidecar is only looked for: one byte

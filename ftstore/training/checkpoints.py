@@ -52,6 +52,11 @@ class Checkpoint:
     metrics: dict[str, float]
     protected: bool = True  # False: its repair sidecar is still to be built
     artifact_id: str = ""
+    artifact_type: str = "file"  # "model_bundle" for a BundleSpec's: restore_bundle, not restore
+
+    @property
+    def is_bundle(self) -> bool:
+        return self.artifact_type == "model_bundle"
 
 
 @dataclass(frozen=True)
@@ -136,7 +141,7 @@ class CheckpointManager:
             except (FtstoreError, KeyError, ValueError):
                 continue
             metrics = {k[len(METRIC_PREFIX) :]: float(x) for k, x in env.metadata.items() if k.startswith(METRIC_PREFIX)}
-            out.append(Checkpoint(step, v, key.ref, metrics, env.raptorq is not None, env.artifact_id))
+            out.append(Checkpoint(step, v, key.ref, metrics, env.raptorq is not None, env.artifact_id, env.artifact_type))
         return sorted(out, key=lambda c: c.version)
 
     def steps(self) -> list[int]:
@@ -176,7 +181,7 @@ class CheckpointManager:
         else:
             raise BadInputError(f"a checkpoint is a state dict, a file path or a BundleSpec, not a {type(what).__name__}")
         cp = Checkpoint(step, env.version, f"{env.name}@{env.version}", {k: float(v) for k, v in (metrics or {}).items()},
-                        env.raptorq is not None, env.artifact_id)
+                        env.raptorq is not None, env.artifact_id, env.artifact_type)
         if protect:
             self._after_save(cp)
         else:  # sidecar, superseded versions and retention all off the critical path
@@ -279,15 +284,22 @@ class CheckpointManager:
                           stacklevel=5)
             raise FtstoreError(str(e)) from None
 
-    def _candidates(self, cps: list[Checkpoint], step: int | None) -> list[Checkpoint]:
-        """What a restore tries, newest first: every checkpoint, or those of ``step``."""
+    def _candidates(self, cps: list[Checkpoint], step: int | None, bundles: bool | None) -> list[Checkpoint]:
+        """What a restore tries, newest first: every checkpoint, or those of ``step``; with
+        ``bundles`` True or False, only the model bundles or only the others (a state
+        cannot be read from a bundle, nor a bundle built from a state)."""
         if step is not None:
             cps = [c for c in cps if c.step == step]
             if not cps:
                 raise NotFoundError(f"{self.name} has no checkpoint for step {step}")
-        if not cps:
+        fits = [c for c in cps if bundles is None or c.is_bundle == bundles]
+        if cps and not fits:
+            which = f"step {step} of {self.name} is" if step is not None else f"every checkpoint of {self.name} is"
+            raise BadInputError(f"{which} a model bundle: restore it with restore_bundle()" if not bundles
+                                else f"{which} not a model bundle: restore it with restore()")
+        if not fits:
             raise NotFoundError(f"{self.name} has no checkpoints")
-        return list(reversed(cps))
+        return list(reversed(fits))
 
     def restore(self, out: str | os.PathLike | None = None, *, step: int | None = None,
                 map_location: Any = None) -> Any:
@@ -295,16 +307,18 @@ class CheckpointManager:
         warning; with ``step``, only that one. Without ``out``: the training state, loaded
         without running code (``torch.load(weights_only=True)``, ``map_location`` as there);
         :attr:`restored` says which checkpoint it came from. With ``out``: the checkpoint's
-        file is written there, and its :class:`Checkpoint` returned."""
+        file is written there, and its :class:`Checkpoint` returned. Model bundle
+        checkpoints are left to :meth:`restore_bundle`: the newest state is the newest
+        checkpoint that is not one."""
         if out is not None:
-            return self._first_good(step, lambda c: self.store.load(c.ref, out))
+            return self._first_good(step, lambda c: self.store.load(c.ref, out), None)
         loaded = {}
 
         def attempt(c: Checkpoint) -> None:
             buf, _ = self.store.load_bytes(c.ref)
             loaded["state"] = read_state(buf, map_location)
 
-        self._first_good(step, attempt)
+        self._first_good(step, attempt, False)
         return loaded["state"]
 
     RESUMED_PROTECTION = 2
@@ -331,24 +345,25 @@ class CheckpointManager:
             warnings.warn(f"could not start protecting {self.name}'s unprotected checkpoints: {e}", stacklevel=4)
 
     def restore_bundle(self, backend: str, step: int | None = None, **kw: Any):
-        """Like :meth:`restore`, for bundle checkpoints: returns (Checkpoint, LoadedBundle)."""
+        """Like :meth:`restore`, for bundle checkpoints (the newest of them, skipping the
+        others): returns (Checkpoint, LoadedBundle)."""
         loaded = {}
 
         def attempt(c: Checkpoint) -> None:
             loaded["b"] = load_bundle(self.store, c.ref, backend, **kw)
 
-        cp = self._first_good(step, attempt)
+        cp = self._first_good(step, attempt, True)
         return cp, loaded["b"]
 
     LISTINGS = 5
     """How many times a restore lists again when every checkpoint it listed was deleted
     before it could be read (another process's retention, pruning as its run saves)."""
 
-    def _first_good(self, step: int | None, attempt: Callable[[Checkpoint], Any]) -> Checkpoint:
+    def _first_good(self, step: int | None, attempt: Callable[[Checkpoint], Any], bundles: bool | None) -> Checkpoint:
         failures = []
         for _ in range(self.LISTINGS):
             cps = self.checkpoints(rebuild=True)
-            for c in self._candidates(cps, step):
+            for c in self._candidates(cps, step, bundles):
                 try:
                     attempt(c)
                     self.restored = c
