@@ -90,6 +90,14 @@ class ArtifactRow:
 NEWER_FORMAT = "newer format: "
 
 
+def entries_outside_versions(store: Store) -> list[tuple[str, str]]:
+    """(path in the store, why) of every entry that belongs to no version: what ``scrub``
+    reports as orphans (a name like ``01``, a link in place of a folder, an interrupted
+    save). ``verify`` and ``ls`` of a whole store mention them, so that a store whose
+    ``artifacts`` folder became a link does not pass for an empty, healthy one."""
+    return [(o.path, o.reason) for o in store.backend.orphans()]
+
+
 def list_artifacts(store: Store) -> list[ArtifactRow]:
     rows = []
     for key in store.keys():

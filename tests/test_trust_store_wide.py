@@ -70,11 +70,33 @@ def test_names_that_are_not_versions_are_orphans_never_versions(store, make_file
     assert store.versions("a") == [1] and store.names() == ["a", "b", "c"]
     res = run_cli("verify", store=store, check_rc=0)
     assert "3 checked, 0 damaged" in res.stderr
+    assert "7 entries in the store belong to no version, skipped here: artifacts/a/ 1 (not a version directory)" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 2  # the names' newlines are escaped
+    assert "7 entries" in run_cli("ls", store=store, check_rc=0).stderr
+    res = run_cli("scrub", store=store, check_rc=0)  # every orphan on a line of its own
+    assert "orphan    artifacts/a\\x0a  (not an artifact name" in res.stdout
+    assert "orphan    artifacts/a/1\\x0a  (not a version directory" in res.stdout and len(res.stdout.splitlines()) == 3 + 7
+    assert "belong to no version" not in run_cli("verify", "a", store=store, check_rc=0).stderr  # only store-wide
     report = scrub(store, remove_orphans=True, write_report=False)
     assert report.totals.ok == 3 and len(report.orphans) == 7 and all(o.removed for o in report.orphans)
     run_cli("load", "a@01", "-o", "/dev/null", store=store, check_rc=2)
+    assert "belong" not in run_cli("verify", store=store, check_rc=0).stderr  # none left
     assert sorted(os.listdir(store.backend.artifacts_dir / "a")) == ["1"]
     assert hash_file(files(store, "a@1").payload)[1] == len(data["a"])
+
+
+def test_a_store_whose_artifacts_folder_became_a_link_is_not_an_empty_healthy_one(store, make_file, tmp_path):
+    """``verify`` and ``ls`` said "0 checked, 0 damaged" and "no artifacts" of a store whose
+    ``artifacts`` folder was replaced by a link (never followed): they now name it."""
+    store.save(make_file(1000), "a")
+    real = tmp_path / "elsewhere"
+    store.backend.artifacts_dir.rename(real)
+    store.backend.artifacts_dir.symlink_to(real)
+    for args in (["verify"], ["ls"], ["ls", "--json"]):
+        res = run_cli(*args, store=store, check_rc=0)
+        assert "1 entry in the store belongs to no version, skipped here: artifacts (symbolic link" in res.stderr, res
+        assert len(res.stderr.strip().splitlines()) <= 2
+    assert (real / "a" / "1" / "payload").exists()  # nothing followed, nothing removed
 
 
 def test_an_oversized_envelope_object_on_s3_is_one_damaged_entry(seaweed, make_file, tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from ftstore import api
-from ftstore.cli.output import emit_json, human_size, info, printable_streams, progress
+from ftstore.cli.output import emit_json, human_size, info, printable_streams, progress, shown_name
 from ftstore.api import ARTIFACT_TYPES, DEFAULT_OVERHEAD
 from ftstore.errors import BadInputError, FtstoreError, NotFoundError, StorageError
 
@@ -113,9 +113,11 @@ def ls_cmd(store_path, as_json):
     rows = [r.__dict__ for r in api.list_artifacts(store)]
     if as_json:
         emit_json(rows)
+        _mention_entries_outside_versions(store)
         return
     if not rows:
         info(f"{store.url}: no artifacts")
+        _mention_entries_outside_versions(store)
         return
     click.echo(f"{'NAME':<32} {'VER':>4}  {'TYPE':<20} {'SIZE':>10}  STATUS")
     for r in rows:
@@ -124,6 +126,18 @@ def ls_cmd(store_path, as_json):
                   else "envelope damaged (run `ftstore scrub --repair`)")
         size = human_size(r["size"]) if r["size"] is not None else "?"
         click.echo(f"{r['name']:<32} {r['version']:>4}  {r['type'] or '?':<20} {size:>10}  {status}")
+    _mention_entries_outside_versions(store)
+
+
+def _mention_entries_outside_versions(store: api.Store) -> None:
+    """One line on stderr naming what the store holds beside its versions (a store-wide
+    listing or check skips it); nothing if there is none."""
+    found = api.entries_outside_versions(store)
+    if found:
+        shown = "; ".join(f"{shown_name(path)} ({why})" for path, why in found[:3]) + ("; ..." if len(found) > 3 else "")
+        info(f"{len(found)} {'entry' if len(found) == 1 else 'entries'} in the store "
+             f"{'belongs' if len(found) == 1 else 'belong'} to no version, "
+             f"skipped here: {shown}; `ftstore scrub` reports them, `--remove-orphans` removes them")
 
 
 @cli.command()
@@ -143,7 +157,8 @@ def verify(refs, store_path, as_json):
     """Check REFS (default: every artifact) against their hashes and proof chains.
     Exits 1 if anything is damaged, else 2 if a newer ftstore wrote something (this one
     cannot judge it); repairs nothing (see `scrub --repair`, `load`)."""
-    results = api.verify(api.open_store(store_path), refs)
+    store = api.open_store(store_path)
+    results = api.verify(store, refs)
     if as_json:
         emit_json([_health_doc(h) for h in results])
     else:
@@ -156,6 +171,8 @@ def verify(refs, store_path, as_json):
                     click.echo(f"         - {p}")
         damaged, newer = sum(1 for h in results if h.damaged), sum(1 for h in results if h.newer_format)
         info(f"{len(results)} checked, {damaged} damaged" + (f", {newer} written by a newer ftstore" if newer else ""))
+    if not refs:
+        _mention_entries_outside_versions(store)
     if any(h.damaged for h in results):
         sys.exit(1)
     if any(not h.intact for h in results):
@@ -338,7 +355,7 @@ def scrub_cmd(repair, deep, subset, max_rate, remove_orphans, store_path, jobs, 
                 if a.error:
                     click.echo(f"          - {a.error}")
         for o in report.orphans:
-            click.echo(f"orphan    {o.path}  ({o.reason}{', removed' if o.removed else '; --remove-orphans deletes it'})")
+            click.echo(f"orphan    {shown_name(o.path)}  ({o.reason}{', removed' if o.removed else '; --remove-orphans deletes it'})")
         t = report.totals
         info(f"{t.artifacts} artifacts: {t.ok} ok, {t.recovered} recovered, {t.failed} failed; "
              f"{t.orphans} orphans; {human_size(t.bytes_read)} read; store {report.health}")

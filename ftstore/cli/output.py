@@ -28,6 +28,12 @@ def printable_streams() -> None:
             stream.reconfigure(errors=ERRORS)  # type: ignore[union-attr]
 
 
+def shown_name(name: str) -> str:
+    """A store path as one line of text: a control character in it (a newline in a stray
+    folder's name, say) written as ``\\xNN``."""
+    return "".join(f"\\x{ord(c):02x}" if ord(c) < 0x20 or ord(c) == 0x7F else c for c in name)
+
+
 def info(msg: str) -> None:
     click.echo(msg, err=True)
 
