@@ -60,6 +60,7 @@ from ftstore.tempdirs import HeldTempDir, held_temp_dir
 CLAIM, COMMITTED = "claim", "committed"
 KNOWN = {*LEAVES, CLAIM, COMMITTED}
 _TOMBSTONE = {CLAIM, DELETED}
+FOLDER_OBJECT = "folder object (a key ending in /, as an S3 console makes; no version's leaf)"
 CLAIM_LEASE_SECONDS = 6 * 3600  # a save still uploading after this long is taken for dead
 MAX_MARKER_BYTES = 4096
 _MISSING = ("NoSuchKey", "404", "NotFound")
@@ -196,7 +197,7 @@ class S3Staging(Staging):
         self.store._put(self._rel(ENVELOPE), envelope_for(self.version))  # the commit
         self.committed = True
         with contextlib.suppress(StorageError):  # a marker only: the envelope alone commits
-            self.store._put(self._rel(COMMITTED), b"")
+            self.store._mark_committed(ArtifactKey(self.name, self.version))
         self._cleanup()
         return self.version
 
@@ -208,7 +209,7 @@ class S3Staging(Staging):
         stays is an orphan once the claim's lease runs out."""
         try:
             if self.committed or self.store._size(self._rel(ENVELOPE)) is not None:
-                self.store._put(self._rel(COMMITTED), b"")  # the commit stands: finish it
+                self.store._mark_committed(ArtifactKey(self.name, self.version))  # the commit stands: finish it
             else:
                 for leaf in (PAYLOAD, SIDECAR, CLAIM):
                     self.store._delete(self._rel(leaf))
@@ -405,7 +406,16 @@ class S3Store(StoreBackend):
         else:
             self._upload(self._vkey(key, leaf), data)
         if leaf == ENVELOPE:
-            self._put(self._vkey(key, COMMITTED), b"")
+            self._mark_committed(key)
+
+    def _mark_committed(self, key: ArtifactKey) -> None:
+        """Put the commit marker of a version whose envelope was just put. A delete may have
+        run meanwhile (the envelope is then gone again): the marker alone would bring the
+        version back as one without data, so it is taken back, as the delete's own last
+        step takes back one put while it ran."""
+        self._put(self._vkey(key, COMMITTED), b"")
+        if self._size(self._vkey(key, ENVELOPE)) is None:
+            self._delete(self._vkey(key, COMMITTED))
 
     def leaf_tags(self, key: ArtifactKey) -> dict[str, str]:
         heads = {leaf: self._head(self._vkey(key, leaf)) for leaf in LEAVES}
@@ -422,9 +432,27 @@ class S3Store(StoreBackend):
         with open(data, "rb") as body:
             if not self._put_if(self._vkey(key, leaf), body, tag):
                 return False
-        if leaf == ENVELOPE:
-            self._put(self._vkey(key, COMMITTED), b"")
+        if leaf != ENVELOPE:
+            return True
+        leaves = self._tree(key.name).get(key, {})
+        if DELETED in leaves or (tag is None and COMMITTED not in leaves):
+            # deleted while this envelope went in (an envelope rebuilt where none was is no
+            # commit: the marker was what made the version one): take it back, never leave
+            # an envelope without data behind
+            self._withdraw_envelope(key, data.read_bytes())
+            return False
+        if COMMITTED not in leaves:
+            self._mark_committed(key)
         return True
+
+    def _withdraw_envelope(self, key: ArtifactKey, written: bytes) -> None:
+        """Remove the envelope this process just put, if it is still the one there."""
+        try:
+            there = self._get(self._vkey(key, ENVELOPE), len(written))
+        except BadInputError:  # longer than ours: another writer's
+            return
+        if there == written:
+            self._delete(self._vkey(key, ENVELOPE))
 
     def delete_leaf(self, key: ArtifactKey, leaf: str) -> None:
         self._delete(self._vkey(key, leaf))
@@ -477,7 +505,8 @@ class S3Store(StoreBackend):
             raise NotFoundError(f"{key.name} has no version {key.version}")
         if any(k.version > key.version and (self._committed(leaves) or DELETED in leaves)
                for k, leaves in tree.items()):
-            for leaf in (COMMITTED, ENVELOPE, PAYLOAD, SIDECAR, CLAIM):
+            # the marker again after the envelope: one a repair's write-back put meanwhile
+            for leaf in (COMMITTED, ENVELOPE, PAYLOAD, SIDECAR, COMMITTED, CLAIM):
                 self._delete(self._vkey(key, leaf))
             return
         self._put_if_absent(self._vkey(key, CLAIM), uuid.uuid4().hex.encode())  # a version copied in may lack one
@@ -488,12 +517,16 @@ class S3Store(StoreBackend):
     def orphans(self) -> list[Orphan]:
         out = []
         tree: dict[str, dict[str, float]] = {}
+        folder_objects = set()
         for rel, _, mtime in self._list("artifacts/"):
             parts = rel.split("/")
             if len(parts) == 4 and is_name(parts[1]) and version_of(parts[2]) is not None:
-                tree.setdefault("/".join(parts[:3]) + "/", {})[parts[3]] = mtime
+                if parts[3]:
+                    tree.setdefault("/".join(parts[:3]) + "/", {})[parts[3]] = mtime
+                else:  # the version's own prefix as an object (an S3 console's folder): no leaf
+                    folder_objects.add(rel)
             else:  # deeper under a version's prefix, it still lies in that version
-                out.append(Orphan(rel, "stray object", _version_of_path(parts)))
+                out.append(Orphan(rel, FOLDER_OBJECT if rel.endswith("/") else "stray object", _version_of_path(parts)))
         now = time.time()
         for prefix, leaves in sorted(tree.items()):
             key = _version_of_path(prefix.split("/"))
@@ -504,7 +537,9 @@ class S3Store(StoreBackend):
                 if CLAIM in leaves and now - leaves[CLAIM] < CLAIM_LEASE_SECONDS:
                     continue  # a save in progress
                 out.append(Orphan(prefix, "interrupted save (no envelope, not committed)", key))
+                folder_objects.discard(prefix)  # removed with it
             out += [Orphan(prefix + leaf, "stray object", key) for leaf in sorted(leaves) if leaf not in KNOWN]
+        out += [Orphan(rel, FOLDER_OBJECT, _version_of_path(rel.split("/"))) for rel in sorted(folder_objects)]
         out += [Orphan(f"{rel}{_UPLOAD_MARK}{upload}", "interrupted upload (its parts are kept, and billed, until "
                        "aborted)", _version_of_path(rel.split("/")))
                 for rel, upload, started in self._uploads() if now - started >= CLAIM_LEASE_SECONDS]
@@ -535,13 +570,29 @@ class S3Store(StoreBackend):
         if not path.endswith("/"):
             self._delete(path)
             return True
-        found = {rel.rsplit("/", 1)[-1]: (rel, mtime) for rel, _, mtime in self._list(path)}
+        # a key ending in "/" is never a leaf: an object there is a folder object, removed as
+        # it is; only a version's own prefix also names an interrupted save's objects
+        removed = self._listed_exactly(path)
+        if removed:
+            self._delete(path)
+        if _version_of_path(path.split("/")) is None or len(path.split("/")) != 4:
+            return removed
+        found = {rel[len(path):]: (rel, mtime) for rel, _, mtime in self._list(path)
+                 if rel != path and "/" not in rel[len(path):]}  # the version's own leaves, nothing deeper
         if self._committed(found) or DELETED in found or \
                 (CLAIM in found and time.time() - found[CLAIM][1] < CLAIM_LEASE_SECONDS):
-            return False
+            return removed
         for leaf, (rel, _) in sorted(found.items(), key=lambda item: item[0] == CLAIM):
             self._delete(rel)
         return True
+
+    def _listed_exactly(self, rel: str) -> bool:
+        """Whether an object of exactly this key is listed: a HEAD cannot tell, since some
+        servers (SeaweedFS) answer one for a key ending in ``/`` that only prefixes others.
+        Such a key sorts first among those it prefixes, so one listed key is enough."""
+        with _translated(self.url, "listing objects"):
+            found = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=self._key(rel), MaxKeys=1).get("Contents", [])
+        return bool(found) and found[0]["Key"] == self._key(rel)
 
     def _size(self, rel: str) -> int | None:
         head = self._head(rel)
