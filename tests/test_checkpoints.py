@@ -393,3 +393,36 @@ def test_states_files_and_bundles_in_one_run_each_restore_the_right_kind(store, 
     payload.write_bytes(b"\0" * payload.stat().st_size)  # beyond repair
     with pytest.warns(UserWarning, match="skipping damaged checkpoint run-42@2"):
         assert m.restore()["step"] == 1
+
+
+def test_retention_keeps_the_newest_protected_checkpoint_until_the_newer_one_is_protected(store, monkeypatch):
+    """keep_last=1 with background protection deleted step 1 (protected) as soon as step 2
+    was committed, before step 2's sidecar existed; one flipped byte in step 2 then left no
+    checkpoint to restore (a reviewer's repro). Step 1 now stays until step 2 is protected."""
+    from ftstore.training.protection import BackgroundProtector
+
+    m = CheckpointManager(store, "run", keep_last=1, background=True)
+    m.save(1, {"w": torch.arange(1000.0)})
+    m.wait_until_finished()
+    assert [c.protected for c in m.checkpoints()] == [True]
+    monkeypatch.setattr(BackgroundProtector, "start", lambda self, key, artifact_id: None)  # its sidecar: later
+    m.save(2, {"w": torch.arange(1000.0) + 1})
+    m.wait_until_finished()
+    assert [(c.step, c.protected) for c in m.checkpoints()] == [(1, True), (2, False)]
+    payload = files(store, "run@2").payload
+    data = bytearray(payload.read_bytes())
+    data[len(data) // 2] ^= 1
+    payload.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="skipping damaged checkpoint run@2"):
+        assert torch.equal(m.restore()["w"], torch.arange(1000.0))
+    monkeypatch.undo()
+    m.save(3, {"w": torch.arange(1000.0) + 2})
+    m.wait_until_finished()  # step 3 protected: step 1 and the damaged step 2 go
+    assert [(c.step, c.protected) for c in m.checkpoints()] == [(3, True)]
+
+
+def test_a_metric_that_is_not_a_number_is_refused_naming_it(store):
+    m = CheckpointManager(store, "run", keep_best=1, best_metric="loss")
+    with pytest.raises(BadInputError, match="metric 'loss' is not a number: 'abc'"):
+        m.save(1, {"w": torch.zeros(2)}, metrics={"loss": "abc"})
+    assert m.checkpoints() == []

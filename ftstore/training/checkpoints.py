@@ -59,6 +59,17 @@ class Checkpoint:
         return self.artifact_type == "model_bundle"
 
 
+def _metric_values(metrics: dict[str, Any] | None) -> dict[str, float]:
+    """The metrics as floats; a value that is not a number is refused, naming it."""
+    out = {}
+    for k, v in (metrics or {}).items():
+        try:
+            out[str(k)] = float(v)
+        except (TypeError, ValueError):
+            raise BadInputError(f"metric {k!r} is not a number: {v!r}") from None
+    return out
+
+
 @dataclass(frozen=True)
 class BundleSpec:
     """What to save for a model bundle checkpoint (see :func:`ftstore.bundles.save_bundle`)."""
@@ -122,6 +133,7 @@ class CheckpointManager:
     _tidier: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
     _tidy_jobs: list[Future] = field(default_factory=list, init=False, repr=False)
     _tidy_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _kept_for_protection: bool = field(default=False, init=False, repr=False)  # see _spared
 
     def __post_init__(self) -> None:
         parse_ref(self.name)
@@ -162,7 +174,8 @@ class CheckpointManager:
         once this one is committed."""
         if not isinstance(step, int) or isinstance(step, bool) or step < 0:
             raise BadInputError(f"step must be a non-negative integer, not {step!r}")
-        meta = {STEP_KEY: str(step), **{METRIC_PREFIX + k: repr(float(v)) for k, v in (metrics or {}).items()}}
+        metrics = _metric_values(metrics)
+        meta = {STEP_KEY: str(step), **{METRIC_PREFIX + k: repr(v) for k, v in metrics.items()}}
         protect = not self.background
         if isinstance(what, BundleSpec):
             with self.store.scratch() as tmp:  # built beside the store, so taken over, not copied
@@ -180,7 +193,7 @@ class CheckpointManager:
                                           self.overhead, protect=protect)
         else:
             raise BadInputError(f"a checkpoint is a state dict, a file path or a BundleSpec, not a {type(what).__name__}")
-        cp = Checkpoint(step, env.version, f"{env.name}@{env.version}", {k: float(v) for k, v in (metrics or {}).items()},
+        cp = Checkpoint(step, env.version, f"{env.name}@{env.version}", metrics,
                         env.raptorq is not None, env.artifact_id, env.artifact_type)
         if protect:
             self._after_save(cp)
@@ -191,7 +204,8 @@ class CheckpointManager:
 
     def wait_until_finished(self) -> None:
         """Block until every background sidecar of this manager is committed (one whose
-        version was deleted meanwhile is not an error) and retention has run."""
+        version was deleted meanwhile is not an error) and retention has run, once more
+        after the sidecars if it kept a checkpoint only until one of them was built."""
         with self._tidy_lock:
             jobs, self._tidy_jobs = self._tidy_jobs, []
         errors = []
@@ -201,6 +215,12 @@ class CheckpointManager:
             except FtstoreError as e:
                 errors.append(str(e))
         self._protector.wait()
+        if self._kept_for_protection:
+            self._kept_for_protection = False
+            try:
+                self._apply_retention()
+            except FtstoreError as e:
+                errors.append(str(e))
         if errors:
             raise DamageError("retention failed: " + "; ".join(errors))
 
@@ -230,11 +250,24 @@ class CheckpointManager:
         doomed = [c for c in cps if c.version not in keep]
         if not doomed:
             return
-        newest_valid = self._newest_valid(cps, known_good)
+        spared = {c.version for c in self._spared(cps, known_good)}
         for c in doomed:
-            if newest_valid is not None and c.version == newest_valid.version:
-                continue
-            self._delete(c)
+            if c.version not in spared:
+                self._delete(c)
+
+    def _spared(self, cps: list[Checkpoint], known_good: int | None) -> list[Checkpoint]:
+        """What retention never deletes: the newest checkpoint that verifies and, while
+        that one's sidecar is still to be built (a background save), the newest protected
+        one that verifies too. Until then one flipped byte in the new checkpoint is beyond
+        repair; keeping only it lost the whole run's checkpoints to one."""
+        newest = self._newest_valid(cps, known_good)
+        if newest is None or newest.protected:
+            return [newest] if newest is not None else []
+        fallback = self._newest_valid([c for c in cps if c.protected and c.version < newest.version])
+        if fallback is None:
+            return [newest]
+        self._kept_for_protection = True
+        return [newest, fallback]
 
     def _delete(self, c: Checkpoint) -> None:
         key = ArtifactKey(self.name, c.version)
