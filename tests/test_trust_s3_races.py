@@ -218,3 +218,35 @@ def test_folder_objects_an_s3_console_makes_are_removed_as_orphans(s3, make_file
         ("artifacts/", True), ("artifacts/m/", True), ("artifacts/m/1/", True), ("artifacts/m/1/x/", True)]
     assert scrub(s3, write_report=False).orphans == []
     assert s3.load_bytes("m@1")[0].getvalue() == src.read_bytes() and report.totals.ok == 1
+
+
+@pytest.mark.parametrize("meanwhile", ["its envelope is lost", "it is deleted whole"])
+def test_the_commit_marker_keeps_a_version_whose_envelope_is_lost_and_not_one_deleted(s3, make_file, monkeypatch,
+                                                                                      meanwhile):
+    """Between a save's envelope PUT and its commit marker: an envelope lost then must leave
+    the version an artifact (the marker is what keeps it: a reviewer's repro lost 14 of 30
+    saves to a first version of this fix), and a delete that runs to its end then must not
+    be undone by the marker (a version without data, brought back)."""
+    src = make_file(100_000, seed=1)
+    other = Store.open(s3.url)
+    real = S3Store._put
+
+    def put(self, rel, data):
+        real(self, rel, data)
+        if rel == f"artifacts/m/1/{ENVELOPE}" and not put.done:
+            put.done = True
+            if meanwhile == "its envelope is lost":
+                other.backend._delete(rel)
+            else:
+                other.save(make_file(1000, seed=2), "m")  # m@2, so m@1 goes whole, with no tombstone
+                other.delete("m@1")
+
+    put.done = False
+    monkeypatch.setattr(S3Store, "_put", put)
+    assert s3.save(src, "m").version == 1
+    monkeypatch.undo()
+    if meanwhile == "its envelope is lost":
+        assert s3.versions("m") == [1] and s3.load_bytes("m@1")[0].getvalue() == src.read_bytes()  # rebuilt
+    else:
+        assert s3.versions("m") == [2] and s3.backend._tree("m").get(ArtifactKey("m", 1), {}) == {}
+    assert scrub(s3, repair=True, write_report=False).totals.failed == 0

@@ -267,3 +267,16 @@ def test_a_disk_that_fills_at_any_point_of_a_save_is_reported_as_full(small_fs, 
     assert outcomes == {0, 1}
     for v in store.versions("b"):
         assert store.load_bytes(f"b@{v}")[0].getvalue() == src.read_bytes()
+
+
+def test_names_with_line_separators_stay_on_one_line(store, make_file):
+    """U+0085 and U+2028 end a line for Python's ``splitlines`` (and some terminals): written
+    raw, a stray folder's name broke the verify line in two. Escaped, as control characters
+    are."""
+    store.save(make_file(1000), "a")
+    for odd in ("2\x85x", "b\u2028y"):
+        (store.backend.artifacts_dir / ("a" if odd.startswith("2") else "") / odd).mkdir()
+    res = run_cli("verify", store=store, check_rc=0)
+    assert len(res.stderr.splitlines()) == 2, res.stderr
+    assert "artifacts/a/2\\x85x" in res.stderr and "artifacts/b\\u2028y" in res.stderr
+    assert len(run_cli("scrub", store=store, check_rc=0).stdout.splitlines()) == 1 + 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import unicodedata
 from collections.abc import Iterator
 from typing import Any, Callable
 
@@ -29,9 +30,10 @@ def printable_streams() -> None:
 
 
 def shown_name(name: str) -> str:
-    """A store path as one line of text: a control character in it (a newline in a stray
-    folder's name, say) written as ``\\xNN``."""
-    return "".join(f"\\x{ord(c):02x}" if ord(c) < 0x20 or ord(c) == 0x7F else c for c in name)
+    """A store path as one line of text: a control character or line separator in it (a
+    newline in a stray folder's name, U+0085, U+2028) written as ``\\xNN`` or ``\\uNNNN``."""
+    return "".join((f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+                   if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in name)
 
 
 def info(msg: str) -> None:

@@ -409,12 +409,15 @@ class S3Store(StoreBackend):
             self._mark_committed(key)
 
     def _mark_committed(self, key: ArtifactKey) -> None:
-        """Put the commit marker of a version whose envelope was just put. A delete may have
-        run meanwhile (the envelope is then gone again): the marker alone would bring the
-        version back as one without data, so it is taken back, as the delete's own last
-        step takes back one put while it ran."""
+        """Put the commit marker of a version whose envelope was just put: it keeps the
+        version an artifact should the envelope be lost. A delete may have run meanwhile;
+        one still running takes the marker back at its own last step, but one already done
+        has left no envelope, payload or sidecar, and the marker alone would bring the
+        version back as one without data: it is then taken back here. (An envelope lost on
+        its own is what the marker is for: it stays.)"""
         self._put(self._vkey(key, COMMITTED), b"")
-        if self._size(self._vkey(key, ENVELOPE)) is None:
+        there = {rel.rsplit("/", 1)[-1] for rel, _, _ in self._list(self._vkey(key))}
+        if DELETED not in there and not there & {ENVELOPE, PAYLOAD, SIDECAR}:
             self._delete(self._vkey(key, COMMITTED))
 
     def leaf_tags(self, key: ArtifactKey) -> dict[str, str]:
