@@ -412,3 +412,34 @@ def test_a_checkpoint_put_at_a_remote_path_is_loaded_as_lightning_would(store):
         assert io.load_checkpoint("memory://rb/last.ckpt")["global_step"] == 4
     assert FtstoreCheckpointIO(store).load_checkpoint("memory://rb/last.ckpt")["global_step"] == 4
     fs.rm("/rb", recursive=True)
+
+
+def test_a_path_saved_again_keeps_its_protected_checkpoint_until_the_new_one_is_protected(store, tmp_path,
+                                                                                          monkeypatch):
+    """With background protection, saving last.ckpt again deleted the protected version at
+    once, before the new one had a sidecar: one flipped byte then left that path nothing
+    to load (the same hole a reviewer found in the checkpoint manager's retention). The
+    protected version now stays until the new one is protected, and the fallback loads it."""
+    from ftstore.training.protection import BackgroundProtector
+
+    io = FtstoreCheckpointIO(store, background=True)
+    path = tmp_path / "ckpts" / "last.ckpt"
+    io.save_checkpoint({"global_step": 4, "w": torch.zeros(1000)}, path)
+    io.wait_until_finished()
+    name = io.artifact_name(path)
+    monkeypatch.setattr(BackgroundProtector, "start", lambda self, key, artifact_id: None)  # its sidecar: later
+    io.save_checkpoint({"global_step": 8, "w": torch.ones(1000)}, path)
+    io.wait_until_finished()
+    assert store.versions(name) == [1, 2] and store.read_envelope(f"{name}@2").raptorq is None
+    before = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1  # rot in the new checkpoint, before it is protected
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    with pytest.warns(UserWarning, match=r"loading the checkpoint .*last.ckpt held before \(.*@1\) \(global step 4\)"):
+        got = io.load_checkpoint(path)
+    assert got["global_step"] == 4 and torch.equal(got["w"], torch.zeros(1000))
+    monkeypatch.undo()
+    io.save_checkpoint({"global_step": 12, "w": torch.full((1000,), 2.0)}, path)
+    io.wait_until_finished()  # protected: what it replaced goes
+    assert store.versions(name) == [3] and store.check(f"{name}@3").intact

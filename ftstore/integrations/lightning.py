@@ -122,6 +122,9 @@ class FtstoreCheckpointIO(CheckpointIO):
         self._savers: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
         self._tidier: ThreadPoolExecutor | None = None
         self._tidy_jobs: list[Future] = []
+        # per artifact, the newest version whose older, protected one is kept until it has
+        # its own sidecar (see _drop_older)
+        self._kept_until_protected: dict[str, ArtifactKey] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         """Picklable, as Lightning's own CheckpointIO is (``torch.save(trainer)``, spawned
@@ -181,10 +184,29 @@ class FtstoreCheckpointIO(CheckpointIO):
                 self._tidy_jobs.append(self._tidier.submit(self._drop_older_locked, key))
 
     def _drop_older(self, key: ArtifactKey) -> None:
-        """The path now holds ``key``: the versions it replaced go."""
-        for v in self.store.versions(key.name):
-            if v < key.version:
+        """The path now holds ``key``: the versions it replaced go, but one. While ``key``'s
+        sidecar is still to be built (background protection), one flipped byte in it is
+        beyond repair, so the newest replaced version that has a sidecar stays, for the
+        fallback to find; it goes once ``key`` is protected: at the next save to the path,
+        or in :meth:`wait_until_finished`."""
+        older = [v for v in self.store.versions(key.name) if v < key.version]
+        spared = None
+        if older and not self._protected(key):
+            spared = next((v for v in reversed(older) if self._protected(ArtifactKey(key.name, v))), None)
+        with self._locks_lock:
+            if spared is not None:
+                self._kept_until_protected[key.name] = key
+            elif self._kept_until_protected.get(key.name) == key:
+                del self._kept_until_protected[key.name]
+        for v in older:
+            if v != spared:
                 self._delete(ArtifactKey(key.name, v))
+
+    def _protected(self, key: ArtifactKey) -> bool:
+        try:
+            return self.store.read_envelope(key).raptorq is not None
+        except FtstoreError:
+            return False
 
     def _drop_older_locked(self, key: ArtifactKey) -> None:
         with self._locked(key.name):
@@ -392,17 +414,21 @@ class FtstoreCheckpointIO(CheckpointIO):
 
     def _fall_back(self, target: _Target, damaged: str, error: DamageError) -> io.BytesIO:
         """The newest other checkpoint of the same folder, at no later step, that verifies."""
-        limit = self._step_of(self.store.resolve(damaged))
+        newest = self.store.resolve(damaged)
+        limit = self._step_of(newest)
         tried = []
-        for step, _, name, path in self._siblings(target.folder_key, damaged):
+        candidates = self._siblings(target.folder_key, damaged) + self._replaced(newest, target.path)
+        candidates.sort(key=lambda t: (t[0] if t[0] is not None else -1, t[1]), reverse=True)
+        for step, _, ref, path in candidates:
             if limit is not None and step is not None and step > limit:
                 continue
             try:
-                buf, _ = self.store.load_bytes(name)
+                buf, _ = self.store.load_bytes(ref)
             except DamageError as e:
                 tried.append(f"{path}: {e}")
                 continue
-            warnings.warn(f"{target.path}: {error}; loading {path} (global step {step}), the newest checkpoint "
+            what = f"{path}" if "@" not in ref else f"the checkpoint {path} held before ({ref})"
+            warnings.warn(f"{target.path}: {error}; loading {what} (global step {step}), the newest checkpoint "
                           f"of its folder that verifies, instead", stacklevel=4)
             return buf
         raise DamageError(f"{error}; no other checkpoint of {target.folder_key} verifies"
@@ -426,6 +452,18 @@ class FtstoreCheckpointIO(CheckpointIO):
                 continue
             out.append((_int(meta.get(STEP_KEY)), env.created_unix_ms, name, meta[PATH_KEY]))
         out.sort(key=lambda t: (t[0] if t[0] is not None else -1, t[1]), reverse=True)
+        return out
+
+    def _replaced(self, newest: ArtifactKey, path: str) -> list[tuple[int | None, int, str, str]]:
+        """(global step, created, ref, path) of the earlier versions of ``newest``'s path
+        still stored: one is kept while the newest one's sidecar is being built (see
+        :meth:`_drop_older`)."""
+        out = []
+        for v in self.store.versions(newest.name):
+            if v < newest.version:
+                with contextlib.suppress(EnvelopeError, NewerFormatError, NotFoundError):
+                    env = self.store.read_envelope(ArtifactKey(newest.name, v))
+                    out.append((_int(env.metadata.get(STEP_KEY)), env.created_unix_ms, f"{newest.name}@{v}", path))
         return out
 
     def _step_of(self, key: ArtifactKey) -> int | None:
@@ -479,7 +517,8 @@ class FtstoreCheckpointIO(CheckpointIO):
     # -- lifecycle ---------------------------------------------------------------------------
     def wait_until_finished(self) -> None:
         """Block until every background sidecar started by this plugin is committed, and
-        the versions that newer saves to the same paths replaced are deleted."""
+        the versions that newer saves to the same paths replaced are deleted (all but one
+        whose newer version's sidecar could not be built: see :meth:`_drop_older`)."""
         with self._locks_lock:
             jobs, self._tidy_jobs = self._tidy_jobs, []
         for job in jobs:
@@ -489,6 +528,12 @@ class FtstoreCheckpointIO(CheckpointIO):
         except DamageError as e:  # not this run's checkpoints: said, and left to a scrub to report
             warnings.warn(f"{e} (checkpoints an earlier run saved; `ftstore scrub` reports them)", stacklevel=3)
         self._protector.wait()
+        with self._locks_lock:
+            kept = list(self._kept_until_protected.values())
+        for key in kept:  # protected now (or their sidecar failed: then the older one stays)
+            with self._locked(key.name):
+                if key.version in self.store.versions(key.name):
+                    self._drop_older(key)
 
     def teardown(self) -> None:
         """At the end of ``fit``: background work is finished before it returns."""
