@@ -148,3 +148,18 @@ def change_source_once_encoded(monkeypatch, reader_name: str, source: Path) -> N
 
     monkeypatch.setattr(store_mod.SidecarBuild, "encode", encode_then_signal)
     monkeypatch.setattr(store_mod, reader_name, read_after_change)
+
+
+@pytest.fixture
+def slow_protectors(monkeypatch):
+    """Background protectors that start ``delay`` seconds late (the real program, run by a
+    shell after a sleep): saves that come faster than sidecars are built, as on a busy
+    machine. Call it with the delay."""
+    from ftstore.training import protection
+
+    def slow(delay: float) -> None:
+        real = protection.interpreter.command
+        monkeypatch.setattr(protection.interpreter, "command",
+                            lambda module, *args: ["sh", "-c", f'sleep {delay}; exec "$@"', "sh", *real(module, *args)])
+
+    return slow

@@ -426,3 +426,20 @@ def test_a_metric_that_is_not_a_number_is_refused_naming_it(store):
     with pytest.raises(BadInputError, match="metric 'loss' is not a number: 'abc'"):
         m.save(1, {"w": torch.zeros(2)}, metrics={"loss": "abc"})
     assert m.checkpoints() == []
+
+
+def test_saves_faster_than_sidecars_still_leave_a_protected_checkpoint(store, slow_protectors):
+    """Retention cancelled the protection of every checkpoint it deleted: with saves coming
+    faster than sidecars are built, no checkpoint of a keep_last=1 run was ever protected,
+    and the newest was always one flipped byte from nothing to restore. The oldest one still
+    being protected is now let finish, and kept as the fallback until a newer one is
+    protected."""
+    slow_protectors(1.5)
+    m = CheckpointManager(store, "run", keep_last=1, background=True)
+    for step in range(1, 5):
+        m.save(step, {"w": torch.full((1000,), float(step))})
+    for job in list(m._tidy_jobs):  # retention of all four done; no sidecar built yet
+        job.result()
+    assert [(c.step, c.protected) for c in m.checkpoints()] == [(1, False), (4, False)]
+    m.wait_until_finished()
+    assert [(c.step, c.protected) for c in m.checkpoints()] == [(4, True)]

@@ -443,3 +443,28 @@ def test_a_path_saved_again_keeps_its_protected_checkpoint_until_the_new_one_is_
     io.save_checkpoint({"global_step": 12, "w": torch.full((1000,), 2.0)}, path)
     io.wait_until_finished()  # protected: what it replaced goes
     assert store.versions(name) == [3] and store.check(f"{name}@3").intact
+
+
+def test_a_path_saved_faster_than_its_sidecars_keeps_one_being_protected(store, tmp_path, slow_protectors):
+    """Saving last.ckpt every step, faster than sidecars are built, deleted each version
+    (cancelling its protection) before it was protected: the path never had a protected
+    version, and one flipped byte left nothing (a reviewer's repro). The oldest version
+    still being protected is now let finish and kept, and the fallback loads it."""
+    slow_protectors(1.5)
+    io = FtstoreCheckpointIO(store, background=True)
+    path = tmp_path / "ckpts" / "last.ckpt"
+    for step in (1, 2, 3, 4):
+        io.save_checkpoint({"global_step": step, "w": torch.full((1000,), float(step))}, path)
+    for job in list(io._tidy_jobs):
+        job.result()
+    name = io.artifact_name(path)
+    assert store.versions(name) == [1, 4]
+    io._protector.wait()  # the sidecars of 1 and 4 are built
+    before = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))  # rot in version 4, which has a sidecar now: repaired
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert io.load_checkpoint(path)["global_step"] == 4
+    io.wait_until_finished()
+    assert store.versions(name) == [4] and store.check(f"{name}@4").intact

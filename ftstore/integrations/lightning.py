@@ -68,7 +68,7 @@ from ftstore.durable import fitting_name, fsync_dir, try_link
 from ftstore.hashing import hash_bytes
 from ftstore.errors import BadInputError, DamageError, EnvelopeError, FtstoreError, NewerFormatError, NotFoundError
 from ftstore.engine.integrity import PENDING_OVERHEAD_KEY
-from ftstore.training.protection import BackgroundProtector
+from ftstore.training.protection import BackgroundProtector, kept_while_protecting
 
 _BAD = re.compile(r"[^A-Za-z0-9._-]")
 PATH_KEY, DIR_KEY = "lightning.path", "lightning.dir"
@@ -184,22 +184,25 @@ class FtstoreCheckpointIO(CheckpointIO):
                 self._tidy_jobs.append(self._tidier.submit(self._drop_older_locked, key))
 
     def _drop_older(self, key: ArtifactKey) -> None:
-        """The path now holds ``key``: the versions it replaced go, but one. While ``key``'s
-        sidecar is still to be built (background protection), one flipped byte in it is
-        beyond repair, so the newest replaced version that has a sidecar stays, for the
-        fallback to find; it goes once ``key`` is protected: at the next save to the path,
-        or in :meth:`wait_until_finished`."""
+        """The path now holds ``key``: the versions it replaced go, but while ``key``'s
+        sidecar is still to be built (background protection), in which one flipped byte is
+        beyond repair: the newest replaced version that has a sidecar stays, for the
+        fallback to find, and the oldest after it still being protected, whose protection
+        is let finish (see :func:`kept_while_protecting`). They go once ``key`` is
+        protected: at the next save to the path, or in :meth:`wait_until_finished`."""
         older = [v for v in self.store.versions(key.name) if v < key.version]
-        spared = None
+        spared: list[int] = []
         if older and not self._protected(key):
-            spared = next((v for v in reversed(older) if self._protected(ArtifactKey(key.name, v))), None)
+            running = {k.version for k in self._protector.pending() if k.name == key.name}  # before reading envelopes
+            spared = kept_while_protecting(older, lambda v: self._protected(ArtifactKey(key.name, v)),
+                                           lambda v: v in running)
         with self._locks_lock:
-            if spared is not None:
+            if spared:
                 self._kept_until_protected[key.name] = key
             elif self._kept_until_protected.get(key.name) == key:
                 del self._kept_until_protected[key.name]
         for v in older:
-            if v != spared:
+            if v not in spared:
                 self._delete(ArtifactKey(key.name, v))
 
     def _protected(self, key: ArtifactKey) -> bool:

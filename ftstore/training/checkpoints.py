@@ -37,7 +37,7 @@ from ftstore.bundles.bundle import bundle_file
 from ftstore.documents import ArtifactKey, Envelope, parse_ref
 from ftstore.engine.load import repaired_envelope
 from ftstore.errors import BadInputError, DamageError, FtstoreError, NotFoundError
-from ftstore.training.protection import BackgroundProtector
+from ftstore.training.protection import BackgroundProtector, kept_while_protecting
 from ftstore.training.state import FORMAT_KEY, TORCH_STATE, check_state, read_state, write_state
 
 STEP_KEY = "ftstore.step"
@@ -258,16 +258,33 @@ class CheckpointManager:
     def _spared(self, cps: list[Checkpoint], known_good: int | None) -> list[Checkpoint]:
         """What retention never deletes: the newest checkpoint that verifies and, while
         that one's sidecar is still to be built (a background save), the newest protected
-        one that verifies too. Until then one flipped byte in the new checkpoint is beyond
-        repair; keeping only it lost the whole run's checkpoints to one."""
+        one that verifies and the oldest one after it still being protected (see
+        :func:`kept_while_protecting`). Keeping only the newest lost a run's checkpoints to
+        one flipped byte in it."""
         newest = self._newest_valid(cps, known_good)
         if newest is None or newest.protected:
             return [newest] if newest is not None else []
-        fallback = self._newest_valid([c for c in cps if c.protected and c.version < newest.version])
-        if fallback is None:
-            return [newest]
-        self._kept_for_protection = True
-        return [newest, fallback]
+        running = set(self._protector.pending())  # before the envelopes are read again: see _protected_now
+        kept = kept_while_protecting(
+            [c for c in cps if c.version < newest.version],
+            lambda c: self._protected_now(c, running) and self._newest_valid([c]) is not None,
+            lambda c: ArtifactKey(self.name, c.version) in running)
+        if kept:
+            self._kept_for_protection = True
+        return [newest, *kept]
+
+    def _protected_now(self, c: Checkpoint, running: set[ArtifactKey]) -> bool:
+        """Whether ``c`` has its sidecar, its listing being older than ``running``: one
+        whose protector finished since is read again."""
+        if c.protected:
+            return True
+        key = ArtifactKey(self.name, c.version)
+        if key in running:
+            return False
+        try:
+            return self.store.read_envelope(key).raptorq is not None
+        except FtstoreError:
+            return False
 
     def _delete(self, c: Checkpoint) -> None:
         key = ArtifactKey(self.name, c.version)

@@ -17,14 +17,16 @@ from __future__ import annotations
 import subprocess
 import tempfile
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from ftstore import interpreter
 from ftstore.documents import ArtifactKey
 from ftstore.errors import DamageError
 
 _SHOWN_BYTES = 4096  # of a failed protector's messages, the last
+V = TypeVar("V")
 
 
 @dataclass
@@ -113,4 +115,17 @@ class BackgroundProtector:
             self._errors.append(f"{key.ref}: " + (said or interpreter.how_it_ended(code)))
 
 
-__all__ = ["BackgroundProtector"]
+def kept_while_protecting(older: Sequence[V], protected: Callable[[V], bool],
+                          being_protected: Callable[[V], bool]) -> list[V]:
+    """Of the versions a newer save replaces (``older``, oldest first), those kept while the
+    newer one has no sidecar yet, in which one flipped byte is beyond repair: the newest
+    that has one (``protected``), for a restore to fall back to; and the oldest after it
+    whose sidecar is still being built, whose protection is let finish, so that however
+    fast saves come, a protected version exists and moves forward."""
+    fallback = next((i for i in range(len(older) - 1, -1, -1) if protected(older[i])), None)
+    start = 0 if fallback is None else fallback + 1
+    building = next((v for v in older[start:] if being_protected(v)), None)
+    return [v for v in ((older[fallback] if fallback is not None else None), building) if v is not None]
+
+
+__all__ = ["BackgroundProtector", "kept_while_protecting"]
