@@ -16,7 +16,9 @@ and ``"best"``, ``save_top_k`` pruning (removing a checkpoint removes its artifa
 only unlinked on removal), ``LightningModule.load_from_checkpoint(path)`` and
 ``AsyncCheckpointIO(FtstoreCheckpointIO(store))``. Saving to a path again (``last.ckpt``)
 supersedes the artifact's older versions (with ``background=True``, deleted in a worker
-thread; ``teardown`` at the end of ``fit`` waits for it and for the sidecars).
+thread, but for those kept until the new one has its sidecar; ``teardown`` at the end of
+``fit`` waits for it and for the sidecars, and drops them; ``AsyncCheckpointIO`` does not
+tear down the plugin it wraps, so there :meth:`wait_until_finished` is the caller's).
 
 Each path is one artifact, ``<prefix>-<file name>-<hash of the full path>``; its envelope
 records the path, its folder, and the checkpoint's global step and epoch.
