@@ -188,10 +188,13 @@ def test_max_mode_ignores_nan_too(store, make_file):
     assert m.steps() == [1, 3]
 
 
-def test_retention_cancels_pending_protection_instead_of_racing_it(store, monkeypatch):
-    """keep_last=1 with background protection: each save deletes the previous version
-    while its protector is still running; the protector is stopped first, nothing fails,
-    and what is left is protected and intact."""
+def test_retention_cancels_pending_protection_instead_of_racing_it(store, monkeypatch, slow_protectors):
+    """keep_last=1 with background protection: saves delete earlier versions while their
+    protectors are still running (started late here, so that they surely are: retention
+    now lets the oldest one finish, and only the versions after it are deleted under a
+    running protector); the protector is stopped first, nothing fails, and what is left is
+    protected and intact."""
+    slow_protectors(1.0)
     running_when_cancelled = []
     real_cancel = protection.BackgroundProtector.cancel
 
