@@ -410,8 +410,9 @@ class FtstoreCheckpointIO(CheckpointIO):
                     with contextlib.suppress(EnvelopeError, NewerFormatError, NotFoundError):
                         env = self.store.read_envelope(key)
                         if env.raptorq is None and env.metadata.get(DIR_KEY) == folder and key not in running:
-                            pending.append((_int(env.metadata.get(STEP_KEY)) or -1, env.created_unix_ms, key, env))
-            for _, _, key, env in sorted(pending, key=lambda p: p[:2], reverse=True)[: self.RESUMED_PROTECTION]:
+                            pending.append((_newest_first(_int(env.metadata.get(STEP_KEY)), env.created_unix_ms),
+                                            key, env))
+            for _, key, env in sorted(pending, key=lambda p: p[0], reverse=True)[: self.RESUMED_PROTECTION]:
                 self._resumed.start(key, env.artifact_id)
         except (FtstoreError, OSError) as e:
             warnings.warn(f"could not start protecting the unprotected checkpoints of {name}'s folder: {e}",
@@ -423,7 +424,7 @@ class FtstoreCheckpointIO(CheckpointIO):
         limit = self._step_of(newest)
         tried = []
         candidates = self._siblings(target.folder_key, damaged) + self._replaced(newest, target.path)
-        candidates.sort(key=lambda t: (t[0] if t[0] is not None else -1, t[1]), reverse=True)
+        candidates.sort(key=lambda t: _newest_first(t[0], t[1]), reverse=True)
         for step, _, ref, path in candidates:
             if limit is not None and step is not None and step > limit:
                 continue
@@ -441,7 +442,7 @@ class FtstoreCheckpointIO(CheckpointIO):
 
     def _siblings(self, folder_key: str, exclude: str) -> list[tuple[int | None, int, str, str]]:
         """(global step, created, artifact name, path) of this plugin's checkpoints in
-        ``folder_key`` whose file still exists, newest first."""
+        ``folder_key`` whose file still exists (:meth:`_fall_back` orders them)."""
         out = []
         for name in self.store.names():
             if not name.startswith(self.prefix + "-") or name == exclude:
@@ -456,7 +457,6 @@ class FtstoreCheckpointIO(CheckpointIO):
             if not _Target.of(meta[PATH_KEY]).exists():
                 continue
             out.append((_int(meta.get(STEP_KEY)), env.created_unix_ms, name, meta[PATH_KEY]))
-        out.sort(key=lambda t: (t[0] if t[0] is not None else -1, t[1]), reverse=True)
         return out
 
     def _replaced(self, newest: ArtifactKey, path: str) -> list[tuple[int | None, int, str, str]]:
@@ -612,6 +612,12 @@ def _end_records_agree(data: bytes, start: int, size: int, entries: int) -> bool
     return (sig == b"PK\x05\x06" and end + _END_RECORD.size + comment == len(data)
             and here in (entries, 0xFFFF) and total in (entries, 0xFFFF)
             and size32 in (size, 0xFFFFFFFF) and start32 in (start, 0xFFFFFFFF))
+
+
+def _newest_first(step: int | None, created_ms: int) -> tuple[int, int]:
+    """The key that orders checkpoints newest first (with ``reverse``): by global step, one
+    without a step below every one with, then by the time it was saved."""
+    return (step if step is not None else -1, created_ms)
 
 
 def _int(text: str | None) -> int | None:

@@ -416,9 +416,16 @@ class S3Store(StoreBackend):
         version back as one without data: it is then taken back here. (An envelope lost on
         its own is what the marker is for: it stays.)"""
         self._put(self._vkey(key, COMMITTED), b"")
-        there = {rel.rsplit("/", 1)[-1] for rel, _, _ in self._list(self._vkey(key))}
-        if DELETED not in there and not there & {ENVELOPE, PAYLOAD, SIDECAR}:
+        there = self._own_leaves(self._vkey(key))
+        if DELETED not in there and not there.keys() & {ENVELOPE, PAYLOAD, SIDECAR}:
             self._delete(self._vkey(key, COMMITTED))
+
+    def _own_leaves(self, prefix: str) -> dict[str, float]:
+        """{leaf: last-modified time} of the objects directly under a version's ``prefix``
+        (``artifacts/<name>/<v>/``): not the prefix's own object (a folder object), nor
+        anything deeper, whose last name a stray could make look like a leaf."""
+        return {rel[len(prefix):]: mtime for rel, _, mtime in self._list(prefix)
+                if rel != prefix and "/" not in rel[len(prefix):]}
 
     def leaf_tags(self, key: ArtifactKey) -> dict[str, str]:
         heads = {leaf: self._head(self._vkey(key, leaf)) for leaf in LEAVES}
@@ -437,7 +444,7 @@ class S3Store(StoreBackend):
                 return False
         if leaf != ENVELOPE:
             return True
-        leaves = self._tree(key.name).get(key, {})
+        leaves = self._own_leaves(self._vkey(key))
         if DELETED in leaves or (tag is None and COMMITTED not in leaves):
             # deleted while this envelope went in (an envelope rebuilt where none was is no
             # commit: the marker was what made the version one): take it back, never leave
@@ -580,13 +587,12 @@ class S3Store(StoreBackend):
             self._delete(path)
         if _version_of_path(path.split("/")) is None or len(path.split("/")) != 4:
             return removed
-        found = {rel[len(path):]: (rel, mtime) for rel, _, mtime in self._list(path)
-                 if rel != path and "/" not in rel[len(path):]}  # the version's own leaves, nothing deeper
+        found = self._own_leaves(path)
         if self._committed(found) or DELETED in found or \
-                (CLAIM in found and time.time() - found[CLAIM][1] < CLAIM_LEASE_SECONDS):
+                (CLAIM in found and time.time() - found[CLAIM] < CLAIM_LEASE_SECONDS):
             return removed
-        for leaf, (rel, _) in sorted(found.items(), key=lambda item: item[0] == CLAIM):
-            self._delete(rel)
+        for leaf in sorted(found, key=lambda leaf: leaf == CLAIM):
+            self._delete(path + leaf)
         return True
 
     def _listed_exactly(self, rel: str) -> bool:

@@ -125,7 +125,8 @@ def kept_while_protecting(older: Sequence[V], protected: Callable[[V], bool],
     fallback = next((i for i in range(len(older) - 1, -1, -1) if protected(older[i])), None)
     start = 0 if fallback is None else fallback + 1
     building = next((v for v in older[start:] if being_protected(v)), None)
-    return [v for v in ((older[fallback] if fallback is not None else None), building) if v is not None]
+    kept = [] if fallback is None else [older[fallback]]
+    return kept if building is None else [*kept, building]
 
 
 __all__ = ["BackgroundProtector", "kept_while_protecting"]
