@@ -143,3 +143,58 @@ def test_weights_stored_in_another_dtype_are_refused_not_cast(store, tmp_path, d
     store.save(recast, "recast")
     with pytest.raises(BadInputError, match=f"holds tensor 0 as {np.dtype(dtype).name}, the model and manifest say float32"):
         load_bundle(store, "recast", "tensorflow", builders={"m": build}, params={})
+
+
+def test_bfloat16_weights_round_trip_exactly(store, tmp_path):
+    """HDF5 has no bfloat16: h5py stored such weights as opaque bytes that no load could
+    take back, though the save committed. They are stored as uint16 with their type named,
+    and every bit comes back."""
+    import h5py
+
+    from ftstore.bundles.bundle import bundle_file
+
+    def build(cfg):
+        inp = keras.Input((4,))
+        return keras.Model(inp, keras.layers.Dense(3, dtype="bfloat16")(inp))
+
+    saved = build({})
+    values = [np.asarray(w) for w in saved.weights]
+    values = [(np.random.default_rng(i).standard_normal(v.shape) * 1e3).astype(v.dtype) for i, v in enumerate(values)]
+    for w, v in zip(saved.weights, values):
+        w.assign(v)
+    save_bundle(store, "bf16", {"m": saved}, "tensorflow", params={"N": 1, "gridsize": 1})
+    res = load_bundle(store, "bf16", "tensorflow", builders={"m": build}, params={})
+    back = [np.asarray(w) for w in res.models["m"].weights]
+    assert [b.dtype.name for b in back] == ["bfloat16", "bfloat16"]
+    assert all(b.view("u2").tobytes() == v.view("u2").tobytes() for b, v in zip(back, values))
+    with zipfile.ZipFile(bundle_file({"m": saved}, "tensorflow", {"N": 1, "gridsize": 1}, tmp_path)) as z:
+        (tmp_path / "w.h5").write_bytes(z.read("weights/m.h5"))
+    with h5py.File(tmp_path / "w.h5") as f:
+        assert f["w/000000"].dtype == np.uint16 and f["w/000000"].attrs["dtype"] == "bfloat16"
+
+
+def test_uint16_weights_claiming_bfloat16_are_refused_for_a_float32_model(store, tmp_path):
+    """The attribute names the type only where the model's is that type: uint16 weights
+    marked bfloat16 are not taken for a float32 model's."""
+    import h5py
+
+    from ftstore.bundles.bundle import bundle_file
+    from ftstore.errors import BadInputError
+
+    def build(cfg):
+        return keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+
+    bundle = bundle_file({"m": build({})}, "tensorflow", {"N": 8, "gridsize": 1}, tmp_path)
+    with zipfile.ZipFile(bundle) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    h5 = tmp_path / "w.h5"
+    with h5py.File(h5, "w") as f:
+        f.create_dataset("w/000000", data=np.zeros((2, 2), "u2")).attrs["dtype"] = "bfloat16"
+        f.create_dataset("w/000001", data=np.zeros(2, "f4"))
+    members["weights/m.h5"] = h5.read_bytes()
+    with zipfile.ZipFile(tmp_path / "marked.zip", "w") as z:
+        for n, data in members.items():
+            z.writestr(n, data)
+    store.save(tmp_path / "marked.zip", "marked")
+    with pytest.raises(BadInputError, match="holds tensor 0 as bfloat16, the model and manifest say float32"):
+        load_bundle(store, "marked", "tensorflow", builders={"m": build}, params={})

@@ -4,6 +4,12 @@ Keras names variables after auto-numbered layers (``dense_3``), which differ bet
 builds of the same architecture, so weights are matched by position, and count, shape and
 dtype must all agree before any variable is assigned: a mismatch is an error, never a model
 with random weights.
+
+HDF5 has no bfloat16, float8 or int4: h5py would store such an array as opaque bytes
+(``|V2``) that read back as no number type at all. Those are written as the unsigned
+integers of their width, with the type's name in the dataset's ``dtype`` attribute, and
+read back as the built model's own type (whose name the manifest and the attribute must
+both give).
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from ftstore.payloads.bundle_format import ModelEntry, TensorInfo
 NAME = "tensorflow"
 WEIGHTS_FORMAT = "ftstore-h5"
 SUFFIX = ".h5"
+DTYPE_ATTR = "dtype"
+"""Set on a dataset holding a type HDF5 lacks, as unsigned integers of its width: the type's name."""
 
 
 def require() -> Any:
@@ -42,8 +50,12 @@ def write_weights(model: Any, path: Path) -> None:
 
     with h5py.File(path, "w") as f:
         for i, v in enumerate(model.weights):
-            ds = f.create_dataset(f"w/{i:06d}", data=np.asarray(v))
+            arr = np.asarray(v)
+            opaque = arr.dtype.kind == "V"  # bfloat16, float8, int4 (ml_dtypes): not HDF5 types
+            ds = f.create_dataset(f"w/{i:06d}", data=arr.view(f"u{arr.dtype.itemsize}") if opaque else arr)
             ds.attrs["path"] = v.path
+            if opaque:
+                ds.attrs[DTYPE_ATTR] = arr.dtype.name
 
 
 def check_fits(model: Any, entry: ModelEntry) -> None:
@@ -79,11 +91,25 @@ def load_weights(model: Any, path: Path, entry: ModelEntry) -> None:
             ds = f.get(f"w/{i:06d}")
             if not isinstance(ds, h5py.Dataset) or list(ds.shape) != info.shape:
                 raise BadInputError(f"model {entry.name!r}: weights file lacks tensor {i} of shape {info.shape}")
-            if ds.dtype.name != info.dtype:  # assigning would cast: 1e300 in float64 becomes inf
-                raise BadInputError(f"model {entry.name!r}: weights file holds tensor {i} as {ds.dtype}, "
-                                    f"the model and manifest say {info.dtype}")
-            arrays.append(ds[()])
+            stored_as = ds.attrs.get(DTYPE_ATTR)
+            if ds.dtype.name != info.dtype and not _stands_for(ds, stored_as, info.dtype):
+                # assigning would cast: 1e300 in float64 becomes inf
+                raise BadInputError(f"model {entry.name!r}: weights file holds tensor {i} as "
+                                    f"{stored_as or ds.dtype}, the model and manifest say {info.dtype}")
+            arrays.append(ds[()] if stored_as is None else ds[()].view(_numpy_dtype(v)))
         if len(f.get("w", {})) != len(arrays):
             raise BadInputError(f"model {entry.name!r}: weights file holds extra tensors")
     for v, arr in zip(model.weights, arrays):
         v.assign(arr)
+
+
+def _stands_for(ds: Any, stored_as: Any, dtype: str) -> bool:
+    """Whether ``ds`` holds a type HDF5 lacks, named ``dtype``, as unsigned integers of its width."""
+    return stored_as == dtype and ds.dtype.kind == "u"
+
+
+def _numpy_dtype(variable: Any) -> Any:
+    """The numpy type of ``variable``'s values (bfloat16 is ml_dtypes', which Keras uses)."""
+    import numpy as np
+
+    return np.asarray(variable).dtype
