@@ -152,6 +152,85 @@ def test_values_changed_in_subtler_ways_are_put_back_too(store):
     assert params.cfg["held"] is held and inner == [1]
 
 
+
+def test_a_dict_holding_something_uncopyable_gets_its_items_back(store):
+    """A settings dict holding a lock cannot be deep-copied; it was kept by reference only,
+    so a failing builder's edits to it stayed. Its items come back, the same objects, each
+    put back in turn (the list inside it too)."""
+    import threading
+
+    _torch_bundle(store)
+    lock, tags = threading.Lock(), ["a"]
+    runtime = {"lock": lock, "device": "cpu", "tags": tags}
+    params.cfg.clear()
+    params.cfg.update(runtime=runtime, N=64)
+
+    def meddling(cfg):
+        cfg["runtime"]["device"] = "cuda"
+        cfg["runtime"]["tags"].append("b")
+        cfg["runtime"]["new"] = 1
+        raise RuntimeError("builder failed")
+
+    with pytest.raises(RuntimeError, match="builder failed"):
+        load_bundle(store, "tb", "pytorch", builders={"autoencoder": meddling, "diffraction_to_obj": meddling})
+    assert params.cfg["runtime"] is runtime and list(runtime) == ["lock", "device", "tags"]
+    assert runtime["lock"] is lock and runtime["device"] == "cpu" and runtime["tags"] is tags and tags == ["a"]
+
+
+def test_loads_into_one_dict_from_two_threads_take_turns(store):
+    """Two threads loading into one dict: a builder read the other bundle's params, and two
+    failing loads left one bundle's params behind (the second snapshot held the first
+    load's). Each builder now sees its own bundle's params, and after two failures the dict
+    is as it was. The first builder waits (up to 2 s) for the second load's builder to start,
+    which, taking turns, it cannot."""
+    import threading
+
+    save_bundle(store, "relu", {"m": torch.nn.Linear(2, 2)}, "pytorch", params={"N": 64, "gridsize": 2, "act": "relu"})
+    save_bundle(store, "tanh", {"m": torch.nn.Linear(2, 2)}, "pytorch", params={"N": 64, "gridsize": 2, "act": "tanh"})
+    cfg = {"N": 128, "gridsize": 1, "act": "none"}
+    for fail in (False, True):
+        relu_in, tanh_in, relu_done = threading.Event(), threading.Event(), threading.Event()
+        seen, results = {}, {}
+
+        def build_relu(c):
+            relu_in.set()
+            tanh_in.wait(2.0)
+            seen["relu"] = c["act"]
+            if fail:
+                raise RuntimeError("relu failed")
+            return torch.nn.Linear(2, 2)
+
+        def build_tanh(c):
+            tanh_in.set()
+            seen["tanh"] = c["act"]
+            if fail:
+                relu_done.wait(2.0)  # fail after the first load has failed and put cfg back
+                raise RuntimeError("tanh failed")
+            return torch.nn.Linear(2, 2)
+
+        def load(ref, build, done=None):
+            try:
+                load_bundle(store, ref, "pytorch", builders={"m": build}, params=cfg)
+                results[ref] = "ok"
+            except RuntimeError:
+                results[ref] = "failed"
+            finally:
+                if done is not None:
+                    done.set()
+
+        first = threading.Thread(target=load, args=("relu", build_relu, relu_done))
+        first.start()
+        assert relu_in.wait(30)
+        second = threading.Thread(target=load, args=("tanh", build_tanh))
+        second.start()
+        first.join(60)
+        second.join(60)
+        assert seen == {"relu": "relu", "tanh": "tanh"}
+        assert results == {"relu": "failed" if fail else "ok", "tanh": "failed" if fail else "ok"}
+        if fail:
+            assert cfg == {"N": 128, "gridsize": 1, "act": "none"}
+        cfg.update(N=128, gridsize=1, act="none")
+
 def test_documented_errors(store, monkeypatch):
     _torch_bundle(store)
     params.cfg.clear()

@@ -3,7 +3,9 @@
 Load order, always: verify (repairing if needed) -> parse the manifest -> check the backend
 -> restore params into the target dict -> build each model with its registered builder
 (which reads the restored params) -> load weights strictly. If any step fails the target
-dict is put back exactly as it was.
+dict is put back exactly as it was. Loads into one dict from several threads take turns,
+from the snapshot on (:func:`~ftstore.bundles.rollback.params_lock`), and a save copies
+the dict between them, never in the middle of one.
 
 The target dict is the one the model code reads: ``params=`` a dict or ``"module:attr"``
 (PtychoPINN's builders read ``"ptycho.params:cfg"``), else ``$FTSTORE_PARAMS_TARGET``,
@@ -21,7 +23,7 @@ from typing import Any, Literal
 
 from ftstore.documents import Envelope
 from ftstore.engine.store import Store
-from ftstore.bundles.rollback import ParamsRollback
+from ftstore.bundles.rollback import ParamsRollback, params_lock
 from ftstore.errors import BadInputError, MissingDependencyError, NotFoundError
 from ftstore.payloads.bundle_format import (
     BACKENDS,
@@ -150,7 +152,9 @@ def bundle_file(models: dict[str, Any], backend: str, params: ParamsTarget, tmp:
                            weights_format=mod.WEIGHTS_FORMAT, tensors=mod.tensor_index(model))
         weights.append((entry, wfile))
     path = tmp / "bundle.zip"
-    write_bundle(path, backend, weights, dict(p))
+    with params_lock(p):  # never another thread's load half done
+        saved = dict(p)
+    write_bundle(path, backend, weights, saved)
     return path
 
 
@@ -190,34 +194,38 @@ def load_bundle(
     cfg = params_target(params if params is not None else target)
     if tensors not in ("as_saved", "numpy"):
         raise BadInputError(f"tensors={tensors!r}: allowed values are 'as_saved', 'numpy'")
-    with held_temp_dir("bundle") as tmp:
-        local = Path(tmp) / "bundle.zip"
-        res = store.load(ref, local, jobs=jobs)  # verifies; repairs if needed
-        if res.envelope.artifact_type != "model_bundle":
-            raise BadInputError(f"{res.ref} is a {res.envelope.artifact_type}, not a model_bundle")
-        manifest, saved_params, z = read_bundle(local, _tensorflow_tensor if tensors == "as_saved" else None)
-        with z:
-            if manifest.backend != backend:
-                raise BackendMismatchError(
-                    f"{res.ref} is a {manifest.backend!r} bundle; it cannot be loaded with backend {backend!r}"
-                )
-            _check_architecture_params(saved_params, res.ref)
-            available = {m.name: m for m in manifest.models}
-            wanted = list(models) if models is not None else list(available)
-            placeholders = [w for w in wanted if manifest.legacy is not None and w in manifest.legacy.placeholders]
-            if placeholders:
-                raise PlaceholderModelError(
-                    f"{res.ref}: {', '.join(placeholders)} has no weights: the imported archive held only a "
-                    f"placeholder for it (PtychoPINN's PyTorch workflow saves {{'_sentinel': ...}} there); "
-                    f"models with weights: {sorted(available)}"
-                )
-            legacy_metadata = read_legacy_metadata(z, manifest)
-            absent = [w for w in wanted if w not in available]
-            if absent:
-                raise ModelNotFoundError(f"model(s) {absent} not in {res.ref}; it holds: {sorted(available)}")
-            mod.require()
-            before = ParamsRollback(cfg)
-            try:
+    lock = params_lock(cfg)
+    locked = False
+    before: ParamsRollback | None = None
+    try:  # a failure up to the last step, the temporary folder's removal included, puts cfg back
+        with held_temp_dir("bundle") as tmp:
+            local = Path(tmp) / "bundle.zip"
+            res = store.load(ref, local, jobs=jobs)  # verifies; repairs if needed
+            if res.envelope.artifact_type != "model_bundle":
+                raise BadInputError(f"{res.ref} is a {res.envelope.artifact_type}, not a model_bundle")
+            manifest, saved_params, z = read_bundle(local, _tensorflow_tensor if tensors == "as_saved" else None)
+            with z:
+                if manifest.backend != backend:
+                    raise BackendMismatchError(
+                        f"{res.ref} is a {manifest.backend!r} bundle; it cannot be loaded with backend {backend!r}"
+                    )
+                _check_architecture_params(saved_params, res.ref)
+                available = {m.name: m for m in manifest.models}
+                wanted = list(models) if models is not None else list(available)
+                placeholders = [w for w in wanted if manifest.legacy is not None and w in manifest.legacy.placeholders]
+                if placeholders:
+                    raise PlaceholderModelError(
+                        f"{res.ref}: {', '.join(placeholders)} has no weights: the imported archive held only a "
+                        f"placeholder for it (PtychoPINN's PyTorch workflow saves {{'_sentinel': ...}} there); "
+                        f"models with weights: {sorted(available)}"
+                    )
+                legacy_metadata = read_legacy_metadata(z, manifest)
+                absent = [w for w in wanted if w not in available]
+                if absent:
+                    raise ModelNotFoundError(f"model(s) {absent} not in {res.ref}; it holds: {sorted(available)}")
+                mod.require()
+                locked = lock.acquire()
+                before = ParamsRollback(cfg)
                 cfg.update(saved_params)
                 built = {}
                 for model_name in wanted:
@@ -230,7 +238,11 @@ def load_bundle(
                     z.extract(entry.weights, wfile)
                     mod.load_weights(model, wfile, entry)
                     built[model_name] = model
-            except BaseException:
-                before.restore()
-                raise
+    except BaseException:
+        if before is not None:
+            before.restore()
+        raise
+    finally:
+        if locked:
+            lock.release()
     return LoadedBundle(built, dict(saved_params), backend, manifest, res.envelope, legacy_metadata)

@@ -8,7 +8,9 @@ copied first and written back into the same object: code that holds a reference 
 ``cfg['probe']`` still sees the very array, with its old values, shape and flags.
 
 - lists, dicts, sets and bytearrays, their subclasses too (``OrderedDict``,
-  ``defaultdict``): their contents; values nested in them come back as equal copies;
+  ``defaultdict``): their contents; values nested in them come back as equal copies. One
+  holding something that cannot be copied (a lock, an open file) gets its items back, the
+  very objects, each of them put back by these same rules;
 - numpy arrays: their values, shape, dtype and ``writeable`` flag;
 - tuples: each item that is one of the above, in place (the tuple cannot change);
 - anything else (tensors, user objects): the reference only.
@@ -16,16 +18,33 @@ copied first and written back into the same object: code that holds a reference 
 A value that cannot be put back as it was (an array whose memory another array now
 shapes, say) is named in a warning: the load is failing already, and its own error, not a
 new one, is what the caller gets.
+
+A load holds the dict's lock (:func:`params_lock`) from its snapshot until it has finished
+or put the dict back: two threads loading into one dict would otherwise build from each
+other's params, or put back a snapshot that held the other's.
 """
 
 from __future__ import annotations
 
 import copy
+import threading
 import warnings
+from collections.abc import MutableMapping
 from typing import Any
 
-_CONTENTS, _ARRAY, _TUPLE = "contents", "array", "tuple"
+_CONTENTS, _ITEMS, _ARRAY, _TUPLE = "contents", "items", "array", "tuple"
 Snapshot = tuple[Any, ...] | None
+
+_locks: dict[int, threading.RLock] = {}
+_locks_guard = threading.Lock()
+
+
+def params_lock(cfg: MutableMapping[str, Any]) -> threading.RLock:
+    """The lock of the params dict ``cfg`` (re-entrant: a builder may load or save a bundle
+    itself). Keyed by identity; a dict freed and another given its id shares its lock,
+    which costs only waiting."""
+    with _locks_guard:
+        return _locks.setdefault(id(cfg), threading.RLock())
 
 
 def _is_ndarray(v: Any) -> bool:
@@ -33,31 +52,51 @@ def _is_ndarray(v: Any) -> bool:
     return any(c.__name__ == "ndarray" and c.__module__ == "numpy" for c in type(v).__mro__)
 
 
-def _snapshot(v: Any) -> Snapshot:
+def _snapshot(v: Any, within: frozenset[int] = frozenset()) -> Snapshot:
     """What :func:`_put_back` needs to make ``v`` what it is now; None for a value whose
-    reference alone is kept."""
+    reference alone is kept. ``within``: the containers ``v`` is inside (a container that
+    holds itself is kept by reference there)."""
+    if id(v) in within:
+        return None
     try:
         if isinstance(v, (list, dict, set, bytearray)):
-            return (_CONTENTS, copy.deepcopy(v))
+            try:
+                return (_CONTENTS, copy.deepcopy(v))
+            except Exception:  # noqa: BLE001 - it holds something that cannot be copied (a lock, say)
+                return (_ITEMS, copy.copy(v), _item_snapshots(v, within | {id(v)}))
         if _is_ndarray(v):
             return (_ARRAY, v.copy(), v.shape, v.dtype, bool(v.flags.writeable))
         if isinstance(v, tuple):
-            items = [_snapshot(x) for x in v]
+            items = [_snapshot(x, within | {id(v)}) for x in v]
             return (_TUPLE, items) if any(s is not None for s in items) else None
-    except Exception:  # noqa: BLE001 - a value that cannot be copied (holds a lock, say): its reference only
+    except Exception:  # noqa: BLE001 - a value that cannot even be copied shallowly: its reference only
         pass
     return None
+
+
+def _item_snapshots(v: Any, within: frozenset[int]) -> list[Snapshot]:
+    """The snapshot of each item of the list or dict ``v`` (in its order); sets hold only
+    hashable items, which are put back as they are."""
+    if isinstance(v, dict):
+        return [_snapshot(x, within) for x in v.values()]
+    if isinstance(v, list):
+        return [_snapshot(x, within) for x in v]
+    return []
 
 
 def _put_back(v: Any, snap: tuple[Any, ...]) -> None:
     """Make ``v`` what ``snap`` recorded, in place; raises where it cannot."""
     kind = snap[0]
-    if kind == _CONTENTS:
+    if kind in (_CONTENTS, _ITEMS):
         if isinstance(v, (list, bytearray)):
             v[:] = snap[1]
         else:
             v.clear()
             v.update(snap[1])
+        if kind == _ITEMS:
+            for item, item_snap in zip(snap[1].values() if isinstance(snap[1], dict) else snap[1], snap[2]):
+                if item_snap is not None:
+                    _put_back(item, item_snap)
     elif kind == _ARRAY:
         _, values, shape, dtype, writeable = snap
         if (v.dtype, v.shape, bool(v.flags.writeable)) == (dtype, shape, writeable) and v.tobytes() == values.tobytes():
