@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -548,3 +549,60 @@ def test_an_untouched_read_only_array_is_no_cause_for_a_rollback_warning(store, 
     with pytest.raises(RuntimeError):
         load_bundle(store, "tb", "pytorch", builders={"autoencoder": failing, "diffraction_to_obj": failing})
     assert params.cfg["frozen"] is frozen and not [w for w in recwarn if "put back" in str(w.message)]
+
+
+def _masked():
+    return np.ma.masked_array([1.0, 2.0, 3.0], mask=[0, 1, 0])
+
+
+def _intenum():
+    import enum
+
+    return enum.IntEnum("Mode", "A B").B
+
+
+def _namedtuple():
+    import collections
+
+    return collections.namedtuple("Pair", "a b")(1, 2)
+
+
+@pytest.mark.parametrize("key,make,message", [
+    ("mask", _masked, "a numpy.ma.MaskedArray would come back as its base type"),
+    ("mode", _intenum, "would come back as its base type"),
+    ("pair", _namedtuple, "would come back as its base type"),
+    ("tag", lambda: "x\udcff", "a string that is not valid Unicode (a lone surrogate)"),
+    ("seed", lambda: 10 ** 5000, "an int of more than 4300 digits"),
+    ("phase", lambda: complex(float("nan"), 0.0), "has a part that is not finite"),
+], ids=["masked-array", "intenum", "namedtuple", "surrogate", "huge-int", "complex-nan"])
+def test_params_that_would_not_come_back_as_they_are_are_refused_at_save(store, key, make, message):
+    """A masked array came back without its mask (other values under it), an IntEnum or
+    namedtuple as a plain int or tuple; the others raised raw errors from the JSON encoder."""
+    with pytest.raises(BadInputError, match=re.escape(message)):
+        save_bundle(store, "p", {"m": torch.nn.Linear(1, 1)}, "pytorch", params={"N": 1, "gridsize": 1, key: make()})
+    assert store.versions("p") == []
+
+
+def test_numpy_scalars_and_plain_values_still_round_trip(store):
+    """The refusal of subclasses leaves numpy's scalars (np.float64 is a float subclass)
+    and dict subclasses (their items) alone."""
+    import collections
+
+    cfg = {"N": 1, "gridsize": 1, "f": np.float64(0.5), "s": np.str_("x"), "c": np.complex64(1 + 2j),
+           "od": collections.OrderedDict(b=1, a=2), "big": 10 ** 300, "z": complex(1.5, -2.0)}
+    save_bundle(store, "p", {"m": torch.nn.Linear(1, 1)}, "pytorch", params=cfg)
+    target = {}
+    res = load_bundle(store, "p", "pytorch", builders={"m": lambda c: torch.nn.Linear(1, 1)}, params=target)
+    assert res.params["f"] == 0.5 and type(res.params["f"]) is np.float64 and res.params["s"] == "x"
+    assert res.params["c"] == np.complex64(1 + 2j) and res.params["od"] == {"b": 1, "a": 2}
+    assert res.params["big"] == 10 ** 300 and res.params["z"] == complex(1.5, -2.0)
+
+
+def test_show_describes_numpy_scalars_json_cannot_hold_as_such(store, tmp_path):
+    """A complex numpy scalar or a long double among the params made `show` exit 3."""
+    cfg = {"N": 1, "gridsize": 1, "c": np.complex128(1 + 2j), "c0": np.array(3j), "ld": np.longdouble("1.5")}
+    save_bundle(store, "p", {"m": torch.nn.Linear(1, 1)}, "pytorch", params=cfg)
+    res = run_cli("show", "p", "--json", store=store, check_rc=0)
+    shown = json.loads(res.stdout)["content"]["params"]
+    assert shown["c"] == {"complex": [1.0, 2.0]} and shown["c0"] == {"complex": [0.0, 3.0]}
+    assert shown["ld"]["scalar"]["value"] == "1.5"

@@ -328,3 +328,63 @@ def test_models_whose_params_disagree_are_refused_not_imported_with_one_of_them(
     assert not (tmp_path / "s").exists()
     same = _rewrite(src, tmp_path / "same.zip", {"autoencoder/params.dill": dill.dumps(dict(cfg))})
     run_cli("import-legacy", str(same), "--name", "x", "--store", str(tmp_path / "s"), check_rc=0)
+
+
+def _torch_archive_with(tmp_path, member, change):
+    """The PyTorch archive with ``member`` (a torch.save'd dict) changed by ``change``."""
+    torch = pytest.importorskip("torch")
+    with zipfile.ZipFile(FIXTURES / f"{TORCH_ARCHIVE}.zip") as z:
+        value = torch.load(io.BytesIO(z.read(member)), weights_only=True)
+    buf = io.BytesIO()
+    torch.save(change(value, torch), buf)
+    return _rewrite(FIXTURES / f"{TORCH_ARCHIVE}.zip", tmp_path / "wts.h5.zip", {member: buf.getvalue()})
+
+
+def _params_archive_with(tmp_path, key, value):
+    """The PyTorch archive with ``params.dill`` of both models holding ``key: value``."""
+    import pickle
+
+    from ftstore.bundles.restricted_pickle import loads_plain
+
+    with zipfile.ZipFile(FIXTURES / f"{TORCH_ARCHIVE}.zip") as z:
+        cfg = loads_plain(z.read("diffraction_to_obj/params.dill"), "params")
+    data = pickle.dumps({**cfg, key: value}, protocol=4)
+    return _rewrite(FIXTURES / f"{TORCH_ARCHIVE}.zip", tmp_path / "wts.h5.zip",
+                    {"diffraction_to_obj/params.dill": data, "autoencoder/params.dill": data})
+
+
+@pytest.mark.parametrize("case,message", [
+    ("complex128 weight", "diffraction_to_obj/model.pth: weight 'extra' is complex128, a type safetensors cannot store"),
+    ("sparse weight", "diffraction_to_obj/model.pth: weight 'extra' is a torch.sparse_coo tensor"),
+    ("lone surrogate", "params[output_prefix]: a string that is not valid Unicode (a lone surrogate)"),
+    ("5000-digit int", "params[npseed]: an int of more than 4300 digits cannot be written as JSON"),
+    ("metadata surrogate", "params[schema_version]: a string that is not valid Unicode"),
+    ("version as a list", "manifest.dill: unknown archive version ['2.0-pytorch']"),
+])
+def test_values_an_archive_cannot_carry_into_a_bundle_are_refused_in_one_line(tmp_path, case, message):
+    """Each of these passed the unpickler and then escaped as an internal error (exit 3)."""
+    import pickle
+
+    if case.endswith("weight"):
+        extra = (lambda t: t.tensor([1 + 1j], dtype=t.complex128)) if "complex" in case else (lambda t: t.eye(2).to_sparse())
+        arch = _torch_archive_with(tmp_path, "diffraction_to_obj/model.pth", lambda sd, t: {**sd, "extra": extra(t)})
+    elif case == "lone surrogate":
+        arch = _params_archive_with(tmp_path, "output_prefix", "run\udcff")
+    elif case == "5000-digit int":
+        arch = _params_archive_with(tmp_path, "npseed", 10 ** 5000)
+    elif case == "metadata surrogate":
+        arch = _torch_archive_with(tmp_path, "torch_scaling_metadata.pt", lambda m, t: {**m, "schema_version": "v1\udcff"})
+    else:
+        manifest = pickle.dumps({"models": ["diffraction_to_obj", "autoencoder"], "version": ["2.0-pytorch"]})
+        arch = _rewrite(FIXTURES / f"{TORCH_ARCHIVE}.zip", tmp_path / "wts.h5.zip", {"manifest.dill": manifest})
+    res = run_cli("import-legacy", str(arch), "--name", "x", "--store", str(tmp_path / "s"), check_rc=2)
+    assert message in res.stderr and res.stderr.count("\n") == 1 and "internal error" not in res.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_identical_params_with_a_complex_nan_do_not_disagree(tmp_path):
+    """Two byte-identical params.dill holding complex('nan+1j') were said to disagree
+    (NaN was equal to itself only as a float); now the value itself is what is refused."""
+    arch = _params_archive_with(tmp_path, "c", complex(float("nan"), 1.0))
+    res = run_cli("import-legacy", str(arch), "--name", "x", "--store", str(tmp_path / "s"), check_rc=2)
+    assert "disagrees" not in res.stderr and "params[c]: (nan+1j) has a part that is not finite" in res.stderr

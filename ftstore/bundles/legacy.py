@@ -67,7 +67,7 @@ def convert_legacy(archive: str | Path, tmp: Path, metadata: dict[str, str] | No
         if not isinstance(manifest, dict) or not isinstance(manifest.get("models"), (list, tuple)):
             raise BadInputError("manifest.dill: expected a dict with a 'models' list")
         version = manifest.get("version", "1.0")
-        if version not in VERSIONS:
+        if not isinstance(version, str) or version not in VERSIONS:
             raise BadInputError(f"manifest.dill: unknown archive version {version!r} (known: {', '.join(VERSIONS)})")
         backend = VERSIONS[version]
         models = [str(m) for m in manifest["models"]]
@@ -143,8 +143,8 @@ def _compare(a: Any, b: Any, seen: dict[tuple[int, int], bool]) -> bool:
         return a.keys() == b.keys() and all(_same(a[k], b[k], seen) for k in a)
     if isinstance(a, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y, seen) for x, y in zip(a, b))
-    if isinstance(a, float) and a != a:
-        return b != b
+    if isinstance(a, (float, complex)) and a != a:  # NaN (a complex one: either part) is itself
+        return repr(a) == repr(b) if isinstance(a, complex) else b != b
     if dataclasses.is_dataclass(a):  # a recorded tensor: by its value
         return all(_same(getattr(a, f.name), getattr(b, f.name), seen) for f in dataclasses.fields(a))
     try:
@@ -261,9 +261,10 @@ def _convert_torch(z: SafeZip, base: str, model: str, dest: Path) -> Converted:
         return None  # PtychoPINN's placeholder: the archive has no weights for this model
     if not isinstance(sd, dict) or not sd or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
         raise BadInputError(f"{model}/model.pth: expected a state_dict of tensors or PtychoPINN's {{'_sentinel': name}} placeholder")
-    from safetensors.torch import save_file
-
-    save_file(torch_mod.state_dict_for_saving(sd), str(dest))
+    try:
+        torch_mod.save_weights(sd, dest)
+    except BadInputError as e:
+        raise BadInputError(f"{member}: {e}") from None
     tensors = [TensorInfo(name=k, dtype=str(v.dtype).removeprefix("torch."), shape=list(v.shape)) for k, v in sd.items()]
     return ModelEntry(name=model, weights=f"weights/{model}.safetensors", weights_format="safetensors", tensors=tensors), dest
 

@@ -35,13 +35,30 @@ def tensor_index(model: Any) -> list[TensorInfo]:
 
 def state_dict_for_saving(sd: dict[str, Any]) -> dict[str, Any]:
     """CPU, contiguous, unshared copies: what safetensors can store."""
+    import torch
+
+    for k, t in sd.items():
+        if t.layout != torch.strided:  # sparse, or another layout safetensors has no place for
+            raise BadInputError(f"weight {k!r} is a {t.layout} tensor; safetensors stores dense tensors only")
     return {k: t.detach().to("cpu").contiguous().clone() for k, t in sd.items()}
 
 
-def write_weights(model: Any, path: Path) -> None:
+def save_weights(sd: dict[str, Any], path: Path) -> None:
+    """``sd`` as a safetensors file; a tensor of a type safetensors lacks (complex128) is
+    refused, naming it."""
     from safetensors.torch import save_file
 
-    save_file(state_dict_for_saving(model.state_dict()), str(path))
+    tensors = state_dict_for_saving(sd)
+    try:
+        save_file(tensors, str(path))
+    except KeyError as e:  # safetensors' table of types has no entry for this one
+        lacking = next((k for k, t in tensors.items() if t.dtype == e.args[0]), None) if e.args else None
+        what = f"weight {lacking!r} is {_dtype(tensors[lacking])}" if lacking else f"a weight is {e}"
+        raise BadInputError(f"{what}, a type safetensors cannot store") from None
+
+
+def write_weights(model: Any, path: Path) -> None:
+    save_weights(model.state_dict(), path)
 
 
 def load_weights(model: Any, path: Path, entry: ModelEntry) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import sys
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -165,6 +166,29 @@ value referenced from several places is written at each: a dict sharing each lev
 40 levels deep (a 2 KB pickle), would be 2**40 values."""
 
 
+_EXACT = frozenset({int, float, complex, str, list, tuple})
+"""Types stored as themselves, with numpy's arrays and scalars; their subclasses are refused,
+not narrowed (dicts, whose subclasses come back as plain dicts with the same items, aside)."""
+_INT_BITS = 14_000  # below 10**4214: printable under Python's default 4300-digit limit
+
+
+def _printable_int(v: int) -> bool:
+    try:
+        str(v)
+    except ValueError:  # Python's limit on int-to-text conversion (CVE-2020-10735)
+        return False
+    return True
+
+
+def _check_unicode(s: str, where: str) -> None:
+    """A string must be Unicode that JSON can carry: pickle lets a lone surrogate through."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadInputError(f"params[{where}]: a string that is not valid Unicode (a lone surrogate) cannot be "
+                            "stored") from None
+
+
 def to_snapshot(params: dict[str, Any], prefix: str = "params") -> tuple[ParamsSnapshot, dict[str, np.ndarray]]:
     """Typed snapshot of a params dict, plus the arrays to store as .npy members
     (``<prefix>/<i>.npy``). An array referenced from several places is stored once."""
@@ -188,6 +212,11 @@ def to_snapshot(params: dict[str, Any], prefix: str = "params") -> tuple[ParamsS
             t = conv(tf_value, where)
             assert isinstance(t, TensorV)
             return TensorV(member=t.member, dtype=t.dtype, shape=t.shape, scalar=t.scalar, framework="tensorflow")
+        if (type(v) not in _EXACT and type(v) is not np.ndarray and not isinstance(v, np.generic)
+                and isinstance(v, (np.ndarray, int, float, complex, str, list, tuple))):
+            # a masked array would come back without its mask, an IntEnum or namedtuple as its base
+            raise BadInputError(f"params[{where}]: a {type(v).__module__}.{type(v).__qualname__} would come back as "
+                                "its base type (and a masked array without its mask); store plain values")
         if isinstance(v, (np.ndarray, np.generic)):
             arr = np.asarray(v)
             if arr.dtype.hasobject:
@@ -200,14 +229,21 @@ def to_snapshot(params: dict[str, Any], prefix: str = "params") -> tuple[ParamsS
                 members[id(v)] = (v, member)
             return TensorV(member=member, dtype=arr.dtype.str, shape=list(arr.shape), scalar=isinstance(v, np.generic))
         if isinstance(v, int):
+            if v.bit_length() > _INT_BITS and not _printable_int(v):
+                raise BadInputError(f"params[{where}]: an int of more than {sys.get_int_max_str_digits()} digits "
+                                    "cannot be written as JSON")
             return IntV(value=v)
         if isinstance(v, float):
             if math.isfinite(v):
                 return FloatV(value=v)
             return FloatV(value=None, special="nan" if math.isnan(v) else ("inf" if v > 0 else "-inf"))
         if isinstance(v, complex):
+            if not (math.isfinite(v.real) and math.isfinite(v.imag)):
+                raise BadInputError(f"params[{where}]: {v!r} has a part that is not finite; only a complex of two "
+                                    "finite parts can be stored (a numpy complex scalar or array holds any)")
             return ComplexV(real=v.real, imag=v.imag)
         if isinstance(v, str):
+            _check_unicode(v, where)
             return StrV(value=v)
         if v is None:
             return NoneV()
@@ -218,11 +254,15 @@ def to_snapshot(params: dict[str, Any], prefix: str = "params") -> tuple[ParamsS
         if isinstance(v, dict):
             if not all(isinstance(k, str) for k in v):
                 raise BadInputError(f"params[{where}]: dict keys must be strings")
+            for k in v:
+                _check_unicode(k, f"{where} key {k!r}")
             return DictV(items={k: conv(x, f"{where}.{k}") for k, x in v.items()})
         raise BadInputError(f"params[{where}]: {type(v).__name__} is not storable (plain data and numpy arrays only)")
 
     if not all(isinstance(k, str) for k in params):
         raise BadInputError("params keys must be strings")
+    for k in params:
+        _check_unicode(k, f"key {k!r}")
     values = {k: conv(v, k) for k, v in params.items()}
     return ParamsSnapshot(format_version=version, values=values), arrays
 

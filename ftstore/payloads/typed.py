@@ -53,7 +53,10 @@ def _jsonable(v: Any) -> Any:
     import numpy as np
     if isinstance(v, (np.ndarray, np.generic)):
         a = np.asarray(v)
-        return {"array": {"dtype": a.dtype.str, "shape": list(a.shape)}} if a.ndim else a.item()
+        if a.ndim:
+            return {"array": {"dtype": a.dtype.str, "shape": list(a.shape)}}
+        item = a.item()  # a Python number, or (a long double, say) numpy's own scalar again
+        return {"scalar": {"dtype": a.dtype.str, "value": str(a)}} if isinstance(item, np.generic) else _jsonable(item)
     if isinstance(v, complex):
         return {"complex": [v.real, v.imag]}
     if isinstance(v, (list, tuple)):
