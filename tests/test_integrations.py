@@ -103,3 +103,28 @@ def test_keras_epochs_are_numbered_as_keras_does_so_keep_every_keeps_them(store,
         m.fit(x, y, epochs=20, verbose=0, callbacks=[FtstoreCheckpoint(manager, every_n_epochs=5), control])
     assert manager.steps() == [5, 10, 15, 20]
     assert sorted(p.name for p in tmp_path.glob("ctl-*"))[4] == "ctl-05.weights.h5"  # Keras's numbering
+
+
+def test_keras_resume_or_start_leaves_a_model_keras_builds_later_trainable(store):
+    """The usual first run: no checkpoint yet, and a model Keras builds at its first call
+    (no keras.Input). restore_training built the optimizer over the model's empty variable
+    list before it found no checkpoint, so fit() then refused every variable."""
+    keras = pytest.importorskip("keras")
+    from ftstore import NotFoundError
+    from ftstore.integrations.keras import FtstoreCheckpoint, restore_training
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((16, 4)).astype("float32"), rng.random((16, 1)).astype("float32")
+    manager = CheckpointManager(store, "lazy")
+    model = keras.Sequential([keras.layers.Dense(4), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    with pytest.raises(NotFoundError):
+        restore_training(manager, model)
+    model.fit(x, y, epochs=2, verbose=0, callbacks=[FtstoreCheckpoint(manager)])
+    assert manager.steps() == [1, 2]
+    fresh = keras.Sequential([keras.layers.Dense(4), keras.layers.Dense(1)])
+    fresh.compile(optimizer="adam", loss="mse")
+    fresh(x[:1])  # built: its variables exist, so the optimizer's saved state is restored too
+    assert restore_training(manager, fresh).step == 2
+    assert int(fresh.optimizer.iterations) == int(model.optimizer.iterations)
+    fresh.fit(x, y, initial_epoch=2, epochs=3, verbose=0)

@@ -85,12 +85,15 @@ def restore_training(manager: CheckpointManager, model: Any, step: int | None = 
     """Load the newest checkpoint that verifies (or repairs) into ``model``: weights and
     optimizer state. Returns the checkpoint; continue with ``initial_epoch=cp.step`` (the
     epochs it had completed)."""
-    optimizer = getattr(model, "optimizer", None)
-    if optimizer is not None and not optimizer.built:
-        optimizer.build(model.trainable_variables)  # else Keras skips the saved optimizer variables
     with _restore_folder(manager) as tmp:
         path = Path(tmp) / WEIGHTS_FILE
         cp = manager.restore(path, step=step)
+        optimizer = getattr(model, "optimizer", None)
+        # Built over the model's variables, else Keras skips the saved optimizer variables;
+        # only once there is a checkpoint, and variables: an optimizer built over none (a
+        # model Keras builds at its first call) refuses every variable fit() gives it later.
+        if optimizer is not None and not optimizer.built and model.trainable_variables:
+            optimizer.build(model.trainable_variables)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             model.load_weights(path)
