@@ -253,6 +253,57 @@ def test_a_restore_takes_over_protection_that_died_with_the_previous_run(store, 
     assert (tmp_path / "out2").read_bytes() == lost.read_bytes()
 
 
+
+def test_a_resumed_run_ends_cleanly_after_skipping_a_damaged_unprotected_checkpoint(store, make_file, tmp_path):
+    """The newest checkpoint, unprotected (its protector died with the job), took a flipped
+    byte. The restore skips it with a warning, as documented; it also started a protector
+    for it, which failed, and the run's own wait_until_finished raised that failure at the
+    end, though a later save of that step had deleted the version."""
+    m = CheckpointManager(store, "run", keep_last=3, background=True)
+    m.save(0, make_file(3_000_000, seed=0))
+    m.wait_until_finished()
+    m._protector.start = lambda key, artifact_id: None  # the protectors die with the job
+    m.save(1, make_file(3_000_000, seed=1))
+    damaged = m.save(2, make_file(3_000_000, seed=2))
+    with open(files(store, damaged.ref).payload, "r+b") as f:
+        f.seek(1_000_000)
+        f.write(b"\xff")
+    resumed = CheckpointManager(store, "run", keep_last=3, background=True)
+    started = []
+    real_start = resumed._protector.start
+    resumed._protector.start = lambda key, artifact_id: (started.append(key.version), real_start(key, artifact_id))
+    with pytest.warns(UserWarning, match=f"skipping damaged checkpoint {damaged.ref}"):
+        assert resumed.restore(tmp_path / "out").step == 1
+    assert damaged.version not in started
+    resumed.save(2, make_file(3_000_000, seed=3))  # supersedes the damaged version
+    resumed.wait_until_finished()
+    assert [c.step for c in resumed.checkpoints()] == [0, 1, 2] and all(c.protected for c in resumed.checkpoints())
+
+
+def test_a_cancelled_protector_s_failure_is_no_failure(store, make_file):
+    """A protector that failed before its version was deleted (cancelled): the deletion
+    makes its failure moot, and wait() no longer reports it; one not cancelled still is."""
+    from ftstore.documents import ArtifactKey
+    from ftstore.training.protection import BackgroundProtector
+
+    env = store.save(make_file(200_000, seed=1), "p", protect=False)
+    with open(files(store, f"{env.name}@{env.version}").payload, "r+b") as f:
+        f.write(b"\xff")
+    key = ArtifactKey(env.name, env.version)
+    for cancel in (True, False):
+        protector = BackgroundProtector(store.url)
+        protector.start(key, env.artifact_id)
+        deadline = time.monotonic() + 60
+        while protector.pending() and time.monotonic() < deadline:  # finished, failed, and reaped
+            time.sleep(0.05)
+        if cancel:
+            protector.cancel(key)
+            protector.wait()
+        else:
+            with pytest.raises(DamageError, match="background protection failed"):
+                protector.wait()
+
+
 _RUN = """
 import sys, warnings
 import torch

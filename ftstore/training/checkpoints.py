@@ -375,8 +375,10 @@ class CheckpointManager:
     """Checkpoints without a sidecar whose protection a restore takes over: the newest, which
     a resumed run depends on; ``scrub --repair`` protects any older ones."""
 
-    def _protect_pending(self, cps: list[Checkpoint]) -> None:
-        """Start building the newest sidecars ``cps`` (the restore's listing) still miss: a
+    def _protect_pending(self, cps: list[Checkpoint], restored: Checkpoint) -> None:
+        """Start building the newest sidecars ``cps`` (the restore's listing) still miss, up
+        to the ``restored`` one (a newer one was skipped as damaged: no sidecar can be built
+        for it): a
         resumed run (with background protection, as its predecessor had) takes over
         protection that died with the previous one (its protector killed with the job's
         cgroup, by the OOM killer, by a power loss), instead of leaving its newest
@@ -386,7 +388,8 @@ class CheckpointManager:
         succeeded: a failure here only warns."""
         try:
             running = set(self._protector.pending())
-            pending = [c for c in cps if not c.protected][-self.RESUMED_PROTECTION :]
+            upto = cps[: cps.index(restored) + 1] if restored in cps else cps
+            pending = [c for c in upto if not c.protected][-self.RESUMED_PROTECTION :]
             for c in pending:
                 key = ArtifactKey(self.name, c.version)
                 if key not in running:
@@ -418,7 +421,7 @@ class CheckpointManager:
                     attempt(c)
                     self.restored = c
                     if self.background:
-                        self._protect_pending(cps)
+                        self._protect_pending(cps, c)
                     return c
                 except NotFoundError:
                     if c.version in self.store.versions(self.name):

@@ -48,7 +48,7 @@ class BackgroundProtector:
     def __init__(self, store_url: str):
         self.store_url = store_url
         self._procs: dict[ArtifactKey, _Job] = {}
-        self._errors: list[str] = []
+        self._errors: dict[ArtifactKey, str] = {}  # a failed one's, until waited for or cancelled
         self._lock = threading.Lock()
 
     def start(self, key: ArtifactKey, artifact_id: str) -> None:
@@ -69,9 +69,11 @@ class BackgroundProtector:
             self._procs[key] = _Job(proc, err)
 
     def cancel(self, key: ArtifactKey) -> None:
-        """Stop building ``key``'s sidecar (before the version is deleted); no error either way."""
+        """Stop building ``key``'s sidecar (before the version is deleted); no error either
+        way, nor one it already had (a version deleted is no failure of its protection)."""
         with self._lock:
             job = self._procs.pop(key, None)
+            self._errors.pop(key, None)
         if job is None:
             return
         if job.proc.poll() is None:
@@ -90,7 +92,7 @@ class BackgroundProtector:
         while True:
             with self._lock:
                 if not self._procs:
-                    errors, self._errors = self._errors, []
+                    errors, self._errors = list(self._errors.values()), {}
                     break
                 key, job = next(iter(self._procs.items()))
             job.proc.wait()
@@ -112,7 +114,7 @@ class BackgroundProtector:
         if code:
             if code < 0:  # a signal: what it said, if anything, is not why it stopped
                 said = " ".join(filter(None, [said, f"({interpreter.how_it_ended(code)})"]))
-            self._errors.append(f"{key.ref}: " + (said or interpreter.how_it_ended(code)))
+            self._errors[key] = f"{key.ref}: " + (said or interpreter.how_it_ended(code))
 
 
 def kept_while_protecting(older: Sequence[V], protected: Callable[[V], bool],
