@@ -143,6 +143,44 @@ def test_what_cannot_be_restored_without_running_code_is_refused_at_save_naming_
     assert m.steps() == []
 
 
+
+def test_a_tensor_s_attributes_are_checked_like_the_rest_of_the_state(store):
+    """torch.save writes a tensor's Python attributes; one weights_only cannot rebuild (a
+    date, a module) passed the check, the save committed, and no restore could load it.
+    An attribute of plain data still comes back."""
+    import datetime
+
+    m = CheckpointManager(store, "run")
+    dated = torch.ones(2)
+    dated.when = datetime.date(2024, 1, 1)
+    with pytest.raises(BadInputError, match=r"state\['x'\]\.when: a datetime.date cannot be checkpointed"):
+        m.save(1, {"x": dated})
+    owned = torch.nn.Parameter(torch.ones(2))
+    owned.owner = torch.nn.Linear(1, 1)
+    with pytest.raises(BadInputError, match=r"state\['p'\]\.owner: a torch.nn.modules.linear.Linear"):
+        m.save(1, {"p": owned})
+    assert m.steps() == []
+    tagged = torch.nn.Parameter(torch.ones(2))
+    tagged.sequence_parallel = True
+    m.save(1, {"p": tagged})
+    assert m.restore(step=1)["p"].sequence_parallel is True
+
+
+def test_a_state_sharing_sub_dicts_is_checked_once_per_object_and_a_cycle_still_refused(store):
+    """Each level holding the same child twice made the check walk 2**depth paths: at depth
+    40, weeks, for a state torch.save writes at once. A state that holds itself is still
+    refused at the depth limit."""
+    from ftstore.training.state import check_state
+
+    shared: dict = {"leaf": torch.zeros(1)}
+    for _ in range(40):
+        shared = {"a": shared, "b": shared}
+    check_state({"s": shared})
+    looped: list = []
+    looped.append(looped)
+    with pytest.raises(BadInputError, match="nested more than 64 levels deep"):
+        check_state({"l": looped})
+
 class _Exploit:
     def __init__(self, marker: Path):
         self.marker = marker

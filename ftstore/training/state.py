@@ -39,7 +39,7 @@ def check_state(state: Any) -> None:
         raise BadInputError(f"a checkpoint state is a dict, list or tuple, not a {type(state).__name__}")
     import numpy as np
 
-    _check(state, "state", 0, _tensor_types(), np)
+    _Walk(_tensor_types(), np).check(state, "state", 0)
 
 
 def _tensor_types() -> tuple[type, ...]:
@@ -49,33 +49,52 @@ def _tensor_types() -> tuple[type, ...]:
     return (torch.Tensor, torch.nn.Parameter, torch.Size, torch.dtype, torch.device)
 
 
-def _check(x: Any, where: str, depth: int, tensors: tuple[type, ...], np: types.ModuleType) -> None:
-    """Walk ``x``; ``tensors`` and ``np`` (numpy) are looked up once by the caller, not at
-    every element of a large state."""
-    if depth > MAX_DEPTH:
-        raise BadInputError(f"{where}: nested more than {MAX_DEPTH} levels deep")
-    t = type(x)
-    if t in _PLAIN or t in tensors:
-        return
-    if t is np.ndarray or isinstance(x, np.generic):
-        if x.dtype.kind not in _NUMPY_KINDS:
-            raise BadInputError(f"{where}: a numpy {x.dtype} value cannot be checkpointed (it would hold objects)")
-        return
-    if t in (dict, collections.OrderedDict):
-        for k, v in x.items():
-            if type(k) not in _KEYS:
-                raise BadInputError(f"{where}: key {k!r} is a {type(k).__name__}; keys are strings or numbers")
-            _check(v, f"{where}[{k!r}]", depth + 1, tensors, np)
-        return
-    if t in (list, tuple, set):
-        for i, v in enumerate(x):
-            _check(v, f"{where}[{i}]", depth + 1, tensors, np)
-        return
-    raise BadInputError(
-        f"{where}: a {t.__module__}.{t.__qualname__} cannot be checkpointed as state "
-        "(dicts, lists, tuples, sets, tensors, torch shapes, dtypes and devices, numpy arrays, numbers, strings "
-        "and None can)"
-    )
+class _Walk:
+    """One walk of a state. ``tensors`` and ``np`` (numpy) are looked up once, not at every
+    element of a large state. A container met again through another reference is not
+    walked again once it has been (``done``): a state that shares sub-dicts would
+    otherwise cost a walk per path, 2**depth of them. One that holds itself is not done
+    while it is walked, so a cycle still ends at the depth limit."""
+
+    def __init__(self, tensors: tuple[type, ...], np: types.ModuleType):
+        self.tensors, self.np = tensors, np
+        self.done: set[int] = set()
+
+    def check(self, x: Any, where: str, depth: int) -> None:
+        if depth > MAX_DEPTH:
+            raise BadInputError(f"{where}: nested more than {MAX_DEPTH} levels deep")
+        t = type(x)
+        if t in _PLAIN:
+            return
+        if t in self.tensors:
+            attributes = getattr(x, "__dict__", None)
+            if attributes and id(x) not in self.done:  # torch.save writes a tensor's attributes too
+                for name, v in attributes.items():
+                    self.check(v, f"{where}.{name}", depth + 1)
+                self.done.add(id(x))
+            return
+        if t is self.np.ndarray or isinstance(x, self.np.generic):
+            if x.dtype.kind not in _NUMPY_KINDS:
+                raise BadInputError(f"{where}: a numpy {x.dtype} value cannot be checkpointed (it would hold objects)")
+            return
+        if t in (dict, collections.OrderedDict, list, tuple, set):
+            if id(x) in self.done:
+                return
+            if t in (dict, collections.OrderedDict):
+                for k, v in x.items():
+                    if type(k) not in _KEYS:
+                        raise BadInputError(f"{where}: key {k!r} is a {type(k).__name__}; keys are strings or numbers")
+                    self.check(v, f"{where}[{k!r}]", depth + 1)
+            else:
+                for i, v in enumerate(x):
+                    self.check(v, f"{where}[{i}]", depth + 1)
+            self.done.add(id(x))
+            return
+        raise BadInputError(
+            f"{where}: a {t.__module__}.{t.__qualname__} cannot be checkpointed as state "
+            "(dicts, lists, tuples, sets, tensors, torch shapes, dtypes and devices, numpy arrays, numbers, strings "
+            "and None can)"
+        )
 
 
 def _stock_dispatch() -> dict[Any, Any]:
