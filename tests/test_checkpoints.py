@@ -1,3 +1,4 @@
+import re
 import signal
 import subprocess
 import sys
@@ -494,3 +495,36 @@ def test_saves_faster_than_sidecars_still_leave_a_protected_checkpoint(store, sl
     assert [(c.step, c.protected) for c in m.checkpoints()] == [(1, False), (4, False)]
     m.wait_until_finished()
     assert [(c.step, c.protected) for c in m.checkpoints()] == [(4, True)]
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"keep_last": 2.5}, "keep_last=2.5: a whole number"),
+    ({"keep_last": "3"}, "keep_last='3': a whole number"),
+    ({"keep_every": True}, "keep_every=True: a whole number"),
+    ({"keep_best": 1, "best_metric": 5}, "best_metric=5: the name of a metric"),
+    ({"background": "no"}, "background='no': True or False"),
+    ({"overhead": "0.1"}, "overhead='0.1': a number"),
+    ({"name": None}, "name is a NoneType"),
+    ({"name": "run@1"}, "name 'run@1' names a version"),
+    ({"store": "a/path"}, "store is a str: pass a Store"),
+], ids=lambda v: str(v)[:30])
+def test_a_manager_s_bad_arguments_are_refused_when_it_is_made(store, kwargs, message):
+    """These raised TypeError or AttributeError from deep inside, or (keep_last=2.5) were
+    accepted and failed at every save after its commit, pruning nothing."""
+    args = {"store": store, "name": "run", **kwargs}
+    with pytest.raises(BadInputError, match=re.escape(message)):
+        CheckpointManager(**args)
+
+
+def test_bad_arguments_to_save_and_restore_are_refused_in_words(store, make_file, tmp_path):
+    m = CheckpointManager(store, "run")
+    m.save(3, {"w": torch.ones(2)})
+    with pytest.raises(BadInputError, match="metrics is a list"):
+        m.save(4, {"w": torch.ones(2)}, metrics=[1.0])
+    with pytest.raises(BadInputError, match=re.escape("step='3': a whole number")):
+        m.restore(step="3")  # said there was no step 3
+    with pytest.raises(BadInputError, match="out is a int"):
+        m.restore(123)
+    with pytest.raises(BadInputError, match="is a folder: a checkpoint here is one file"):
+        m.save(5, tmp_path)
+    assert m.steps() == [3]

@@ -42,8 +42,8 @@ WEIGHTS_FILE = "checkpoint.weights.h5"
 class FtstoreCheckpoint(keras.callbacks.Callback):
     def __init__(self, manager: CheckpointManager, every_n_epochs: int = 1):
         super().__init__()
-        if every_n_epochs < 1:
-            raise ValueError("every_n_epochs must be at least 1")
+        if not isinstance(every_n_epochs, int) or isinstance(every_n_epochs, bool) or every_n_epochs < 1:
+            raise BadInputError(f"every_n_epochs={every_n_epochs!r}: a whole number, at least 1")
         self.manager = manager
         self.every_n_epochs = every_n_epochs
         self._warned = False

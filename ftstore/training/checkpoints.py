@@ -26,7 +26,7 @@ import math
 import os
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,8 +59,14 @@ class Checkpoint:
         return self.artifact_type == "model_bundle"
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _metric_values(metrics: dict[str, Any] | None) -> dict[str, float]:
     """The metrics as floats; a value that is not a number is refused, naming it."""
+    if metrics is not None and not isinstance(metrics, Mapping):
+        raise BadInputError(f"metrics is a {type(metrics).__name__}: pass a dict of name -> number")
     out = {}
     for k, v in (metrics or {}).items():
         try:
@@ -90,12 +96,16 @@ class RetentionPolicy:
     def __post_init__(self) -> None:
         for k in ("keep_last", "keep_every", "keep_best"):
             v = getattr(self, k)
+            if v is not None and not _is_int(v):
+                raise BadInputError(f"{k}={v!r}: a whole number (or None), not a {type(v).__name__}")
             if v is not None and v < 1:
-                raise ValueError(f"{k} must be at least 1")
+                raise BadInputError(f"{k} must be at least 1")
+        if self.best_metric is not None and not isinstance(self.best_metric, str):
+            raise BadInputError(f"best_metric={self.best_metric!r}: the name of a metric, a string")
         if self.keep_best and not self.best_metric:
-            raise ValueError("keep_best needs best_metric")
+            raise BadInputError("keep_best needs best_metric")
         if self.best_mode not in ("min", "max"):
-            raise ValueError("best_mode is 'min' or 'max'")
+            raise BadInputError("best_mode is 'min' or 'max'")
 
     @property
     def deletes_anything(self) -> bool:
@@ -136,7 +146,16 @@ class CheckpointManager:
     _kept_for_protection: bool = field(default=False, init=False, repr=False)  # see _spared
 
     def __post_init__(self) -> None:
-        parse_ref(self.name)
+        if not isinstance(self.store, Store):
+            raise BadInputError(f"store is a {type(self.store).__name__}: pass a Store (Store.open(path_or_url))")
+        if not isinstance(self.name, str):
+            raise BadInputError(f"name is a {type(self.name).__name__}: pass the checkpoints' artifact name, a string")
+        if parse_ref(self.name).version is not None:  # a bad name is refused there, in its words
+            raise BadInputError(f"name {self.name!r} names a version: pass the artifact name alone")
+        if not isinstance(self.background, bool):
+            raise BadInputError(f"background={self.background!r}: True or False")
+        if isinstance(self.overhead, bool) or not isinstance(self.overhead, (int, float)):
+            raise BadInputError(f"overhead={self.overhead!r}: a number, e.g. 0.1 for 10%")
         self.policy = RetentionPolicy(self.keep_last, self.keep_every, self.keep_best, self.best_metric, self.best_mode)
         self._protector = BackgroundProtector(self.store.url)
 
@@ -184,8 +203,11 @@ class CheckpointManager:
                                       self.overhead, protect=protect, move=True)
         elif isinstance(what, (str, os.PathLike)):
             path = Path(what)
+            if path.is_dir():  # a DCP or Hugging Face checkpoint folder, say
+                raise BadInputError(f"{path} is a folder: a checkpoint here is one file (folder checkpoints are "
+                                    "not supported yet; save each file, or the state itself)")
             if not path.is_file():
-                raise BadInputError(f"{path}: no such file")
+                raise BadInputError(f"{path}: no such file" if not os.path.lexists(path) else f"{path}: not a regular file")
             env = self.store.save(path, self.name, None, meta, self.overhead, protect=protect, move=move)
         elif isinstance(what, (dict, list, tuple)):
             check_state(what)
@@ -338,6 +360,8 @@ class CheckpointManager:
         """What a restore tries, newest first: every checkpoint, or those of ``step``; with
         ``bundles`` True or False, only the model bundles or only the others (a state
         cannot be read from a bundle, nor a bundle built from a state)."""
+        if step is not None and not _is_int(step):
+            raise BadInputError(f"step={step!r}: a whole number, not a {type(step).__name__}")
         if step is not None:
             cps = [c for c in cps if c.step == step]
             if not cps:
@@ -360,6 +384,8 @@ class CheckpointManager:
         file is written there, and its :class:`Checkpoint` returned. Model bundle
         checkpoints are left to :meth:`restore_bundle`: the newest state is the newest
         checkpoint that is not one."""
+        if out is not None and not isinstance(out, (str, os.PathLike)):
+            raise BadInputError(f"out is a {type(out).__name__}: pass a path, or nothing for the state itself")
         if out is not None:
             return self._first_good(step, lambda c: self.store.load(c.ref, out), None)
         loaded = {}
