@@ -27,10 +27,11 @@ import msgspec
 from ftstore.bundles.bundle import load_bundle, save_bundle
 from ftstore.bundles.legacy import convert_legacy
 from ftstore.codec import DEFAULT_OVERHEAD
-from ftstore.documents import ARTIFACT_TYPES, Envelope
+from ftstore.documents import ARTIFACT_TYPES, Envelope, check_name
 from ftstore.engine.copy import CopyResult, copy_store
 from ftstore.engine.integrity import Health, RepairResult
 from ftstore.engine.load import LoadResult
+from ftstore.engine.save import validated_request
 from ftstore.engine.store import Store
 from ftstore.errors import BadInputError, DamageError, FtstoreError, NewerFormatError
 from ftstore.payloads.reports import BenchmarkBaseline, MetricComparison, compare, parse_typed
@@ -66,8 +67,10 @@ def import_legacy(location: str | os.PathLike | Store | None, archive: str | os.
     """Convert a PtychoPINN archive into a model bundle and save it as ``name``. Every
     check runs before the store is opened (or created), so a refused archive leaves
     nothing behind. Returns the store and the new version's envelope."""
+    check_name(name)  # before the conversion's work
     with held_temp_dir("legacy") as tmp:
         bundle, meta = convert_legacy(archive, Path(tmp), metadata)
+        validated_request(bundle, name, "model_bundle", meta, DEFAULT_OVERHEAD)  # the metadata too
         store = location if isinstance(location, Store) else Store.open(location, create=True)
         return store, store.save(bundle, name, "model_bundle", meta)
 

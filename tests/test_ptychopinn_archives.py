@@ -388,3 +388,37 @@ def test_identical_params_with_a_complex_nan_do_not_disagree(tmp_path):
     arch = _params_archive_with(tmp_path, "c", complex(float("nan"), 1.0))
     res = run_cli("import-legacy", str(arch), "--name", "x", "--store", str(tmp_path / "s"), check_rc=2)
     assert "disagrees" not in res.stderr and "params[c]: (nan+1j) has a part that is not finite" in res.stderr
+
+
+@pytest.mark.parametrize("what", ["weights not HDF5", "model.keras not a zip"])
+def test_a_keras_archive_whose_weights_cannot_be_read_is_refused_naming_its_member(tmp_path, what):
+    """A model.keras whose model.weights.h5 is not HDF5 was imported (only the zip's CRC
+    was read back) and every load then raised h5py's raw OSError; errors about the inner
+    zip named ftstore's temporary copy of it."""
+    src = FIXTURES / "tf-keras3-head.zip"
+    with zipfile.ZipFile(src) as z:
+        inner = zipfile.ZipFile(io.BytesIO(z.read("autoencoder/model.keras")))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as out:
+        for n in inner.namelist():
+            out.writestr(n, b"this is not an HDF5 file" if n == "model.weights.h5" else inner.read(n))
+    data = buf.getvalue() if what == "weights not HDF5" else b"not a zip at all"
+    arch = _rewrite(src, tmp_path / "wts.h5.zip", {"autoencoder/model.keras": data})
+    res = run_cli("import-legacy", str(arch), "--name", "x", "--store", str(tmp_path / "s"), check_rc=2)
+    expected = ("wts.h5.zip: autoencoder/model.keras: model.weights.h5: not an HDF5 file" if what == "weights not HDF5"
+                else "wts.h5.zip: autoencoder/model.keras: not a readable zip archive")
+    assert expected in res.stderr and res.stderr.count("\n") == 1 and not (tmp_path / "s").exists()
+
+
+def test_a_refused_name_or_metadata_creates_no_store(tmp_path):
+    """import-legacy converted the whole archive and created the store before the name
+    (or the metadata) was refused; save creates nothing then, and neither does this now."""
+    arch = FIXTURES / f"{TORCH_ARCHIVE}.zip"
+    res = run_cli("import-legacy", str(arch), "--name", "bad/name", "--store", str(tmp_path / "s"), check_rc=2)
+    assert "invalid artifact name 'bad/name'" in res.stderr and not (tmp_path / "s").exists()
+    from ftstore.api import import_legacy
+    from ftstore.errors import BadInputError
+
+    with pytest.raises(BadInputError, match="invalid metadata"):
+        import_legacy(tmp_path / "s", arch, "x", metadata={"k" * 300: "v"})
+    assert not (tmp_path / "s").exists()

@@ -227,3 +227,26 @@ def test_a_version_1_sidecar_whose_artifact_id_is_another_versions_is_refused(st
     assert a.status == "failed" and "belongs to two-stripes@2" in " ".join(a.damage)
     assert _snapshot(v1) == before
     assert {r.ref: r.status for r in report.artifacts}["two-stripes@2"] == "ok"
+
+
+def test_two_versions_sharing_one_payload_file_are_each_repaired_without_harming_the_other(store, tmp_path):
+    """m@2's payload made a hard link to m@1's (a dedup tool, a hand-made link), the two
+    differing in one symbol: repairing m@2 wrote through the shared file into m@1, and the
+    scrub said the store was healthy while m@1 was now damaged. The repair gives m@2 a
+    file of its own first."""
+    import os
+    import random
+
+    a = random.Random(1).randbytes(1_000_000)
+    b = bytearray(a)
+    b[500_000:500_010] = bytes(10)
+    for i, data in enumerate((a, bytes(b))):
+        (tmp_path / f"v{i}").write_bytes(data)
+        store.save(tmp_path / f"v{i}", "m")
+    p1, p2 = files(store, "m@1").payload, files(store, "m@2").payload
+    p2.unlink()
+    os.link(p1, p2)
+    run_cli("scrub", "--repair", store=store, check_rc=0)
+    run_cli("verify", store=store, check_rc=0)
+    assert p1.read_bytes() == a and p2.read_bytes() == bytes(b)
+    assert os.stat(p1).st_ino != os.stat(p2).st_ino

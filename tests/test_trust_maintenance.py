@@ -357,3 +357,60 @@ def test_a_delete_acts_on_what_is_there_not_on_what_it_listed(tmp_path, make_fil
     monkeypatch.undo()
     assert main.versions("a") == [1, 3]
     assert main.load_bytes("a@3")[0].getvalue() == other.load_bytes("a@3")[0].getvalue()
+
+
+_DELETE = "import sys; from ftstore import Store; Store.open(sys.argv[1]).delete(sys.argv[2])"
+
+
+@pytest.mark.parametrize("moment", ["before the patch", "before the decode"])
+def test_a_version_deleted_by_another_process_under_a_repair_is_reported_deleted(tmp_path, make_file, monkeypatch,
+                                                                                 moment):
+    """Another process (retention, a superseding save) deletes m@1 while a load repairs it.
+    Between the decode and the patch, the patch found no payload and raised a bare
+    ValueError (exit 3); earlier, the vanished files were reported as damage (exit 1). Both
+    now say the version was deleted (exit 2), and nothing is written anywhere. The hook only
+    chooses the moment; the delete is a real one, in another process."""
+    import ftstore.engine.integrity as integrity
+    from ftstore.errors import NotFoundError
+
+    store = Store.open(tmp_path / "s", create=True)
+    src = make_file(2_000_000, seed=1)
+    store.save(src, "m")
+    store.save(src, "m")
+    root = tmp_path / "s"
+    with open(root / "artifacts" / "m" / "1" / "payload", "r+b") as f:
+        f.seek(10_000)
+        f.write(bytes(5000))
+    name = "patch_in_place" if moment == "before the patch" else "check_and_decode"
+    real = getattr(integrity, name)
+
+    def delete_first(*args, **kwargs):
+        subprocess.run([sys.executable, "-c", _DELETE, str(root), "m@1"], check=True, timeout=120)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(integrity, name, delete_first)
+    with pytest.raises(NotFoundError, match="m@1 was deleted from .* while it was being repaired"):
+        store.load("m@1", tmp_path / "out")
+    assert not (tmp_path / "out").exists() and store.versions("m") == [2]
+    assert not (root / "artifacts" / "m" / "1").exists()
+
+
+def test_a_version_deleted_from_the_source_while_it_is_copied_is_skipped_not_failed(tmp_path, make_file, monkeypatch):
+    import ftstore.engine.copy as copy_module
+    from ftstore.api import copy
+
+    src = Store.open(tmp_path / "src", create=True)
+    dst = Store.open(tmp_path / "dst", create=True)
+    src.save(make_file(300_000, seed=1), "m")
+    src.save(make_file(300_000, seed=2), "m")
+    real = copy_module.download_leaves
+
+    def delete_first(store, key, folder):
+        if key.version == 1:
+            subprocess.run([sys.executable, "-c", _DELETE, str(tmp_path / "src"), "m@1"], check=True, timeout=120)
+        return real(store, key, folder)
+
+    monkeypatch.setattr(copy_module, "download_leaves", delete_first)
+    results = {r.ref: r for r in copy(src, dst)}
+    assert results["m@1"].status == "skipped" and "deleted from the source" in results["m@1"].detail
+    assert results["m@2"].status == "copied" and dst.versions("m") == [2]

@@ -193,14 +193,20 @@ def _convert_weights(z: SafeZip, root: str, model: str, backend: str, dest: Path
     if base + "model.keras" in names:
         inner = dest.with_suffix(".keras")
         z.extract(base + "model.keras", inner)
-        with SafeZip(inner) as kz:
-            kz.extract("model.weights.h5", dest)
+        label = f"{z.path.name}: {base}model.keras"
+        try:
+            with SafeZip(inner) as kz:
+                kz.extract("model.weights.h5", dest)
+        except BadInputError as e:  # named by the archive's member, not the temporary copy
+            raise BadInputError(str(e).replace(str(inner), label)) from None
+        if not _h5_has_datasets(dest, f"{label}: model.weights.h5"):
+            raise BadInputError(f"{label}: model.weights.h5 holds no weights")
         return ModelEntry(name=model, weights=f"legacy/{model}.weights.h5", weights_format="keras-weights-h5", tensors=[]), dest
     if base + "saved_model.pb" in names:
         return _convert_saved_model(z, base, model, names, dest)
     if base + "model.h5" in names:
         z.extract(base + "model.h5", dest)
-        if not _h5_has_datasets(dest):
+        if not _h5_has_datasets(dest, f"{z.path.name}: {base}model.h5"):
             raise BadInputError(
                 f"{z.path}: {model}/model.h5 holds no weights (only attributes such as intensity_scale), "
                 "and there is no model.keras or SavedModel beside it"
@@ -226,7 +232,8 @@ def _convert_saved_model(z: SafeZip, base: str, model: str, names: set[str], des
     return ModelEntry(name=model, weights=f"weights/{model}.h5", weights_format="ftstore-h5", tensors=tensors), dest
 
 
-def _h5_has_datasets(path: Path) -> bool:
+def _h5_has_datasets(path: Path, label: str) -> bool:
+    """Whether the HDF5 file at ``path`` (``label`` in messages) holds any dataset."""
     import h5py
 
     found = []
@@ -234,7 +241,7 @@ def _h5_has_datasets(path: Path) -> bool:
         with h5py.File(path, "r") as f:
             f.visititems(lambda _, obj: found.append(1) if isinstance(obj, h5py.Dataset) else None)
     except OSError as e:
-        raise BadInputError(f"{path.name}: not an HDF5 file ({e})") from None
+        raise BadInputError(f"{label}: not an HDF5 file ({e})") from None
     return bool(found)
 
 

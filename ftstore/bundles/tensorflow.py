@@ -81,11 +81,17 @@ def load_weights(model: Any, path: Path, entry: ModelEntry) -> None:
                 model.load_weights(str(path))
             except UserWarning as w:
                 raise BadInputError(f"model {entry.name!r}: weights do not fit the built model: {w}") from None
+            except OSError as e:  # a bundle made by hand: its checksum proves nothing
+                raise BadInputError(f"model {entry.name!r}: the weights are not a readable HDF5 file ({e})") from None
         return
     import h5py
 
     check_fits(model, entry)
-    with h5py.File(path, "r") as f:
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise BadInputError(f"model {entry.name!r}: the weights are not a readable HDF5 file ({e})") from None
+    with f:
         arrays = []
         for i, (v, info) in enumerate(zip(model.weights, entry.tensors)):
             ds = f.get(f"w/{i:06d}")

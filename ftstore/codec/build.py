@@ -411,8 +411,9 @@ def _replace_whole(payload: Path, lay: Layout, patches: list[_Patch], symbols: S
     """A new payload from decoded symbols only (the old one was missing or not a file):
     written beside it exclusively, fsynced, renamed over the old name (a link is replaced
     as a link, never followed)."""
-    if len(patches) != lay.source_symbols:
-        raise ValueError(f"{payload}: only {len(patches)} of {lay.source_symbols} symbols decoded for a missing payload")
+    if len(patches) != lay.source_symbols:  # it was there, and checked, when the repair began: deleted since?
+        raise PatchError(f"{payload}: the payload vanished while it was being repaired (only {len(patches)} of "
+                         f"{lay.source_symbols} symbols were decoded, for the damage found); nothing was written")
     tmp = payload.with_name(f"{payload.name}.tmp-{os.urandom(6).hex()}")
     try:
         with open(tmp, "xb") as out:

@@ -37,12 +37,26 @@ def copy_store(src: StoreBackend, dst: StoreBackend, keys: Sequence[ArtifactKey]
     for key in keys or src.keys():
         try:
             if key.version in dst.versions(key.name):
-                out.append(_existing(src, dst, key, jobs))
+                result = _existing(src, dst, key, jobs)
             else:
-                out.append(_copy_one(src, dst, key, jobs))
+                result = _copy_one(src, dst, key, jobs)
         except (FtstoreError, OSError) as e:
-            out.append(CopyResult(key.ref, "failed", str(e)))
+            result = CopyResult(key.ref, "failed", str(e))
+        out.append(_unless_deleted(src, key, result))
     return out
+
+
+def _unless_deleted(src: StoreBackend, key: ArtifactKey, result: CopyResult) -> CopyResult:
+    """A version that failed because it was deleted from the source while it was being
+    copied (its files vanishing look like damage) is skipped, not a failure: it is no
+    longer the source's."""
+    if result.status != "failed":
+        return result
+    try:
+        gone = key.version not in src.versions(key.name)
+    except (FtstoreError, OSError):
+        return result
+    return CopyResult(key.ref, "skipped", "deleted from the source while it was being copied") if gone else result
 
 
 def _private_intact_copy(src: StoreBackend, key: ArtifactKey, folder: Path, jobs: int | None) -> tuple[FolderLeaves, Health]:

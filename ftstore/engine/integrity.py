@@ -65,7 +65,7 @@ from ftstore.documents import (
     essentials_of,
     make_proof,
 )
-from ftstore.durable import TMP_MARK, replace_durably, tmp_path
+from ftstore.durable import TMP_MARK, copy_hashing, replace_durably, tmp_path
 from ftstore.engine.leaves import FolderLeaves, Leaves, read_envelope
 from ftstore.errors import (EnvelopeError, FtstoreError, NewerFormatError, NotFoundError, StoreUnreachableError,
                             UnrecoverableError)
@@ -418,6 +418,7 @@ def _recover_payload(files: FolderLeaves, meta: SidecarMeta, ess: ArtifactEssent
     check that the whole result would be the recorded payload, and only then write the
     decoded symbols over the damaged ones: a repair that cannot give back the recorded
     bytes writes nothing. Returns the outcomes and the patched payload's (BLAKE3, size)."""
+    _own_payload(files)
     with _spill_file(files.payload, ess.size) as spill:
         outcomes = check_and_decode(files.payload, files.sidecar, meta, jobs, spill=spill)
         failed = [o for o in outcomes if o.failed]
@@ -428,6 +429,27 @@ def _recover_payload(files: FolderLeaves, meta: SidecarMeta, ess: ArtifactEssent
                                      "(its BLAKE3 would not match); nothing was written")
         patch_in_place(files.payload, meta, outcomes, spill)  # reads every written symbol back
     return outcomes, (ess.source_hash, ess.size)
+
+
+def _own_payload(files: FolderLeaves) -> None:
+    """Give the payload a file of its own if another version's payload is the same file
+    (a hard link planted in the store): the patch writes through it, and would damage that
+    version. Only a payload with more than one link is looked into; the Lightning plugin's
+    link to its checkpoint path is one, and is kept (that file is this version's)."""
+    try:
+        st = os.lstat(files.payload)
+    except OSError:
+        return
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink < 2 or files.store is None:
+        return
+    if not files.store.shares_payload(files.key, (st.st_dev, st.st_ino)):
+        return
+    tmp = tmp_path(files.payload)
+    try:
+        copy_hashing(files.payload, tmp)
+        replace_durably(tmp, files.payload, leaf=True)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def spill_path(payload: Path) -> Path:

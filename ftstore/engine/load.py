@@ -20,7 +20,7 @@ from ftstore.documents import ArtifactKey, Envelope
 from ftstore.durable import disk_full, is_disk_full, open_regular, replace_durably, tmp_path
 from ftstore.engine.integrity import Health, RepairResult, check, repair
 from ftstore.engine.leaves import FolderLeaves, StoredLeaves, download_leaves, read_envelope
-from ftstore.errors import BadInputError, DamageError, EnvelopeError, NotFoundError, StorageError
+from ftstore.errors import BadInputError, DamageError, EnvelopeError, NotFoundError, StorageError, UnrecoverableError
 from ftstore.hashing import hash_stream
 from ftstore.stores.backend import PAYLOAD, StoreBackend
 from ftstore.stores.local import local_store_holding
@@ -75,9 +75,12 @@ def _repaired(store: StoreBackend, key: ArtifactKey, health: Health, reason: str
     held for the caller to read, and the store is left as it is."""
     try:
         result = heal(store, key, health, reason, jobs)
-    except (OSError, StorageError):
-        if key.version not in store.versions(key.name):  # not a store it cannot write to: a delete won
+    except (OSError, StorageError, UnrecoverableError) as e:
+        # files vanishing under a repair look like a store it cannot write to, or like damage
+        if key.version not in store.versions(key.name):  # a delete won
             raise NotFoundError(f"{key.ref} was deleted from {store.url} while it was being repaired") from None
+        if isinstance(e, UnrecoverableError):
+            raise
     else:
         yield result, (lambda: store.open_leaf(key, PAYLOAD)), False
         return

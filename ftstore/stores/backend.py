@@ -209,6 +209,12 @@ class StoreBackend(ABC):
     def describe(self, key: ArtifactKey) -> dict[str, str]:
         """Where the version and each of its leaves are, as the user would address them."""
 
+    def shares_payload(self, key: ArtifactKey, file_id: tuple[int, int]) -> bool:
+        """Whether a version other than ``key`` has the local payload file ``file_id``
+        (device, inode); a repair gives ``key`` a file of its own before writing through
+        it. Only a store of local files can: this default says no."""
+        return False
+
     @contextlib.contextmanager
     def working_copy(self, key: ArtifactKey, writeback: bool = True) -> Iterator[Path]:
         """A local folder holding the version's leaves, to check and repair as plain files.

@@ -71,6 +71,7 @@ from ftstore.stores.backend import (
     LEAVES,
     MARKER,
     MARKER_BYTES,
+    PAYLOAD,
     Capabilities,
     ChunkSink,
     Orphan,
@@ -547,6 +548,21 @@ class LocalStore(StoreBackend):
             with contextlib.suppress(OSError):  # no such locks (NFS): maintenance then never takes it for unused
                 fcntl.flock(fd, fcntl.LOCK_SH)
             yield self.version_dir(key)
+
+    def shares_payload(self, key: ArtifactKey, file_id: tuple[int, int]) -> bool:
+        """Whether a version other than ``key`` has the payload file ``file_id`` (device,
+        inode): a hard link planted in the store, or made by a deduplicating backup tool."""
+        for name in self.names():
+            for v in self.versions(name):
+                if (name, v) == (key.name, key.version):
+                    continue
+                try:
+                    st = os.lstat(self.version_dir(ArtifactKey(name, v)) / PAYLOAD)
+                except OSError:
+                    continue
+                if (st.st_dev, st.st_ino) == file_id:
+                    return True
+        return False
 
     # -- saving ------------------------------------------------------------------------------
     def stage(self, name: str, version: int | None = None, owner: str | None = None) -> LocalStaging:
