@@ -159,6 +159,7 @@ def main(argv: list[str]) -> None:
     try:
         for name in _PRELOAD:
             importlib.import_module(name)
+        importlib.import_module("ftstore.hashing").hash_on_one_thread()  # a worker per core: no core to spare
         while (frame := read_frame(rfd)) is not None and os.getppid() == parent:
             cwd, fn, task = loads(frame)
             del frame
