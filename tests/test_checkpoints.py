@@ -528,3 +528,35 @@ def test_bad_arguments_to_save_and_restore_are_refused_in_words(store, make_file
     with pytest.raises(BadInputError, match="is a folder: a checkpoint here is one file"):
         m.save(5, tmp_path)
     assert m.steps() == [3]
+
+
+_STAGED = """
+import sys, time
+from ftstore import Store
+staging = Store.open(sys.argv[1]).backend.stage("run")
+(staging.workdir / "payload").write_bytes(b"x" * 100_000)  # a partial checkpoint
+print(staging.workdir.name, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_restore_removes_what_killed_saves_left_and_nothing_a_live_save_holds(store, make_file, tmp_path):
+    """A job killed mid-save again and again left a partial checkpoint in staging/ each
+    time, which only a scrub --remove-orphans removed. A resumed run's restore removes
+    those whose process is gone; a save still running in another process keeps its own."""
+    CheckpointManager(store, "run").save(1, {"w": torch.ones(2)})
+    procs = [subprocess.Popen([sys.executable, "-c", _STAGED, str(tmp_path / "store")], stdout=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    try:
+        names = [p.stdout.readline().strip() for p in procs]
+        for p in procs[:2]:
+            p.kill()
+            p.wait()
+        staging = tmp_path / "store" / "staging"
+        assert all((staging / n).is_dir() for n in names)
+        assert CheckpointManager(store, "run").restore()["w"].tolist() == [1.0, 1.0]
+        assert not (staging / names[0]).exists() and not (staging / names[1]).exists()
+        assert (staging / names[2] / "payload").read_bytes() == b"x" * 100_000
+    finally:
+        procs[2].kill()
+        procs[2].wait()

@@ -209,6 +209,14 @@ class StoreBackend(ABC):
     def describe(self, key: ArtifactKey) -> dict[str, str]:
         """Where the version and each of its leaves are, as the user would address them."""
 
+    def remove_interrupted_saves(self) -> int:
+        """Remove what saves killed on the way left behind, where that is cheap to find and
+        certain (their lease is free); returns how many. A resumed training run calls it,
+        so a job killed mid-save again and again does not fill the disk with partial
+        checkpoints between scrubs. This default removes nothing: ``scrub
+        --remove-orphans`` finds them."""
+        return 0
+
     def shares_payload(self, key: ArtifactKey, file_id: tuple[int, int]) -> bool:
         """Whether a version other than ``key`` has the local payload file ``file_id``
         (device, inode); a repair gives ``key`` a file of its own before writing through

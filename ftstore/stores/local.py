@@ -549,6 +549,12 @@ class LocalStore(StoreBackend):
                 fcntl.flock(fd, fcntl.LOCK_SH)
             yield self.version_dir(key)
 
+    def remove_interrupted_saves(self) -> int:
+        """The staging folders (and their locks) of saves whose process is gone: one
+        listing of ``staging``, each removed only while holding its free lease."""
+        saves = ("interrupted save (staging)", "lock of an interrupted save")  # not a stray file or link there
+        return sum(self.remove_orphan(o.path) for o in self._staging_orphans() if o.reason in saves)
+
     def shares_payload(self, key: ArtifactKey, file_id: tuple[int, int]) -> bool:
         """Whether a version other than ``key`` has the payload file ``file_id`` (device,
         inode): a hard link planted in the store, or made by a deduplicating backup tool."""

@@ -401,6 +401,15 @@ class CheckpointManager:
     """Checkpoints without a sidecar whose protection a restore takes over: the newest, which
     a resumed run depends on; ``scrub --repair`` protects any older ones."""
 
+    def _remove_interrupted_saves(self) -> None:
+        """A restore is where a run killed mid-save resumes: what its killed saves left in
+        the store's staging area goes, so that a job killed again and again does not fill
+        the disk between scrubs. Only ever a save whose process is gone; a failure warns."""
+        try:
+            self.store.backend.remove_interrupted_saves()
+        except (FtstoreError, OSError) as e:
+            warnings.warn(f"could not remove what interrupted saves left in {self.store.url}: {e}", stacklevel=4)
+
     def _protect_pending(self, cps: list[Checkpoint], restored: Checkpoint) -> None:
         """Start building the newest sidecars ``cps`` (the restore's listing) still miss, up
         to the ``restored`` one (a newer one was skipped as damaged: no sidecar can be built
@@ -439,6 +448,7 @@ class CheckpointManager:
     before it could be read (another process's retention, pruning as its run saves)."""
 
     def _first_good(self, step: int | None, attempt: Callable[[Checkpoint], Any], bundles: bool | None) -> Checkpoint:
+        self._remove_interrupted_saves()
         failures = []
         for _ in range(self.LISTINGS):
             cps = self.checkpoints(rebuild=True)
