@@ -606,3 +606,47 @@ def test_show_describes_numpy_scalars_json_cannot_hold_as_such(store, tmp_path):
     shown = json.loads(res.stdout)["content"]["params"]
     assert shown["c"] == {"complex": [1.0, 2.0]} and shown["c0"] == {"complex": [0.0, 3.0]}
     assert shown["ld"]["scalar"]["value"] == "1.5"
+
+
+def test_a_builder_saving_from_a_helper_thread_and_a_forked_child_never_wait_forever(store):
+    """The params lock is held across builders: a save from a helper thread a builder waits
+    for must not need it, and a child forked while another thread holds it must get its own."""
+    import threading
+
+    save_bundle(store, "b", {"m": torch.nn.Linear(2, 2)}, "pytorch", params={"N": 1, "gridsize": 1})
+    cfg = {"N": 1, "gridsize": 1}
+
+    def saving_in_a_thread(c):
+        m = torch.nn.Linear(2, 2)
+        t = threading.Thread(target=save_bundle, args=(store, "snap", {"m": m}, "pytorch"), kwargs={"params": cfg})
+        t.start()
+        t.join(60)
+        assert not t.is_alive()
+        return m
+
+    load_bundle(store, "b", "pytorch", params=cfg, builders={"m": saving_in_a_thread})
+    assert store.versions("snap") == [1]
+    inside, release = threading.Event(), threading.Event()
+
+    def slow(c):
+        inside.set()
+        release.wait(60)
+        return torch.nn.Linear(2, 2)
+
+    holder = threading.Thread(target=load_bundle, args=(store, "b", "pytorch"),
+                              kwargs={"params": cfg, "builders": {"m": slow}})
+    holder.start()
+    assert inside.wait(60)
+    pid = os.fork()
+    if pid == 0:  # the child: a load of its own, which waited forever for the parent's thread's lock
+        import signal
+
+        signal.alarm(60)
+        try:
+            load_bundle(store, "b", "pytorch", params=cfg, builders={"m": lambda c: torch.nn.Linear(2, 2)})
+        finally:
+            os._exit(0)
+    release.set()
+    holder.join(60)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

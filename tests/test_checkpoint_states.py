@@ -180,6 +180,14 @@ def test_a_state_sharing_sub_dicts_is_checked_once_per_object_and_a_cycle_still_
     looped.append(looped)
     with pytest.raises(BadInputError, match="nested more than 64 levels deep"):
         check_state({"l": looped})
+    chains = [[1]]
+    for _ in range(3):  # each chain 40 deep, ending in the one before: 120 deep in all
+        link = chains[-1]
+        for _ in range(40):
+            link = [link]
+        chains.append(link)
+    with pytest.raises(BadInputError, match="nested more than 64 levels deep"):
+        check_state({"chains": chains})  # met first shallow, each chain is walked again deeper
 
 class _Exploit:
     def __init__(self, marker: Path):

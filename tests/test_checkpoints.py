@@ -6,6 +6,7 @@ import textwrap
 import time
 
 import msgspec
+import numpy as np
 import pytest
 import torch
 
@@ -560,3 +561,30 @@ def test_a_restore_removes_what_killed_saves_left_and_nothing_a_live_save_holds(
     finally:
         procs[2].kill()
         procs[2].wait()
+
+
+def test_a_resume_by_restore_bundle_protects_newer_healthy_checkpoints_of_the_other_kind(store, monkeypatch):
+    """Protection a killed run left unfinished is taken over for every checkpoint but the
+    ones the restore skipped as damaged: a restore_bundle at step 1 left the newer state
+    checkpoints (steps 2 and 3) unprotected."""
+    from ftstore import BundleSpec
+    from ftstore.training.protection import BackgroundProtector
+
+    cfg = {"N": 64, "gridsize": 1}
+    first = CheckpointManager(store, "run", background=True)
+    monkeypatch.setattr(BackgroundProtector, "start", lambda self, key, artifact_id: None)  # killed with the job
+    first.save(1, BundleSpec(models={"m": torch.nn.Linear(2, 2)}, backend="pytorch", params=cfg))
+    for s in (2, 3):
+        first.save(s, {"w": torch.ones(3) * s})
+    monkeypatch.undo()
+    resumed = CheckpointManager(store, "run", background=True)
+    cp, _ = resumed.restore_bundle("pytorch", params=cfg, builders={"m": lambda c: torch.nn.Linear(2, 2)})
+    resumed.wait_until_finished()
+    assert cp.step == 1 and [(c.step, c.protected) for c in resumed.checkpoints()] == [(1, False), (2, True), (3, True)]
+
+
+def test_numpy_integers_are_whole_numbers_to_the_manager(store):
+    m = CheckpointManager(store, "run", keep_last=np.int64(2), overhead=np.float32(0.2))
+    for s in range(3):
+        m.save(np.int64(s), {"w": torch.ones(1) * s})
+    assert m.steps() == [1, 2] and m.restore(step=np.int64(2))["w"].item() == 2.0

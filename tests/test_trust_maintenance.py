@@ -414,3 +414,30 @@ def test_a_version_deleted_from_the_source_while_it_is_copied_is_skipped_not_fai
     results = {r.ref: r for r in copy(src, dst)}
     assert results["m@1"].status == "skipped" and "deleted from the source" in results["m@1"].detail
     assert results["m@2"].status == "copied" and dst.versions("m") == [2]
+
+
+def test_a_version_damaged_at_the_destination_stays_failed_though_the_source_s_went(tmp_path, monkeypatch):
+    """The skip for a version deleted from the source applies only where the destination
+    lacks it: one it holds, damaged beyond repair there, is still a failure."""
+    import random
+
+    import ftstore.engine.copy as copy_module
+    from ftstore.api import copy
+
+    src = Store.open(tmp_path / "src", create=True)
+    dst = Store.open(tmp_path / "dst", create=True)
+    for seed in (1, 2):
+        (tmp_path / "f").write_bytes(random.Random(seed).randbytes(300_000))
+        src.save(tmp_path / "f", "m")
+    copy(src, dst)
+    (tmp_path / "dst" / "artifacts" / "m" / "1" / "payload").write_bytes(bytes(300_000))
+    real = copy_module.download_leaves
+
+    def delete_first(store, key, folder):
+        if key.version == 1 and store is src.backend:
+            subprocess.run([sys.executable, "-c", _DELETE, str(tmp_path / "src"), "m@1"], check=True, timeout=120)
+        return real(store, key, folder)
+
+    monkeypatch.setattr(copy_module, "download_leaves", delete_first)
+    results = {r.ref: r for r in copy(src, dst)}
+    assert results["m@1"].status == "failed" and "damaged at the destination" in results["m@1"].detail

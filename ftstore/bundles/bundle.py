@@ -3,9 +3,8 @@
 Load order, always: verify (repairing if needed) -> parse the manifest -> check the backend
 -> restore params into the target dict -> build each model with its registered builder
 (which reads the restored params) -> load weights strictly. If any step fails the target
-dict is put back exactly as it was. Loads into one dict from several threads take turns,
-from the snapshot on (:func:`~ftstore.bundles.rollback.params_lock`), and a save copies
-the dict between them, never in the middle of one.
+dict is put back exactly as it was. Loads from several threads take turns, from the
+snapshot on (:func:`~ftstore.bundles.rollback.params_lock`).
 
 The target dict is the one the model code reads: ``params=`` a dict or ``"module:attr"``
 (PtychoPINN's builders read ``"ptycho.params:cfg"``), else ``$FTSTORE_PARAMS_TARGET``,
@@ -152,9 +151,7 @@ def bundle_file(models: dict[str, Any], backend: str, params: ParamsTarget, tmp:
                            weights_format=mod.WEIGHTS_FORMAT, tensors=mod.tensor_index(model))
         weights.append((entry, wfile))
     path = tmp / "bundle.zip"
-    with params_lock(p):  # never another thread's load half done
-        saved = dict(p)
-    write_bundle(path, backend, weights, saved)
+    write_bundle(path, backend, weights, dict(p))
     return path
 
 
@@ -194,7 +191,7 @@ def load_bundle(
     cfg = params_target(params if params is not None else target)
     if tensors not in ("as_saved", "numpy"):
         raise BadInputError(f"tensors={tensors!r}: allowed values are 'as_saved', 'numpy'")
-    lock = params_lock(cfg)
+    lock = params_lock()
     locked = False
     before: ParamsRollback | None = None
     try:  # a failure up to the last step, the temporary folder's removal included, puts cfg back

@@ -19,32 +19,41 @@ A value that cannot be put back as it was (an array whose memory another array n
 shapes, say) is named in a warning: the load is failing already, and its own error, not a
 new one, is what the caller gets.
 
-A load holds the dict's lock (:func:`params_lock`) from its snapshot until it has finished
-or put the dict back: two threads loading into one dict would otherwise build from each
-other's params, or put back a snapshot that held the other's.
+A load holds :func:`params_lock` from its snapshot until it has finished or put the dict
+back: two threads loading into one dict would otherwise build from each other's params,
+or put back a snapshot that held the other's.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import threading
 import warnings
-from collections.abc import MutableMapping
 from typing import Any
 
 _CONTENTS, _ITEMS, _ARRAY, _TUPLE = "contents", "items", "array", "tuple"
 Snapshot = tuple[Any, ...] | None
 
-_locks: dict[int, threading.RLock] = {}
-_locks_guard = threading.Lock()
+_lock = threading.RLock()
 
 
-def params_lock(cfg: MutableMapping[str, Any]) -> threading.RLock:
-    """The lock of the params dict ``cfg`` (re-entrant: a builder may load or save a bundle
-    itself). Keyed by identity; a dict freed and another given its id shares its lock,
-    which costs only waiting."""
-    with _locks_guard:
-        return _locks.setdefault(id(cfg), threading.RLock())
+def _new_lock_in_child() -> None:
+    """A child forked while another thread's load held the lock would wait for it forever."""
+    global _lock
+    _lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
+
+
+def params_lock() -> threading.RLock:
+    """The lock a bundle load holds from its params snapshot until it has finished or put
+    the params back. One for every params dict (loads into two dicts, each from a builder
+    of the other, in two threads, would otherwise wait for each other); re-entrant, so a
+    builder may load a bundle itself, in its own thread (one that waits for a load in
+    another thread would wait forever)."""
+    return _lock
 
 
 def _is_ndarray(v: Any) -> bool:

@@ -35,14 +35,14 @@ def copy_store(src: StoreBackend, dst: StoreBackend, keys: Sequence[ArtifactKey]
     """Copy ``keys`` (every version when empty) from ``src`` to ``dst``."""
     out = []
     for key in keys or src.keys():
+        existing = False
         try:
-            if key.version in dst.versions(key.name):
-                result = _existing(src, dst, key, jobs)
-            else:
-                result = _copy_one(src, dst, key, jobs)
+            existing = key.version in dst.versions(key.name)
+            result = _existing(src, dst, key, jobs) if existing else _copy_one(src, dst, key, jobs)
         except (FtstoreError, OSError) as e:
             result = CopyResult(key.ref, "failed", str(e))
-        out.append(_unless_deleted(src, key, result))
+        # a version the destination holds, damaged there, stays a failure whatever the source did
+        out.append(result if existing else _unless_deleted(src, key, result))
     return out
 
 

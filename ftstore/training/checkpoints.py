@@ -23,6 +23,7 @@ both.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import threading
 import warnings
@@ -60,7 +61,8 @@ class Checkpoint:
 
 
 def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    """A whole number: an int or numpy's (``numbers.Integral``), never a bool."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def _metric_values(metrics: dict[str, Any] | None) -> dict[str, float]:
@@ -154,8 +156,9 @@ class CheckpointManager:
             raise BadInputError(f"name {self.name!r} names a version: pass the artifact name alone")
         if not isinstance(self.background, bool):
             raise BadInputError(f"background={self.background!r}: True or False")
-        if isinstance(self.overhead, bool) or not isinstance(self.overhead, (int, float)):
+        if isinstance(self.overhead, bool) or not isinstance(self.overhead, numbers.Real):
             raise BadInputError(f"overhead={self.overhead!r}: a number, e.g. 0.1 for 10%")
+        self.overhead = float(self.overhead)
         self.policy = RetentionPolicy(self.keep_last, self.keep_every, self.keep_best, self.best_metric, self.best_mode)
         self._protector = BackgroundProtector(self.store.url)
 
@@ -191,8 +194,9 @@ class CheckpointManager:
         tensors, numpy arrays, numbers and strings), a file path (taken over, not copied, with
         ``move``), or a :class:`BundleSpec`. Older checkpoints of the same step are deleted
         once this one is committed."""
-        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        if not _is_int(step) or step < 0:
             raise BadInputError(f"step must be a non-negative integer, not {step!r}")
+        step = int(step)
         metrics = _metric_values(metrics)
         meta = {STEP_KEY: str(step), **{METRIC_PREFIX + k: repr(v) for k, v in metrics.items()}}
         protect = not self.background
@@ -410,10 +414,9 @@ class CheckpointManager:
         except (FtstoreError, OSError) as e:
             warnings.warn(f"could not remove what interrupted saves left in {self.store.url}: {e}", stacklevel=4)
 
-    def _protect_pending(self, cps: list[Checkpoint], restored: Checkpoint) -> None:
-        """Start building the newest sidecars ``cps`` (the restore's listing) still miss, up
-        to the ``restored`` one (a newer one was skipped as damaged: no sidecar can be built
-        for it): a
+    def _protect_pending(self, cps: list[Checkpoint], damaged: set[int]) -> None:
+        """Start building the newest sidecars ``cps`` (the restore's listing) still miss,
+        but for the versions it skipped as ``damaged`` (no sidecar can be built for one): a
         resumed run (with background protection, as its predecessor had) takes over
         protection that died with the previous one (its protector killed with the job's
         cgroup, by the OOM killer, by a power loss), instead of leaving its newest
@@ -423,8 +426,7 @@ class CheckpointManager:
         succeeded: a failure here only warns."""
         try:
             running = set(self._protector.pending())
-            upto = cps[: cps.index(restored) + 1] if restored in cps else cps
-            pending = [c for c in upto if not c.protected][-self.RESUMED_PROTECTION :]
+            pending = [c for c in cps if not c.protected and c.version not in damaged][-self.RESUMED_PROTECTION :]
             for c in pending:
                 key = ArtifactKey(self.name, c.version)
                 if key not in running:
@@ -450,6 +452,7 @@ class CheckpointManager:
     def _first_good(self, step: int | None, attempt: Callable[[Checkpoint], Any], bundles: bool | None) -> Checkpoint:
         self._remove_interrupted_saves()
         failures = []
+        damaged: set[int] = set()
         for _ in range(self.LISTINGS):
             cps = self.checkpoints(rebuild=True)
             for c in self._candidates(cps, step, bundles):
@@ -457,7 +460,7 @@ class CheckpointManager:
                     attempt(c)
                     self.restored = c
                     if self.background:
-                        self._protect_pending(cps, c)
+                        self._protect_pending(cps, damaged)
                     return c
                 except NotFoundError:
                     if c.version in self.store.versions(self.name):
@@ -466,6 +469,7 @@ class CheckpointManager:
                 except DamageError as e:
                     warnings.warn(f"skipping damaged checkpoint {c.ref} (step {c.step}): {e}", stacklevel=3)
                     failures.append(f"step {c.step}: {e}")
+                    damaged.add(c.version)
             if failures:
                 break
         if not failures:

@@ -51,14 +51,19 @@ def _tensor_types() -> tuple[type, ...]:
 
 class _Walk:
     """One walk of a state. ``tensors`` and ``np`` (numpy) are looked up once, not at every
-    element of a large state. A container met again through another reference is not
-    walked again once it has been (``done``): a state that shares sub-dicts would
-    otherwise cost a walk per path, 2**depth of them. One that holds itself is not done
-    while it is walked, so a cycle still ends at the depth limit."""
+    element of a large state. A container met again through another reference is walked
+    again only if met deeper than it was walked before (``done``: the depth it was walked
+    at): a state that shares sub-dicts would otherwise cost a walk per path, 2**depth of
+    them, and now costs at most one per depth; met deeper, its nesting might pass the
+    limit from there. One that holds itself is not done while it is walked, so a cycle
+    still ends at the depth limit."""
 
     def __init__(self, tensors: tuple[type, ...], np: types.ModuleType):
         self.tensors, self.np = tensors, np
-        self.done: set[int] = set()
+        self.done: dict[int, int] = {}
+
+    def _seen(self, x: Any, depth: int) -> bool:
+        return self.done.get(id(x), -1) >= depth
 
     def check(self, x: Any, where: str, depth: int) -> None:
         if depth > MAX_DEPTH:
@@ -68,17 +73,17 @@ class _Walk:
             return
         if t in self.tensors:
             attributes = getattr(x, "__dict__", None)
-            if attributes and id(x) not in self.done:  # torch.save writes a tensor's attributes too
+            if attributes and not self._seen(x, depth):  # torch.save writes a tensor's attributes too
                 for name, v in attributes.items():
                     self.check(v, f"{where}.{name}", depth + 1)
-                self.done.add(id(x))
+                self.done[id(x)] = depth
             return
         if t is self.np.ndarray or isinstance(x, self.np.generic):
             if x.dtype.kind not in _NUMPY_KINDS:
                 raise BadInputError(f"{where}: a numpy {x.dtype} value cannot be checkpointed (it would hold objects)")
             return
         if t in (dict, collections.OrderedDict, list, tuple, set):
-            if id(x) in self.done:
+            if self._seen(x, depth):
                 return
             if t in (dict, collections.OrderedDict):
                 for k, v in x.items():
@@ -88,7 +93,7 @@ class _Walk:
             else:
                 for i, v in enumerate(x):
                     self.check(v, f"{where}[{i}]", depth + 1)
-            self.done.add(id(x))
+            self.done[id(x)] = depth
             return
         raise BadInputError(
             f"{where}: a {t.__module__}.{t.__qualname__} cannot be checkpointed as state "
