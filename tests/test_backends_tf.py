@@ -115,35 +115,43 @@ def test_a_tensorflow_tensor_in_params_is_saved_and_restored_as_one(store):
     assert type(params.cfg["probe"]) is np.ndarray and np.array_equal(params.cfg["probe"], probe)
 
 
-@pytest.mark.parametrize("dtype", ["<f8", "<i8", "<f2"])
-def test_weights_stored_in_another_dtype_are_refused_not_cast(store, tmp_path, dtype):
-    """The HDF5 datasets' own dtypes must be the model's, like the manifest's: assigning
-    float64 weights to a float32 model would cast them (1e300 becomes inf)."""
+def _tiny_dense(cfg):
+    return keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+
+
+def _saved_with_weights(store, tmp_path, name, write):
+    """A bundle of :func:`_tiny_dense` whose weights file holds what ``write(h5_file)``
+    writes, saved as ``name``."""
     import h5py
 
     from ftstore.bundles.bundle import bundle_file
-    from ftstore.errors import BadInputError
 
-    def build(cfg):
-        return keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
-
-    bundle = bundle_file({"m": build({})}, "tensorflow", {"N": 8, "gridsize": 1}, tmp_path)
+    bundle = bundle_file({"m": _tiny_dense({})}, "tensorflow", {"N": 8, "gridsize": 1}, tmp_path)
     with zipfile.ZipFile(bundle) as z:
         members = {n: z.read(n) for n in z.namelist()}
     h5 = tmp_path / "w.h5"
     with h5py.File(h5, "w") as f:
-        f.create_dataset("w/000000", data=np.full((2, 2), 1e300 if dtype == "<f8" else 3, dtype))
-        f.create_dataset("w/000001", data=np.zeros(2, "f4"))
-    weights = next(n for n in members if n.endswith(".h5"))
-    members[weights] = h5.read_bytes()
-    recast = tmp_path / "recast.zip"
-    with zipfile.ZipFile(recast, "w") as z:
+        write(f)
+    members["weights/m.h5"] = h5.read_bytes()
+    with zipfile.ZipFile(tmp_path / f"{name}.zip", "w") as z:
         for n, data in members.items():
             z.writestr(n, data)
-    store.save(recast, "recast")
-    with pytest.raises(BadInputError, match=f"holds tensor 0 as {np.dtype(dtype).name}, the model and manifest say float32"):
-        load_bundle(store, "recast", "tensorflow", builders={"m": build}, params={})
+    store.save(tmp_path / f"{name}.zip", name)
 
+
+@pytest.mark.parametrize("dtype", ["<f8", "<i8", "<f2"])
+def test_weights_stored_in_another_dtype_are_refused_not_cast(store, tmp_path, dtype):
+    """The HDF5 datasets' own dtypes must be the model's, like the manifest's: assigning
+    float64 weights to a float32 model would cast them (1e300 becomes inf)."""
+    from ftstore.errors import BadInputError
+
+    def write(f):
+        f.create_dataset("w/000000", data=np.full((2, 2), 1e300 if dtype == "<f8" else 3, dtype))
+        f.create_dataset("w/000001", data=np.zeros(2, "f4"))
+
+    _saved_with_weights(store, tmp_path, "recast", write)
+    with pytest.raises(BadInputError, match=f"holds tensor 0 as {np.dtype(dtype).name}, the model and manifest say float32"):
+        load_bundle(store, "recast", "tensorflow", builders={"m": _tiny_dense}, params={})
 
 def test_bfloat16_weights_round_trip_exactly(store, tmp_path):
     """HDF5 has no bfloat16: h5py stored such weights as opaque bytes that no load could
@@ -176,25 +184,12 @@ def test_bfloat16_weights_round_trip_exactly(store, tmp_path):
 def test_uint16_weights_claiming_bfloat16_are_refused_for_a_float32_model(store, tmp_path):
     """The attribute names the type only where the model's is that type: uint16 weights
     marked bfloat16 are not taken for a float32 model's."""
-    import h5py
-
-    from ftstore.bundles.bundle import bundle_file
     from ftstore.errors import BadInputError
 
-    def build(cfg):
-        return keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
-
-    bundle = bundle_file({"m": build({})}, "tensorflow", {"N": 8, "gridsize": 1}, tmp_path)
-    with zipfile.ZipFile(bundle) as z:
-        members = {n: z.read(n) for n in z.namelist()}
-    h5 = tmp_path / "w.h5"
-    with h5py.File(h5, "w") as f:
+    def write(f):
         f.create_dataset("w/000000", data=np.zeros((2, 2), "u2")).attrs["dtype"] = "bfloat16"
         f.create_dataset("w/000001", data=np.zeros(2, "f4"))
-    members["weights/m.h5"] = h5.read_bytes()
-    with zipfile.ZipFile(tmp_path / "marked.zip", "w") as z:
-        for n, data in members.items():
-            z.writestr(n, data)
-    store.save(tmp_path / "marked.zip", "marked")
+
+    _saved_with_weights(store, tmp_path, "marked", write)
     with pytest.raises(BadInputError, match="holds tensor 0 as bfloat16, the model and manifest say float32"):
-        load_bundle(store, "marked", "tensorflow", builders={"m": build}, params={})
+        load_bundle(store, "marked", "tensorflow", builders={"m": _tiny_dense}, params={})
