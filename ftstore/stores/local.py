@@ -13,7 +13,8 @@
     <root>/reports/                         scrub reports
 
 Commit: the leaves are written and fsynced in a staging folder, which is renamed to
-``artifacts/<name>/<version>``. That rename is the commit point: it is atomic, it fails if
+``artifacts/<name>/<version>``, under the name's lock (which deletes take too), the next
+number listed again there. That rename is the commit point: it is atomic, it fails if
 another writer took the version or a tombstone holds it (the save then takes the next), and
 nothing outside ``artifacts/`` is ever shown as an artifact.
 
@@ -247,21 +248,31 @@ class LocalStaging(Staging):
             os.replace(path, self.workdir / leaf)
 
     def commit(self, envelope_for: Callable[[int], bytes], version: int | None = None) -> int:
+        """Rename the staging folder to the next version (or to the exact one asked for at
+        staging), under the name's lock, as deletes take it. The next version is listed
+        again under the lock, just before the rename: a number listed earlier may have
+        become a gap below the highest since (a version below it deleted, or a tombstone
+        dropped), and a rename into a gap would give this save a number that named another
+        artifact. The number is in the envelope, so a number that moved on is written
+        there again, outside the lock, and the lock taken again."""
         name_dir = self.store._name_dir(self.name)
         version = self.expected_version()
         while True:
             write_atomic(self.workdir / ENVELOPE, envelope_for(version))  # fsyncs the folder too
-            try:
-                with self.store._name_locked(self.name) if self.version is not None else contextlib.nullcontext():
+            with self.store._name_locked(self.name):
+                if self.version is None and (latest := self.expected_version()) > version:
+                    version = latest
+                    continue
+                try:
                     os.rename(self.workdir, name_dir / str(version))
-            except OSError as e:
-                # taken: a version, a tombstone, or a stray file or link at the name (ENOTDIR)
-                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
-                    raise
-                if self.version is not None:
-                    raise VersionTakenError(self._taken(name_dir, version, e.errno)) from None
-                version = max(version + 1, self.expected_version())  # listed again: never into a gap below
-                continue
+                except OSError as e:
+                    # taken: a version, a tombstone, or a stray file or link at the name (ENOTDIR)
+                    if e.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
+                        raise
+                    if self.version is not None:
+                        raise VersionTakenError(self._taken(name_dir, version, e.errno)) from None
+                    version = max(version + 1, self.expected_version())
+                    continue
             fsync_dir(name_dir)
             self._lease.release()
             return version
@@ -607,11 +618,11 @@ class LocalStore(StoreBackend):
 
     @contextlib.contextmanager
     def _name_locked(self, name: str) -> Iterator[None]:
-        """An exclusive ``flock`` of ``artifacts/<name>``, held by deletes and by saves of an
-        exact version (copies): the only two that act on a number below the highest, so
-        a delete never discards a tombstone that a copy's version has meanwhile replaced.
-        Saves of the next version need no lock. Where the file system has no such locks
-        (NFS), it goes on without."""
+        """An exclusive ``flock`` of ``artifacts/<name>``, held by deletes and by every
+        commit: a delete never discards a tombstone that a copy's version has meanwhile
+        replaced, and no commit renames into a number a delete has just made a gap below
+        the highest (see :meth:`LocalStaging.commit`). Where the file system has no such
+        locks (NFS), it goes on without."""
         try:
             cm = open_dir(self.root, ("artifacts", name))
             fd = cm.__enter__()
