@@ -650,3 +650,19 @@ def test_a_builder_saving_from_a_helper_thread_and_a_forked_child_never_wait_for
     holder.join(60)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_params_arrays_come_back_exact_writable_and_in_their_order(store):
+    """Arrays are laid over the member's own buffer (one copy of a large array, not two,
+    while a bundle is read): values, byte order, memory order and writability as np.load
+    gives them."""
+    cfg = {"N": 1, "gridsize": 1, "f": np.asfortranarray(np.arange(12.0).reshape(3, 4)),
+           "be": np.arange(5, dtype=">i4"), "empty": np.zeros((2, 0, 3), "f2"), "s": np.array(["ab", "c"])}
+    save_bundle(store, "p", {"m": torch.nn.Linear(1, 1)}, "pytorch", params=cfg)
+    res = load_bundle(store, "p", "pytorch", builders={"m": lambda c: torch.nn.Linear(1, 1)}, params={})
+    for k in ("f", "be", "empty", "s"):
+        got = res.params[k]
+        assert got.dtype == cfg[k].dtype and got.shape == cfg[k].shape and got.tobytes() == cfg[k].tobytes()
+        assert got.flags.writeable
+    assert res.params["f"].flags.f_contiguous
+    res.params["f"][0, 0] = 7.0

@@ -41,6 +41,9 @@ class ArchiveLimits:
         )
 
 
+_READ_CHUNK = 1 << 20
+
+
 class ArchiveError(BadInputError):
     """A hostile or broken archive."""
 
@@ -128,17 +131,26 @@ class SafeZip:
         return list(self.members)
 
     def read(self, name: str, max_bytes: int | None = None) -> bytes:
+        return bytes(self.read_into_buffer(name, max_bytes))
+
+    def read_into_buffer(self, name: str, max_bytes: int | None = None) -> bytearray:
+        """The member's bytes in a buffer of the size its header declares, filled as they
+        inflate: no second copy of a large member (a params array) is ever made."""
         info = self._info(name)
         if max_bytes is not None and info.file_size > max_bytes:
             raise ArchiveError(f"{self.path}: member {name!r} is {info.file_size} bytes, over the {max_bytes} byte limit")
+        buf = bytearray(info.file_size)
+        view, got = memoryview(buf), 0
         try:
             with self._zf.open(info) as f:
-                data = f.read(info.file_size + 1)
+                while got < len(buf) and (n := f.readinto(view[got : got + _READ_CHUNK])):  # zipfile reads
+                    got += n  # what readinto asks for into a bytes of its own first: a chunk at a time
+                extra = f.read(1)
         except (OSError, *ZIP_ERRORS) as e:  # a corrupt offset makes zipfile seek before the file start
             raise ArchiveError(f"{self.path}: member {name!r} is damaged or lies about its size ({e})") from None
-        if len(data) != info.file_size:
+        if got != info.file_size or extra:
             raise ArchiveError(f"{self.path}: member {name!r} does not hold the {info.file_size} bytes its header claims")
-        return data
+        return buf
 
     def check_member(self, name: str) -> None:
         """Read one member through (CRC and declared size checked), keeping nothing."""

@@ -390,27 +390,33 @@ def read_legacy_metadata(z: SafeZip, manifest: BundleManifest) -> dict[str, dict
 
 
 def _read_npy(z: SafeZip, t: TensorV) -> np.ndarray:
-    return read_plain_npy(z.read(t.member), t.member)
+    return read_plain_npy(z.read_into_buffer(t.member), t.member)
 
 
-def read_plain_npy(data: bytes, source: str) -> np.ndarray:
+_NPY_HEADER_BYTES = 1 << 20  # far more than any plain array's header (numpy pads it to 64 bytes)
+
+
+def read_plain_npy(data: bytearray, source: str) -> np.ndarray:
     """A ``.npy`` file's array, only if its header describes exactly the bytes that follow:
     numpy allocates what the header claims before it reads (a 100-byte file claiming
-    terabytes), and ``np.load`` of anything else (an ``.npz`` zip) is not an array."""
+    terabytes), and ``np.load`` of anything else (an ``.npz`` zip) is not an array. The
+    array is laid over ``data`` itself (writable, as a loaded array is), not copied out of
+    it: a params array costs its own size once, not twice."""
     import numpy as np
-    f = io.BytesIO(data)
+    f = io.BytesIO(bytes(memoryview(data)[:_NPY_HEADER_BYTES]))
     try:
         version = np.lib.format.read_magic(f)
         readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
         if version not in readers:  # 3.0 is for structured dtypes with non-Latin-1 names: never plain
             raise ValueError(f".npy format version {version[0]}.{version[1]}")
-        shape, _, dtype = readers[version](f)
+        shape, fortran_order, dtype = readers[version](f)
         if dtype.hasobject:
             raise ValueError("an array of Python objects")
-        want = math.prod(shape) * dtype.itemsize
-        if want != len(data) - f.tell():
-            raise ValueError(f"its header describes {want} bytes of data, the file has {len(data) - f.tell()}")
-        f.seek(0)
-        return np.load(f, allow_pickle=False)
+        count = math.prod(shape)
+        if count * dtype.itemsize != len(data) - f.tell():
+            raise ValueError(f"its header describes {count * dtype.itemsize} bytes of data, "
+                             f"the file has {len(data) - f.tell()}")
+        flat = np.frombuffer(data, dtype=dtype, count=count, offset=f.tell()) if count else np.empty(0, dtype)
+        return flat.reshape(shape, order="F" if fortran_order else "C")
     except (ValueError, OSError, EOFError, TypeError) as e:
         raise BadInputError(f"{source}: not a plain .npy array ({e})") from None
