@@ -33,7 +33,7 @@ from typing import Any
 import keras
 
 from ftstore.errors import BadInputError, FtstoreError
-from ftstore.training.checkpoints import Checkpoint, CheckpointManager
+from ftstore.training.checkpoints import Checkpoint, CheckpointManager, whole_number
 from ftstore.tempdirs import held_temp_dir
 
 WEIGHTS_FILE = "checkpoint.weights.h5"
@@ -42,7 +42,7 @@ WEIGHTS_FILE = "checkpoint.weights.h5"
 class FtstoreCheckpoint(keras.callbacks.Callback):
     def __init__(self, manager: CheckpointManager, every_n_epochs: int = 1):
         super().__init__()
-        if not isinstance(every_n_epochs, int) or isinstance(every_n_epochs, bool) or every_n_epochs < 1:
+        if not whole_number(every_n_epochs) or every_n_epochs < 1:
             raise BadInputError(f"every_n_epochs={every_n_epochs!r}: a whole number, at least 1")
         self.manager = manager
         self.every_n_epochs = every_n_epochs

@@ -70,7 +70,7 @@ from ftstore.durable import fitting_name, fsync_dir, try_link
 from ftstore.hashing import hash_bytes
 from ftstore.errors import BadInputError, DamageError, EnvelopeError, FtstoreError, NewerFormatError, NotFoundError
 from ftstore.engine.integrity import PENDING_OVERHEAD_KEY
-from ftstore.training.protection import BackgroundProtector, kept_while_protecting
+from ftstore.training.protection import BackgroundProtector, has_sidecar, kept_while_protecting
 
 _BAD = re.compile(r"[^A-Za-z0-9._-]")
 PATH_KEY, DIR_KEY = "lightning.path", "lightning.dir"
@@ -194,9 +194,9 @@ class FtstoreCheckpointIO(CheckpointIO):
         protected: at the next save to the path, or in :meth:`wait_until_finished`."""
         older = [v for v in self.store.versions(key.name) if v < key.version]
         spared: list[int] = []
-        if older and not self._protected(key):
+        if older and not has_sidecar(self.store, key):
             running = {k.version for k in self._protector.pending() if k.name == key.name}  # before reading envelopes
-            spared = kept_while_protecting(older, lambda v: self._protected(ArtifactKey(key.name, v)),
+            spared = kept_while_protecting(older, lambda v: has_sidecar(self.store, ArtifactKey(key.name, v)),
                                            lambda v: v in running)
         with self._locks_lock:
             if spared:
@@ -206,12 +206,6 @@ class FtstoreCheckpointIO(CheckpointIO):
         for v in older:
             if v not in spared:
                 self._delete(ArtifactKey(key.name, v))
-
-    def _protected(self, key: ArtifactKey) -> bool:
-        try:
-            return self.store.read_envelope(key).raptorq is not None
-        except FtstoreError:
-            return False
 
     def _drop_older_locked(self, key: ArtifactKey) -> None:
         with self._locked(key.name):

@@ -38,7 +38,7 @@ from ftstore.bundles.bundle import bundle_file
 from ftstore.documents import ArtifactKey, Envelope, parse_ref
 from ftstore.engine.load import repaired_envelope
 from ftstore.errors import BadInputError, DamageError, FtstoreError, NotFoundError
-from ftstore.training.protection import BackgroundProtector, kept_while_protecting
+from ftstore.training.protection import BackgroundProtector, has_sidecar, kept_while_protecting
 from ftstore.training.state import FORMAT_KEY, TORCH_STATE, check_state, read_state, write_state
 
 STEP_KEY = "ftstore.step"
@@ -60,7 +60,7 @@ class Checkpoint:
         return self.artifact_type == "model_bundle"
 
 
-def _is_int(v: Any) -> bool:
+def whole_number(v: Any) -> bool:
     """A whole number: an int or numpy's (``numbers.Integral``), never a bool."""
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
@@ -98,7 +98,7 @@ class RetentionPolicy:
     def __post_init__(self) -> None:
         for k in ("keep_last", "keep_every", "keep_best"):
             v = getattr(self, k)
-            if v is not None and not _is_int(v):
+            if v is not None and not whole_number(v):
                 raise BadInputError(f"{k}={v!r}: a whole number (or None), not a {type(v).__name__}")
             if v is not None and v < 1:
                 raise BadInputError(f"{k} must be at least 1")
@@ -194,7 +194,7 @@ class CheckpointManager:
         tensors, numpy arrays, numbers and strings), a file path (taken over, not copied, with
         ``move``), or a :class:`BundleSpec`. Older checkpoints of the same step are deleted
         once this one is committed."""
-        if not _is_int(step) or step < 0:
+        if not whole_number(step) or step < 0:
             raise BadInputError(f"step must be a non-negative integer, not {step!r}")
         step = int(step)
         metrics = _metric_values(metrics)
@@ -305,12 +305,7 @@ class CheckpointManager:
         if c.protected:
             return True
         key = ArtifactKey(self.name, c.version)
-        if key in running:
-            return False
-        try:
-            return self.store.read_envelope(key).raptorq is not None
-        except FtstoreError:
-            return False
+        return key not in running and has_sidecar(self.store, key)
 
     def _delete(self, c: Checkpoint) -> None:
         key = ArtifactKey(self.name, c.version)
@@ -364,7 +359,7 @@ class CheckpointManager:
         """What a restore tries, newest first: every checkpoint, or those of ``step``; with
         ``bundles`` True or False, only the model bundles or only the others (a state
         cannot be read from a bundle, nor a bundle built from a state)."""
-        if step is not None and not _is_int(step):
+        if step is not None and not whole_number(step):
             raise BadInputError(f"step={step!r}: a whole number, not a {type(step).__name__}")
         if step is not None:
             cps = [c for c in cps if c.step == step]

@@ -19,11 +19,14 @@ import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 from ftstore import interpreter
 from ftstore.documents import ArtifactKey
-from ftstore.errors import DamageError
+from ftstore.errors import DamageError, FtstoreError
+
+if TYPE_CHECKING:
+    from ftstore.engine.store import Store
 
 _SHOWN_BYTES = 4096  # of a failed protector's messages, the last
 V = TypeVar("V")
@@ -117,6 +120,15 @@ class BackgroundProtector:
             self._errors[key] = f"{key.ref}: " + (said or interpreter.how_it_ended(code))
 
 
+def has_sidecar(store: Store, key: ArtifactKey) -> bool:
+    """Whether ``key``'s envelope, as stored now, records a sidecar (False where it cannot
+    be read: such a version is no fallback)."""
+    try:
+        return store.read_envelope(key).raptorq is not None
+    except FtstoreError:
+        return False
+
+
 def kept_while_protecting(older: Sequence[V], protected: Callable[[V], bool],
                           being_protected: Callable[[V], bool]) -> list[V]:
     """Of the versions a newer save replaces (``older``, oldest first), those kept while the
@@ -131,4 +143,4 @@ def kept_while_protecting(older: Sequence[V], protected: Callable[[V], bool],
     return kept if building is None else [*kept, building]
 
 
-__all__ = ["BackgroundProtector", "kept_while_protecting"]
+__all__ = ["BackgroundProtector", "has_sidecar", "kept_while_protecting"]
