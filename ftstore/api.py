@@ -20,26 +20,32 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ftstore.bundles.bundle import load_bundle, save_bundle
-from ftstore.bundles.legacy import convert_legacy
-from ftstore.codec import DEFAULT_OVERHEAD
+from ftstore import bundles, engine, payloads
+from ftstore import scrub as maintenance
+from ftstore.codec.layout import DEFAULT_OVERHEAD
 from ftstore.documents import ARTIFACT_TYPES, Envelope, check_name
 from ftstore.engine.copy import CopyResult, copy_store
 from ftstore.engine.integrity import Health, RepairResult
 from ftstore.engine.load import LoadResult
-from ftstore.engine.save import validated_request
 from ftstore.engine.store import Store
 from ftstore.errors import BadInputError, DamageError, FtstoreError, NewerFormatError
-from ftstore.payloads.reports import BenchmarkBaseline, MetricComparison, compare, parse_typed
-from ftstore.payloads.typed import TYPED_DOC_LIMIT, describe_payload, read_capped
-from ftstore.scrub.drill import DrillReport, drill
-from ftstore.scrub.report import ScrubReport
-from ftstore.scrub.scrubber import scrub as scrub_store
+from ftstore.lazy import lazy_exports
 from ftstore.tempdirs import held_temp_dir
+
+# Bundles, scrubs, drills and typed payloads are imported by the first call that needs them
+# (see ftstore.lazy): a command pays at start-up only for the work it does.
+__getattr__, __dir__ = lazy_exports(__name__, {"save_bundle": "bundle", "load_bundle": "bundle"}, globals(),
+                                    base="ftstore.bundles")
+
+if TYPE_CHECKING:
+    from ftstore.bundles.bundle import load_bundle, save_bundle
+    from ftstore.payloads.reports import BenchmarkBaseline, MetricComparison
+    from ftstore.scrub.drill import DrillReport
+    from ftstore.scrub.report import ScrubReport
 
 
 def open_store(location: str | os.PathLike | None = None, create: bool = False) -> Store:
@@ -69,8 +75,8 @@ def import_legacy(location: str | os.PathLike | Store | None, archive: str | os.
     nothing behind. Returns the store and the new version's envelope."""
     check_name(name)  # before the conversion's work
     with held_temp_dir("legacy") as tmp:
-        bundle, meta = convert_legacy(archive, Path(tmp), metadata)
-        validated_request(bundle, name, "model_bundle", meta, DEFAULT_OVERHEAD)  # the metadata too
+        bundle, meta = bundles.convert_legacy(archive, Path(tmp), metadata)
+        engine.save.validated_request(bundle, name, "model_bundle", meta, DEFAULT_OVERHEAD)  # the metadata too
         store = location if isinstance(location, Store) else Store.open(location, create=True)
         return store, store.save(bundle, name, "model_bundle", meta)
 
@@ -124,7 +130,7 @@ def show(store: Store, ref: str) -> dict[str, Any]:
             local = Path(tmp) / "payload"
             try:
                 store.load(key, local, self_heal=False)  # show never writes to the store
-                extra = describe_payload(local, env.artifact_type)
+                extra = payloads.describe_payload(local, env.artifact_type)
             except DamageError as e:
                 extra = {"error": str(e)}
         if extra is not None:
@@ -138,12 +144,12 @@ def copy(src: Store, dst: Store, refs: Sequence[str] = (), jobs: int | None = No
 
 def scrub(store: Store, **kw: Any) -> ScrubReport:
     """See :func:`ftstore.scrub.scrubber.scrub` for the options."""
-    return scrub_store(store.backend, **kw)
+    return maintenance.scrubber.scrub(store.backend, **kw)
 
 
 def run_drill(source: Store | None = None, **kw: Any) -> DrillReport:
     """See :func:`ftstore.scrub.drill.drill` for the options."""
-    return drill(source.backend if source is not None else None, **kw)
+    return maintenance.drill.drill(source.backend if source is not None else None, **kw)
 
 
 def parse_threshold(text: str) -> float:
@@ -178,10 +184,10 @@ def compare_baseline(store: Store, baseline_ref: str, new: str | os.PathLike, th
         res = store.load(baseline_ref, Path(tmp) / "baseline.json")
         if res.envelope.artifact_type != "benchmark_baseline":
             raise BadInputError(f"{res.ref} is a {res.envelope.artifact_type}, not a benchmark_baseline")
-        base: BenchmarkBaseline = parse_typed(read_capped(Path(tmp) / "baseline.json", TYPED_DOC_LIMIT),
-                                              "benchmark_baseline", res.ref)
-    current = parse_typed(read_capped(new, TYPED_DOC_LIMIT), "benchmark_baseline", str(new))
-    return BaselineComparison(res.ref, threshold, compare(base, current, threshold))
+        stored = payloads.read_capped(Path(tmp) / "baseline.json", payloads.TYPED_DOC_LIMIT)
+        base: BenchmarkBaseline = payloads.parse_typed(stored, "benchmark_baseline", res.ref)
+    current = payloads.parse_typed(payloads.read_capped(new, payloads.TYPED_DOC_LIMIT), "benchmark_baseline", str(new))
+    return BaselineComparison(res.ref, threshold, payloads.compare(base, current, threshold))
 
 
 __all__ = [

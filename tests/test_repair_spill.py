@@ -14,6 +14,7 @@ import pytest
 
 from ftstore import UnrecoverableError, verify
 from ftstore.api import scrub
+from ftstore import codec
 from ftstore.codec import read_meta
 from ftstore.codec.encoder import PARALLEL_MIN_BYTES
 from ftstore.engine import integrity
@@ -63,13 +64,13 @@ def test_multi_stripe_repair_is_byte_identical_and_keeps_no_symbols_in_the_paren
     assert lay.stripes >= 4
     _damage_every_stripe(paths, lay)
     seen = []
-    real_patch = integrity.patch_in_place
+    real_patch = codec.patch_in_place
 
     def patch_and_look(payload, meta, outcomes, spill=None):
         seen.append((list(outcomes), spill, _spills(paths.folder)))
         return real_patch(payload, meta, outcomes, spill)
 
-    monkeypatch.setattr(integrity, "patch_in_place", patch_and_look)
+    monkeypatch.setattr(codec, "patch_in_place", patch_and_look)  # the engine calls it through the package
     res = repair(paths, check(paths), reason="test", jobs=2)
     assert paths.payload.read_bytes() == orig
     [(outcomes, spill, present)] = seen
@@ -91,7 +92,7 @@ def test_a_spill_file_changed_after_the_decode_makes_the_repair_refuse(store, ma
     orig, paths, lay = _saved(store, make_file)
     damaged = _damage_every_stripe(paths, lay)
     target = "patched_digest" if when == "before_digest" else "patch_in_place"
-    real = getattr(integrity, target)
+    real = getattr(codec, target)
 
     def tamper_then(payload, meta, outcomes, spill=None):
         mid = [o for o in outcomes if o.spilled][len(outcomes) // 2]  # a symbol in the middle of the file
@@ -103,7 +104,7 @@ def test_a_spill_file_changed_after_the_decode_makes_the_repair_refuse(store, ma
             f.write(bytes([byte[0] ^ 1]))
         return real(payload, meta, outcomes, spill)
 
-    monkeypatch.setattr(integrity, target, tamper_then)
+    monkeypatch.setattr(codec, target, tamper_then)
     with pytest.raises(UnrecoverableError, match="spill file .* does not match its hash"):
         repair(paths, check(paths), reason="test", jobs=2)
     now = paths.payload.read_bytes()
@@ -192,8 +193,8 @@ def test_a_live_spill_file_is_left_alone(store, make_file):
 
 _KILLED_REPAIR = textwrap.dedent("""
     import sys, time
+    from ftstore import codec
     from ftstore.codec import build
-    from ftstore.engine import integrity
     from ftstore.engine.integrity import check, repair
     from ftstore.engine.leaves import FolderLeaves
     from ftstore.documents import ArtifactKey
@@ -203,11 +204,11 @@ _KILLED_REPAIR = textwrap.dedent("""
         print(what, flush=True)
         time.sleep(600)
     if when == "decoded":
-        real = integrity.patched_digest
+        real = codec.patched_digest
         def digest_then_stop(*a, **kw):
             real(*a, **kw)
             stop("decoded")
-        integrity.patched_digest = digest_then_stop
+        codec.patched_digest = digest_then_stop
     else:
         real_write, count = build.pwrite_all, [0]
         def write_then_stop(*a):

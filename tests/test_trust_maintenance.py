@@ -370,7 +370,7 @@ def test_a_version_deleted_by_another_process_under_a_repair_is_reported_deleted
     ValueError (exit 3); earlier, the vanished files were reported as damage (exit 1). Both
     now say the version was deleted (exit 2), and nothing is written anywhere. The hook only
     chooses the moment; the delete is a real one, in another process."""
-    import ftstore.engine.integrity as integrity
+    from ftstore import codec  # the engine calls the decoder and the patch through the package
     from ftstore.errors import NotFoundError
 
     store = Store.open(tmp_path / "s", create=True)
@@ -382,13 +382,13 @@ def test_a_version_deleted_by_another_process_under_a_repair_is_reported_deleted
         f.seek(10_000)
         f.write(bytes(5000))
     name = "patch_in_place" if moment == "before the patch" else "check_and_decode"
-    real = getattr(integrity, name)
+    real = getattr(codec, name)
 
     def delete_first(*args, **kwargs):
         subprocess.run([sys.executable, "-c", _DELETE, str(root), "m@1"], check=True, timeout=120)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(integrity, name, delete_first)
+    monkeypatch.setattr(codec, name, delete_first)
     with pytest.raises(NotFoundError, match="m@1 was deleted from .* while it was being repaired"):
         store.load("m@1", tmp_path / "out")
     assert not (tmp_path / "out").exists() and store.versions("m") == [2]

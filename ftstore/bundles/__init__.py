@@ -9,7 +9,27 @@
   reading ``.dill`` files with ``restricted_pickle`` (plain data only).
 """
 
-from ftstore.bundles.bundle import BackendMismatchError, LoadedBundle, load_bundle, register_builder, save_bundle
-from ftstore.payloads.bundle_format import BACKENDS
+from __future__ import annotations
 
-__all__ = ["BACKENDS", "BackendMismatchError", "LoadedBundle", "load_bundle", "register_builder", "save_bundle"]
+from typing import TYPE_CHECKING
+
+from ftstore.lazy import lazy_exports
+
+_EXPORTS = {
+    "BACKENDS": "payloads.bundle_format",
+    "BackendMismatchError": "bundles.bundle",
+    "LoadedBundle": "bundles.bundle",
+    "load_bundle": "bundles.bundle",
+    "register_builder": "bundles.bundle",
+    "save_bundle": "bundles.bundle",
+    "convert_legacy": "bundles.legacy",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals(), base="ftstore")  # zipfile, pickle: see ftstore.lazy
+
+
+if TYPE_CHECKING:
+    from ftstore.bundles.bundle import BackendMismatchError, LoadedBundle, load_bundle, register_builder, save_bundle
+    from ftstore.bundles.legacy import convert_legacy
+    from ftstore.payloads.bundle_format import BACKENDS

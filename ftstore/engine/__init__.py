@@ -9,3 +9,8 @@ interface (``ftstore.stores``) and the codec (``ftstore.codec``).
 - ``leaves`` — an artifact version's files, in a store or in a local folder.
 - ``background`` — the process that builds a sidecar left pending.
 """
+
+from ftstore.lazy import lazy_exports
+
+# Imported by the first save (see ftstore.lazy): they bring in the encoder and its workers.
+__getattr__, __dir__ = lazy_exports(__name__, {}, globals(), submodules=("save", "save_written"))

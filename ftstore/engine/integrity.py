@@ -36,24 +36,13 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import msgspec
 
-from ftstore.codec import (
-    DEFAULT_OVERHEAD,
-    MAX_OVERHEAD,
-    MIN_OVERHEAD,
-    SidecarError,
-    SidecarInfo,
-    SidecarMeta,
-    StripeOutcome,
-    check_and_decode,
-    damaged_repair_symbols,
-    patch_in_place,
-    patched_digest,
-    read_meta,
-    write_sidecar,
-)
+from ftstore import codec  # its builder and decoder are imported when a repair first needs them
+from ftstore.codec.layout import DEFAULT_OVERHEAD, MAX_OVERHEAD, MIN_OVERHEAD
+from ftstore.codec.sidecar import SidecarError, SidecarMeta, damaged_repair_symbols, read_meta
 from ftstore.documents import (
     ArtifactEssentials,
     ArtifactKey,
@@ -71,6 +60,10 @@ from ftstore.errors import (EnvelopeError, FtstoreError, NewerFormatError, NotFo
                             UnrecoverableError)
 from ftstore.hashing import hash_stream, stream_length
 from ftstore.stores.backend import PAYLOAD, SIDECAR
+
+if TYPE_CHECKING:
+    from ftstore.codec.build import SidecarInfo
+    from ftstore.codec.decoder import StripeOutcome
 
 SPILL_SUFFIX = ".spill"  # spill files are named f"{PAYLOAD}{SPILL_SUFFIX}{TMP_MARK}<random>"
 
@@ -354,7 +347,7 @@ def _replace_sidecar(files: FolderLeaves, ess: ArtifactEssentials, overhead: flo
                      jobs: int | None) -> SidecarInfo:
     tmp = tmp_path(files.sidecar)
     try:
-        info = write_sidecar(files.payload, tmp, ess, overhead, symbol_size, jobs, version=files.key.version)
+        info = codec.write_sidecar(files.payload, tmp, ess, overhead, symbol_size, jobs, version=files.key.version)
         replace_durably(tmp, files.sidecar, leaf=True)
     finally:
         tmp.unlink(missing_ok=True)
@@ -397,7 +390,7 @@ def protect_pending(files: FolderLeaves, jobs: int | None = None, overhead: floa
     overhead = requested_overhead(env) if overhead is None else overhead
     tmp = tmp_path(files.sidecar)  # the payload is checked as it was encoded (see write_sidecar)
     try:
-        info = write_sidecar(files.payload, tmp, essentials_of(env), overhead, None, jobs, version=files.key.version)
+        info = codec.write_sidecar(files.payload, tmp, essentials_of(env), overhead, None, jobs, version=files.key.version)
         env = read_envelope(files)  # re-read: a scrub may have written meanwhile, or a delete
         _same_artifact(env, artifact_id, files.key.ref)
         replace_durably(tmp, files.sidecar, leaf=True)
@@ -420,14 +413,14 @@ def _recover_payload(files: FolderLeaves, meta: SidecarMeta, ess: ArtifactEssent
     bytes writes nothing. Returns the outcomes and the patched payload's (BLAKE3, size)."""
     _own_payload(files)
     with _spill_file(files.payload, ess.size) as spill:
-        outcomes = check_and_decode(files.payload, files.sidecar, meta, jobs, spill=spill)
+        outcomes = codec.check_and_decode(files.payload, files.sidecar, meta, jobs, spill=spill)
         failed = [o for o in outcomes if o.failed]
         if failed:
             raise UnrecoverableError(unrecoverable_message(files.key.ref, meta, outcomes, failed))
-        if patched_digest(files.payload, meta, outcomes, spill) != ess.source_hash:
+        if codec.patched_digest(files.payload, meta, outcomes, spill) != ess.source_hash:
             raise UnrecoverableError(f"{files.key.ref}: decoding would not give back the recorded payload "
                                      "(its BLAKE3 would not match); nothing was written")
-        patch_in_place(files.payload, meta, outcomes, spill)  # reads every written symbol back
+        codec.patch_in_place(files.payload, meta, outcomes, spill)  # reads every written symbol back
     return outcomes, (ess.source_hash, ess.size)
 
 

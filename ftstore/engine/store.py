@@ -13,17 +13,19 @@ import io
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ftstore.codec import DEFAULT_OVERHEAD
+from ftstore import engine, payloads
+from ftstore.codec.layout import DEFAULT_OVERHEAD
 from ftstore.documents import ArtifactKey, Envelope, Ref, parse_ref
-from ftstore.engine import save as save_engine
-from ftstore.engine.save_written import Writer, save_written
 from ftstore.engine.integrity import Health, check
 from ftstore.engine.leaves import StoredLeaves, read_envelope
 from ftstore.engine.load import LoadResult, load, load_bytes
 from ftstore.errors import FtstoreError, NotFoundError
-from ftstore.payloads.typed import detect_type, validate_typed_payload
 from ftstore.stores import Capabilities, StoreBackend, open_store
+
+if TYPE_CHECKING:
+    from ftstore.engine.save_written import Writer
 
 
 class Store:
@@ -92,7 +94,7 @@ class Store:
         ``artifact_type`` None: ``model_bundle`` for an ftstore bundle, else ``file``. A typed
         payload is parsed strictly first; a malformed one is refused, nothing written."""
         artifact_type = self.check_save(src, name, artifact_type, metadata, overhead, move)
-        return save_engine.save(self.backend, Path(src), name, artifact_type, metadata, overhead, jobs, progress,
+        return engine.save.save(self.backend, Path(src), name, artifact_type, metadata, overhead, jobs, progress,
                                 protect, move)
 
     @staticmethod
@@ -104,11 +106,11 @@ class Store:
         store's file), touching no store: a command checks this before it creates one.
         Returns the artifact type."""
         path = Path(src)
-        save_engine.validated_request(path, name, artifact_type or "file", metadata, overhead)
+        engine.save.validated_request(path, name, artifact_type or "file", metadata, overhead)
         if move:
-            save_engine.refuse_other_stores_file(path)
-        artifact_type = artifact_type or detect_type(path)
-        validate_typed_payload(path, artifact_type)
+            engine.save.refuse_other_stores_file(path)
+        artifact_type = artifact_type or payloads.detect_type(path)
+        payloads.validate_typed_payload(path, artifact_type)
         return artifact_type
 
     def save_written(self, write: Writer, name: str, metadata: dict[str, str] | None = None,
@@ -116,7 +118,7 @@ class Store:
         """Store what ``write(f)`` writes into ``f`` as the next version of ``name`` (a
         ``file``): written straight into the store and hashed on the way, no copy (see
         :func:`ftstore.engine.save_written.save_written`)."""
-        return save_written(self.backend, write, name, metadata, overhead, jobs, protect)
+        return engine.save_written.save_written(self.backend, write, name, metadata, overhead, jobs, protect)
 
     def check(self, ref: str | Ref | ArtifactKey) -> Health:
         """Read-only health of one version."""

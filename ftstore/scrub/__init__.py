@@ -7,7 +7,19 @@
 - ``report`` — the scrub report document.
 """
 
-from ftstore.scrub.report import ScrubReport
-from ftstore.scrub.scrubber import scrub
+from __future__ import annotations
 
-__all__ = ["ScrubReport", "scrub"]
+from typing import TYPE_CHECKING
+
+from ftstore.lazy import lazy_exports
+
+_EXPORTS = {"ScrubReport": "report", "scrub": "scrubber"}
+
+__all__ = sorted(_EXPORTS)
+# The scrubber starts the codec's worker pool, the drill saves: see ftstore.lazy.
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals(), submodules=("drill", "scrubber"))
+
+
+if TYPE_CHECKING:
+    from ftstore.scrub.report import ScrubReport
+    from ftstore.scrub.scrubber import scrub
