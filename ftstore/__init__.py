@@ -12,7 +12,8 @@ Layers, each importing only the ones below it (an import-linter contract checks 
     stores, codec, payloads  store backends; RaptorQ sidecars; typed payload formats
     tempdirs              private temporary folders that do not outlive a killed process
     documents             envelopes, proofs, names
-    errors, hashing, durable, params, lazy
+    errors, hashing, durable, params, lazy, interpreter
+    forks                 whether this process is a forked child
 
 The public names below are imported on first use: codec worker processes import
 ``ftstore.codec`` and must not pay for numpy, the checkpoint manager and the API every
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ftstore import forks as _forks  # noqa: F401 - its at-fork hook, before any fork (see ftstore.forks)
 from ftstore.lazy import lazy_exports
 
 __version__ = "0.1.0"

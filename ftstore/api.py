@@ -34,6 +34,8 @@ from ftstore.engine.load import LoadResult
 from ftstore.engine.store import Store
 from ftstore.errors import BadInputError, DamageError, FtstoreError, NewerFormatError
 from ftstore.lazy import lazy_exports
+from ftstore.payloads.reports import BenchmarkBaseline, MetricComparison
+from ftstore.scrub.report import DrillReport, ScrubReport
 from ftstore.tempdirs import held_temp_dir
 
 # Bundles, scrubs, drills and typed payloads are imported by the first call that needs them
@@ -43,9 +45,6 @@ __getattr__, __dir__ = lazy_exports(__name__, {"save_bundle": "bundle", "load_bu
 
 if TYPE_CHECKING:
     from ftstore.bundles.bundle import load_bundle, save_bundle
-    from ftstore.payloads.reports import BenchmarkBaseline, MetricComparison
-    from ftstore.scrub.drill import DrillReport
-    from ftstore.scrub.report import ScrubReport
 
 
 def open_store(location: str | os.PathLike | None = None, create: bool = False) -> Store:

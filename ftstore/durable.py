@@ -383,7 +383,11 @@ class HashingWriter:
         return format_hash(self.hasher.digest()), self.written
 
 
-def write_hashing(dst: Path, write: Callable[[HashingWriter], object], durable: bool = True) -> tuple[str, int]:
+Writer = Callable[[HashingWriter], object]
+"""What writes a payload into a :class:`HashingWriter` (a ``torch.save``, say)."""
+
+
+def write_hashing(dst: Path, write: Writer, durable: bool = True) -> tuple[str, int]:
     """Create ``dst`` and let ``write`` write into it (a ``torch.save``, say); return (BLAKE3,
     bytes) of exactly what was written, hashed on the way, so nothing reads it back. With
     ``durable`` the file is fsynced; without, the caller syncs it (and may read it back

@@ -15,6 +15,8 @@ from typing import BinaryIO, Callable
 
 import blake3
 
+from ftstore.forks import in_forked_child
+
 PREFIX = "blake3:"
 CHUNK = 16 * 1024 * 1024
 READ_CHUNK = 4 * 1024 * 1024  # with 3 buffers: read-ahead stays in cache, BLAKE3 still goes parallel
@@ -36,19 +38,6 @@ def symbol_hash(data: bytes | bytearray | memoryview) -> bytes:
     return blake3.blake3(data).digest(length=SYMBOL_HASH_BYTES)
 
 
-_forked_child = False
-
-
-def _after_fork_in_child() -> None:
-    """A forked child (a fork-based DataLoader worker, say) inherits the parent's BLAKE3
-    thread pool without its threads: a multithreaded hash there waits forever for them."""
-    global _forked_child
-    _forked_child = True
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
 _one_thread = False
 
 
@@ -62,10 +51,12 @@ def hash_on_one_thread() -> None:
 
 
 def new_hasher(single_thread: bool = False) -> blake3.blake3:
-    """Multithreaded unless asked otherwise, in a forked child (see above), or in a codec
-    worker (:func:`hash_on_one_thread`): beside busy encoder processes one thread finishes
-    sooner (measured: a 256 MiB save, 0.33 s vs 0.345 s)."""
-    alone = single_thread or _forked_child or _one_thread
+    """Multithreaded unless asked otherwise, in a forked child (a fork-based DataLoader
+    worker, say, which inherits the parent's BLAKE3 thread pool without its threads: a
+    multithreaded hash there waits forever for them), or in a codec worker
+    (:func:`hash_on_one_thread`): beside busy encoder processes one thread finishes sooner
+    (measured: a 256 MiB save, 0.33 s vs 0.345 s)."""
+    alone = single_thread or in_forked_child() or _one_thread
     return blake3.blake3(max_threads=1 if alone else blake3.blake3.AUTO)
 
 

@@ -25,8 +25,7 @@ from ftstore.codec.sidecar import SidecarHeader, SidecarHeaderV1
 from ftstore.payloads.bundle_format import BundleManifest, ParamsSnapshot
 from ftstore.documents import Envelope
 from ftstore.payloads.reports import BenchmarkBaseline, ConformanceSnapshot
-from ftstore.scrub.drill import DrillReport
-from ftstore.scrub.report import ScrubReport
+from ftstore.scrub.report import DrillReport, ScrubReport
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 

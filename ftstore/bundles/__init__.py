@@ -26,7 +26,9 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals(), base="ftstore")  # zipfile, pickle: see ftstore.lazy
+# Imported on first use (see ftstore.lazy): bundles bring in zipfile and pickle.
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals(), base="ftstore", submodules=(
+    "bundle", "legacy", "pytorch", "restricted_pickle", "rollback", "saved_model", "tensorflow"))
 
 
 if TYPE_CHECKING:

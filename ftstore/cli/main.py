@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from ftstore import api
+from ftstore import api, lazy
 from ftstore.cli.output import emit_json, human_size, info, printable_streams, progress, shown_name
 from ftstore.api import ARTIFACT_TYPES, DEFAULT_OVERHEAD
 from ftstore.errors import BadInputError, FtstoreError, NotFoundError, StorageError
@@ -212,6 +212,7 @@ def _one_line(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning every documented error into one line and an exit code."""
+    lazy.on_first_use_only()  # a command imports only what its work needs (and never forks mid-import)
     printable_streams()
     try:
         rv = cli.main(args=argv, prog_name="ftstore", standalone_mode=False)

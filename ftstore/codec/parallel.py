@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 from ftstore import interpreter
 from ftstore.codec import worker as worker_program
 from ftstore.errors import WorkerError
+from ftstore.forks import in_forked_child
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -55,7 +56,6 @@ _PIPE_BYTES = 1 << 20  # asked of the kernel for each task pipe (Linux's unprivi
 
 _lock = threading.Lock()
 _pool: _Pool | None = None
-_in_forked_child = False
 
 
 def default_jobs() -> int:
@@ -305,14 +305,14 @@ def _shared_pool() -> _Pool:
 
 
 def _forget_pool_in_child() -> None:
-    global _pool, _lock, _in_forked_child
+    global _pool, _lock
     if _pool is not None:
         _pool.close_in_forked_child()
-    _pool, _lock, _in_forked_child = None, threading.Lock(), True
+    _pool, _lock = None, threading.Lock()
 
 
 def _stop_workers_at_exit() -> None:
-    if _pool is not None and not _in_forked_child:
+    if _pool is not None and not in_forked_child():
         _pool.shutdown()
 
 
@@ -322,7 +322,9 @@ atexit.register(_stop_workers_at_exit)
 
 
 def _in_process_only() -> bool:
-    return _in_forked_child or worker_program.RUNNING
+    """A forked child (whether or not this module was imported before the fork) and a
+    worker do their codec work in-process."""
+    return in_forked_child() or worker_program.RUNNING
 
 
 def warm(jobs: int | None = None) -> None:

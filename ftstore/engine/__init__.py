@@ -12,5 +12,7 @@ interface (``ftstore.stores``) and the codec (``ftstore.codec``).
 
 from ftstore.lazy import lazy_exports
 
-# Imported by the first save (see ftstore.lazy): they bring in the encoder and its workers.
-__getattr__, __dir__ = lazy_exports(__name__, {}, globals(), submodules=("save", "save_written"))
+# Each imported on first use (see ftstore.lazy): ``save`` and ``save_written`` bring in the
+# encoder and its worker pool, which a verify or a load never needs.
+__getattr__, __dir__ = lazy_exports(__name__, {}, globals(), submodules=(
+    "background", "copy", "integrity", "leaves", "load", "save", "save_written", "store"))

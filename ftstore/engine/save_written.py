@@ -11,19 +11,14 @@ uploaded as the payload leaf.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import msgspec
 
 from ftstore.codec import DEFAULT_OVERHEAD, SidecarBuild, check_header_fits
 from ftstore.documents import ArtifactEssentials, Envelope
-from ftstore.durable import HashingWriter, write_hashing
+from ftstore.durable import Writer, write_hashing
 from ftstore.engine.integrity import pending_metadata
 from ftstore.engine.save import check_request, commit_staged, encode_staged, new_essentials
 from ftstore.stores.backend import PAYLOAD, Staging, StoreBackend
-
-Writer = Callable[[HashingWriter], object]
-
 
 def save_written(
     store: StoreBackend,

@@ -13,24 +13,22 @@ import io
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from ftstore import engine, payloads
+from ftstore import engine, lazy, payloads
 from ftstore.codec.layout import DEFAULT_OVERHEAD
 from ftstore.documents import ArtifactKey, Envelope, Ref, parse_ref
+from ftstore.durable import Writer
 from ftstore.engine.integrity import Health, check
 from ftstore.engine.leaves import StoredLeaves, read_envelope
 from ftstore.engine.load import LoadResult, load, load_bytes
 from ftstore.errors import FtstoreError, NotFoundError
 from ftstore.stores import Capabilities, StoreBackend, open_store
 
-if TYPE_CHECKING:
-    from ftstore.engine.save_written import Writer
-
 
 class Store:
     def __init__(self, backend: StoreBackend):
         self.backend = backend
+        lazy.preload()  # here, not in the thread of a first save that a fork could catch half done
 
     @classmethod
     def open(cls, location: str | os.PathLike | None = None, create: bool = False) -> Store:

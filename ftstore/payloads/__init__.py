@@ -26,7 +26,9 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())  # each needs zipfile (see ftstore.lazy)
+# Imported on first use (see ftstore.lazy): the bundle format and the typed payloads bring in zipfile.
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals(), submodules=(
+    "archive", "bundle_format", "reports", "strict_docs", "typed"))
 
 
 if TYPE_CHECKING:

@@ -35,9 +35,9 @@ if TYPE_CHECKING:
     import numpy as np
 
 from ftstore.documents.envelope import NonNegInt, Strict
-from ftstore.documents.strict_json import DECODE_ERRORS, reject_duplicate_keys
 from ftstore.errors import BadInputError
 from ftstore.payloads.archive import SafeZip
+from ftstore.payloads.strict_docs import MAX_DOC_BYTES, decode_doc
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,7 +49,6 @@ class TensorflowTensor:
     value: np.ndarray | np.generic
 
 BACKENDS = ("tensorflow", "pytorch")
-MAX_DOC_BYTES = 16 * 1024 * 1024
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
 MODEL_NAME_RE = re.compile(MODEL_NAME_PATTERN)
 MemberName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$", max_length=512)]
@@ -305,17 +304,6 @@ def from_snapshot(snap: ParamsSnapshot, load_array, as_tensor: Callable[[Any], A
         return value
 
     return {k: conv(v) for k, v in snap.values.items()}
-
-
-def decode_doc(data: bytes, kind: type, source: str):
-    if len(data) > MAX_DOC_BYTES:
-        raise BadInputError(f"{source}: {len(data)} bytes, over the {MAX_DOC_BYTES} byte limit")
-    try:
-        doc = msgspec.json.decode(data, type=kind)
-    except DECODE_ERRORS as e:
-        raise BadInputError(f"{source}: invalid {kind.__name__}: {e}") from None
-    reject_duplicate_keys(data, source)
-    return doc
 
 
 def write_bundle(

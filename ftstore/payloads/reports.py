@@ -12,7 +12,7 @@ from typing import Annotated, Literal, Optional, Union
 
 from msgspec import Meta
 
-from ftstore.payloads.bundle_format import decode_doc
+from ftstore.payloads.strict_docs import decode_doc
 from ftstore.documents.envelope import NonNegInt, Strict
 
 Finite = Annotated[float, Meta(ge=-1e308, le=1e308)]

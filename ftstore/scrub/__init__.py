@@ -17,7 +17,7 @@ _EXPORTS = {"ScrubReport": "report", "scrub": "scrubber"}
 
 __all__ = sorted(_EXPORTS)
 # The scrubber starts the codec's worker pool, the drill saves: see ftstore.lazy.
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals(), submodules=("drill", "scrubber"))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals(), submodules=("drill", "report", "scrubber"))
 
 
 if TYPE_CHECKING:

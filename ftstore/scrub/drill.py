@@ -17,11 +17,11 @@ from typing import Literal
 
 from ftstore.codec import read_meta
 from ftstore.codec.layout import Layout
-from ftstore.documents.envelope import NonNegInt, Strict
 from ftstore.engine.copy import copy_store
 from ftstore.engine.leaves import FolderLeaves
 from ftstore.engine.save import save
 from ftstore.hashing import hash_file
+from ftstore.scrub.report import DrillReport, Injection
 from ftstore.scrub.scrubber import scrub
 from ftstore.stores import LocalStore, StoreBackend
 from ftstore.tempdirs import HeldTempDir, held_temp_dir
@@ -38,26 +38,6 @@ FAULTS = (
     "beyond_budget",
 )
 SAMPLE_SIZES = (1, 100, 4097, 65_536, 300_000, 1_000_003, 2_500_000, 5_000_000, 12 * 1024 * 1024 + 17)
-
-
-class Injection(Strict):
-    round: NonNegInt
-    ref: str
-    fault: str
-    detail: str
-    expected: Literal["recovered", "failed"]
-    status: str
-    byte_identical: bool
-    passed: bool
-
-
-class DrillReport(Strict):
-    format: Literal["ftstore-drill-report"] = "ftstore-drill-report"
-    schema_version: Literal[1] = 1
-    seed: int = 0
-    rounds: NonNegInt = 0
-    injections: list[Injection] = []
-    passed: bool = True
 
 
 def build_sample_store(root: Path, seed: int) -> LocalStore:

@@ -1,4 +1,5 @@
-"""The scrub report document (``schemas/scrub-report.schema.json``)."""
+"""The scrub and drill report documents (``schemas/scrub-report.schema.json``,
+``schemas/drill-report.schema.json``)."""
 
 from __future__ import annotations
 
@@ -78,3 +79,23 @@ def decode_report(data: bytes) -> ScrubReport:
         raise EnvelopeError(f"invalid scrub report: {e}") from None
     reject_duplicate_keys(data, "scrub report", EnvelopeError)
     return report
+
+
+class Injection(Strict):
+    round: NonNegInt
+    ref: str
+    fault: str
+    detail: str
+    expected: Literal["recovered", "failed"]
+    status: str
+    byte_identical: bool
+    passed: bool
+
+
+class DrillReport(Strict):
+    format: Literal["ftstore-drill-report"] = "ftstore-drill-report"
+    schema_version: Literal[1] = 1
+    seed: int = 0
+    rounds: NonNegInt = 0
+    injections: list[Injection] = []
+    passed: bool = True
