@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ftstore import forks as _forks  # noqa: F401 - its at-fork hook, before any fork (see ftstore.forks)
 from ftstore.lazy import lazy_exports
 
 __version__ = "0.1.0"

@@ -13,15 +13,16 @@ An import made on first use is made in whichever thread first needs it, and a pr
 forks while another thread is in the middle of one leaves the child waiting forever on that
 module (Python's lock on a module being imported belongs to a thread the child does not
 have). So a library process imports them all at its first :class:`~ftstore.engine.store.Store`
-(:func:`preload`), in the thread that opens it; only a process that has said it never forks
-like that (:func:`on_first_use_only`: a CLI command, the background protector) imports each
-when its work first needs it.
+(:func:`preload`), in the thread that opens it (open it before starting threads that fork
+or save); only a CLI command, a short process that never forks like that, imports each
+when its work first needs it (:func:`on_first_use_only`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 
@@ -55,21 +56,31 @@ _deferred: list[str] = []  # every module a package here imports on first use
 _preload = True
 
 
-def on_first_use_only() -> None:
-    """Import each module when the work first needs it, from now on, never all at once: for
-    a short process that never forks while another of its threads imports (a CLI command,
-    whose start-up every command pays)."""
+@contextlib.contextmanager
+def on_first_use_only() -> Iterator[None]:
+    """Within this block, each module is imported when the work first needs it, never all
+    at once: for a CLI command, a short process that never forks while a thread imports,
+    and whose start-up every command pays. Outside it (a script that ran a command in-process
+    and goes on), a ``Store`` preloads again."""
     global _preload
-    _preload = False
+    before, _preload = _preload, False
+    try:
+        yield
+    finally:
+        _preload = before
 
 
 def preload() -> None:
     """Import now, in this thread, every module the packages imported so far would import on
-    first use (unless :func:`on_first_use_only` was called): the first ``Store`` does, so
-    that no later save, load or repair imports one in a thread while the process forks."""
-    if _preload:
-        for module in list(_deferred):
-            importlib.import_module(module)
+    first use, and those of the packages these import (unless within
+    :func:`on_first_use_only`): the first ``Store`` does, so that no later save, load or
+    repair imports one in a thread while the process forks."""
+    if not _preload:
+        return
+    done = 0
+    while done < len(_deferred):  # importing one may register a package's own (ftstore.api: bundles, scrub)
+        importlib.import_module(_deferred[done])
+        done += 1
 
 
 __all__ = ["lazy_exports", "on_first_use_only", "preload"]

@@ -94,3 +94,17 @@ def test_a_verify_imports_nothing_only_saving_or_repairing_needs(tmp_path):
     assert res.returncode == 0, res.stderr
     assert res.stderr.strip().splitlines()[-1] == "[]", res.stderr
     assert (tmp_path / "out").read_bytes() == src.read_bytes()
+
+
+def test_the_type_hints_of_public_functions_resolve():
+    """Names a module imports only for type checking cannot be resolved at run time; the
+    engine's and the API's public signatures name only what they import."""
+    import typing
+
+    from ftstore import api
+    from ftstore.engine import integrity, store
+
+    for fn in (integrity.raptorq_section, integrity.unrecoverable_message, integrity.repair, api.scrub,
+               api.run_drill, api.compare_baseline, api.BaselineComparison, store.Store.save_written,
+               store.Store.load, store.Store.save):
+        assert typing.get_type_hints(fn), fn

@@ -212,7 +212,11 @@ def _one_line(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning every documented error into one line and an exit code."""
-    lazy.on_first_use_only()  # a command imports only what its work needs (and never forks mid-import)
+    with lazy.on_first_use_only():  # a command imports only what its work needs (and never forks mid-import)
+        _run(argv)
+
+
+def _run(argv: list[str] | None) -> None:
     printable_streams()
     try:
         rv = cli.main(args=argv, prog_name="ftstore", standalone_mode=False)

@@ -29,13 +29,13 @@ _EXPORTS = {
     "Layout": "layout",
     "library_version": "rq",
     "SidecarBuild": "build",
-    "SidecarInfo": "build",
+    "SidecarInfo": "results",
     "SymbolHasher": "build",
     "check_header_fits": "build",
     "patch_in_place": "build",
     "patched_digest": "build",
     "write_sidecar": "build",
-    "StripeOutcome": "decoder",
+    "StripeOutcome": "results",
     "check_and_decode": "decoder",
     "SidecarError": "sidecar",
     "SidecarMeta": "sidecar",
@@ -50,14 +50,14 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 if TYPE_CHECKING:
     from ftstore.codec.build import (
         SidecarBuild,
-        SidecarInfo,
         SymbolHasher,
         check_header_fits,
         patch_in_place,
         patched_digest,
         write_sidecar,
     )
-    from ftstore.codec.decoder import StripeOutcome, check_and_decode
+    from ftstore.codec.decoder import check_and_decode
+    from ftstore.codec.results import SidecarInfo, StripeOutcome
     from ftstore.codec.layout import DEFAULT_OVERHEAD, MAX_OVERHEAD, MIN_OVERHEAD, Layout
     from ftstore.codec.rq import library_version
     from ftstore.codec.sidecar import SidecarError, SidecarMeta, damaged_repair_symbols, read_meta

@@ -12,7 +12,7 @@ from ftstore.durable import NotRegularFileError, clear_folder_at, open_regular, 
 from ftstore.errors import BadInputError, UnrecoverableError
 from ftstore.hashing import (CHUNK, SYMBOL_HASH_BYTES, format_hash, hash_file, hash_stream, new_hasher, read_ahead,
                              symbol_hash)
-from ftstore.codec.decoder import StripeOutcome
+from ftstore.codec.results import SidecarInfo, StripeOutcome
 from ftstore.codec.encoder import encode_sidecar_body
 from ftstore.codec.layout import Layout
 from ftstore.codec.rq import library_version
@@ -28,15 +28,6 @@ from ftstore.codec.sidecar import (
     sidecar_size,
     write_meta,
 )
-
-
-@dataclass(frozen=True)
-class SidecarInfo:
-    layout: Layout
-    overhead: float
-    size: int
-    hash: str
-    library_version: str
 
 
 class SymbolHasher:

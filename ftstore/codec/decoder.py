@@ -18,7 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ftstore.durable import NotRegularFileError, open_regular, pwrite_all
@@ -26,27 +26,11 @@ from ftstore.hashing import SYMBOL_HASH_BYTES, aligned_buffer, read_at, symbol_h
 from ftstore.codec.encoder import PARALLEL_MIN_BYTES, STRIPES_PER_TASK, read_stripes
 from ftstore.codec.layout import Layout
 from ftstore.codec.parallel import chunks, pmap
+from ftstore.codec.results import StripeOutcome
 from ftstore.codec.rq import CodecFailure, decode, packet
 
 if TYPE_CHECKING:  # a worker decodes without the sidecar format (msgspec) loaded
     from ftstore.codec.sidecar import SidecarMeta
-
-
-@dataclass
-class StripeOutcome:
-    stripe: int
-    k: int
-    r: int
-    erased: list[int] = field(default_factory=list)  # source indices within the stripe
-    bad_repair: list[int] = field(default_factory=list)
-    used_repair: list[int] = field(default_factory=list)
-    recovered: dict[int, bytes] | None = None  # None: not decoded (intact, or failed), or spilled
-    spilled: list[int] | None = None  # source indices written to the spill file instead of ``recovered``
-    failed: bool = False
-
-    @property
-    def lost(self) -> int:
-        return len(self.erased) + len(self.bad_repair)
 
 
 @dataclass(frozen=True)

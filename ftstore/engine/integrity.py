@@ -36,12 +36,12 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import msgspec
 
 from ftstore import codec  # its builder and decoder are imported when a repair first needs them
 from ftstore.codec.layout import DEFAULT_OVERHEAD, MAX_OVERHEAD, MIN_OVERHEAD
+from ftstore.codec.results import SidecarInfo, StripeOutcome
 from ftstore.codec.sidecar import SidecarError, SidecarMeta, damaged_repair_symbols, read_meta
 from ftstore.documents import (
     ArtifactEssentials,
@@ -60,10 +60,6 @@ from ftstore.errors import (EnvelopeError, FtstoreError, NewerFormatError, NotFo
                             UnrecoverableError)
 from ftstore.hashing import hash_stream, stream_length
 from ftstore.stores.backend import PAYLOAD, SIDECAR
-
-if TYPE_CHECKING:
-    from ftstore.codec.build import SidecarInfo
-    from ftstore.codec.decoder import StripeOutcome
 
 SPILL_SUFFIX = ".spill"  # spill files are named f"{PAYLOAD}{SPILL_SUFFIX}{TMP_MARK}<random>"
 
