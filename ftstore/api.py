@@ -38,8 +38,8 @@ from ftstore.payloads.reports import BenchmarkBaseline, MetricComparison
 from ftstore.scrub.report import DrillReport, ScrubReport
 from ftstore.tempdirs import held_temp_dir
 
-# Bundles, scrubs, drills and typed payloads are imported by the first call that needs them
-# (see ftstore.lazy): a command pays at start-up only for the work it does.
+# Bundles, scrubs, drills and typed payloads are imported when a CLI command first needs
+# them, and at the first Store in any other process (see ftstore.lazy).
 __getattr__, __dir__ = lazy_exports(__name__, {"save_bundle": "bundle", "load_bundle": "bundle"}, globals(),
                                     base="ftstore.bundles")
 

@@ -4,7 +4,7 @@
   with ``deep=True``, find orphans; returns and stores a :class:`ScrubReport`.
 - ``drill`` — inject faults into a scratch copy of a store and prove the scrub repairs
   every repairable one byte-identically and reports every other as failed.
-- ``report`` — the scrub report document.
+- ``report`` — the scrub and drill report documents.
 """
 
 from __future__ import annotations
