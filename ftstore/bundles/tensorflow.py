@@ -72,6 +72,10 @@ def check_fits(model: Any, entry: ModelEntry) -> None:
             )
 
 
+def _unreadable(entry: ModelEntry, e: OSError) -> BadInputError:
+    return BadInputError(f"model {entry.name!r}: the weights are not a readable HDF5 file ({e})")
+
+
 def load_weights(model: Any, path: Path, entry: ModelEntry) -> None:
     if entry.weights_format != WEIGHTS_FORMAT:
         with warnings.catch_warnings():
@@ -82,7 +86,7 @@ def load_weights(model: Any, path: Path, entry: ModelEntry) -> None:
             except UserWarning as w:
                 raise BadInputError(f"model {entry.name!r}: weights do not fit the built model: {w}") from None
             except OSError as e:  # a bundle made by hand: its checksum proves nothing
-                raise BadInputError(f"model {entry.name!r}: the weights are not a readable HDF5 file ({e})") from None
+                raise _unreadable(entry, e) from None
         return
     import h5py
 
@@ -90,7 +94,7 @@ def load_weights(model: Any, path: Path, entry: ModelEntry) -> None:
     try:
         f = h5py.File(path, "r")
     except OSError as e:
-        raise BadInputError(f"model {entry.name!r}: the weights are not a readable HDF5 file ({e})") from None
+        raise _unreadable(entry, e) from None
     with f:
         arrays = []
         for i, (v, info) in enumerate(zip(model.weights, entry.tensors)):
