@@ -15,12 +15,14 @@ What is timed, per round, each a fresh process started from this one:
   verify``; 5% of the payload overwritten in 10 bursts, then ``ftstore scrub --repair`` /
   ``par2 repair`` (both checked byte-identical afterwards);
 - the pieces: ``cp`` + ``sync FILE`` (fsync); BLAKE3 of the file alone (the least of
-  16 MiB reads, 4 MiB reads and ``update_mmap``, multithreaded, no ftstore code); the RaptorQ codec alone on all cores (encode every stripe
-  of ftstore's layout, or decode every stripe with 5% of its symbols erased; worker start-up
-  excluded, so this is the floor a save or a repair cannot go under); the 16-byte BLAKE3 of
-  every source and repair symbol alone on all cores (the format keeps them: a save computes
-  them, a repair checks them); ``ftstore --version`` (interpreter and import start-up) and an
-  interpreter importing only the libraries every ftstore command needs (click, msgspec,
+  16 MiB reads, 4 MiB reads and ``update_mmap``, multithreaded, no ftstore code); the
+  RaptorQ codec alone on all cores (encode every stripe of ftstore's layout, or decode every
+  stripe with 5% of its symbols erased; worker start-up excluded, so this is the floor a
+  save or a repair cannot go under); the 16-byte BLAKE3 of every source and repair symbol
+  alone on all cores, of stripes already read (the format keeps them: a save computes them,
+  a repair checks them, each on the stripes it reads to encode or decode them, a read the
+  codec piece counts already); ``ftstore --version`` (interpreter and import start-up) and
+  an interpreter importing only the libraries every ftstore command needs (click, msgspec,
   blake3, raptorq: the least start-up any CLI built on them can have);
 - two pieces for a floor of the pieces as ftstore must run them: BLAKE3 of the file read
   with ``read()`` only (a bad sector under a mapping is SIGBUS, not an error to report),
@@ -251,21 +253,22 @@ def _encode_task(args: tuple[str, Layout, tuple[int, ...]]) -> tuple[int, float]
     return n, time.process_time() - c
 
 
-def _hash_task(args: tuple[str, Layout, tuple[int, ...]]) -> tuple[int, float]:
+def _hash_task(args: tuple[str, Layout, tuple[int, ...]]) -> tuple[float, float]:
     """BLAKE3-128 of every source symbol of the group's stripes and of as many symbols again
-    as the stripes have repair symbols (the format hashes both kinds; same size, same cost)."""
-    c = time.process_time()
+    as the stripes have repair symbols (the format hashes both kinds; same size, same cost).
+    Returns the (wall, CPU) seconds of the hashing alone: the stripes are read first,
+    untimed, because a save or a repair hashes the stripes it has read to encode or decode
+    them, and the encode and decode pieces already count that read."""
     path, lay, group = args
     t = lay.symbol_size
     with open(path, "rb") as f:
         objs = read_stripes(f, lay, group)
-    n = 0
+    w, c = time.perf_counter(), time.process_time()
     for s in group:
         view, k = memoryview(objs.pop(s)), lay.stripe_k(s)
         for i in list(range(k)) + list(range(min(k, lay.repair_counts[s]))):
             blake3.blake3(view[i * t:(i + 1) * t]).digest(length=16)
-            n += 1
-    return n, time.process_time() - c
+    return time.perf_counter() - w, time.process_time() - c
 
 
 def _erased(k: int) -> set[int]:
@@ -334,7 +337,7 @@ def codec_alone(path: str, what: str, jobs: int) -> tuple[float, float]:
     """(wall, CPU) seconds the RaptorQ binding takes over every stripe of ``path`` on ``jobs``
     processes already started: reading each stripe, encoding its repair symbols (or decoding
     it with DAMAGE erased; or, ``hashes``, only the 16-byte BLAKE3 of every source and repair
-    symbol that the format keeps), nothing else."""
+    symbol that the format keeps, the stripes read beforehand), nothing else."""
     lay = Layout.plan(os.path.getsize(path), OVERHEAD)
     tasks = [(path, lay, g) for g in _stripe_groups(lay)]
     with multiprocessing.get_context("fork").Pool(jobs, initializer=keep_freed_memory) as pool:
@@ -352,6 +355,8 @@ def codec_alone(path: str, what: str, jobs: int) -> tuple[float, float]:
     if what == "decode":
         os.unlink(_repair_file(path))
         assert sum(n for n, _ in done) == lay.stripes, "a stripe did not decode back"
+    if what == "hashes":  # the hashing's own time, spread over the workers (it is CPU only)
+        took = sum(w for w, _ in done) / jobs
     return took, sum(c for _, c in done)
 
 
