@@ -1,3 +1,3 @@
-from ftstore.cli.main import main
+from ftstore.cli.main import console
 
-main()
+console()
