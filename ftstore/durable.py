@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ftstore.errors import BadInputError, StorageFullError
-from ftstore.hashing import READ_CHUNK, aligned_buffer, format_hash, hash_stream, new_hasher
+from ftstore.hashing import (READ_CHUNK, aligned_buffer, format_hash, give_back_read_buffers, hash_stream,
+                             new_hasher, take_read_buffers)
 
 TMP_MARK = ".tmp-"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -311,7 +312,8 @@ def _copy_and_hash(copier: KernelCopy, progress: Callable[[int], None] | None,
     thread = threading.Thread(target=copy, name="ftstore-copy", daemon=True)
     thread.start()
     h = new_hasher(single_thread=True)  # the other core is copying
-    view = aligned_buffer(READ_CHUNK)
+    buffers = take_read_buffers(1)
+    view = buffers[0]
     hashed = 0
     try:
         while (end := copied.get()) is not None:
@@ -333,6 +335,7 @@ def _copy_and_hash(copier: KernelCopy, progress: Callable[[int], None] | None,
     finally:
         stop.set()
         thread.join()
+    give_back_read_buffers(buffers)
     return format_hash(h.digest()), hashed
 
 
