@@ -268,7 +268,8 @@ def copy_hashing(
     methods: tuple[str, ...] = COPY_METHODS,
 ) -> tuple[str, int]:
     """Copy ``src`` to a new file ``dst`` and return (BLAKE3, bytes) of the copy; ``also``
-    sees every chunk of it too.
+    sees every chunk of it too (and must copy what it keeps: the chunk's memory is read into
+    again after the call).
 
     The kernel copies (:class:`KernelCopy`) in a helper thread, chunk by chunk, while this
     thread reads each finished chunk back from ``dst`` (from the page cache, one chunk
@@ -328,6 +329,7 @@ def _copy_and_hash(copier: KernelCopy, progress: Callable[[int], None] | None,
                 h.update(chunk)
                 if also:
                     also(chunk)
+                chunk.release()  # kept by ``also``, it fails loudly instead of showing later bytes
                 if progress:
                     progress(n)
                 hashed += n

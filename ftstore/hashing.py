@@ -68,7 +68,8 @@ def hash_stream(
     single_thread: bool = False,
 ) -> tuple[str, int]:
     """Hash up to ``limit`` bytes (all, if None) of an open file, passing each chunk to
-    ``sink`` too (a copy that hashes what it writes). Returns (hash, bytes read)."""
+    ``sink`` too (a copy that hashes what it writes; it must copy what it keeps: the chunk's
+    memory is read into again after the call). Returns (hash, bytes read)."""
     h = new_hasher(single_thread)
     total = 0
     for view in read_ahead(f, limit):
@@ -98,16 +99,26 @@ def aligned_buffer(size: int) -> memoryview:
 
 
 _spare_buffers: list[memoryview] = []
-_MAX_SPARE = READ_AHEAD_BUFFERS
+_MAX_SPARE = 0  # see keep_read_buffers
+
+
+def keep_read_buffers() -> None:
+    """Keep one read's buffers (12 MiB) for the next read, for the life of this process.
+
+    For the processes ftstore runs itself, which read file after file: the CLI (a repair
+    reads the payload, the sidecar, the patched payload, then every written symbol back) and
+    the codec workers. A fresh 4 MiB buffer costs a page fault for each of its pages (4.4 us
+    each on the benchmarks' 2-core VM: 5 ms a buffer), and a repair spent 30 ms of one core
+    faulting in buffers it had just freed. A program that only imports ftstore (a trainer,
+    its forked data loaders) keeps nothing between reads: its memory is its own."""
+    global _MAX_SPARE
+    _MAX_SPARE = READ_AHEAD_BUFFERS
 
 
 def take_read_buffers(n: int) -> list[memoryview]:
-    """``n`` aligned buffers of ``READ_CHUNK`` bytes, from those that finished reads gave back
-    where there are some. A fresh buffer costs a page fault for each of its pages (on the
-    2-core VM of the benchmarks, 4.4 us each: 5 ms for 4 MiB), and a command reads one file
-    after another (a repair: the payload, the sidecar, the patched payload, ...): a repair
-    spent 30 ms, on one core, faulting in buffers it had just freed. Lock-free: the list's
-    ``pop`` and ``append`` are atomic, so threads (and a fork at any moment) are safe."""
+    """``n`` aligned buffers of ``READ_CHUNK`` bytes: kept ones first (:func:`keep_read_buffers`),
+    then fresh ones. Lock-free: the list's ``pop`` and ``append`` are atomic, so threads
+    (and a fork at any moment) are safe."""
     out = []
     for _ in range(n):
         try:
@@ -118,8 +129,8 @@ def take_read_buffers(n: int) -> list[memoryview]:
 
 
 def give_back_read_buffers(buffers: list[memoryview]) -> None:
-    """Keep up to one read's worth of buffers (12 MiB) for the next read; the caller must hold
-    no view into them any more."""
+    """Keep what :func:`keep_read_buffers` allows of ``buffers`` for the next read; the caller
+    must hold no view into them any more."""
     for buf in buffers:
         if len(_spare_buffers) < _MAX_SPARE:
             _spare_buffers.append(buf)
@@ -140,8 +151,9 @@ def read_ahead(f: BinaryIO, limit: int | None = None) -> Iterator[memoryview]:
     """The file's bytes (up to ``limit``) in chunks that a helper thread reads one step
     ahead, so the copy out of the page cache (or the wait for the disk) overlaps hashing:
     verify runs at 5.7-6 GB/s instead of 4.3 on two cores. Each view is valid only until
-    the next one is asked for, or the iteration ends: its buffer is then read into again
-    (by this read, or by the next, which takes over the buffers).
+    the next one is asked for, or the iteration ends: it is released then, and its buffer
+    read into again (by this read, or by the next one where buffers are kept). A slice of it
+    kept by the caller would show those later bytes: copy what must outlive the step.
 
     Memory-mapping would be faster still, but a bad sector under a mapping kills the
     process with SIGBUS, where ``read`` returns EIO; a tool for damaged storage reads."""
@@ -166,19 +178,24 @@ def read_ahead(f: BinaryIO, limit: int | None = None) -> Iterator[memoryview]:
             full.put((None, 0, e))
 
     thread = threading.Thread(target=reader, name="ftstore-read-ahead", daemon=True)
-    thread.start()
     try:
+        thread.start()  # inside: an interrupt right after it still stops the reader
         while True:
             buf, n, err = full.get()
             if err is not None:
                 raise err
             if not n or buf is None:
                 return
-            yield buf[:n]
+            view = buf[:n]
+            try:
+                yield view
+            finally:
+                view.release()  # kept past its turn, it fails loudly instead of showing later bytes
             free.put(buf)
     finally:
         free.put(None)
-        thread.join()
+        if thread.ident is not None:
+            thread.join()
         give_back_read_buffers(buffers)  # the reader is gone; the caller is done with the last view
 
 

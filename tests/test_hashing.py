@@ -95,10 +95,12 @@ def test_read_buffers_start_on_a_page_and_read_at_fills_them(tmp_path):
         assert bytes(read_at(f.fileno(), aligned_buffer(1000), len(data) - 10)) == data[-10:]  # short at the end
 
 
-def test_finished_reads_hand_their_buffers_to_the_next_even_across_threads(tmp_path):
-    """A read's buffers serve the next read (a fresh 4 MiB buffer costs a page fault per
-    page), and only once its reader thread is done with them: reads in four threads at
-    once, some ended after their first chunk, each get exactly their own file's hash."""
+def test_finished_reads_hand_their_buffers_to_the_next_even_across_threads(tmp_path, monkeypatch):
+    """Where buffers are kept (the CLI, a codec worker), a read's buffers serve the next
+    read (a fresh 4 MiB buffer costs a page fault per page), and only once its reader
+    thread is done with them: reads in four threads at once, some ended after their first
+    chunk, each get exactly their own file's hash. A program that only imports ftstore
+    keeps none."""
     import random
     import threading
 
@@ -112,7 +114,12 @@ def test_finished_reads_hand_their_buffers_to_the_next_even_across_threads(tmp_p
         files.append(p)
     want = {p: format_hash(blake3.blake3(p.read_bytes()).digest()) for p in files}
 
-    hashing._spare_buffers.clear()
+    monkeypatch.setattr(hashing, "_spare_buffers", [])
+    hash_file(files[2])
+    assert hashing._spare_buffers == []  # not asked to keep any
+
+    monkeypatch.setattr(hashing, "_MAX_SPARE", 0)
+    hashing.keep_read_buffers()
     hash_file(files[2])
     kept = list(hashing._spare_buffers)
     assert len(kept) == hashing.READ_AHEAD_BUFFERS
@@ -139,3 +146,25 @@ def test_finished_reads_hand_their_buffers_to_the_next_even_across_threads(tmp_p
         t.join()
     assert wrong == []
     assert len(hashing._spare_buffers) <= hashing.READ_AHEAD_BUFFERS
+
+
+def test_a_chunk_kept_past_its_turn_fails_instead_of_showing_later_bytes(tmp_path):
+    """A read's chunk is released when the next is asked for or the read ends, so a caller
+    that kept it gets an error, never the bytes of a later chunk or of another file."""
+    from ftstore.durable import copy_hashing
+    from ftstore.hashing import read_ahead
+
+    p = tmp_path / "f"
+    p.write_bytes(bytes(range(256)) * (3 * READ_CHUNK // 256))
+    with open(p, "rb", buffering=0) as f:
+        chunks = list(read_ahead(f))
+    assert len(chunks) == 3
+    for chunk in chunks:
+        with pytest.raises(ValueError):
+            bytes(chunk)
+    seen: list[memoryview] = []
+    copy_hashing(p, tmp_path / "copy", also=seen.append)
+    assert seen
+    for chunk in seen:
+        with pytest.raises(ValueError):
+            bytes(chunk)

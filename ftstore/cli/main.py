@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from ftstore import api, lazy
+from ftstore import api, hashing, lazy
 from ftstore.cli.output import emit_json, human_size, info, printable_streams, progress, shown_name
 from ftstore.api import ARTIFACT_TYPES, DEFAULT_OVERHEAD
 from ftstore.errors import BadInputError, FtstoreError, NotFoundError, StorageError
@@ -226,7 +226,10 @@ def console() -> None:
     command's 40 ms from its last line to its exit (measured, a 20 MB save). Frozen objects
     are left out of those collections. Every file the CLI writes is closed (and made
     durable) before :func:`main` returns, so nothing waits on a finalizer; a program that
-    calls :func:`main` itself keeps the collector as it was."""
+    calls :func:`main` itself keeps the collector as it was (and its memory: only this
+    program keeps read buffers from one file's read to the next, see
+    :func:`ftstore.hashing.keep_read_buffers`)."""
+    hashing.keep_read_buffers()
     try:
         main()
     finally:

@@ -159,7 +159,9 @@ def main(argv: list[str]) -> None:
     try:
         for name in _PRELOAD:
             importlib.import_module(name)
-        importlib.import_module("ftstore.hashing").hash_on_one_thread()  # a worker per core: no core to spare
+        hashing = importlib.import_module("ftstore.hashing")
+        hashing.hash_on_one_thread()  # a worker per core: no core to spare
+        hashing.keep_read_buffers()  # it reads file after file (a store-wide scrub's checks)
         while (frame := read_frame(rfd)) is not None and os.getppid() == parent:
             cwd, fn, task = loads(frame)
             del frame
