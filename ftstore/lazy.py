@@ -34,7 +34,9 @@ def lazy_exports(package: str, exports: dict[str, str], namespace: dict[str, Any
     one. A name in ``submodules`` is the package's submodule of that name, imported on first
     use (the import binds it on the package)."""
     base = base or package
-    _deferred.extend([*(f"{base}.{m}" for m in exports.values()), *(f"{package}.{m}" for m in submodules)])
+    for module in [*(f"{base}.{m}" for m in exports.values()), *(f"{package}.{m}" for m in submodules)]:
+        if module not in _deferred:  # several names come from one module: each Store walks it once
+            _deferred.append(module)
 
     def getattr_(name: str) -> Any:
         if name in submodules:
