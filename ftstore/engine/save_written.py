@@ -20,6 +20,7 @@ from ftstore.engine.integrity import pending_metadata
 from ftstore.engine.save import check_request, commit_staged, encode_staged, new_essentials
 from ftstore.stores.backend import PAYLOAD, Staging, StoreBackend
 
+
 def save_written(
     store: StoreBackend,
     write: Writer,
