@@ -58,7 +58,7 @@ while len(task := os.read(0, 4)) == 4:  # the next group of two stripes, from th
         if want <= 0:
             break
         row = buf[r * width : r * width + want]
-        got = os.preadv(pf, [row], start)
+        os.preadv(pf, [row], start)
         for s in group:
             if row[(s - a) * t : (s - a + 1) * t]:
                 pieces[s].append(row[(s - a) * t : (s - a + 1) * t])

@@ -44,7 +44,7 @@ t, S, ks, rs, starts, base = spec["t"], spec["stripes"], spec["k"], spec["r"], s
 with open(tables, "rb") as f:
     table = f.read()
 rep_at = spec["rep_at"]  # source entries in file order (symbol i of stripe s is file symbol i * S + s), then repair
-pf, sf, spf = os.open(path, os.O_RDONLY), os.open(sidecar, os.O_RDONLY), os.open(spill, os.O_WRONLY)  # (intact: none read)
+pf, sf, spf = os.open(path, os.O_RDONLY), os.open(sidecar, os.O_RDONLY), os.open(spill, os.O_WRONLY)
 buf = memoryview(mmap.mmap(-1, 2 * max(ks) * t))
 rbuf = memoryview(mmap.mmap(-1, max(rs) * t))
 h16 = lambda b: blake3.blake3(b).digest(16)
@@ -57,7 +57,7 @@ while len(task := os.read(0, 4)) == 4:  # the next group of two stripes, from th
     for r in range(ks[a]):
         start = (r * S + a) * t
         row = buf[r * width : r * width + min(width, spec["size"] - start)]
-        got = os.preadv(pf, [row], start)
+        os.preadv(pf, [row], start)
         for s in group:
             if r < ks[s]:
                 sym = row[(s - a) * t : (s - a + 1) * t]
