@@ -34,21 +34,17 @@ import json
 import os
 import sys
 
+from least_workers import Workers
+
 WORKER = r"""
-import ctypes, json, mmap, os, sys
-import blake3, raptorq
-mallopt = ctypes.CDLL(None).mallopt  # glibc: keep freed memory (fresh pages cost a fault each)
-mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD
-mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
 path, sidecar, spec = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 t, S, ks, rs, starts, base = spec["t"], spec["stripes"], spec["k"], spec["r"], spec["rstart"], spec["base"]
 pf = sf = None
 out = []
 buf = memoryview(mmap.mmap(-1, 2 * max(ks) * t))
-while len(task := os.read(0, 4)) == 4:  # the next group of two stripes, from the pipe all workers share
-    if pf is None:
+for a in groups():
+    if pf is None:  # opened at the first group: with --copy the payload is not there before
         pf, sf = os.open(path, os.O_RDONLY), os.open(sidecar, os.O_WRONLY)
-    a = 2 * int.from_bytes(task, "little")
     group = range(a, min(a + 2, S))
     width = len(group) * t
     pieces = {s: [] for s in group}
@@ -71,43 +67,25 @@ while len(task := os.read(0, 4)) == 4:  # the next group of two stripes, from th
         os.pwrite(sf, b"".join(memoryview(p)[4:] for p in packets), base + starts[s] * t)
         rep = b"".join(blake3.blake3(memoryview(p)[4:]).digest(16) for p in packets)
         out.append((s, src, rep))
-sys.stdout.buffer.write(repr(out).encode())
+answer(out)
 """
 
 
 def main() -> None:
     payload, sidecar, spec_json = sys.argv[1:4]
     source = sys.argv[5] if sys.argv[4:5] == ["--copy"] else None
-    n = len(os.sched_getaffinity(0))
-    workers = []
-    tasks_r, tasks_w = os.pipe()  # group numbers, 4 bytes each, read by whichever worker is free
-    for _ in range(n):
-        r, w = os.pipe()
-        pid = os.posix_spawn(sys.executable, [sys.executable, "-c", WORKER, payload, sidecar, spec_json],
-                             os.environ, file_actions=[(os.POSIX_SPAWN_DUP2, w, 1), (os.POSIX_SPAWN_CLOSE, r),
-                                                       (os.POSIX_SPAWN_DUP2, tasks_r, 0),
-                                                       (os.POSIX_SPAWN_CLOSE, tasks_w)])
-        os.close(w)
-        workers.append((pid, r))
-    os.close(tasks_r)
-
-    def go(groups: int) -> None:
-        """Hand out the groups (none: the workers exit) in one write, atomic as it fits the pipe."""
-        os.write(tasks_w, b"".join(g.to_bytes(4, "little") for g in range(groups)))
-        os.close(tasks_w)
-
+    workers = Workers(WORKER, payload, sidecar, spec_json)
+    spec = json.loads(spec_json)
     if source is not None:
         with open(source, "rb") as src, open(payload, "xb") as dst:
             while os.copy_file_range(src.fileno(), dst.fileno(), 1 << 30):
                 pass
-    go(-(-json.loads(spec_json)["stripes"] // 2))
+    workers.go(spec["stripes"])
 
-    import ast
     import threading
 
     import blake3
 
-    spec = json.loads(spec_json)
     h = blake3.blake3(max_threads=blake3.blake3.AUTO)
     buf = memoryview(bytearray(16 << 20))
     with open(payload, "rb", buffering=0) as f:
@@ -119,11 +97,9 @@ def main() -> None:
     h.digest()
 
     src, rep = {}, {}
-    for pid, r in workers:
-        with os.fdopen(r, "rb") as pipe:
-            for s, a, b in ast.literal_eval(pipe.read().decode()):
-                src[s], rep[s] = a, b
-        os.waitpid(pid, 0)
+    for answer in workers.answers():
+        for s, a, b in answer:
+            src[s], rep[s] = a, b
     tables = b"".join(src[s] for s in range(spec["stripes"])) + b"".join(rep[s] for s in range(spec["stripes"]))
     fd = os.open(sidecar, os.O_WRONLY)
     os.pwrite(fd, tables, 0)

@@ -33,12 +33,9 @@ handling.
 import os
 import sys
 
+from least_workers import Workers
+
 WORKER = r"""
-import ctypes, json, mmap, os, sys
-import blake3, raptorq
-mallopt = ctypes.CDLL(None).mallopt  # glibc: keep freed memory (fresh pages cost a fault each)
-mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD
-mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
 path, sidecar, tables, spill, spec = *sys.argv[1:5], json.loads(sys.argv[5])
 t, S, ks, rs, starts, base = spec["t"], spec["stripes"], spec["k"], spec["r"], spec["rstart"], spec["base"]
 with open(tables, "rb") as f:
@@ -49,8 +46,7 @@ buf = memoryview(mmap.mmap(-1, 2 * max(ks) * t))
 rbuf = memoryview(mmap.mmap(-1, max(rs) * t))
 h16 = lambda b: blake3.blake3(b).digest(16)
 out = []
-while len(task := os.read(0, 4)) == 4:  # the next group of two stripes, from the pipe all workers share
-    a = 2 * int.from_bytes(task, "little")
+for a in groups():
     group = range(a, min(a + 2, S))
     width = len(group) * t
     syms = {s: [] for s in group}
@@ -83,31 +79,14 @@ while len(task := os.read(0, 4)) == 4:  # the next group of two stripes, from th
             j = i * S + s
             os.pwrite(spf, sym[: min(t, spec["size"] - j * t)], j * t)
             out.append(j)
-sys.stdout.buffer.write(repr(out).encode())
+answer(out)
 """
 
 
 def main() -> None:
     payload, sidecar, tables, spill, spec_json = sys.argv[1:6]
-    n = len(os.sched_getaffinity(0))
-    workers = []
-    tasks_r, tasks_w = os.pipe()  # group numbers, 4 bytes each, read by whichever worker is free
-    for _ in range(n):
-        r, w = os.pipe()
-        pid = os.posix_spawn(sys.executable, [sys.executable, "-c", WORKER, payload, sidecar, tables, spill, spec_json],
-                             os.environ, file_actions=[(os.POSIX_SPAWN_DUP2, w, 1), (os.POSIX_SPAWN_CLOSE, r),
-                                                       (os.POSIX_SPAWN_DUP2, tasks_r, 0),
-                                                       (os.POSIX_SPAWN_CLOSE, tasks_w)])
-        os.close(w)
-        workers.append((pid, r))
-    os.close(tasks_r)
+    workers = Workers(WORKER, payload, sidecar, tables, spill, spec_json)
 
-    def go(groups: int) -> None:
-        """Hand out the groups (none: the workers exit) in one write, atomic as it fits the pipe."""
-        os.write(tasks_w, b"".join(g.to_bytes(4, "little") for g in range(groups)))
-        os.close(tasks_w)
-
-    import ast
     import json
 
     import blake3
@@ -131,14 +110,10 @@ def main() -> None:
         return h.hexdigest()
 
     if whole_hash({}, None) == spec["hash"]:
-        go(0)
+        workers.go(0)
         sys.exit("the payload is intact: nothing to time")
-    go(-(-spec["stripes"] // 2))
-    decoded = []
-    for pid, r in workers:
-        with os.fdopen(r, "rb") as pipe:
-            decoded += ast.literal_eval(pipe.read().decode())
-        os.waitpid(pid, 0)
+    workers.go(spec["stripes"])
+    decoded = [j for answer in workers.answers() for j in answer]
     lengths = {j: min(t, size - j * t) for j in decoded}
     spf = os.open(spill, os.O_RDONLY)
     if whole_hash(lengths, spf) != spec["hash"]:
