@@ -70,7 +70,7 @@ import blake3  # noqa: E402
 import raptorq  # noqa: E402
 
 from ftstore.codec.encoder import read_stripes  # noqa: E402
-from ftstore.codec.layout import Layout  # noqa: E402
+from ftstore.codec.layout import Layout, stripe_groups  # noqa: E402
 
 MB = 1e6
 # the third-party modules every ftstore command imports: the least start-up a CLI written
@@ -244,7 +244,8 @@ def blake3_by_read(path: str) -> tuple[float, float]:
 
 
 def _stripe_groups(lay: Layout) -> list[tuple[int, ...]]:
-    return [tuple(range(a, min(a + 2, lay.stripes))) for a in range(0, lay.stripes, 2)]
+    """The stripes in the groups ftstore's workers take them (``stripe_groups``)."""
+    return [tuple(g) for g in stripe_groups(lay)]
 
 
 def _encode_task(args: tuple[str, Layout, tuple[int, ...]]) -> tuple[int, float]:
@@ -277,9 +278,11 @@ def _hash_task(args: tuple[str, Layout, tuple[int, ...]]) -> tuple[float, float,
 
 
 def _erased(k: int) -> set[int]:
-    """DAMAGE of a stripe's symbols, in BURSTS runs (what the bursts leave in each stripe)."""
-    per = max(1, round(k * DAMAGE / BURSTS))
-    return {min(k - 1, b * (k // BURSTS) + i) for b in range(BURSTS) for i in range(per)}
+    """DAMAGE of a stripe's symbols (at least one), in up to BURSTS runs spread over it: what
+    the bursts leave in each stripe, whatever its size."""
+    n = max(1, round(k * DAMAGE))
+    runs = min(BURSTS, n)
+    return {b * k // runs + i for b in range(runs) for i in range(n // runs + (b < n % runs))}
 
 
 def _repair_file(path: str) -> str:
@@ -387,7 +390,7 @@ def _layout_json(lay: Layout, **more: object) -> str:
     """The layout as the least_*.py programs take it (they import no ftstore code)."""
     return json.dumps({"size": lay.size, "t": lay.symbol_size, "stripes": lay.stripes,
                        "k": [lay.stripe_k(s) for s in range(lay.stripes)], "r": list(lay.repair_counts),
-                       "rstart": list(lay.repair_starts), **more}, separators=(",", ":"))
+                       "rstart": list(lay.repair_starts), "group": len(stripe_groups(lay)[0]), **more}, separators=(",", ":"))
 
 
 def least_pipeline(src: Path, work: Path, store: Path, copy: bool) -> Timing:

@@ -11,8 +11,8 @@ What it does, in one process tree started by the caller:
 - the interpreter starts and at once spawns one worker per core (``posix_spawn``, each
   importing only blake3 and raptorq), before importing anything else itself;
 - the parent hashes the payload with BLAKE3 (multithreaded, by ``read()``), while
-- each worker takes the next group of two stripes (ftstore's layout, passed in as JSON)
-  from a pipe all workers read, so none idles while another has work left, reads its rows
+- each worker takes the next group of stripes (ftstore's layout and grouping, passed in as
+  JSON) from a pipe all workers read, so none idles while another has work left, reads its rows
   into one buffer, joins each stripe into the ``bytes`` the binding takes, hashes every
   source symbol, encodes, writes the repair symbols into the sidecar at their place and
   hashes them; at its end it sends all its hashes back on a pipe;
@@ -41,11 +41,11 @@ path, sidecar, spec = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 t, S, ks, rs, starts, base = spec["t"], spec["stripes"], spec["k"], spec["r"], spec["rstart"], spec["base"]
 pf = sf = None
 out = []
-buf = memoryview(mmap.mmap(-1, 2 * max(ks) * t))
-for a in groups():
+buf = memoryview(mmap.mmap(-1, spec["group"] * max(ks) * t))
+for a in groups(spec["group"]):
     if pf is None:  # opened at the first group: with --copy the payload is not there before
         pf, sf = os.open(path, os.O_RDONLY), os.open(sidecar, os.O_WRONLY)
-    group = range(a, min(a + 2, S))
+    group = range(a, min(a + spec["group"], S))
     width = len(group) * t
     pieces = {s: [] for s in group}
     for r in range(ks[a]):
@@ -80,7 +80,7 @@ def main() -> None:
         with open(source, "rb") as src, open(payload, "xb") as dst:
             while os.copy_file_range(src.fileno(), dst.fileno(), 1 << 30):
                 pass
-    workers.go(spec["stripes"])
+    workers.go(spec["stripes"], spec["group"])
 
     import threading
 

@@ -12,9 +12,9 @@ What it does, in one process tree started by the caller:
   workers before it is a head start no real repair has);
 - the parent checks the payload's whole BLAKE3 (multithreaded, by ``read()``) and, as it
   does not match, lets the workers go;
-- each worker takes the next group of two stripes from a pipe all workers read (none idles
-  while another has work left), reads the group's rows, hashes every
-  source symbol against the table (a symbol that fails is an erasure), reads and hashes the
+- each worker takes the next group of stripes (as many as ftstore's workers take) from a
+  pipe all workers read (none idles while another has work left), reads the group's rows,
+  hashes every source symbol against the table (a symbol that fails is an erasure), reads and hashes the
   stripe's repair symbols, decodes the stripe from packets built straight from the symbols
   as read, checks each decoded symbol's hash, and writes it into a spill file at its place
   in the payload; it sends back where it wrote;
@@ -42,12 +42,12 @@ with open(tables, "rb") as f:
     table = f.read()
 rep_at = spec["rep_at"]  # source entries in file order (symbol i of stripe s is file symbol i * S + s), then repair
 pf, sf, spf = os.open(path, os.O_RDONLY), os.open(sidecar, os.O_RDONLY), os.open(spill, os.O_WRONLY)
-buf = memoryview(mmap.mmap(-1, 2 * max(ks) * t))
+buf = memoryview(mmap.mmap(-1, spec["group"] * max(ks) * t))
 rbuf = memoryview(mmap.mmap(-1, max(rs) * t))
 h16 = lambda b: blake3.blake3(b).digest(16)
 out = []
-for a in groups():
-    group = range(a, min(a + 2, S))
+for a in groups(spec["group"]):
+    group = range(a, min(a + spec["group"], S))
     width = len(group) * t
     syms = {s: [] for s in group}
     for r in range(ks[a]):
@@ -110,9 +110,9 @@ def main() -> None:
         return h.hexdigest()
 
     if whole_hash({}, None) == spec["hash"]:
-        workers.go(0)
+        workers.go(0, 1)
         sys.exit("the payload is intact: nothing to time")
-    workers.go(spec["stripes"])
+    workers.go(spec["stripes"], spec["group"])
     decoded = [j for answer in workers.answers() for j in answer]
     lengths = {j: min(t, size - j * t) for j in decoded}
     spf = os.open(spill, os.O_RDONLY)

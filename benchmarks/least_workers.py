@@ -1,8 +1,8 @@
 """The worker processes of the least programs (``least_move.py``, ``least_repair.py``).
 
 One worker per core, spawned as the program's first act, each an interpreter that imports
-only what it uses (no ftstore code: these programs are floors for it). Groups of two
-stripes are handed out through one pipe all workers read, so none idles while another has
+only what it uses (no ftstore code: these programs are floors for it). Groups of stripes
+(as many as ftstore's workers take at a time) are handed out through one pipe all workers read, so none idles while another has
 work left; each worker answers with one Python literal on its stdout when the pipe ends.
 """
 
@@ -17,10 +17,10 @@ mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD
 mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
 
 
-def groups():
-    """The first stripe of every group of two handed to this worker, until the pipe ends."""
+def groups(per):
+    """The first stripe of every group of ``per`` handed to this worker, until the pipe ends."""
     while len(task := os.read(0, 4)) == 4:
-        yield 2 * int.from_bytes(task, "little")
+        yield per * int.from_bytes(task, "little")
 
 
 def answer(out):
@@ -44,10 +44,10 @@ class Workers:
             self.running.append((pid, r))
         os.close(tasks_r)
 
-    def go(self, stripes: int) -> None:
-        """Hand out every group of ``stripes`` (none: the workers exit) in one write, atomic
-        as it fits the pipe."""
-        groups = -(-stripes // 2)
+    def go(self, stripes: int, per: int) -> None:
+        """Hand out every group of ``per`` of ``stripes`` (none: the workers exit) in one
+        write, atomic as it fits the pipe."""
+        groups = -(-stripes // per)
         os.write(self.tasks_w, b"".join(g.to_bytes(4, "little") for g in range(groups)))
         os.close(self.tasks_w)
 

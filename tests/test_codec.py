@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 from ftstore.codec import check_and_decode, patch_in_place, read_meta, write_sidecar
 from ftstore.codec.encoder import read_stripes
 from ftstore.codec.layout import Layout, stripe_count
-from ftstore.codec.parallel import chunks
 from ftstore.documents import ArtifactEssentials
 from ftstore.errors import UnrecoverableError
 from ftstore.hashing import hash_bytes
@@ -110,6 +109,34 @@ def test_a_spill_file_that_is_a_link_is_never_written_through(tmp_path):
     assert target.read_bytes() == b"keep"
 
 
+def test_a_long_burst_is_checked_and_patched_a_run_of_adjacent_symbols_at_a_time(tmp_path, monkeypatch):
+    """600 adjacent symbols zeroed, across a 4 MiB read chunk: the digest before writing is
+    the original's and the patch gives back the original bytes, with one read of the spill
+    file and one write per run of at most 256 symbols (not a few system calls a symbol)."""
+    from ftstore.codec import build, patched_digest
+
+    t, first, burst = 4096, 900, 600
+    data, payload, sidecar, meta = _protected(tmp_path, 6 * 1024 * 1024 + 99, overhead=0.5, symbol_size=t)
+    lay = meta.layout
+    with open(payload, "r+b") as f:
+        f.seek(first * t)
+        f.write(bytes(burst * t))
+    spill = tmp_path / "spill"
+    with open(spill, "xb") as f:
+        f.truncate(lay.size)
+    outcomes = check_and_decode(payload, sidecar, meta, jobs=1, spill=spill)
+    assert sum(len(o.spilled) for o in outcomes) == burst and not any(o.failed for o in outcomes)
+    assert patched_digest(payload, meta, outcomes, spill) == hash_bytes(data)
+    writes, reads, real_write, real_pread = [], [], build.pwrite_all, os.pread
+    monkeypatch.setattr(build, "pwrite_all", lambda fd, b, off: (writes.append(len(b)), real_write(fd, b, off)))
+    monkeypatch.setattr(build.os, "pread", lambda fd, n, off: (reads.append(n), real_pread(fd, n, off))[1])
+    patch_in_place(payload, meta, outcomes, spill)
+    monkeypatch.undo()
+    assert payload.read_bytes() == data
+    assert writes == [256 * t, 256 * t, 88 * t]
+    assert len(reads) == 3 * 3  # each run: the payload as it is, the spill file, the payload read back
+
+
 @pytest.mark.parametrize("spilled", [False, True])
 @pytest.mark.parametrize("cut", [0, 1, 300_000])
 def test_the_digest_before_writing_covers_symbols_across_read_chunks_and_past_a_short_end(tmp_path, spilled, cut):
@@ -197,10 +224,11 @@ def test_stripes_read_from_the_payload_are_the_recorded_bytes_zero_padded(
     path = tmp_path_factory.mktemp("stripes") / "payload"
     path.write_bytes(data)
     with open(path, "rb") as f:
-        for group in chunks(range(lay.stripes), per_task):
-            got = read_stripes(f, lay, tuple(group))
+        for a in range(0, lay.stripes, per_task):
+            group = tuple(range(a, min(a + per_task, lay.stripes)))
+            got = read_stripes(f, lay, group)
             assert all(type(obj) is bytes for obj in got.values())
-            assert got == _stripes_the_plain_way(data, lay, tuple(group))
+            assert got == _stripes_the_plain_way(data, lay, group)
 
 
 def test_a_repair_in_place_keeps_the_payloads_modification_time(tmp_path):

@@ -1,11 +1,14 @@
-"""Striping arithmetic: the per-stripe views of a per-symbol table."""
+"""Striping arithmetic: the per-stripe views of a per-symbol table, the stripes a writer
+chooses, and the tasks the workers take."""
 
+import pickle
 import random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ftstore.codec.layout import MAX_STRIPE_BYTES, Layout, stripe_count, stripes_allowed
+from ftstore.codec.layout import (LARGE_STRIPE_BYTES, MAX_STRIPE_BYTES, TARGET_STRIPE_BYTES, TASK_BYTES, WRITER_STRIPES,
+                                  Layout, stripe_count, stripe_groups, stripes_allowed, writer_stripes)
 
 
 @settings(max_examples=60, deadline=None)
@@ -31,3 +34,47 @@ def test_recorded_stripe_counts_outside_the_limits_are_not_allowed():
     assert not stripes_allowed(size, t, stripe_count(size, t, MAX_STRIPE_BYTES) - 1)  # stripes over 8 MiB
     assert not stripes_allowed(size, t, -(-size // t) + 1)  # an empty stripe
     assert stripes_allowed(size, t, stripe_count(size, t)) and stripes_allowed(size, t, stripe_count(size, t, MAX_STRIPE_BYTES))
+
+
+@settings(max_examples=200, deadline=None)
+@given(size=st.one_of(st.integers(0, 64 << 20), st.integers(0, 1 << 41)), overhead=st.sampled_from([0.01, 0.1, 0.5, 1.0]))
+def test_a_writers_layout_is_one_readers_accept_and_its_stripes_stay_small_within_bounded_count(size, overhead):
+    """1 MiB stripes, at most 65536 of them unless 4 MiB stripes need more: the header lists
+    every stripe's repair count, and the largest payload it allows stays what it was with
+    4 MiB stripes everywhere."""
+    lay = Layout.plan(size, overhead)
+    t = lay.symbol_size
+    assert stripes_allowed(size, t, lay.stripes)
+    assert lay.stripes <= max(WRITER_STRIPES, stripe_count(size, t, LARGE_STRIPE_BYTES))
+    biggest = lay.stripe_k(0) * t if lay.stripes else 0
+    if stripe_count(size, t) <= WRITER_STRIPES:
+        assert lay.stripes == stripe_count(size, t) and biggest <= max(TARGET_STRIPE_BYTES, t)
+    else:
+        assert biggest <= LARGE_STRIPE_BYTES
+
+
+@settings(max_examples=100, deadline=None)
+@given(size=st.one_of(st.integers(0, 64 << 20), st.integers(0, 1 << 41)), symbol_exp=st.integers(8, 14),
+       extra=st.integers(0, 3))
+def test_a_layout_pickles_compactly_and_comes_back_equal(size, symbol_exp, extra):
+    """Every task sent to a worker carries its layout: its size must not grow with the
+    stripe count (a tuple of 65536 counts pickled into each of 32768 tasks is 15 GB)."""
+    t = 1 << symbol_exp
+    stripes = min(-(-size // t), writer_stripes(size, t) + extra)
+    lay = Layout.plan(size, 0.1, t, stripes)
+    lay.repair_starts  # a cached property is never what is pickled
+    data = pickle.dumps(lay)
+    assert len(data) < 400
+    back = pickle.loads(data)
+    assert back == lay and back.repair_counts == lay.repair_counts and back.repair_starts == lay.repair_starts
+
+
+@settings(max_examples=100, deadline=None)
+@given(size=st.integers(0, 4 << 30), symbol_exp=st.integers(8, 14))
+def test_stripe_groups_cover_every_stripe_once_in_order_in_tasks_of_at_most_8_mib(size, symbol_exp):
+    t = 1 << symbol_exp
+    lay = Layout.plan(size, 0.1, t, writer_stripes(size, t))
+    groups = stripe_groups(lay)
+    assert [s for g in groups for s in g] == list(range(lay.stripes))
+    for g in groups:
+        assert len(g) == 1 or sum(lay.stripe_k(s) * t for s in g) <= TASK_BYTES

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -218,8 +219,8 @@ class _Patch:
 
 
 class SpilledSymbols:
-    """Recovered symbols read back from a spill file one at a time, each checked against
-    its hash in the sidecar's table just before use: a spill file changed or damaged since
+    """Recovered symbols read back from a spill file a run of adjacent ones at a time, each
+    checked against its hash in the sidecar's table just before use: a spill file changed or damaged since
     the decode never puts a wrong byte anywhere (:class:`SpillMismatchError`)."""
 
     def __init__(self, path: Path | None, meta: SidecarMeta):
@@ -246,22 +247,57 @@ class SpilledSymbols:
                                          "nothing was written from it")
         return self.f
 
-    def data(self, p: _Patch) -> bytes:
-        """The bytes of ``p``, checked against their hash."""
-        data = p.data[: p.length] if p.data is not None else os.pread(self._file().fileno(), p.length, p.off)
-        if not _holds(self.meta, p, data):
-            where = f"spill file {self.path}" if p.data is None else "decoder output"
-            raise SpillMismatchError(f"recovered symbol {p.j} in the {where} does not match its hash "
+    def run_data(self, run: list[_Patch]) -> bytes | memoryview:
+        """The bytes of a run of adjacent symbols (see :func:`_runs`), each checked against
+        its hash: spilled ones read with one ``pread``."""
+        if all(p.data is None for p in run):
+            data: bytes | memoryview = os.pread(self._file().fileno(), _run_length(run), run[0].off)
+        else:
+            data = b"".join(p.data[: p.length] if p.data is not None else
+                            os.pread(self._file().fileno(), p.length, p.off) for p in run)
+        bad = next((p for p, sym in _symbols_of(run, data) if not _holds(self.meta, p, sym)), None)
+        if bad is not None:
+            where = f"spill file {self.path}" if bad.data is None else "decoder output"
+            raise SpillMismatchError(f"recovered symbol {bad.j} in the {where} does not match its hash "
                                      "(changed since it was decoded); refusing to use it")
         return data
 
 
-def _holds(meta: SidecarMeta, p: _Patch, data: bytes) -> bool:
+def _holds(meta: SidecarMeta, p: _Patch, data: bytes | memoryview) -> bool:
     """Whether ``data`` is symbol ``p`` as the sidecar's table records it (a short last
     symbol is hashed zero-padded to the symbol size)."""
-    h = SYMBOL_HASH_BYTES
+    h, pad = SYMBOL_HASH_BYTES, meta.layout.symbol_size - p.length
     return len(data) == p.length and \
-        symbol_hash(data + bytes(meta.layout.symbol_size - p.length)) == meta.source_hashes[p.j * h : (p.j + 1) * h]
+        symbol_hash(bytes(data) + bytes(pad) if pad else data) == meta.source_hashes[p.j * h : (p.j + 1) * h]
+
+
+_RUN_SYMBOLS = 256
+"""The most symbols patched with one read and one write (4 MiB of 16 KiB symbols): few
+system calls for a burst of damage, memory bounded whatever the damage."""
+
+
+def _runs(patches: list[_Patch]) -> list[list[_Patch]]:
+    """``patches`` (in file order) cut into runs of adjacent symbols, at most
+    ``_RUN_SYMBOLS`` each: a burst of damage is read, checked and written a run at a time."""
+    out: list[list[_Patch]] = []
+    for p in patches:
+        if out and out[-1][-1].j + 1 == p.j and len(out[-1]) < _RUN_SYMBOLS:
+            out[-1].append(p)
+        else:
+            out.append([p])
+    return out
+
+
+def _run_length(run: list[_Patch]) -> int:
+    return run[-1].off + run[-1].length - run[0].off
+
+
+def _symbols_of(run: list[_Patch], data: bytes | memoryview) -> Iterator[tuple[_Patch, memoryview]]:
+    """Each symbol of ``run`` with its bytes in ``data`` (the run's bytes, read from its
+    start; a short read leaves the symbols past its end short, so they never hold)."""
+    view, start = memoryview(data), run[0].off
+    for p in run:
+        yield p, view[p.off - start : p.off - start + p.length]
 
 
 class SpillMismatchError(UnrecoverableError):
@@ -303,24 +339,28 @@ def patched_digest(payload: Path, meta: SidecarMeta, outcomes: list[StripeOutcom
     """BLAKE3 of what ``payload`` would hold after :func:`patch_in_place`, computed without
     writing anything: a repair is decided, and its whole result checked, before a byte of
     the stored payload changes. The payload is read ahead by a helper thread (as a verify
-    reads it) and each recovered symbol, checked against its hash, is laid over its place
-    in the read buffer; spilled ones are read from ``spill`` as they come. Past the end of
-    a short file the payload reads as zeros (those symbols are erased)."""
+    reads it) and the recovered symbols, checked against their hashes, are laid over their
+    place in the read buffer a run of adjacent ones at a time; spilled ones are read from
+    ``spill`` as they come. Past the end of a short file the payload reads as zeros (those
+    symbols are erased)."""
     lay = meta.layout
-    patches = _patches(meta, outcomes)
+    runs = _runs(_patches(meta, outcomes))
     hasher = new_hasher()
     pos = k = 0
+    data: bytes | memoryview | None = None  # run k's checked bytes, while it spans read chunks
 
     def hash_with_patches(view: memoryview) -> None:
-        nonlocal pos, k
+        nonlocal pos, k, data
         end = pos + len(view)
-        while k < len(patches) and patches[k].off < end:
-            p = patches[k]
-            lo, hi = max(p.off, pos), min(p.off + p.length, end)
-            view[lo - pos : hi - pos] = symbols.data(p)[lo - p.off : hi - p.off]
-            if p.off + p.length > end:
-                break  # the rest of this symbol lies in the next chunk
-            k += 1
+        while k < len(runs) and runs[k][0].off < end:
+            if data is None:
+                data = symbols.run_data(runs[k])
+            start = runs[k][0].off
+            lo, hi = max(start, pos), min(start + len(data), end)
+            view[lo - pos : hi - pos] = data[lo - start : hi - start]
+            if start + len(data) > end:
+                break  # the rest of this run lies in the next chunk
+            k, data = k + 1, None
         hasher.update(view)
         pos = end
 
@@ -351,10 +391,12 @@ def patch_in_place(payload: Path, meta: SidecarMeta, outcomes: list[StripeOutcom
     that is not a regular file (a link, a FIFO) is never written through: a new file, every
     symbol of which was decoded, replaces it.
 
-    Spilled symbols are read from ``spill`` one at a time and checked against their hash
-    just before they are written: one that no longer matches (the spill file was changed
-    since the decode) stops the patch with :class:`SpillMismatchError`, having written
-    only symbols that match their hash."""
+    The payload is read, checked and written a run of adjacent symbols at a time (a burst of
+    damage costs a few system calls, not a few per symbol). Spilled symbols are read from
+    ``spill`` a run at a time, each checked against its hash just before the run is
+    written: one that no longer matches (the spill file was changed since the decode) stops
+    the patch with :class:`SpillMismatchError`, having written only symbols that match their
+    hash."""
     lay = meta.layout
     patches = _patches(meta, outcomes)
     with SpilledSymbols(spill, meta) as symbols:
@@ -365,10 +407,12 @@ def patch_in_place(payload: Path, meta: SidecarMeta, outcomes: list[StripeOutcom
         with f:
             fd = f.fileno()
             found = os.fstat(fd)
-            for p in patches:
-                if _holds(meta, p, os.pread(fd, p.length, p.off)):
-                    continue  # already right (a repair before this one was killed after writing it)
-                pwrite_all(fd, symbols.data(p), p.off)
+            for run in _runs(patches):
+                now = os.pread(fd, _run_length(run), run[0].off)
+                # a symbol already right (a repair before this one was killed after writing it) is left alone
+                wrong = [p for p, sym in _symbols_of(run, now) if not _holds(meta, p, sym)]
+                for part in _runs(wrong):
+                    pwrite_all(fd, symbols.run_data(part), part[0].off)
             if os.fstat(fd).st_size != lay.size:
                 os.ftruncate(fd, lay.size)
             os.fsync(fd)
@@ -393,9 +437,10 @@ def _check_written(fd: int, meta: SidecarMeta, patches: list[_Patch], payload: P
     size = os.fstat(fd).st_size
     if size != meta.layout.size:
         raise PatchError(f"{payload}: {size} bytes after the repair, not {meta.layout.size}")
-    for p in patches:
-        if not _holds(meta, p, os.pread(fd, p.length, p.off)):
-            raise PatchError(f"{payload}: symbol {p.j} does not read back as written by the repair")
+    for run in _runs(patches):
+        for p, sym in _symbols_of(run, os.pread(fd, _run_length(run), run[0].off)):
+            if not _holds(meta, p, sym):
+                raise PatchError(f"{payload}: symbol {p.j} does not read back as written by the repair")
 
 
 def _replace_whole(payload: Path, lay: Layout, patches: list[_Patch], symbols: SpilledSymbols) -> None:
@@ -408,9 +453,9 @@ def _replace_whole(payload: Path, lay: Layout, patches: list[_Patch], symbols: S
     tmp = payload.with_name(f"{payload.name}.tmp-{os.urandom(6).hex()}")
     try:
         with open(tmp, "xb") as out:
-            for p in patches:
-                out.seek(p.off)
-                out.write(symbols.data(p))
+            for run in _runs(patches):
+                out.seek(run[0].off)
+                out.write(symbols.run_data(run))
             out.truncate(lay.size)
             out.flush()
             os.fsync(out.fileno())

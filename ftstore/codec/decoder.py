@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING
 
 from ftstore.durable import NotRegularFileError, open_regular, pwrite_all
 from ftstore.hashing import SYMBOL_HASH_BYTES, aligned_buffer, read_at, symbol_hash
-from ftstore.codec.encoder import PARALLEL_MIN_BYTES, STRIPES_PER_TASK, read_stripes
-from ftstore.codec.layout import Layout
-from ftstore.codec.parallel import chunks, pmap
+from ftstore.codec.encoder import PARALLEL_MIN_BYTES, read_stripes
+from ftstore.codec.layout import Layout, stripe_groups
+from ftstore.codec.parallel import pmap
 from ftstore.codec.results import StripeOutcome
 from ftstore.codec.rq import CodecFailure, decode, packet
 
@@ -188,7 +188,7 @@ def check_and_decode(
     payload offsets and outcomes carry ``spilled`` indices instead of ``recovered`` bytes."""
     lay, h = meta.layout, SYMBOL_HASH_BYTES
     tasks = []
-    for group in chunks(range(lay.stripes), STRIPES_PER_TASK):
+    for group in stripe_groups(lay):
         src = {
             s: lay.stripe_entries(meta.source_hashes, s, h) for s in group
         }

@@ -12,11 +12,10 @@ from dataclasses import dataclass
 
 from ftstore.hashing import SYMBOL_HASH_BYTES, aligned_buffer, read_at, symbol_hash
 from ftstore.durable import must_open_regular, pwrite_all, start_writeback
-from ftstore.codec.layout import Layout
-from ftstore.codec.parallel import chunks, pmap
+from ftstore.codec.layout import Layout, stripe_groups
+from ftstore.codec.parallel import pmap
 from ftstore.codec.rq import encode_repair
 
-STRIPES_PER_TASK = 2
 PARALLEL_MIN_BYTES = 16 * 1024 * 1024
 
 
@@ -99,7 +98,7 @@ def encode_sidecar_body(
         raise ValueError(f"a source-symbol table of {len(source_table)} bytes for {layout.source_symbols} symbols")
     tasks = [
         EncodeTask(os.fspath(payload), os.fspath(sidecar), layout, repair_base, tuple(g), source_table is None)
-        for g in chunks(range(layout.stripes), STRIPES_PER_TASK)
+        for g in stripe_groups(layout)
     ]
     src_table = bytearray(layout.source_symbols * h)
     rep_parts: dict[int, bytes] = {}

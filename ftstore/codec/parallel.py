@@ -434,13 +434,4 @@ def _map(pool: _Pool, fn: Callable[[T], R], tasks: list[T], jobs: int) -> Iterat
         pool.release(held)
 
 
-def chunks(items: Iterable[T], size: int) -> list[list[T]]:
-    out: list[list[T]] = []
-    for x in items:
-        if not out or len(out[-1]) >= size:
-            out.append([])
-        out[-1].append(x)
-    return out
-
-
-__all__ = ["WORKER_MODULES", "chunks", "default_jobs", "pmap", "warm", "worker_pids"]
+__all__ = ["WORKER_MODULES", "default_jobs", "pmap", "warm", "worker_pids"]

@@ -20,6 +20,7 @@ import io
 import os
 import struct
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Annotated, BinaryIO, Literal, Union
 
 import blake3
@@ -123,8 +124,10 @@ class SidecarMeta:
     block_len: int
     copies_ok: int
 
-    @property
+    @cached_property
     def layout(self) -> Layout:
+        """Built once: a repair asks for it per symbol (a new layout copies the header's list
+        of repair counts, 512 entries for 512 MiB)."""
         return self.header.layout()
 
     def repair_hash_of(self, k: int) -> bytes:
