@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import contextlib
 import ctypes
 import importlib.util
 import json
@@ -54,6 +55,7 @@ import os
 import random
 import resource
 import shutil
+import site
 import statistics
 import subprocess
 import sys
@@ -69,7 +71,7 @@ sys.path.insert(0, str(ROOT))  # the checkout, installed or not
 import blake3  # noqa: E402
 import raptorq  # noqa: E402
 
-from ftstore.codec.encoder import read_stripes  # noqa: E402
+from ftstore.codec.tasks import read_stripes  # noqa: E402
 from ftstore.codec.layout import Layout, stripe_groups  # noqa: E402
 
 MB = 1e6
@@ -758,6 +760,19 @@ def memory_reclaim() -> list[str]:
     return found
 
 
+def editable_finders() -> list[str]:
+    """The ``.pth`` files of editable installs in this interpreter's site folders. Each
+    runs at every interpreter's start: a setuptools editable finder imports ``pathlib`` and
+    more, about 11 ms (measured: ``python -c pass`` 20 ms in such a venv, 9 ms in a plain
+    one), paid by every ftstore process and codec worker timed here, and by the least
+    programs, but by no par2 run and by no user of an installed ftstore."""
+    found = []
+    for folder in {*site.getsitepackages(), site.getusersitepackages()}:
+        with contextlib.suppress(OSError):
+            found += sorted(str(p) for p in Path(folder).glob("__editable__*.pth"))
+    return found
+
+
 def find_par2(given: str | None) -> str | None:
     if given:  # run from other folders: a path given relative to here must still name it
         return str(Path(given).resolve()) if os.sep in given else shutil.which(given) or given
@@ -797,6 +812,9 @@ def main() -> None:
           f"{args.jobs} jobs; {os.cpu_count()} CPUs")
     for warning in memory_reclaim():
         print(f"warning: {warning}")
+    for pth in editable_finders():
+        print(f"warning: {pth} (an editable install) runs at every process start and adds its imports to every "
+              "ftstore timing; time from a venv with a plain install (see README)")
     if args.dir:
         Path(args.dir).mkdir(parents=True, exist_ok=True)  # a scratch folder named but not yet made
     root = Path(tempfile.mkdtemp(prefix="ftstore-bench-", dir=args.dir))

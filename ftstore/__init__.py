@@ -11,8 +11,9 @@ Layers, each importing only the ones below it (an import-linter contract checks 
     engine                save, check/repair, load, copy over any store; ``Store``
     stores, codec, payloads  store backends; RaptorQ sidecars; typed payload formats
     tempdirs              private temporary folders that do not outlive a killed process
-    documents             envelopes, proofs, names
-    errors, hashing, durable, params, lazy, interpreter
+    documents, durable    envelopes, proofs, names; crash-safe file primitives
+    fileio                regular files only: opened without following links, written
+    errors, hashing, params, lazy, interpreter
     forks                 whether this process is a forked child
 
 The public names below are imported on first use: codec worker processes import
@@ -22,9 +23,9 @@ time one starts.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ftstore.lazy import lazy_exports
+
+TYPE_CHECKING = False  # typing's, without importing typing at every codec worker's start (see ftstore.codec.tasks)
 
 __version__ = "0.1.0"
 

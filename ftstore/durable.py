@@ -4,7 +4,7 @@ Everything durable goes through a temporary file in the same directory, fsync, r
 an fsync of the directory, so a crash leaves either the old file or the whole new one.
 
 Nothing here follows a symbolic link it did not create: files are read through
-:func:`open_regular` (``O_NOFOLLOW``, non-blocking, regular files only), temporary files
+:func:`~ftstore.fileio.open_regular` (``O_NOFOLLOW``, non-blocking, regular files only), temporary files
 are created exclusively, and trees are removed through directory descriptors, so a link
 or a FIFO planted in a store is refused or removed as itself, never read, written or
 emptied through.
@@ -27,61 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from ftstore.errors import BadInputError, StorageFullError
+from ftstore.errors import StorageFullError
+from ftstore.fileio import NO_FOLLOW, start_writeback
 from ftstore.hashing import (READ_CHUNK, aligned_buffer, format_hash, give_back_read_buffers, hash_stream,
                              new_hasher, take_read_buffers)
 
 TMP_MARK = ".tmp-"
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-_READ_FLAGS = os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0)
-_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _NOFOLLOW
-
-
-class NotRegularFileError(BadInputError):
-    """A store file that is a symbolic link, a directory, a FIFO or a device: refused,
-    never followed or read."""
-
-
-def open_regular(path: Path | str, dir_fd: int | None = None, write: bool = False,
-                 shown: object = None) -> BinaryIO | None:
-    """Open ``path`` (for reading, or for reading and writing in place) if it is a regular
-    file; None if it does not exist; :class:`NotRegularFileError` for a symbolic link (never
-    followed), a directory, a FIFO or a device. Opened non-blocking, so a FIFO cannot hang
-    the open; the fstat then refuses it. ``shown``: how errors name the file."""
-    where = shown if shown is not None else path
-    flags = (_READ_FLAGS & ~os.O_RDONLY) | (os.O_RDWR if write else os.O_RDONLY)
-    try:
-        fd = os.open(path, flags, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        if e.errno in (errno.ELOOP, errno.EMLINK):
-            raise NotRegularFileError(f"{where}: is a symbolic link; store files are never followed") from None
-        if e.errno == errno.EISDIR:
-            raise NotRegularFileError(f"{where}: is a directory, not a regular file") from None
-        if e.errno == errno.ENXIO:  # a FIFO with no writer, opened for writing
-            raise NotRegularFileError(f"{where}: is not a regular file") from None
-        raise
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else
-                    "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
-                    else "not a regular file")
-            raise NotRegularFileError(f"{where}: is {kind}, not a regular file")
-        os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
-    return open(fd, "r+b" if write else "rb", buffering=0)
-
-
-def must_open_regular(path: Path | str, write: bool = False) -> BinaryIO:
-    """:func:`open_regular` where absence is an error too (``FileNotFoundError``)."""
-    f = open_regular(path, write=write)
-    if f is None:
-        raise FileNotFoundError(errno.ENOENT, "No such file", str(path))
-    return f
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | NO_FOLLOW
 
 
 def is_real_dir(path: Path) -> bool:
@@ -281,7 +233,7 @@ def copy_hashing(
 
     ``durable``: fsync at the end; without, the caller does (:meth:`Staging.sync`), after
     reading the copy back from the page cache, say."""
-    fd_out = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o666)
+    fd_out = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_EXCL | NO_FOLLOW, 0o666)
     try:
         with open(src, "rb", buffering=0) as fi:
             result = _copy_and_hash(KernelCopy(fi.fileno(), fd_out, methods), progress, also)
@@ -404,23 +356,6 @@ def write_hashing(dst: Path, write: Writer, durable: bool = True) -> tuple[str, 
         if durable:
             os.fsync(fo.fileno())
     return sink.result()
-
-
-def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
-    """Write all of ``data`` at ``offset``. A short write (a disk filling up) is followed by
-    another, which then fails with the real cause (``ENOSPC``) for the caller to report."""
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view, offset = view[n:], offset + n
-
-
-def start_writeback(fd: int, offset: int, length: int) -> None:
-    """Have the kernel start writing these bytes to disk now rather than at the fsync, so
-    the disk works while the caller computes (Linux: DONTNEED on dirty pages starts their
-    writeback; it drops only pages already clean)."""
-    if hasattr(os, "posix_fadvise"):
-        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
 
 
 def try_link(src: Path, dst: Path) -> bool:

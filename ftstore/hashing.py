@@ -10,12 +10,15 @@ import ctypes
 import os
 import queue
 import threading
-from collections.abc import Iterator
-from typing import BinaryIO, Callable
+from collections.abc import Callable, Iterator
 
 import blake3
 
 from ftstore.forks import in_forked_child
+
+TYPE_CHECKING = False  # typing's, without importing typing at every codec worker's start (see ftstore.codec.tasks)
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 PREFIX = "blake3:"
 CHUNK = 16 * 1024 * 1024

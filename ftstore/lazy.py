@@ -23,7 +23,10 @@ from __future__ import annotations
 import contextlib
 import importlib
 from collections.abc import Callable, Collection, Iterator
-from typing import Any
+
+TYPE_CHECKING = False  # typing's, without importing typing at every codec worker's start (see ftstore.codec.tasks)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def lazy_exports(package: str, exports: dict[str, str], namespace: dict[str, Any], base: str | None = None,

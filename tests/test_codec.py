@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ftstore.codec import check_and_decode, patch_in_place, read_meta, write_sidecar
-from ftstore.codec.encoder import read_stripes
+from ftstore.codec.tasks import read_stripes
 from ftstore.codec.layout import Layout, stripe_count
 from ftstore.documents import ArtifactEssentials
 from ftstore.errors import UnrecoverableError

@@ -58,6 +58,28 @@ def test_a_codec_worker_imports_neither_the_rest_of_the_package_nor_msgspec():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_a_codec_worker_starts_with_only_what_its_work_needs():
+    """What a worker imports (the worker program and the tasks it preloads) is all every
+    worker of every large save and repair pays for as it starts, on every core: no worker
+    pool, no copies or temporary files, no dataclasses (with inspect), no typing, no
+    regular expressions of its own. Measured: 50 ms to start before, 27 ms after; an
+    interpreter importing only blake3 and raptorq takes 11 ms. Modules the interpreter
+    imports at its own start (an editable install's finder brings pathlib and re) are not
+    the worker's."""
+    startup = set(subprocess.run([sys.executable, "-c", "import sys; print(*sys.modules)"], check=True,
+                                 capture_output=True, text=True).stdout.split())
+    code = (
+        "import sys, ftstore.codec.worker as w, importlib;"
+        "[importlib.import_module(m) for m in w._PRELOAD];"
+        "print(*sys.modules)"
+    )
+    loaded = set(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split())
+    not_for_a_worker = {"dataclasses", "inspect", "typing", "shutil", "uuid", "pathlib", "subprocess", "selectors",
+                        "tempfile", "ftstore.durable", "ftstore.codec.parallel", "ftstore.codec.encoder",
+                        "ftstore.codec.decoder", "ftstore.interpreter"}
+    assert (loaded - startup) & not_for_a_worker == set()
+
+
 def test_a_forked_child_hashes_after_its_parent_used_the_thread_pool():
     """A fork-based DataLoader worker that saves must not hang in BLAKE3's thread pool."""
     code = (

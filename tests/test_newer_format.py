@@ -13,7 +13,7 @@ import pytest
 
 from .conftest import files
 from ftstore import Store
-from ftstore.documents import decode_envelope, encode_envelope
+from ftstore.documents import decode_envelope
 from ftstore.documents.envelope_json import canonical
 from ftstore.errors import EnvelopeError, NewerFormatError
 from ftstore.hashing import hash_bytes

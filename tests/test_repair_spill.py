@@ -119,17 +119,17 @@ def test_a_spill_file_changed_after_the_decode_makes_the_repair_refuse(store, ma
 
 
 def test_a_decoded_symbol_that_does_not_match_its_hash_fails_its_stripe(store, make_file, monkeypatch):
-    from ftstore.codec import decoder
+    from ftstore.codec import tasks
 
     orig, paths, lay = _saved(store, make_file, 300_000)
     damaged = _damage_every_stripe(paths, lay)
-    real_decode = decoder.decode
+    real_decode = tasks.decode
 
     def wrong_decode(size, t, packets):
         obj, used = real_decode(size, t, packets)
         return (None if obj is None else bytes(x ^ 1 for x in obj)), used
 
-    monkeypatch.setattr(decoder, "decode", wrong_decode)
+    monkeypatch.setattr(tasks, "decode", wrong_decode)
     with pytest.raises(UnrecoverableError, match="beyond repair"):
         repair(paths, check(paths), reason="test", jobs=1)
     assert paths.payload.read_bytes() == damaged

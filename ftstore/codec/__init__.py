@@ -6,7 +6,8 @@ on local files and imports no store.
 - ``sidecar`` — the sidecar file format (two self-checked metadata copies, hash tables,
   repair symbols).
 - ``encoder`` / ``decoder`` / ``deep`` — process-parallel encoding; damage location and
-  decoding; recoverability probes.
+  decoding; recoverability probes. ``tasks`` — what a worker runs of them: all a worker
+  imports.
 - ``build`` — write a sidecar for a payload; patch a damaged payload.
 - ``rq`` — the calls into the ``raptorq`` binding; ``parallel`` — the worker processes.
 
@@ -18,9 +19,9 @@ cost several times what its own modules do, on every save.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ftstore.lazy import lazy_exports
+
+TYPE_CHECKING = False  # typing's, without importing typing at every codec worker's start (see ftstore.codec.tasks)
 
 _EXPORTS = {
     "DEFAULT_OVERHEAD": "layout",

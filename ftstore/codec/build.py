@@ -9,7 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from ftstore.durable import NotRegularFileError, clear_folder_at, open_regular, pwrite_all
+from ftstore.durable import clear_folder_at
+from ftstore.fileio import NotRegularFileError, open_regular, pwrite_all
 from ftstore.errors import BadInputError, UnrecoverableError
 from ftstore.hashing import (CHUNK, SYMBOL_HASH_BYTES, format_hash, hash_file, hash_stream, new_hasher, read_ahead,
                              symbol_hash)

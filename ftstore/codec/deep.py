@@ -6,9 +6,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from ftstore.durable import must_open_regular
+from ftstore.fileio import must_open_regular
 from ftstore.hashing import symbol_hash
-from ftstore.codec.encoder import read_stripes
+from ftstore.codec.tasks import read_stripes
 from ftstore.codec.rq import CodecFailure, decode, packet
 from ftstore.codec.sidecar import SidecarMeta
 

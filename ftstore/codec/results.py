@@ -7,35 +7,34 @@ machinery, which it imports only when a save or a repair first needs it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import collections
 
-from ftstore.codec.layout import Layout
-
-
-@dataclass(frozen=True)
-class SidecarInfo:
-    layout: Layout
-    overhead: float
-    size: int
-    hash: str
-    library_version: str
+SidecarInfo = collections.namedtuple("SidecarInfo", "layout overhead size hash library_version")
+"""A sidecar just built: its :class:`~ftstore.codec.layout.Layout`, overhead, size in
+bytes, BLAKE3 and the ``raptorq`` release that encoded it."""
 
 
-@dataclass
 class StripeOutcome:
-    stripe: int
-    k: int
-    r: int
-    erased: list[int] = field(default_factory=list)  # source indices within the stripe
-    bad_repair: list[int] = field(default_factory=list)
-    used_repair: list[int] = field(default_factory=list)
-    recovered: dict[int, bytes] | None = None  # None: not decoded (intact, or failed), or spilled
-    spilled: list[int] | None = None  # source indices written to the spill file instead of ``recovered``
-    failed: bool = False
+    """What checking (and decoding) one stripe found. A plain class, not a dataclass: codec
+    workers make these, and every worker start would pay for ``dataclasses``."""
+
+    __slots__ = ("stripe", "k", "r", "erased", "bad_repair", "used_repair", "recovered", "spilled", "failed")
+
+    def __init__(self, stripe: int, k: int, r: int) -> None:
+        self.stripe, self.k, self.r = stripe, k, r
+        self.erased: list[int] = []  # source indices within the stripe
+        self.bad_repair: list[int] = []
+        self.used_repair: list[int] = []
+        self.recovered: dict[int, bytes] | None = None  # None: not decoded (intact, or failed), or spilled
+        self.spilled: list[int] | None = None  # source indices written to the spill file instead of ``recovered``
+        self.failed = False
 
     @property
     def lost(self) -> int:
         return len(self.erased) + len(self.bad_repair)
+
+    def __repr__(self) -> str:
+        return "StripeOutcome(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__) + ")"
 
 
 __all__ = ["SidecarInfo", "StripeOutcome"]

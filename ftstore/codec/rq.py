@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 
 import raptorq
 
 
-_DIST_INFO = re.compile(r"raptorq-[0-9][^-]*\.dist-info")  # the package, not a raptorq_* sibling
+def _is_dist_info(name: str) -> bool:
+    """``raptorq-<version>.dist-info``: the package's, not a ``raptorq_*`` sibling's. (No
+    regular expression: this module is imported at every codec worker's start.)"""
+    version = name.removeprefix("raptorq-").removesuffix(".dist-info")
+    return name == f"raptorq-{version}.dist-info" and version[:1].isdigit() and "-" not in version
 
 
 @functools.cache
@@ -25,7 +28,7 @@ def library_version() -> str:
     scanning the path costs every save 15 ms before its encoding can start."""
     try:
         site = os.path.dirname(os.path.dirname(os.path.abspath(raptorq.__file__)))
-        infos = [e.path for e in os.scandir(site) if _DIST_INFO.fullmatch(e.name)]
+        infos = [e.path for e in os.scandir(site) if _is_dist_info(e.name)]
         if len(infos) == 1:
             with open(os.path.join(infos[0], "METADATA"), encoding="utf-8") as f:
                 for line in f:

@@ -30,7 +30,7 @@ from msgspec import Meta
 from ftstore.documents.envelope_json import canonical
 from ftstore.documents.envelope import ArtifactEssentials, NonNegInt, PosInt, Strict
 from ftstore.documents.strict_json import DECODE_ERRORS, reject_duplicate_keys
-from ftstore.durable import must_open_regular, open_regular
+from ftstore.fileio import must_open_regular, open_regular
 from ftstore.errors import BadInputError
 from ftstore.hashing import SYMBOL_HASH_BYTES
 from ftstore.codec.layout import MAX_OVERHEAD, SAFETY_SYMBOLS, Layout, repair_count, stripes_allowed

@@ -27,11 +27,14 @@ import pickle
 import signal
 import struct
 import sys
-from typing import Any
+
+TYPE_CHECKING = False  # typing's, without importing typing at every codec worker's start (see ftstore.codec.tasks)
+if TYPE_CHECKING:
+    from typing import Any
 
 _HEADER = struct.Struct("<Q")
 # Imported before the first task, so that it does not pay for them.
-_PRELOAD = ("ftstore.codec.encoder", "ftstore.codec.decoder")
+_PRELOAD = ("ftstore.codec.tasks",)
 _PR_SET_PDEATHSIG = 1
 
 RUNNING = False

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from ftstore.documents import MAX_ENVELOPE_BYTES, ArtifactKey, Envelope, decode_envelope, encode_envelope
-from ftstore.durable import open_regular, write_atomic
+from ftstore.durable import write_atomic
+from ftstore.fileio import open_regular
 from ftstore.errors import BadInputError, EnvelopeError, FtstoreError
 from ftstore.stores.backend import ENVELOPE, PAYLOAD, SIDECAR, StoreBackend, copy_capped
 

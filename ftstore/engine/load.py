@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from ftstore.documents import ArtifactKey, Envelope
-from ftstore.durable import disk_full, is_disk_full, open_regular, replace_durably, tmp_path
+from ftstore.durable import disk_full, is_disk_full, replace_durably, tmp_path
+from ftstore.fileio import open_regular
 from ftstore.engine.integrity import Health, RepairResult, check, repair
 from ftstore.engine.leaves import FolderLeaves, StoredLeaves, download_leaves, read_envelope
 from ftstore.errors import BadInputError, DamageError, EnvelopeError, NotFoundError, StorageError, UnrecoverableError

@@ -58,13 +58,13 @@ from ftstore.durable import (
     fsync_file,
     is_real_dir,
     open_dir,
-    open_regular,
     remove_entry,
     remove_tree,
     try_link,
     write_atomic,
 )
 from ftstore.errors import BadInputError, NotFoundError
+from ftstore.fileio import open_regular
 from ftstore.hashing import CHUNK
 from ftstore.stores.backend import (
     DELETED,
