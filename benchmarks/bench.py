@@ -254,10 +254,10 @@ def _encode_task(args: tuple[str, Layout, tuple[int, ...]]) -> tuple[int, float]
     c = time.process_time()
     path, lay, group = args
     with open(path, "rb") as f:
-        objs = read_stripes(f, lay, group)
+        stripes = read_stripes(f, lay, group)
     n = 0
-    for s in group:
-        n += len(raptorq.Encoder.with_defaults(objs.pop(s), lay.symbol_size).get_encoded_packets(lay.repair_counts[s]))
+    for s, obj in stripes:
+        n += len(raptorq.Encoder.with_defaults(obj, lay.symbol_size).get_encoded_packets(lay.repair_counts[s]))
     return n, time.process_time() - c
 
 
@@ -270,7 +270,7 @@ def _hash_task(args: tuple[str, Layout, tuple[int, ...]]) -> tuple[float, float,
     path, lay, group = args
     t = lay.symbol_size
     with open(path, "rb") as f:
-        objs = read_stripes(f, lay, group)
+        objs = dict(read_stripes(f, lay, group))
     w, c = time.perf_counter(), time.process_time()
     for s in group:
         view, k = memoryview(objs.pop(s)), lay.stripe_k(s)
@@ -295,12 +295,12 @@ def _prepare_decode_task(args: tuple[str, Layout, tuple[int, ...]]) -> None:
     path, lay, group = args
     t = lay.symbol_size
     with open(path, "rb") as f:
-        objs = read_stripes(f, lay, group)
+        stripes = read_stripes(f, lay, group)
     fd = os.open(_repair_file(path), os.O_WRONLY)
     try:
-        for s in group:
+        for s, obj in stripes:
             k = lay.stripe_k(s)
-            packets = raptorq.Encoder.with_defaults(objs.pop(s), t).get_encoded_packets(lay.repair_counts[s])
+            packets = raptorq.Encoder.with_defaults(obj, t).get_encoded_packets(lay.repair_counts[s])
             os.pwrite(fd, b"".join(p[4:] for p in packets[k:]), lay.repair_starts[s] * t)
     finally:
         os.close(fd)
@@ -311,10 +311,9 @@ def _decode_task(args: tuple[str, Layout, tuple[int, ...]]) -> tuple[int, float]
     path, lay, group = args
     t = lay.symbol_size
     with open(path, "rb") as f, open(_repair_file(path), "rb") as rf:
-        objs = read_stripes(f, lay, group)
         done = 0
-        for s in group:
-            k, r, obj = lay.stripe_k(s), lay.repair_counts[s], objs.pop(s)
+        for s, obj in read_stripes(f, lay, group):
+            k, r = lay.stripe_k(s), lay.repair_counts[s]
             rep = os.pread(rf.fileno(), r * t, lay.repair_starts[s] * t)
             gone = _erased(k)
             packets = [bytes((0, i >> 16 & 255, i >> 8 & 255, i & 255)) + obj[i * t:(i + 1) * t]

@@ -226,7 +226,7 @@ def test_stripes_read_from_the_payload_are_the_recorded_bytes_zero_padded(
     with open(path, "rb") as f:
         for a in range(0, lay.stripes, per_task):
             group = tuple(range(a, min(a + per_task, lay.stripes)))
-            got = read_stripes(f, lay, group)
+            got = dict(read_stripes(f, lay, group))
             assert all(type(obj) is bytes for obj in got.values())
             assert got == _stripes_the_plain_way(data, lay, group)
 

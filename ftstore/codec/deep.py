@@ -26,7 +26,7 @@ def prove_recoverable(payload: Path, sidecar: Path, meta: SidecarMeta, seed: int
     with must_open_regular(payload) as pf, must_open_regular(sidecar) as sf:
         for s in stripes:
             k, r = lay.stripe_k(s), lay.repair_counts[s]
-            obj = read_stripes(pf, lay, (s,))[s]
+            ((_, obj),) = read_stripes(pf, lay, (s,))
             n_erase = min(k, lay.budget(s))
             erased = set(rng.sample(range(k), n_erase))
             erased_total += n_erase

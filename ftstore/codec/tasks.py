@@ -23,6 +23,7 @@ import collections
 import errno
 import os
 import stat
+from collections.abc import Iterator
 
 from ftstore.codec.layout import Layout
 from ftstore.codec.results import StripeOutcome
@@ -37,14 +38,18 @@ write their repair symbols into the file ``sidecar``, whose repair region starts
 ``repair_base``. With ``hash_source`` false, the caller has the source-symbol hashes."""
 
 
-def read_stripes(f, layout: Layout, stripes: tuple[int, ...]) -> dict[int, bytes]:
-    """Objects for a contiguous run of stripes, each ``K_s * T`` bytes, zero-padded.
+def read_stripes(f, layout: Layout, stripes: tuple[int, ...]) -> Iterator[tuple[int, bytes]]:
+    """(stripe, object) for a contiguous run of stripes, in order, each object ``K_s * T``
+    bytes, zero-padded.
 
     One read per row of the run, into one page-aligned buffer (see ``aligned_buffer``: a
-    ``pread`` into a new ``bytes`` reads four times slower on some machines), and each
-    object joined once from views of the rows: the binding takes only ``bytes``, so every
-    copy saved here is saved per byte stored. A file shorter than the layout (truncated)
-    reads as zeros from where it ends."""
+    ``pread`` into a new ``bytes`` reads four times slower on some machines). Each object is
+    joined from views of the rows only when it is asked for, just before the binding
+    encodes or decodes it, so it is still in the core's cache then; the binding takes only
+    ``bytes``, so every copy saved here is saved per byte stored. The objects must be taken
+    before the next run is read (the rows' buffer is reused). A file shorter than the
+    layout (truncated) reads as zeros from where it ends. The reads are done by the time this
+    returns (the file may be closed then); only the joins wait."""
     t, S, fd = layout.symbol_size, layout.stripes, f.fileno()
     a, b = stripes[0], stripes[-1] + 1
     width = (b - a) * t
@@ -62,23 +67,22 @@ def read_stripes(f, layout: Layout, stripes: tuple[int, ...]) -> dict[int, bytes
                 pieces[s].append(piece)
         if len(row) < want:
             break  # end of a short file: everything after it is missing too
-    out = {}
-    for s in stripes:
-        obj = b"".join(pieces.pop(s))
-        pad = layout.stripe_k(s) * t - len(obj)
-        out[s] = obj + bytes(pad) if pad else obj
-    return out
+    return ((s, _joined(pieces.pop(s), layout.stripe_k(s) * t)) for s in stripes)
+
+
+def _joined(pieces: list[memoryview], length: int) -> bytes:
+    obj = b"".join(pieces)
+    return obj + bytes(length - len(obj)) if len(obj) < length else obj
 
 
 def encode_group(task: EncodeTask) -> dict[int, tuple[bytes, bytes]]:
     lay, t = task.layout, task.layout.symbol_size
     out = {}
-    with must_open_regular(task.payload) as pf:
-        objs = read_stripes(pf, lay, task.stripes)
     fd = os.open(task.sidecar, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
     try:
-        for s in task.stripes:
-            obj = objs.pop(s)
+        with must_open_regular(task.payload) as pf:
+            stripes = read_stripes(pf, lay, task.stripes)
+        for s, obj in stripes:
             k = lay.stripe_k(s)
             src = b"".join(symbol_hash(memoryview(obj)[i * t : (i + 1) * t]) for i in range(k)) if task.hash_source else b""
             repair = encode_repair(obj, t, k, lay.repair_counts[s])
@@ -115,17 +119,17 @@ def check_group(task: DecodeTask) -> list[StripeOutcome]:
     except NotRegularFileError:  # a link, FIFO or folder: never read, every symbol erased
         pf = None
     if pf is None:
-        objs = {s: bytes(lay.stripe_k(s) * t) for s in task.stripes}
+        stripes: Iterator[tuple[int, bytes]] = ((s, bytes(lay.stripe_k(s) * t)) for s in task.stripes)
         missing = True
     else:
         with pf:
-            objs = read_stripes(pf, lay, task.stripes)
+            stripes = read_stripes(pf, lay, task.stripes)
         missing = False
     out = []
     spill_fd: int | None = None
     try:
-        for s in task.stripes:
-            oc = _check_stripe(task, s, objs.pop(s), missing)
+        for s, obj in stripes:
+            oc = _check_stripe(task, s, obj, missing)
             out.append(oc)
             if task.spill is not None and oc.recovered:
                 if spill_fd is None:
