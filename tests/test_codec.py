@@ -279,3 +279,30 @@ def _repair_as_another_user(shared: Path) -> None:
             os._exit(1)
     assert os.waitpid(pid, 0)[1] == 0
     assert payload.read_bytes() == data
+
+
+def test_a_header_that_would_not_fit_with_small_stripes_gets_the_4_mib_stripes_earlier_writers_used(tmp_path):
+    """A 64 GiB artifact with 900 KB of metadata: listing 65536 stripes' repair counts would
+    pass the header's 1 MiB, 16384 (4 MiB stripes, as earlier releases wrote) do not. It is
+    accepted, and its sidecar can be built (protected later, or rebuilt when lost) with
+    those; one that fits neither way is refused before anything is allocated for it."""
+    from ftstore.codec.build import SidecarBuild, check_header_fits
+    from ftstore.codec.layout import LARGE_STRIPE_BYTES, writer_stripes
+    from ftstore.errors import BadInputError
+
+    size, t = 64 << 30, 16384
+    def template(metadata):
+        return ArtifactEssentials(artifact_id="0" * 32, artifact_type="file", name="big", size=size,
+                                  source_hash="blake3:" + "0" * 64, created_unix_ms=0, metadata=metadata)
+    light = SidecarBuild(tmp_path / "light", template({}), 1.0, version=1)
+    assert light.layout.stripes == writer_stripes(size, t, 1.0) == 65536
+    heavy = template({f"k{i}": "v" * 65536 for i in range(14)})
+    check_header_fits(heavy, 1.0)
+    build = SidecarBuild(tmp_path / "heavy", heavy, 1.0, version=1)
+    assert build.layout.stripes == stripe_count(size, t, LARGE_STRIPE_BYTES) == 16384
+    with pytest.raises(BadInputError, match="metadata"):
+        check_header_fits(template({f"k{i}": "v" * 65536 for i in range(16)}), 1.0)
+    with pytest.raises(BadInputError, match="too many stripes"):
+        check_header_fits(ArtifactEssentials(artifact_id="0" * 32, artifact_type="file", name="huge", size=1 << 50,
+                                             source_hash="blake3:" + "0" * 64, created_unix_ms=0, metadata={}),
+                          0.1, symbol_size=256)

@@ -4,11 +4,13 @@ chooses, and the tasks the workers take."""
 import pickle
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ftstore.codec.layout import (LARGE_STRIPE_BYTES, MAX_STRIPE_BYTES, TARGET_STRIPE_BYTES, TASK_BYTES, WRITER_STRIPES,
-                                  Layout, stripe_count, stripe_groups, stripes_allowed, writer_stripes)
+from ftstore.codec.layout import (LARGE_STRIPE_BYTES, MAX_STRIPE_BYTES, MAX_STRIPE_SYMBOLS, SAFETY_SYMBOLS,
+                                  TARGET_STRIPE_BYTES, TASK_BYTES, WRITER_STRIPES, Layout, stripe_count, stripe_groups,
+                                  stripes_allowed, writer_stripes)
 
 
 @settings(max_examples=60, deadline=None)
@@ -36,21 +38,29 @@ def test_recorded_stripe_counts_outside_the_limits_are_not_allowed():
     assert stripes_allowed(size, t, stripe_count(size, t)) and stripes_allowed(size, t, stripe_count(size, t, MAX_STRIPE_BYTES))
 
 
-@settings(max_examples=200, deadline=None)
-@given(size=st.one_of(st.integers(0, 64 << 20), st.integers(0, 1 << 41)), overhead=st.sampled_from([0.01, 0.1, 0.5, 1.0]))
-def test_a_writers_layout_is_one_readers_accept_and_its_stripes_stay_small_within_bounded_count(size, overhead):
-    """1 MiB stripes, at most 65536 of them unless 4 MiB stripes need more: the header lists
-    every stripe's repair count, and the largest payload it allows stays what it was with
-    4 MiB stripes everywhere."""
+@settings(max_examples=300, deadline=None)
+@given(size=st.one_of(st.integers(0, 64 << 20), st.integers(0, 1 << 41)),
+       overhead=st.sampled_from([0.01, 0.02, 0.05, 0.1, 0.5, 1.0]))
+def test_a_writers_layout_is_one_readers_accept_with_the_fewest_stripes_its_rule_allows(size, overhead):
+    """Stripes of at least 6 / r symbols (two spares each: at most a third of the overhead
+    asked for), between 1 MiB and 4 MiB; at most 65536 of them unless 4 MiB stripes need
+    more, so the header's list of repair counts never outgrows what 4 MiB stripes give the
+    largest payloads. Readers accept every such layout."""
     lay = Layout.plan(size, overhead)
     t = lay.symbol_size
     assert stripes_allowed(size, t, lay.stripes)
     assert lay.stripes <= max(WRITER_STRIPES, stripe_count(size, t, LARGE_STRIPE_BYTES))
-    biggest = lay.stripe_k(0) * t if lay.stripes else 0
-    if stripe_count(size, t) <= WRITER_STRIPES:
-        assert lay.stripes == stripe_count(size, t) and biggest <= max(TARGET_STRIPE_BYTES, t)
-    else:
-        assert biggest <= LARGE_STRIPE_BYTES
+    assert all(lay.stripe_k(s) * t <= max(LARGE_STRIPE_BYTES, t) for s in (0, lay.stripes - 1) if lay.stripes)
+    if 1 < lay.stripes < WRITER_STRIPES:  # one stripe fewer would make some stripe longer than the rule's
+        wanted = min(max(TARGET_STRIPE_BYTES // t, -(-3 * SAFETY_SYMBOLS // overhead)), LARGE_STRIPE_BYTES // t)
+        assert -(-lay.source_symbols // (lay.stripes - 1)) > min(wanted, MAX_STRIPE_SYMBOLS)
+
+
+@pytest.mark.parametrize("overhead, symbols", [(0.1, 64), (1.0, 64), (0.05, 120), (0.02, 256), (0.01, 256)])
+def test_stripes_hold_at_least_six_over_r_symbols_between_1_and_4_mib(overhead, symbols):
+    """10 GiB in 16 KiB symbols: 1 MiB stripes at the default 10% (the two spares are 3% of
+    each), longer ones where the overhead is low, up to the 4 MiB earlier writers used."""
+    assert Layout.plan(10 << 30, overhead).stripe_k(0) == symbols
 
 
 @settings(max_examples=100, deadline=None)

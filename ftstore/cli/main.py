@@ -69,7 +69,9 @@ def cli() -> None:
 @click.option("--type", "artifact_type", type=click.Choice(ARTIFACT_TYPES), default=None,
               help="Artifact type (default: model_bundle for an ftstore bundle zip, else file).")
 @click.option("--meta", "meta", multiple=True, metavar="KEY=VALUE", help="User metadata (repeatable).")
-@click.option("--overhead", type=float, default=DEFAULT_OVERHEAD, show_default=True, help="Repair data as a fraction of the payload (0.01-1.0).")
+@click.option("--overhead", type=float, default=DEFAULT_OVERHEAD, show_default=True,
+              help="Repair data as a fraction of the payload (0.01-1.0): what each stripe can lose. The sidecar "
+                   "adds hash tables and two spare symbols a stripe (about 14% of the payload at 0.1).")
 @click.option("--move", is_flag=True,
               help="Take PATH over instead of copying it: hard-linked into the store when on the same "
                    "filesystem (no payload bytes written), and removed once the save is committed.")

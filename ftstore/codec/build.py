@@ -16,7 +16,7 @@ from ftstore.hashing import (CHUNK, SYMBOL_HASH_BYTES, format_hash, hash_file, h
                              symbol_hash)
 from ftstore.codec.results import SidecarInfo, StripeOutcome
 from ftstore.codec.encoder import encode_sidecar_body
-from ftstore.codec.layout import Layout
+from ftstore.codec.layout import LARGE_STRIPE_BYTES, Layout, default_symbol_size, stripe_count, writer_stripes
 from ftstore.codec.rq import library_version
 from ftstore.documents.envelope import ArtifactEssentials
 from ftstore.documents.names import MAX_VERSION
@@ -65,23 +65,56 @@ def check_header_fits(template: ArtifactEssentials, overhead: float, symbol_size
     readers accept (``MAX_HEADER_BYTES``): such a sidecar would be written, and then be
     refused as unreadable by every repair. The header holds the artifact's metadata and a
     count per stripe, so too much metadata, or a payload of terabytes, outgrows it."""
-    layout = Layout.plan(template.size, overhead, symbol_size)
-    header = SidecarHeader(library_version=library_version(), payload_size=layout.size,
-                           symbol_size=layout.symbol_size, stripes=layout.stripes,
-                           source_symbols=layout.source_symbols, overhead=overhead,
-                           repair_symbols_per_stripe=list(layout.repair_counts), artifact=template,
-                           artifact_version=MAX_VERSION)  # the number is known only at the commit: the longest
-    _check_room(header_bytes(header), template)
+    planned_layout(template, overhead, symbol_size)
+
+
+def planned_layout(template: ArtifactEssentials, overhead: float, symbol_size: int | None = None) -> Layout:
+    """The layout a sidecar for ``template`` gets: the writers' stripes, or where their
+    header would pass ``MAX_HEADER_BYTES`` (a payload of tens of GiB with much metadata),
+    the 4 MiB stripes earlier writers used, whose header is shorter. So whatever an earlier
+    release accepted can still be given a sidecar (one pending, one lost). Checked with the
+    longest version number, known only at the commit; :class:`BadInputError` where neither
+    fits."""
+    t = symbol_size or default_symbol_size(template.size)
+    header = b""
+    for stripes in (writer_stripes(template.size, t, overhead), stripe_count(template.size, t, LARGE_STRIPE_BYTES)):
+        if stripes * 2 > MAX_HEADER_BYTES:  # at least two bytes a count: too long, and too many to list
+            continue
+        layout = Layout.plan(template.size, overhead, t, stripes)
+        header = header_bytes(_header(layout, overhead, template, MAX_VERSION))
+        if len(header) <= MAX_HEADER_BYTES:
+            return layout
+    if not header:
+        raise BadInputError(f"a payload of {template.size} bytes in symbols of {t} bytes is more than one artifact "
+                            "can protect: its sidecar's header would list too many stripes")
+    raise _too_long(header, template)
+
+
+def _header(layout: Layout, overhead: float, essentials: ArtifactEssentials, version: int) -> SidecarHeader:
+    return SidecarHeader(
+        artifact_version=version,
+        library_version=library_version(),
+        payload_size=layout.size,
+        symbol_size=layout.symbol_size,
+        stripes=layout.stripes,
+        source_symbols=layout.source_symbols,
+        overhead=overhead,
+        repair_symbols_per_stripe=list(layout.repair_counts),
+        artifact=essentials,
+    )
 
 
 def _check_room(header: bytes, template: ArtifactEssentials) -> None:
-    if len(header) <= MAX_HEADER_BYTES:
-        return
+    if len(header) > MAX_HEADER_BYTES:
+        raise _too_long(header, template)
+
+
+def _too_long(header: bytes, template: ArtifactEssentials) -> BadInputError:
     metadata = len(header_bytes(template.metadata))  # type: ignore[arg-type]
     why = (f"its metadata takes {metadata} bytes: store less of it" if metadata * 2 > len(header)
            else f"a payload of {template.size} bytes is more than one artifact can protect at this overhead")
-    raise BadInputError(f"the repair sidecar's header would be {len(header)} bytes, over the "
-                        f"{MAX_HEADER_BYTES} readers accept; {why}")
+    return BadInputError(f"the repair sidecar's header would be {len(header)} bytes, over the "
+                         f"{MAX_HEADER_BYTES} readers accept; {why}")
 
 
 class SidecarBuild:
@@ -98,26 +131,13 @@ class SidecarBuild:
         self.dest = dest
         self.overhead = overhead
         self.version = version
-        self.layout = Layout.plan(template.size, overhead, symbol_size)
-        header = header_bytes(self._header(template))
-        _check_room(header, template)
-        self.block_len = block_length(header, self.layout)
+        self.layout = planned_layout(template, overhead, symbol_size)
+        self.block_len = block_length(header_bytes(self._header(template)), self.layout)
         self.source_table = b""
         self.repair_table = b""
 
     def _header(self, essentials: ArtifactEssentials) -> SidecarHeader:
-        lay = self.layout
-        return SidecarHeader(
-            artifact_version=self.version,
-            library_version=library_version(),
-            payload_size=lay.size,
-            symbol_size=lay.symbol_size,
-            stripes=lay.stripes,
-            source_symbols=lay.source_symbols,
-            overhead=self.overhead,
-            repair_symbols_per_stripe=list(lay.repair_counts),
-            artifact=essentials,
-        )
+        return _header(self.layout, self.overhead, essentials, self.version)
 
     def encode(self, source: Path, jobs: int | None, source_table: bytes | None = None) -> bytes:
         """Write every repair symbol; returns the source-symbol hash table (``source_table``
@@ -273,8 +293,9 @@ def _holds(meta: SidecarMeta, p: _Patch, data: bytes | memoryview) -> bool:
 
 
 _RUN_SYMBOLS = 256
-"""The most symbols patched with one read and one write (4 MiB of 16 KiB symbols): few
-system calls for a burst of damage, memory bounded whatever the damage."""
+"""The most symbols patched with one read and one write (4 MiB of 16 KiB symbols, 16 MiB
+of the largest): few system calls for a burst of damage, memory bounded whatever the
+damage."""
 
 
 def _runs(patches: list[_Patch]) -> list[list[_Patch]]:

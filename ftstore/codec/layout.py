@@ -5,13 +5,17 @@ File symbol ``j`` (bytes ``[j*T, (j+1)*T)``, the last one zero-padded) belongs t
 (at most 1024 and at most 8 MiB), so a contiguous damaged range costs every stripe only a
 little, and each stripe encodes and decodes on its own, in parallel and in bounded memory.
 
-Writers aim at 1 MiB stripes: the binding encodes and decodes a small object faster than
+Writers aim at small stripes: the binding encodes and decodes a small object faster than
 a large one (measured on one core, 16 KiB symbols, 5% of each stripe erased: 1 MiB stripes
-1030 MB/s encoding and 1040 decoding, 4 MiB ones 855 and 835, 8 MiB ones 550). A payload
-over 64 GiB keeps to 65536 stripes (its stripes grow up to 4 MiB) and one over 256 GiB has
-4 MiB stripes: the sidecar's header lists every stripe's repair count, and the largest
-payload it allows stays what it was with 4 MiB stripes everywhere. ``S`` is recorded in the sidecar, so
-readers accept any ``S`` within the limits.
+1030 MB/s encoding and 1040 decoding, 2 MiB ones 935 and 955, 4 MiB ones 855 and 835, 8 MiB
+ones 550). But each stripe carries two spare symbols beyond the overhead asked for, so a
+stripe has at least ``6 / r`` symbols (the spares at most a third of the overhead ``r``),
+between 1 MiB and 4 MiB of them: 1 MiB stripes at the default 10% (a sidecar of about 14%
+of the payload), 4 MiB ones at 2.5% and below (as earlier writers had at every overhead).
+A payload of more than 65536 such stripes keeps to 65536 (they grow, up to 4 MiB), and the
+header, which lists every stripe's repair count, is never longer than 4 MiB stripes would
+make it where it would pass its limit otherwise (see ``ftstore.codec.build``). ``S`` is
+recorded in the sidecar, so readers accept any ``S`` within the limits.
 
 Stripe ``s`` carries ``R_s = ceil(K_s * r) + 2`` repair symbols. The guarantee: if at most
 ``ceil(K_s * r)`` of the stripe's ``K_s + R_s`` symbols are erased, at least ``K_s + 2`` remain
@@ -66,10 +70,14 @@ def stripe_count(size: int, symbol_size: int, stripe_bytes: int = TARGET_STRIPE_
     return ceil_div(ceil_div(size, symbol_size), per_stripe)
 
 
-def writer_stripes(size: int, symbol_size: int) -> int:
-    """The stripe count a writer chooses: 1 MiB stripes, but no more than
-    ``WRITER_STRIPES`` of them unless 4 MiB ones need more (see the module docstring)."""
-    s = stripe_count(size, symbol_size)
+def writer_stripes(size: int, symbol_size: int, overhead: float = DEFAULT_OVERHEAD) -> int:
+    """The stripe count a writer chooses (see the module docstring): stripes of at least
+    ``6 / r`` symbols, between 1 MiB and 4 MiB; no more than ``WRITER_STRIPES`` of them
+    unless 4 MiB ones need more."""
+    ppm = overhead_ppm(overhead)
+    wanted = ceil_div(3 * SAFETY_SYMBOLS * 1_000_000, ppm) if ppm > 0 else MAX_STRIPE_SYMBOLS
+    per_stripe = max(TARGET_STRIPE_BYTES // symbol_size, min(LARGE_STRIPE_BYTES // symbol_size, wanted))
+    s = stripe_count(size, symbol_size, per_stripe * symbol_size)
     if s <= WRITER_STRIPES:
         return s
     return max(WRITER_STRIPES, stripe_count(size, symbol_size, LARGE_STRIPE_BYTES))
@@ -109,9 +117,11 @@ class Layout:
     ) -> Layout:
         """The layout a writer uses; ``stripes`` (a recorded count) overrides the target."""
         t = symbol_size or default_symbol_size(size)
-        s = stripes if stripes is not None else writer_stripes(size, t)
-        probe = cls(size, t, s, ())
-        return cls(size, t, s, tuple(repair_count(probe.stripe_k(i), overhead) for i in range(s)))
+        s = stripes if stripes is not None else writer_stripes(size, t, overhead)
+        n = ceil_div(size, t)
+        longer = n % s if s else 0  # stripes 0 .. longer-1 have one symbol more than the rest
+        k = n // s if s else 0
+        return cls(size, t, s, (repair_count(k + 1, overhead),) * longer + (repair_count(k, overhead),) * (s - longer))
 
     def __reduce__(self) -> tuple:
         """Pickled (for every task sent to a codec worker) as its repair counts' runs: they

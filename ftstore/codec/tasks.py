@@ -46,8 +46,7 @@ def read_stripes(f, layout: Layout, stripes: tuple[int, ...]) -> Iterator[tuple[
     ``pread`` into a new ``bytes`` reads four times slower on some machines). Each object is
     joined from views of the rows only when it is asked for, just before the binding
     encodes or decodes it, so it is still in the core's cache then; the binding takes only
-    ``bytes``, so every copy saved here is saved per byte stored. The objects must be taken
-    before the next run is read (the rows' buffer is reused). A file shorter than the
+    ``bytes``, so every copy saved here is saved per byte stored. A file shorter than the
     layout (truncated) reads as zeros from where it ends. The reads are done by the time this
     returns (the file may be closed then); only the joins wait."""
     t, S, fd = layout.symbol_size, layout.stripes, f.fileno()
