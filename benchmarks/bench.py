@@ -71,8 +71,8 @@ sys.path.insert(0, str(ROOT))  # the checkout, installed or not
 import blake3  # noqa: E402
 import raptorq  # noqa: E402
 
-from ftstore.codec.tasks import read_stripes  # noqa: E402
 from ftstore.codec.layout import Layout, stripe_groups  # noqa: E402
+from ftstore.codec.tasks import read_stripes  # noqa: E402
 
 MB = 1e6
 # the third-party modules every ftstore command imports: the least start-up a CLI written
@@ -391,7 +391,8 @@ def _layout_json(lay: Layout, **more: object) -> str:
     """The layout as the least_*.py programs take it (they import no ftstore code)."""
     return json.dumps({"size": lay.size, "t": lay.symbol_size, "stripes": lay.stripes,
                        "k": [lay.stripe_k(s) for s in range(lay.stripes)], "r": list(lay.repair_counts),
-                       "rstart": list(lay.repair_starts), "group": len(stripe_groups(lay)[0]), **more}, separators=(",", ":"))
+                       "rstart": list(lay.repair_starts), "group": len(stripe_groups(lay)[0]), **more},
+                      separators=(",", ":"))
 
 
 def least_pipeline(src: Path, work: Path, store: Path, copy: bool) -> Timing:

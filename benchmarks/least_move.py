@@ -12,10 +12,10 @@ What it does, in one process tree started by the caller:
   importing only blake3 and raptorq), before importing anything else itself;
 - the parent hashes the payload with BLAKE3 (multithreaded, by ``read()``), while
 - each worker takes the next group of stripes (ftstore's layout and grouping, passed in as
-  JSON) from a pipe all workers read, so none idles while another has work left, reads its rows
-  into one buffer, joins each stripe into the ``bytes`` the binding takes, hashes every
-  source symbol, encodes, writes the repair symbols into the sidecar at their place and
-  hashes them; at its end it sends all its hashes back on a pipe;
+  JSON) from a pipe all workers read, so none idles while another has work left, reads
+  its rows into one buffer, joins each stripe into the ``bytes`` the binding takes, hashes
+  every source symbol, encodes, writes the repair symbols into the sidecar at their place
+  and hashes them; at its end it sends all its hashes back on a pipe;
 - the parent writes the hash tables at the head of the sidecar and fsyncs it and the
   payload.
 

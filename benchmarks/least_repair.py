@@ -14,10 +14,10 @@ What it does, in one process tree started by the caller:
   does not match, lets the workers go;
 - each worker takes the next group of stripes (as many as ftstore's workers take) from a
   pipe all workers read (none idles while another has work left), reads the group's rows,
-  hashes every source symbol against the table (a symbol that fails is an erasure), reads and hashes the
-  stripe's repair symbols, decodes the stripe from packets built straight from the symbols
-  as read, checks each decoded symbol's hash, and writes it into a spill file at its place
-  in the payload; it sends back where it wrote;
+  hashes every source symbol against the table (a symbol that fails is an erasure), reads
+  and hashes the stripe's repair symbols, decodes the stripe from packets built straight
+  from the symbols as read, checks each decoded symbol's hash, and writes it into a spill
+  file at its place in the payload; it sends back where it wrote;
 - the parent hashes the payload again with every decoded symbol laid over its place (the
   whole BLAKE3 must match before a byte is written), then writes the decoded symbols over
   the damaged ones and fsyncs the payload.

@@ -2,8 +2,9 @@
 
 One worker per core, spawned as the program's first act, each an interpreter that imports
 only what it uses (no ftstore code: these programs are floors for it). Groups of stripes
-(as many as ftstore's workers take at a time) are handed out through one pipe all workers read, so none idles while another has
-work left; each worker answers with one Python literal on its stdout when the pipe ends.
+(as many as ftstore's workers take at a time) are handed out through one pipe all workers
+read, so none idles while another has work left; each worker answers with one Python
+literal on its stdout when the pipe ends.
 """
 
 import os

@@ -4,10 +4,10 @@ Everything durable goes through a temporary file in the same directory, fsync, r
 an fsync of the directory, so a crash leaves either the old file or the whole new one.
 
 Nothing here follows a symbolic link it did not create: files are read through
-:func:`~ftstore.fileio.open_regular` (``O_NOFOLLOW``, non-blocking, regular files only), temporary files
-are created exclusively, and trees are removed through directory descriptors, so a link
-or a FIFO planted in a store is refused or removed as itself, never read, written or
-emptied through.
+:func:`~ftstore.fileio.open_regular` (``O_NOFOLLOW``, non-blocking, regular files only),
+temporary files are created exclusively, and trees are removed through directory
+descriptors, so a link or a FIFO planted in a store is refused or removed as itself, never
+read, written or emptied through.
 """
 
 from __future__ import annotations

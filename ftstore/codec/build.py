@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -241,8 +241,9 @@ class _Patch:
 
 class SpilledSymbols:
     """Recovered symbols read back from a spill file a run of adjacent ones at a time, each
-    checked against its hash in the sidecar's table just before use: a spill file changed or damaged since
-    the decode never puts a wrong byte anywhere (:class:`SpillMismatchError`)."""
+    checked against its hash in the sidecar's table just before use: a spill file changed
+    or damaged since the decode never puts a wrong byte anywhere
+    (:class:`SpillMismatchError`)."""
 
     def __init__(self, path: Path | None, meta: SidecarMeta):
         self.path, self.meta = path, meta

@@ -1,6 +1,6 @@
 """Building a sidecar: source-symbol hashes and repair symbols, stripe group by stripe group.
 
-This is the parent's side: the workers' (:func:`~ftstore.codec.tasks.encode_group`) read
+This is the parent's side: the workers (:func:`~ftstore.codec.tasks.encode_group`) read
 their stripes straight from the payload file and write repair symbols straight into the
 sidecar file at their final offsets; only hashes travel back, put together here.
 """

@@ -192,6 +192,7 @@ def _layout_from_runs(size: int, symbol_size: int, stripes: int, runs: tuple[tup
     counts = tuple(itertools.chain.from_iterable(itertools.repeat(v, n) for v, n in runs))
     return Layout(size, symbol_size, stripes, counts)
 
+
 def stripe_groups(layout: Layout) -> list[range]:
     """The layout's stripes in runs of about ``TASK_BYTES`` (at least one stripe each): a
     codec worker's task. Each row of a run is one contiguous read, and a task is large

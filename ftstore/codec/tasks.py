@@ -45,10 +45,10 @@ def read_stripes(f, layout: Layout, stripes: tuple[int, ...]) -> Iterator[tuple[
     One read per row of the run, into one page-aligned buffer (see ``aligned_buffer``: a
     ``pread`` into a new ``bytes`` reads four times slower on some machines). Each object is
     joined from views of the rows only when it is asked for, just before the binding
-    encodes or decodes it, so it is still in the core's cache then; the binding takes only
-    ``bytes``, so every copy saved here is saved per byte stored. A file shorter than the
-    layout (truncated) reads as zeros from where it ends. The reads are done by the time this
-    returns (the file may be closed then); only the joins wait."""
+    encodes or decodes it, so a worker holds one stripe's copy at a time, not its group's;
+    the binding takes only ``bytes``, so every copy saved here is saved per byte stored. A
+    file shorter than the layout (truncated) reads as zeros from where it ends. The reads
+    are done by the time this returns (the file may be closed then); only the joins wait."""
     t, S, fd = layout.symbol_size, layout.stripes, f.fileno()
     a, b = stripes[0], stripes[-1] + 1
     width = (b - a) * t
