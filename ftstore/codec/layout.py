@@ -11,7 +11,7 @@ a large one (measured on one core, 16 KiB symbols, 5% of each stripe erased: 1 M
 ones 550). But each stripe carries two spare symbols beyond the overhead asked for, so a
 stripe has at least ``6 / r`` symbols (the spares at most a third of the overhead ``r``),
 between 1 MiB and 4 MiB of them: 1 MiB stripes at the default 10% (a sidecar of about 14%
-of the payload), 4 MiB ones at 2.5% and below (as earlier writers had at every overhead).
+of the payload), 4 MiB ones at 2.3% and below (as earlier writers had at every overhead).
 A payload of more than 65536 such stripes keeps to 65536 (they grow, up to 4 MiB), and the
 header, which lists every stripe's repair count, is never longer than 4 MiB stripes would
 make it where it would pass its limit otherwise (see ``ftstore.codec.build``). ``S`` is
