@@ -400,7 +400,10 @@ def least_pipeline(src: Path, work: Path, store: Path, copy: bool) -> Timing:
     ``copy`` the least save) on a fresh copy of ``src``, or copying ``src``; its repair
     symbols must equal those of ftstore's sidecar in ``store`` (its artifact's version 1), or
     it did not do the same work."""
-    lay = Layout.plan(src.stat().st_size, OVERHEAD)
+    from ftstore.codec.sidecar import read_meta  # noqa: PLC0415 - only here
+    stored = next((store / "artifacts").glob("*/1/sidecar.ftrq"))
+    meta = read_meta(stored)
+    lay = meta.layout  # ftstore's own, whatever rule chose it
     base = -(-16 * (lay.source_symbols + lay.total_repair) // 4096) * 4096  # the hash tables first
     spec = _layout_json(lay, base=base)
     moved, sidecar = work / "least.bin", work / "least.sidecar"
@@ -411,9 +414,6 @@ def least_pipeline(src: Path, work: Path, store: Path, copy: bool) -> Timing:
     drop_dirty()
     t = run([sys.executable, str(ROOT / "benchmarks" / "least_move.py"), str(moved), str(sidecar), spec,
              *(["--copy", str(src)] if copy else [])])
-    from ftstore.codec.sidecar import read_meta  # noqa: PLC0415 - only here
-    stored = next((store / "artifacts").glob("*/1/sidecar.ftrq"))
-    meta = read_meta(stored)
     with open(stored, "rb") as f:
         f.seek(meta.block_len)
         theirs = f.read(lay.total_repair * lay.symbol_size)

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from ftstore.codec.layout import Layout
 from ftstore.codec.results import StripeOutcome
 from ftstore.codec.rq import CodecFailure, decode, encode_repair, packet
-from ftstore.fileio import NotRegularFileError, must_open_regular, open_regular, pwrite_all, start_writeback
+from ftstore.fileio import NO_FOLLOW, NotRegularFileError, must_open_regular, open_regular, pwrite_all, start_writeback
 from ftstore.hashing import SYMBOL_HASH_BYTES, aligned_buffer, read_at, symbol_hash
 
 EncodeTask = collections.namedtuple("EncodeTask", "payload sidecar layout repair_base stripes hash_source",
@@ -104,7 +104,7 @@ and ``repair_hashes``: stripe -> its entries), with the repair symbols of the fi
 the damaged ones, into the file ``spill`` if one is given."""
 
 
-_SPILL_FLAGS = os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+_SPILL_FLAGS = os.O_WRONLY | NO_FOLLOW | getattr(os, "O_NONBLOCK", 0)
 
 
 class SpillError(OSError):

@@ -13,10 +13,10 @@ Sidecar and envelope replace the damaged files atomically. Each repair gets a de
 Decoded symbols never gather in this process: the workers write them into a sparse spill
 file beside the payload (``payload.spill.tmp-*``, held under an flock while in use)
 and report only which symbols they recovered; the patch reads them back a run of adjacent
-ones at a time, each checked against its hash again. A spill file left by a killed repair is recognised
-by its free lock and removed by the next repair or repairing scrub of that version
-(a scrub's orphan listing calls it an interrupted write meanwhile): it never vouches for
-anything and is never read as a leaf.
+ones at a time, each checked against its hash again. A spill file left by a killed repair
+is recognised by its free lock and removed by the next repair or repairing scrub of that
+version (a scrub's orphan listing calls it an interrupted write meanwhile): it never
+vouches for anything and is never read as a leaf.
 
 A sidecar is used only if it is this artifact version's own: its header must name the
 artifact id, name and size of the envelope, and the version (and name) the folder is filed
